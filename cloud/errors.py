@@ -1,0 +1,15 @@
+"""Exceptions of the storage layer: one line, actionable, never a secret."""
+
+from __future__ import annotations
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the object and the fix."""
+
+
+class UnsafeKeyError(StorageError):
+    """An object key would land outside its destination directory."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        super().__init__(f"refusing unsafe object key {key!r}: {reason}")

@@ -1,0 +1,112 @@
+"""Storage settings: one small object the launchers fill from their config.
+
+Every field has a default that works on this project's targets; launchers pass
+a dict (e.g. the ``storage:`` section of a YAML config), a namespace, or an
+instance. Environment variables are read later, when a client is built
+(see :mod:`cloud.s3client`), so a settings object stays a plain value.
+Secrets are excluded from ``repr`` so a logged settings object leaks nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+MB = 1024 * 1024
+
+
+@dataclass
+class StorageSettings:
+    """How to reach an object store and how hard to push it.
+
+    endpoint            URL of the S3 API (``https://obs.cn-north-4.myhuaweicloud.com``,
+                        ``http://127.0.0.1:8333``); None: from the environment.
+    region              signing region; None: from the environment or the endpoint.
+    access_key_id, secret_access_key, session_token
+                        explicit credentials; None: the credential chain.
+    profile             a profile of ~/.aws/config to use instead of the default.
+    addressing_style    "virtual", "path" or "auto"; None: virtual for obs://,
+                        path for s3:// with a custom endpoint, auto on AWS.
+    retry_mode          botocore retry mode, "standard" or "adaptive".
+    max_attempts        botocore attempts per request, first one included.
+    workers             parallel transfers (threads); also sizes the HTTP pool.
+    multipart_threshold_mb, multipart_chunksize_mb
+                        objects at least this big move in parts of this size,
+                        through boto3's transfer manager.
+    io_chunksize_kb     read/write block size of the transfer manager.
+    progress_interval_s seconds between progress lines of a sync.
+    """
+
+    endpoint: str | None = None
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    addressing_style: str | None = None
+    retry_mode: str = "standard"
+    max_attempts: int = 5
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    verify_ssl: bool | str = True
+    workers: int = 16
+    multipart_threshold_mb: float = 16.0
+    multipart_chunksize_mb: float = 16.0
+    io_chunksize_kb: int = 1024
+    progress_interval_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.retry_mode not in ("standard", "adaptive", "legacy"):
+            raise ValueError(f"storage retry_mode {self.retry_mode!r}: expected 'standard' or 'adaptive'")
+        if self.addressing_style not in (None, "auto", "path", "virtual"):
+            raise ValueError(f"storage addressing_style {self.addressing_style!r}: "
+                             "expected 'virtual', 'path' or 'auto'")
+        if int(self.workers) < 1 or int(self.max_attempts) < 1:
+            raise ValueError("storage workers and max_attempts must be at least 1")
+        self.workers = int(self.workers)
+        self.max_attempts = int(self.max_attempts)
+
+    @property
+    def multipart_threshold(self) -> int:
+        return int(self.multipart_threshold_mb * MB)
+
+    @property
+    def multipart_chunksize(self) -> int:
+        return int(self.multipart_chunksize_mb * MB)
+
+    def replace(self, **changes: Any) -> "StorageSettings":
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
+                          for f in dataclasses.fields(self) if f.repr)
+        has_keys = "set" if self.access_key_id or self.secret_access_key else "unset"
+        return f"StorageSettings({shown}, credentials={has_keys})"
+
+    __str__ = __repr__
+
+
+_FIELDS = {f.name for f in dataclasses.fields(StorageSettings)}
+
+
+def to_settings(value: "StorageSettings | Mapping[str, Any] | Any | None" = None,
+                **overrides: Any) -> StorageSettings:
+    """Coerce None, a mapping, a namespace or a StorageSettings into settings.
+
+    Unknown mapping keys raise ValueError (a typo in a config should not be
+    silently ignored); for other objects only known attribute names are read.
+    """
+    if isinstance(value, StorageSettings):
+        base = value
+    elif value is None:
+        base = StorageSettings()
+    elif isinstance(value, Mapping):
+        unknown = sorted(set(value) - _FIELDS)
+        if unknown:
+            raise ValueError(f"unknown storage settings {unknown}; known: {sorted(_FIELDS)}")
+        base = StorageSettings(**{k: v for k, v in value.items() if v is not None})
+    else:
+        base = StorageSettings(**{name: getattr(value, name) for name in _FIELDS
+                                  if getattr(value, name, None) is not None})
+    return base.replace(**overrides) if overrides else base

@@ -1,0 +1,472 @@
+"""One small interface over local directories and S3/OBS buckets.
+
+Launchers call :func:`open_storage` with whatever the user gave (a local path,
+``s3://bucket/prefix`` or ``obs://bucket/prefix``) and treat the result alike.
+Keys are always relative to the URL's prefix and use ``/``.
+
+Single-object calls (``upload_file``, ``download_file``, ``read_bytes``...)
+suit manifests and checkpoints. Many-object work goes through
+:meth:`Storage.batch`, a context that runs transfers in parallel (boto3's
+transfer manager for S3, with multipart above the threshold) and waits for
+them on exit; :mod:`cloud.sync` builds trees on it.
+
+Downloads are atomic: data goes to ``<final>.cloud-part-<pid>`` in the same
+directory and is renamed when complete, so a crash never leaves a half file
+under the final name (:func:`remove_stale_parts` clears what a dead process
+left behind).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
+
+from cloud.errors import StorageError
+from cloud.settings import StorageSettings, to_settings
+from cloud.urls import StorageURL, check_relative_key, parse_url, safe_local_path
+
+log = logging.getLogger("cloud.storage")
+
+PART_MARK = ".cloud-part-"
+INTERNAL_PREFIX = ".cloud-"  # state, lock and marker files of this package
+
+BytesCallback = Callable[[int], None]
+DoneCallback = Callable[[BaseException | None], None]
+
+
+class ObjectInfo(NamedTuple):
+    """One listed object: ``version`` is the ETag for S3, the mtime in ns locally."""
+
+    key: str
+    size: int
+    version: str
+    mtime: float
+
+
+def part_path(final_path: str) -> str:
+    """The temporary name a download uses until it is complete."""
+    return f"{final_path}{PART_MARK}{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_parts(root: str) -> int:
+    """Delete partial downloads under ``root`` left by dead processes (or by us)."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            mark = name.rfind(PART_MARK)
+            if mark < 0:
+                continue
+            pid_text = name[mark + len(PART_MARK):].split(".")[0]
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
+                continue
+            try:
+                os.remove(os.path.join(dirpath, name))
+                removed += 1
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("removed %d partial download(s) left under %s", removed, root)
+    return removed
+
+
+class TransferBatch(ABC):
+    """Parallel transfers that all finish (or are cancelled) on ``__exit__``.
+
+    ``on_done(error_or_None)`` runs in a worker thread when each transfer
+    ends; ``on_bytes(n)`` as data moves. Submitting never raises for a
+    transfer failure: failures arrive through ``on_done``.
+    """
+
+    @abstractmethod
+    def download(self, key: str, local_path: str, *, on_bytes: BytesCallback | None = None,
+                 on_done: DoneCallback | None = None) -> None: ...
+
+    @abstractmethod
+    def upload(self, local_path: str, key: str, *, on_bytes: BytesCallback | None = None,
+               on_done: DoneCallback | None = None) -> None: ...
+
+    @abstractmethod
+    def close(self, cancel: bool = False) -> None: ...
+
+    def __enter__(self) -> "TransferBatch":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(cancel=exc_type is not None)
+
+
+class Storage(ABC):
+    """A place holding objects under relative keys."""
+
+    url: StorageURL
+    settings: StorageSettings
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects under the directory ``prefix`` ("" for all), any order."""
+
+    @abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """The object's info, None when it does not exist."""
+
+    @abstractmethod
+    def read_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; a missing key is not an error."""
+
+    @abstractmethod
+    def batch(self, workers: int | None = None) -> TransferBatch: ...
+
+    def check(self) -> None:
+        """Fail early, with a clear StorageError, if the location is unusable."""
+
+    def exists(self, key: str) -> bool:
+        return self.stat(key) is not None
+
+    def describe(self, key: str = "") -> str:
+        """The URL of ``key`` for messages."""
+        return str(self.url.child(key)) if key else str(self.url)
+
+    def upload_file(self, local_path: str, key: str, on_bytes: BytesCallback | None = None) -> None:
+        self._one(lambda b, done: b.upload(local_path, key, on_bytes=on_bytes, on_done=done))
+
+    def download_file(self, key: str, local_path: str, on_bytes: BytesCallback | None = None) -> None:
+        """Download atomically: ``local_path`` appears only when complete."""
+        self._one(lambda b, done: b.download(key, local_path, on_bytes=on_bytes, on_done=done))
+
+    def _one(self, submit: Callable[[TransferBatch, DoneCallback], None]) -> None:
+        errors: list[BaseException] = []
+        with self.batch() as batch:
+            submit(batch, lambda err: errors.append(err) if err else None)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Release connections; the object stays usable (it reconnects)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url})"
+
+
+def _dir_prefix(prefix: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+# --------------------------------------------------------------------------- local
+
+
+class LocalStorage(Storage):
+    """A directory; keys are paths below it."""
+
+    def __init__(self, url: StorageURL, settings: StorageSettings):
+        self.url = url
+        self.settings = settings
+        self.root = url.path
+        self._real_root: str | None = None
+
+    def path(self, key: str) -> str:
+        """The file for ``key``; refuses keys that would leave the root."""
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        return safe_local_path(self.root, key, self._real_root)
+
+    def check(self) -> None:
+        if not os.path.isdir(self.root):
+            raise StorageError(f"local storage directory {self.root} does not exist")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        top = os.path.join(self.root, *_dir_prefix(prefix).split("/"))
+        base = len(os.path.join(self.root, ""))
+        for dirpath, dirs, files in os.walk(top):
+            dirs.sort()
+            for name in sorted(files):
+                if name.startswith(INTERNAL_PREFIX) or PART_MARK in name:
+                    continue
+                full = os.path.join(dirpath, name)
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue
+                key = full[base:].replace(os.sep, "/")
+                yield ObjectInfo(key, st.st_size, str(st.st_mtime_ns), st.st_mtime)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = os.stat(self.path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectInfo(key, st.st_size, str(st.st_mtime_ns), st.st_mtime)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            with open(self.path(key), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"object {self.describe(key)} does not exist") from None
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        final = self.path(key)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = part_path(final)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+
+    def delete(self, key: str) -> None:
+        try:
+            os.remove(self.path(key))
+        except FileNotFoundError:
+            pass
+
+    def batch(self, workers: int | None = None) -> TransferBatch:
+        return _LocalBatch(self, workers or self.settings.workers)
+
+
+def _copy_atomic(src: str, final: str, on_bytes: BytesCallback | None) -> None:
+    tmp = part_path(final)
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while True:
+                block = fin.read(1 << 20)
+                if not block:
+                    break
+                fout.write(block)
+                if on_bytes:
+                    on_bytes(len(block))
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+class _LocalBatch(TransferBatch):
+    def __init__(self, storage: LocalStorage, workers: int):
+        self._storage = storage
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cloud-local")
+
+    def _run(self, fn: Callable[[], None], on_done: DoneCallback | None) -> None:
+        def task() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # reported, not raised: see TransferBatch
+                if on_done:
+                    on_done(exc)
+                return
+            if on_done:
+                on_done(None)
+        self._pool.submit(task)
+
+    def download(self, key, local_path, *, on_bytes=None, on_done=None):
+        src = self._storage.path(key)
+
+        def copy() -> None:
+            if not os.path.exists(src):
+                raise StorageError(f"object {self._storage.describe(key)} does not exist")
+            _copy_atomic(src, local_path, on_bytes)
+        self._run(copy, on_done)
+
+    def upload(self, local_path, key, *, on_bytes=None, on_done=None):
+        final = self._storage.path(key)
+
+        def copy() -> None:
+            os.makedirs(os.path.dirname(final), exist_ok=True)
+            _copy_atomic(local_path, final, on_bytes)
+        self._run(copy, on_done)
+
+    def close(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+
+# --------------------------------------------------------------------------- S3
+
+
+class S3Storage(Storage):
+    """A bucket prefix on S3 or OBS, through boto3."""
+
+    def __init__(self, url: StorageURL, settings: StorageSettings):
+        from cloud import s3client  # boto3 is imported only when S3 is used
+        self.url = url
+        self.settings = settings
+        self.bucket = url.bucket
+        self._s3client = s3client
+        self._conn = s3client.connect(url, settings)
+
+    @property
+    def client(self) -> Any:
+        return self._conn.client
+
+    @property
+    def connection(self):
+        return self._conn
+
+    def _key(self, key: str) -> str:
+        check_relative_key(key)
+        return self.url.key(key)
+
+    def _explained(self, key: str = ""):
+        return self._s3client.explained(self._conn, self.bucket, self.url.key(key) if key else "")
+
+    def _explain(self, exc: BaseException, key: str = "") -> BaseException:
+        return self._s3client.explain_if_known(exc, self._conn, self.bucket,
+                                               self.url.key(key) if key else "")
+
+    def check(self) -> None:
+        # A one-key listing, not HeadBucket: HEAD errors have no body, so a bad
+        # secret and a missing permission would both read as a bare 403.
+        with self._explained():
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=_dir_prefix(self.url.prefix),
+                                        MaxKeys=1)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        root = _dir_prefix(self.url.prefix)
+        full_prefix = root + _dir_prefix(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        with self._explained(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+                for obj in page.get("Contents", ()):
+                    key = obj["Key"]
+                    if key.endswith("/"):
+                        continue  # a "directory marker", not a file
+                    yield ObjectInfo(key[len(root):], int(obj["Size"]),
+                                     str(obj.get("ETag", "")).strip('"'),
+                                     obj["LastModified"].timestamp())
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+        try:
+            with self._explained(key):
+                head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
+                    "404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'),
+                          head["LastModified"].timestamp())
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._explained(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def write_bytes(self, key: str, data: bytes) -> None:
+        with self._explained(key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def delete(self, key: str) -> None:
+        with self._explained(key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def transfer_config(self, workers: int | None = None):
+        from boto3.s3.transfer import TransferConfig
+        s = self.settings
+        return TransferConfig(
+            multipart_threshold=s.multipart_threshold,
+            multipart_chunksize=s.multipart_chunksize,
+            max_concurrency=workers or s.workers,
+            io_chunksize=s.io_chunksize_kb * 1024,
+            use_threads=True,
+            preferred_transfer_client="classic",
+        )
+
+    def batch(self, workers: int | None = None) -> TransferBatch:
+        return _S3Batch(self, workers or self.settings.workers)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _S3Batch(TransferBatch):
+    """Transfers through one boto3 transfer manager (multipart above threshold)."""
+
+    def __init__(self, storage: S3Storage, workers: int):
+        from boto3.s3.transfer import create_transfer_manager
+        self._storage = storage
+        self._manager = create_transfer_manager(storage.client, storage.transfer_config(workers))
+
+    def _subscribers(self, key: str, on_bytes, on_done, finish: Callable[[], None] | None = None,
+                     cleanup: Callable[[], None] | None = None):
+        from s3transfer.subscribers import BaseSubscriber
+        storage = self._storage
+
+        class Subscriber(BaseSubscriber):
+            def on_progress(self, future, bytes_transferred, **kwargs):
+                if on_bytes:
+                    on_bytes(bytes_transferred)
+
+            def on_done(self, future, **kwargs):
+                error: BaseException | None = None
+                try:
+                    future.result()
+                    if finish:
+                        finish()
+                except BaseException as exc:
+                    if cleanup:
+                        cleanup()
+                    error = storage._explain(exc, key)
+                if on_done:
+                    on_done(error)
+        return [Subscriber()]
+
+    def download(self, key, local_path, *, on_bytes=None, on_done=None):
+        full_key = self._storage._key(key)
+        tmp = part_path(local_path)
+
+        def finish() -> None:
+            os.replace(tmp, local_path)
+
+        def cleanup() -> None:
+            try:
+                os.remove(tmp)
+            except FileNotFoundError:
+                pass
+        self._manager.download(self._storage.bucket, full_key, tmp,
+                               subscribers=self._subscribers(key, on_bytes, on_done, finish, cleanup))
+
+    def upload(self, local_path, key, *, on_bytes=None, on_done=None):
+        full_key = self._storage._key(key)
+        self._manager.upload(local_path, self._storage.bucket, full_key,
+                             subscribers=self._subscribers(key, on_bytes, on_done))
+
+    def close(self, cancel: bool = False) -> None:
+        self._manager.shutdown(cancel=cancel)
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def open_storage(url: str | os.PathLike | StorageURL,
+                 settings: StorageSettings | Mapping[str, Any] | None = None) -> Storage:
+    """A Storage for a local path, ``s3://bucket/prefix`` or ``obs://bucket/prefix``.
+
+    No request is made; call ``check()`` to fail early on a bad bucket or key.
+    """
+    parsed = url if isinstance(url, StorageURL) else parse_url(url)
+    settings = to_settings(settings)
+    if parsed.is_remote:
+        return S3Storage(parsed, settings)
+    return LocalStorage(parsed, settings)

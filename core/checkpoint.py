@@ -1,0 +1,154 @@
+"""Training checkpoints: one MindSpore .ckpt holding weights, optimizer state and run metadata.
+
+A checkpoint carries everything a resume needs (weights, BN statistics, optimizer moments and
+step counter, EMA weights, epoch, global step, config, class list), is written under a
+temporary name and renamed, and is CRC-checked on load. .ckpt files are protobuf: loading one
+never executes code.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+import mindspore as ms
+
+from core.dropout import is_mask
+
+log = logging.getLogger("core.checkpoint")
+META_KEY = "runner_meta"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^(?P<prefix>.+)-e(?P<epoch>\d+)-s(?P<step>\d+)\.ckpt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: one line naming the file and the fix."""
+
+
+@dataclass
+class Checkpoint:
+    params: dict            # name -> Parameter
+    meta: dict              # epoch, step, steps_per_epoch, config, classes, kind
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def save(path: str | os.PathLike, params: Iterable, meta: dict) -> Path:
+    """Write atomically: MindSpore writes `<name>.tmp.ckpt`, then it is renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.ckpt")
+    entries = [{"name": p.name, "data": p} for p in params]
+    meta = dict(meta, format_version=FORMAT_VERSION)
+    try:
+        ms.save_checkpoint(entries, str(tmp), append_dict={META_KEY: json.dumps(meta)},
+                           crc_check=True)
+        os.replace(tmp, path)
+        path.chmod(0o640)  # MindSpore writes 0400; keep-K and re-saves need to replace it
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write checkpoint {path}: {exc} "
+                              f"(check free space and permissions of {path.parent})") from exc
+    return path
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path} (pass an existing .ckpt file)")
+    try:
+        raw = ms.load_checkpoint(str(path), crc_check=True)
+    except Exception as exc:  # MindSpore raises ValueError/RuntimeError on corrupt files
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}); "
+                              f"use an earlier checkpoint") from None
+    meta_text = raw.pop(META_KEY, None)
+    meta = json.loads(meta_text) if isinstance(meta_text, str) else {}
+    params = {k: v for k, v in raw.items() if isinstance(v, ms.Parameter)}
+    return Checkpoint(params, meta)
+
+
+def restore(cells: Iterable, checkpoint: Checkpoint, skip_prefixes: tuple = ()) -> None:
+    """Load every parameter of `cells`; a parameter missing from the file is an error, since
+    a silent partial restore would resume a different run."""
+    for cell in cells:
+        wanted = [p for p in cell.get_parameters()
+                  if not p.name.startswith(skip_prefixes) and not is_mask(p.name)]
+        missing = [p.name for p in wanted if p.name not in checkpoint.params]
+        if missing:
+            raise CheckpointError(f"checkpoint lacks {len(missing)} parameter(s) of this run, e.g. "
+                                  f"'{missing[0]}' (was it written for another model or optimizer?)")
+        for p in wanted:
+            src = checkpoint.params[p.name]
+            if tuple(src.shape) != tuple(p.shape):
+                raise CheckpointError(f"checkpoint parameter '{p.name}' has shape {tuple(src.shape)}, "
+                                      f"the model needs {tuple(p.shape)} (check model.num_classes "
+                                      f"and model.width_mult)")
+            p.set_data(src.data.astype(p.dtype) if src.dtype != p.dtype else src.data)
+
+
+def load_pretrained(net, path: str | os.PathLike, classifier_prefixes: tuple = ()) -> list[str]:
+    """Weights for fine-tuning: take every matching parameter; classifier parameters whose shape
+    differs (another class count) are left at their fresh init. Returns the names left fresh."""
+    checkpoint = load(path)
+    fresh = []
+    matched = 0
+    for p in net.get_parameters():
+        if is_mask(p.name):
+            continue
+        src = checkpoint.params.get(p.name)
+        if src is not None and tuple(src.shape) == tuple(p.shape):
+            p.set_data(src.data.astype(p.dtype) if src.dtype != p.dtype else src.data)
+            matched += 1
+        elif p.name.startswith(classifier_prefixes):
+            fresh.append(p.name)
+        else:
+            reason = "missing" if src is None else f"shape {tuple(src.shape)} vs {tuple(p.shape)}"
+            raise CheckpointError(f"pre-trained checkpoint {path} does not fit this model: "
+                                  f"'{p.name}' {reason} (check model.arch and model.width_mult)")
+    log.info("pre-trained weights: %d parameters loaded from %s; fresh: %s", matched, path,
+             ", ".join(fresh) or "none")
+    return fresh
+
+
+def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
+    return f"{prefix}-e{epoch:04d}-s{step:08d}.ckpt"
+
+
+class CheckpointManager:
+    """Periodic checkpoints in one folder, keeping the newest K (best.ckpt is kept apart)."""
+
+    def __init__(self, folder: str | os.PathLike, prefix: str, keep: int):
+        self.folder = Path(folder)
+        self.prefix = prefix
+        self.keep = keep
+
+    def periodic(self) -> list[Path]:
+        """Checkpoints of this prefix, oldest first by global step."""
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for f in self.folder.iterdir():
+            m = _NAME.match(f.name)
+            if m and m.group("prefix") == self.prefix:
+                found.append((int(m.group("step")), f))
+        return [f for _, f in sorted(found)]
+
+    def latest(self) -> Optional[Path]:
+        files = self.periodic()
+        return files[-1] if files else None
+
+    def save(self, params, meta: dict) -> Path:
+        path = save(self.folder / checkpoint_name(self.prefix, meta["epoch"], meta["step"]),
+                    params, meta)
+        for old in self.periodic()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def save_best(self, params, meta: dict) -> Path:
+        return save(self.folder / "best.ckpt", params, meta)

@@ -1,0 +1,175 @@
+"""ImageFolder discovery and the MindSpore input pipelines for training and evaluation.
+
+The sample order is decided here, in numpy, from (seed, epoch): every rank can compute its
+own shard, a resumed run can rebuild the order of the epoch it stopped in, and evaluation can
+cover every image exactly once however the set divides into ranks and batches.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPEG", ".JPG", ".PNG")
+
+
+class DatasetError(ValueError):
+    """A problem with the dataset on disk: one line naming the path and the fix."""
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """Files and integer labels of one split; labels index the sorted class names."""
+    root: str
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def list_classes(split_dir: str | os.PathLike) -> list[str]:
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        raise DatasetError(f"dataset folder not found: {split_dir} (expected an ImageFolder: "
+                           f"<root>/train/<class>/*.jpg and <root>/val/<class>/*.jpg)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DatasetError(f"no class folders in {split_dir} (put each class's images in "
+                           f"{split_dir}/<class_name>/)")
+    return classes
+
+
+def scan_split(split_dir: str | os.PathLike, classes: Optional[Sequence[str]] = None) -> ImageList:
+    """List images of a split. With `classes` given (the training classes), the split must not
+    hold a class outside them: a val class unknown to the model cannot be scored."""
+    split_dir = Path(split_dir)
+    found = list_classes(split_dir)
+    if classes is None:
+        classes = found
+    else:
+        extra = sorted(set(found) - set(classes))
+        if extra:
+            raise DatasetError(f"{split_dir} has class folder(s) {extra[:5]} that the training set "
+                               f"lacks; remove them or add them to the training set")
+    index = {name: i for i, name in enumerate(classes)}
+    files, labels = [], []
+    for name in found:
+        folder = split_dir / name
+        images = sorted(e.name for e in os.scandir(folder)
+                        if e.is_file() and e.name.endswith(IMAGE_EXTENSIONS))
+        if not images:
+            raise DatasetError(f"class folder {folder} holds no images (.jpg/.jpeg/.png/.bmp); "
+                               f"add images or remove the folder")
+        files.extend(str(folder / f) for f in images)
+        labels.extend([index[name]] * len(images))
+    return ImageList(str(split_dir), tuple(files), tuple(labels), tuple(classes))
+
+
+def train_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's sample indices for one epoch: a seeded shuffle, cut to a multiple of the
+    world size so every rank takes the same number of steps, then strided by rank."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    usable = num_samples - num_samples % world
+    return order[:usable][rank::world]
+
+
+def eval_order(num_samples: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Every image exactly once across ranks, in file order (shards may differ by one)."""
+    return np.arange(num_samples)[rank::world]
+
+
+class _FileSource:
+    """Random-access source of (JPEG bytes, label) for GeneratorDataset."""
+
+    def __init__(self, images: ImageList, indices: np.ndarray):
+        self.files = images.files
+        self.labels = images.labels
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        j = int(self.indices[i])
+        with open(self.files[j], "rb") as fh:
+            data = fh.read()
+        return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
+
+
+def _normalize_ops(data_cfg):
+    from mindspore.dataset import vision
+    mean = [m * 255 for m in data_cfg.mean]
+    std = [s * 255 for s in data_cfg.std]
+    return [vision.Normalize(mean=mean, std=std), vision.HWC2CHW()]
+
+
+def train_transforms(data_cfg) -> list:
+    """RandomCropDecodeResize, flip, colour jitter, normalise, CHW (the reference recipe)."""
+    from mindspore.dataset import vision
+    ops = [vision.RandomCropDecodeResize(data_cfg.image_size, scale=tuple(data_cfg.crop_scale),
+                                         ratio=tuple(data_cfg.crop_ratio))]
+    if data_cfg.hflip > 0:
+        ops.append(vision.RandomHorizontalFlip(prob=data_cfg.hflip))
+    brightness, contrast, saturation = data_cfg.color_jitter
+    if brightness or contrast or saturation:
+        ops.append(vision.RandomColorAdjust(brightness=brightness, contrast=contrast,
+                                            saturation=saturation))
+    return ops + _normalize_ops(data_cfg)
+
+
+def eval_transforms(data_cfg) -> list:
+    """Decode, resize the shorter side, centre crop, normalise, CHW."""
+    from mindspore.dataset import vision
+    return [vision.Decode(), vision.Resize(data_cfg.eval_resize),
+            vision.CenterCrop(data_cfg.image_size)] + _normalize_ops(data_cfg)
+
+
+def _pipeline(images: ImageList, indices: np.ndarray, ops: list, batch_size: int, workers: int,
+              drop_remainder: bool):
+    import mindspore.dataset as ds
+    source = _FileSource(images, indices)
+    dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
+                                  num_parallel_workers=1, python_multiprocessing=False)
+    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
+    """Distinct per (epoch, rank) and reproducible, so a resumed epoch sees the same crops."""
+    return int(np.random.default_rng([seed, epoch, rank, 7]).integers(0, 2 ** 31 - 1))
+
+
+def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank: int = 0,
+                        world: int = 1, skip_batches: int = 0):
+    """The training pipeline of one epoch for one rank.
+
+    Batches already consumed before a resume are skipped after augmentation, so the random
+    augmentation stream of the remaining batches is exactly that of an uninterrupted run
+    (MindSpore's random ops draw per row in pipeline order). It costs decoding the skipped
+    batches once, which is far cheaper than training on them.
+    """
+    import mindspore.dataset as ds
+    ds.config.set_seed(augmentation_seed(seed, epoch, rank))
+    indices = train_order(len(images), seed, epoch, rank, world)
+    dataset = _pipeline(images, indices, train_transforms(data_cfg), data_cfg.batch_size,
+                        data_cfg.workers, drop_remainder=True)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches)
+    return dataset
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world: int = 1) -> int:
+    return (num_samples - num_samples % world) // world // batch_size
+
+
+def build_eval_dataset(images: ImageList, data_cfg, rank: int = 0, world: int = 1):
+    """Every image of this rank's shard once; the last batch may be partial."""
+    batch = data_cfg.eval_batch_size or data_cfg.batch_size
+    indices = eval_order(len(images), rank, world)
+    return _pipeline(images, indices, eval_transforms(data_cfg), batch, data_cfg.workers,
+                     drop_remainder=False)

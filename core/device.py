@@ -1,0 +1,46 @@
+"""Device selection and MindSpore context: the one place that decides CPU, GPU or Ascend."""
+from __future__ import annotations
+
+import logging
+
+import mindspore as ms
+
+log = logging.getLogger("core.device")
+_PREFERENCE = ("Ascend", "GPU")
+
+
+def resolve_target(requested: str) -> str:
+    """'auto' picks the first available accelerator, else CPU."""
+    if requested != "auto":
+        return requested
+    for target in _PREFERENCE:
+        try:
+            if ms.hal.is_available(target):
+                return target
+        except Exception:  # a backend plugin that cannot load means "not available"
+            continue
+    return "CPU"
+
+
+def configure(system_cfg) -> str:
+    target = resolve_target(system_cfg.device_target)
+    mode = ms.GRAPH_MODE if system_cfg.mode == "graph" else ms.PYNATIVE_MODE
+    ms.set_context(mode=mode)
+    if target == "CPU":
+        ms.set_device("CPU")
+    else:
+        ms.set_device(target, system_cfg.device_id)
+    return target
+
+
+def amp_level(train_cfg, target: str) -> str:
+    """The reference trains in O3 with a fixed loss scale on accelerators; CPU stays fp32."""
+    if train_cfg.amp_level != "auto":
+        return train_cfg.amp_level
+    return "O0" if target == "CPU" else "O3"
+
+
+def sink_mode(train_cfg, target: str) -> bool:
+    if train_cfg.sink_mode == "auto":
+        return target in ("Ascend", "GPU")
+    return train_cfg.sink_mode == "on"

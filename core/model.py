@@ -1,0 +1,209 @@
+"""MobileNetV3-Small (Howard et al., arXiv 1905.02244) in MindSpore.
+
+Laid out like torchvision's ``mobilenet_v3_small`` so that parameter names line up with
+torchvision's state dict (``features.0.0.weight``, ``features.1.block.0.1.gamma``,
+``classifier.3.weight`` ...): importing torchvision weights is then a rename of the BN
+fields only (weight->gamma, bias->beta, running_mean->moving_mean,
+running_var->moving_variance).
+
+Nothing here reads the environment; the trainer picks the network with ``build_model``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import mindspore.nn as nn
+from mindspore.common import initializer as init
+
+from core.dropout import ReplayableDropout
+
+ARCHS = ("mobilenet_v3_small", "modelzoo")
+
+
+class BlockConfig(NamedTuple):
+    kernel: int
+    expanded: int
+    out: int
+    use_se: bool
+    activation: str  # "RE" = ReLU, "HS" = hard-swish
+    stride: int
+
+
+# MobileNetV3-Small, paper Table 2 / torchvision (before width scaling).
+SMALL_BLOCKS = (
+    #           k  exp  out   SE    act  s
+    BlockConfig(3, 16, 16, True, "RE", 2),
+    BlockConfig(3, 72, 24, False, "RE", 2),
+    BlockConfig(3, 88, 24, False, "RE", 1),
+    BlockConfig(5, 96, 40, True, "HS", 2),
+    BlockConfig(5, 240, 40, True, "HS", 1),
+    BlockConfig(5, 240, 40, True, "HS", 1),
+    BlockConfig(5, 120, 48, True, "HS", 1),
+    BlockConfig(5, 144, 48, True, "HS", 1),
+    BlockConfig(5, 288, 96, True, "HS", 2),
+    BlockConfig(5, 576, 96, True, "HS", 1),
+    BlockConfig(5, 576, 96, True, "HS", 1),
+)
+STEM_CHANNELS = 16
+HIDDEN_CHANNELS = 1024
+
+# torchvision BN: eps 1e-3, momentum 0.01 -> MindSpore keeps 1 - 0.01 of the running stat.
+BN_EPS = 1e-3
+BN_MOMENTUM = 0.99
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
+    """torchvision/TF-slim channel rounding: nearest multiple, never below 90% of value."""
+    if min_value is None:
+        min_value = divisor
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return new_value
+
+
+class HSwish(nn.Cell):
+    """x * relu6(x + 3) / 6 from primitives: nn.HSwish does not export to ONNX."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu6 = nn.ReLU6()
+
+    def construct(self, x):
+        return x * self.relu6(x + 3.0) / 6.0
+
+
+class HSigmoid(nn.Cell):
+    """relu6(x + 3) / 6 from primitives: nn.HSigmoid does not export to ONNX."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu6 = nn.ReLU6()
+
+    def construct(self, x):
+        return self.relu6(x + 3.0) / 6.0
+
+
+def activation(name: str) -> nn.Cell:
+    if name == "RE":
+        return nn.ReLU()
+    if name == "HS":
+        return HSwish()
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def conv_init() -> init.Initializer:
+    """Kaiming normal, fan_out, ReLU gain: torchvision's MobileNetV3 conv init."""
+    return init.HeNormal(mode="fan_out", nonlinearity="relu")
+
+
+def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
+                act: Optional[str] = None, eps: float = BN_EPS,
+                momentum: float = BN_MOMENTUM) -> nn.SequentialCell:
+    """Conv (no bias) + BN [+ activation]: torchvision's Conv2dNormActivation (.0 conv, .1 BN)."""
+    layers = [
+        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=(kernel - 1) // 2,
+                  group=groups, has_bias=False, weight_init=conv_init()),
+        nn.BatchNorm2d(out_ch, eps=eps, momentum=momentum, gamma_init="ones", beta_init="zeros"),
+    ]
+    if act is not None:
+        layers.append(activation(act))
+    return nn.SequentialCell(layers)
+
+
+class SqueezeExcitation(nn.Cell):
+    """SE with a hard-sigmoid gate; fc1/fc2 are 1x1 convs with bias, as in torchvision."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, squeeze, 1, has_bias=True, weight_init=conv_init(),
+                             bias_init="zeros")
+        self.relu = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeeze, channels, 1, has_bias=True, weight_init=conv_init(),
+                             bias_init="zeros")
+        self.gate = HSigmoid()
+
+    def construct(self, x):
+        scale = x.mean((2, 3), keep_dims=True)
+        scale = self.gate(self.fc2(self.relu(self.fc1(scale))))
+        return x * scale
+
+
+class InvertedResidual(nn.Cell):
+    """[expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (linear), residual when shapes match."""
+
+    def __init__(self, in_ch: int, cfg: BlockConfig, width_mult: float = 1.0):
+        super().__init__()
+        expanded = make_divisible(cfg.expanded * width_mult)
+        out_ch = make_divisible(cfg.out * width_mult)
+        self.use_residual = cfg.stride == 1 and in_ch == out_ch
+        layers = []
+        if expanded != in_ch:
+            layers.append(conv_bn_act(in_ch, expanded, 1, act=cfg.activation))
+        layers.append(conv_bn_act(expanded, expanded, cfg.kernel, stride=cfg.stride,
+                                  groups=expanded, act=cfg.activation))
+        if cfg.use_se:
+            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
+        layers.append(conv_bn_act(expanded, out_ch, 1, act=None))
+        self.block = nn.SequentialCell(layers)
+        self.out_channels = out_ch
+
+    def construct(self, x):
+        if self.use_residual:
+            return x + self.block(x)
+        return self.block(x)
+
+
+class MobileNetV3Small(nn.Cell):
+    """MobileNetV3-Small with torchvision's structure and init; logits (N, num_classes)."""
+
+    CLASSIFIER_PREFIXES = ("classifier.3.",)
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2):
+        super().__init__()
+        stem = make_divisible(STEM_CHANNELS * width_mult)
+        layers = [conv_bn_act(3, stem, 3, stride=2, act="HS")]
+        in_ch = stem
+        for cfg in SMALL_BLOCKS:
+            block = InvertedResidual(in_ch, cfg, width_mult)
+            layers.append(block)
+            in_ch = block.out_channels
+        last_conv = 6 * in_ch  # 576 at width 1.0, as torchvision derives it
+        layers.append(conv_bn_act(in_ch, last_conv, 1, act="HS"))
+        self.features = nn.SequentialCell(layers)
+
+        hidden = make_divisible(HIDDEN_CHANNELS * width_mult)  # torchvision scales last_channel
+        self.classifier = nn.SequentialCell([
+            nn.Dense(last_conv, hidden, weight_init=init.Normal(0.01), bias_init="zeros"),
+            HSwish(),
+            ReplayableDropout(dropout, hidden),
+            nn.Dense(hidden, num_classes, weight_init=init.Normal(0.01), bias_init="zeros"),
+        ])
+
+    def construct(self, x):
+        x = self.features(x)
+        x = x.mean((2, 3))  # global average pool
+        return self.classifier(x)
+
+
+def build_model(arch: str, num_classes: int, width_mult: float = 1.0,
+                dropout: Optional[float] = None) -> nn.Cell:
+    """Return the network named by ``arch`` (one of ARCHS).
+
+    ``dropout=None`` means the architecture's own default: 0.2 for mobilenet_v3_small,
+    none for the model-zoo variant (which was trained without it).
+    """
+    if arch == "mobilenet_v3_small":
+        return MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout)
+    if arch == "modelzoo":
+        from core.modelzoo import ModelZooMobileNetV3Small
+
+        return ModelZooMobileNetV3Small(num_classes, width_mult,
+                                        0.0 if dropout is None else dropout)
+    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def count_parameters(net: nn.Cell) -> int:
+    """Number of trainable scalars (BN moving statistics excluded, as in torchvision's count)."""
+    return sum(p.size for p in net.trainable_params())

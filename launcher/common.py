@@ -1,0 +1,54 @@
+"""What every entry point shares: logging to console and run dir, and one-line user errors."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from core.checkpoint import CheckpointError
+from core.config import ConfigError
+from core.data import DatasetError
+from core.export import ExportError
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError)
+
+
+def user_error_types() -> tuple:
+    """Errors the user can fix; cloud adds its own when it is importable."""
+    from cloud.environment import EnvironmentConfigError
+    from cloud.errors import StorageError
+    from cloud.rank_table import RankTableError
+    return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError)
+
+
+def setup_logging(log_file: Path | None = None, rank_prefix: str = "", level=logging.INFO) -> None:
+    fmt = f"%(asctime)s {rank_prefix}%(levelname)s %(name)s: %(message)s"
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    root.addHandler(console)
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.setFormatter(logging.Formatter(fmt))
+        root.addHandler(handler)
+
+
+def run_main(main, argv=None) -> int:
+    """Run `main(argv)`; user errors print one line (no traceback unless --debug), exit 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        return main(argv) or 0
+    except user_error_types() as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

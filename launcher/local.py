@@ -1,0 +1,170 @@
+#!/usr/bin/env python
+"""Workstation entry point: `python launcher/local.py train|eval|export [options] [key=value ...]`.
+
+Reads the config, prepares local paths (the embedded demo dataset when none is given), and
+calls core/. Model-zoo flags (--dataset_path, --device_target, --device_id,
+--checkpoint_path, --pre_trained) are accepted as well.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from core import checkpoint as ckpt  # noqa: E402
+from core.config import ConfigError, load_config, parse_override  # noqa: E402
+from launcher.common import run_main, setup_logging  # noqa: E402
+
+log = logging.getLogger("launcher.local")
+DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
+
+
+def demo_dataset_path() -> str:
+    from core.synthetic import ensure_demo_dataset
+    return str(ensure_demo_dataset(DEFAULT_CACHE / "demo_dataset_v1"))
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (configs/*.yaml)")
+    p.add_argument("--dataset_path", "--data", dest="dataset_path",
+                   help="ImageFolder root with train/ and val/ (default: embedded demo dataset)")
+    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"))
+    p.add_argument("--device_id", type=int)
+    p.add_argument("--output_dir", help="run directory (system.output_dir)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (also accepted as bare KEY=VALUE arguments)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="launcher/local.py", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train (and evaluate) a model")
+    add_common(train)
+    train.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest in "
+                                        "the run directory")
+    train.add_argument("--checkpoint_path", help="model-zoo alias of --resume")
+    train.add_argument("--pre_trained", help="weights to start from (fine-tuning)")
+    for name, text in (("eval", "evaluate a checkpoint"), ("export", "export a checkpoint")):
+        p = sub.add_parser(name, help=text)
+        add_common(p)
+        p.add_argument("--checkpoint_path", "--checkpoint", dest="checkpoint_path", required=True)
+    sub.choices["export"].add_argument("--format", choices=("MINDIR", "ONNX", "AIR"))
+    return top
+
+
+def overrides_from(args) -> dict:
+    pairs = dict(parse_override(text) for text in list(args.sets) + list(args.overrides))
+    for flag, key in (("dataset_path", "data.path"), ("device_target", "system.device_target"),
+                      ("device_id", "system.device_id"), ("output_dir", "system.output_dir"),
+                      ("format", "export.format")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            pairs[key] = value
+    return pairs
+
+
+def cmd_train(args) -> int:
+    from core.train import train
+    cfg = load_config(args.config, overrides_from(args))
+    if not cfg.data.path:
+        cfg.data.path = demo_dataset_path()
+    run_dir = Path(cfg.system.output_dir)
+    resume = args.resume or args.checkpoint_path
+    manager = ckpt.CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.prefix, cfg.checkpoint.keep)
+    if resume == "auto":
+        latest = manager.latest()
+        resume = str(latest) if latest else None
+    elif not resume and manager.latest() is not None:
+        raise ConfigError(f"run directory {run_dir} already holds checkpoints; pass --resume auto "
+                          f"to continue that run or choose another --output_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup_logging(run_dir / "train.log")
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    summary = train(cfg, run_dir, resume=resume, pretrained=args.pre_trained)
+    best = summary.get("best_eval")
+    print(f"run directory: {run_dir.resolve()}")
+    print(f"final checkpoint: {summary['final_checkpoint']}")
+    if best:
+        print(f"best val top-1 {best['Top_1_Acc']:.4f} top-5 {best['Top_5_Acc']:.4f} "
+              f"({best['images']} images)")
+    return 0
+
+
+def _config_for_checkpoint(args, checkpoint: ckpt.Checkpoint):
+    """Saved training config <- user recipe <- CLI, so eval/export see the trained input size."""
+    saved = checkpoint.meta.get("config")
+    return load_config(args.config, overrides_from(args), base=saved)
+
+
+def _output_dir(args, checkpoint_path: Path) -> Path:
+    if args.output_dir:
+        return Path(args.output_dir)
+    parent = checkpoint_path.resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent
+
+
+def cmd_eval(args) -> int:
+    from core.data import scan_split
+    from core.device import configure
+    from core.evaluate import evaluate, format_result
+    from core.inference import classes_of, network_from_checkpoint
+    path = Path(args.checkpoint_path)
+    checkpoint = ckpt.load(path)
+    cfg = _config_for_checkpoint(args, checkpoint)
+    if not cfg.data.path:
+        cfg.data.path = demo_dataset_path()
+    setup_logging()
+    configure(cfg.system)
+    classes = classes_of(checkpoint)
+    if classes is None:  # a foreign checkpoint: the folders name the classes
+        classes = scan_split(Path(cfg.data.path) / cfg.data.train_dir).classes \
+            if (Path(cfg.data.path) / cfg.data.train_dir).is_dir() else None
+    val = scan_split(Path(cfg.data.path) / cfg.data.val_dir, classes)
+    net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes)
+    result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
+    print(format_result(result, str(path)))
+    out = _output_dir(args, path)
+    out.mkdir(parents=True, exist_ok=True)
+    record = dict(result, checkpoint=str(path), dataset=str(Path(cfg.data.path) / cfg.data.val_dir))
+    (out / "eval.json").write_text(json.dumps(record, indent=2))
+    print(f"eval written: {out / 'eval.json'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from core.device import configure
+    from core.export import export_model
+    from core.inference import network_from_checkpoint
+    path = Path(args.checkpoint_path)
+    checkpoint = ckpt.load(path)
+    cfg = _config_for_checkpoint(args, checkpoint)
+    setup_logging()
+    target = configure(cfg.system)
+    net, names = network_from_checkpoint(checkpoint, cfg, path)
+    out = _output_dir(args, path) / "export"
+    eval_file = out.parent / "eval.json"
+    eval_result = json.loads(eval_file.read_text()) if eval_file.exists() else checkpoint.meta.get("eval")
+    exported = export_model(net, cfg, out, names, target, eval_result)
+    print(f"exported: {exported}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export}
+
+
+def main(argv) -> int:
+    args = parser().parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

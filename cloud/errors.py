@@ -12,4 +12,5 @@ class UnsafeKeyError(StorageError):
 
     def __init__(self, key: str, reason: str):
         self.key = key
+        self.reason = reason
         super().__init__(f"refusing unsafe object key {key!r}: {reason}")

@@ -116,6 +116,12 @@ def load_pretrained(net, path: str | os.PathLike, classifier_prefixes: tuple = (
     return fresh
 
 
+def step_of(path: str | os.PathLike) -> int:
+    """Global step from a runner checkpoint's file name (-1 for other names)."""
+    m = _NAME.match(Path(path).name)
+    return int(m.group("step")) if m else -1
+
+
 def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
     return f"{prefix}-e{epoch:04d}-s{step:08d}.ckpt"
 

@@ -38,6 +38,9 @@ class ModelConfig:
     dropout: Optional[float] = _spec(None, minimum=0.0, maximum=0.99,
                                      help="dropout before the classifier; null = the arch's own "
                                           "(0.2, model-zoo: none)")
+    bn_momentum: Optional[float] = _spec(None, minimum=0.0, maximum=0.9999,
+                                         help="weight kept by BN running stats; null = the arch's "
+                                              "own (0.99, model-zoo 0.9); short runs want ~0.9")
 
 
 @dataclass
@@ -172,6 +175,11 @@ def _coerce(key: str, value: Any, annotation) -> Any:
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif base is str:
         if isinstance(value, str):
             return value

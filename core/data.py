@@ -129,9 +129,16 @@ def eval_transforms(data_cfg) -> list:
             vision.CenterCrop(data_cfg.image_size)] + _normalize_ops(data_cfg)
 
 
+def usable_workers(requested: int) -> int:
+    """MindSpore refuses more parallel workers than CPUs; a recipe written for a 192-core
+    Ascend server must still run on a laptop."""
+    return max(1, min(requested, os.cpu_count() or 1))
+
+
 def _pipeline(images: ImageList, indices: np.ndarray, ops: list, batch_size: int, workers: int,
               drop_remainder: bool):
     import mindspore.dataset as ds
+    workers = usable_workers(workers)
     source = _FileSource(images, indices)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                   num_parallel_workers=1, python_multiprocessing=False)

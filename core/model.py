@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import mindspore.nn as nn
+from mindspore import ops
 from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
@@ -188,20 +189,39 @@ class MobileNetV3Small(nn.Cell):
 
 
 def build_model(arch: str, num_classes: int, width_mult: float = 1.0,
-                dropout: Optional[float] = None) -> nn.Cell:
+                dropout: Optional[float] = None, bn_momentum: Optional[float] = None) -> nn.Cell:
     """Return the network named by ``arch`` (one of ARCHS).
 
     ``dropout=None`` means the architecture's own default: 0.2 for mobilenet_v3_small,
-    none for the model-zoo variant (which was trained without it).
+    none for the model-zoo variant (which was trained without it). ``bn_momentum=None`` keeps
+    the architecture's BN momentum (0.99 and 0.9, MindSpore convention).
     """
     if arch == "mobilenet_v3_small":
-        return MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout)
-    if arch == "modelzoo":
+        net = MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout)
+    elif arch == "modelzoo":
         from core.modelzoo import ModelZooMobileNetV3Small
 
-        return ModelZooMobileNetV3Small(num_classes, width_mult,
-                                        0.0 if dropout is None else dropout)
-    raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+        net = ModelZooMobileNetV3Small(num_classes, width_mult,
+                                       0.0 if dropout is None else dropout)
+    else:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    if bn_momentum is not None:
+        set_bn_momentum(net, bn_momentum)
+    return net
+
+
+def set_bn_momentum(net: nn.Cell, momentum: float) -> None:
+    """Set the weight kept by every BN running statistic (MindSpore convention).
+
+    Short runs need a lower value than the reference 0.99: with 0.99 the running statistics
+    still carry their initial values after a few hundred steps, and eval-mode outputs collapse.
+    MindSpore builds the training BN op with its momentum at construction, so rebuild it.
+    """
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.BatchNorm2d):
+            cell.momentum = 1.0 - momentum
+            cell.bn_train = ops.BatchNorm(is_training=True, epsilon=cell.eps,
+                                          momentum=cell.momentum, data_format=cell.format)
 
 
 def count_parameters(net: nn.Cell) -> int:

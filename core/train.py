@@ -97,7 +97,8 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                           f"{len(splits.train)} training images; lower data.batch_size")
 
     # Model, loss, schedule, optimizer
-    net = build_model(cfg.model.arch, len(splits.classes), cfg.model.width_mult, cfg.model.dropout)
+    net = build_model(cfg.model.arch, len(splits.classes), cfg.model.width_mult, cfg.model.dropout,
+                      cfg.model.bn_momentum)
     if pretrained:
         ckpt.load_pretrained(net, pretrained, type(net).CLASSIFIER_PREFIXES)
     amp = amp_level(cfg.train, target)
@@ -160,7 +161,7 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
         eval_net = net
         if ema:
             eval_net = build_model(cfg.model.arch, len(splits.classes), cfg.model.width_mult,
-                                   cfg.model.dropout)
+                                   cfg.model.dropout, cfg.model.bn_momentum)
             ema.copy_to(eval_net)
         result = evaluate(eval_net, splits.val, cfg.data, cfg.train.label_smoothing, rank, world)
         train_step.set_train(True)

@@ -53,6 +53,8 @@ def parser() -> argparse.ArgumentParser:
                                         "the run directory")
     train.add_argument("--checkpoint_path", help="model-zoo alias of --resume")
     train.add_argument("--pre_trained", help="weights to start from (fine-tuning)")
+    train.add_argument("--nproc", type=int, default=1,
+                       help="data-parallel processes on this machine (through msrun)")
     for name, text in (("eval", "evaluate a checkpoint"), ("export", "export a checkpoint")):
         p = sub.add_parser(name, help=text)
         add_common(p)
@@ -72,31 +74,45 @@ def overrides_from(args) -> dict:
     return pairs
 
 
-def cmd_train(args) -> int:
-    from core.train import train
-    cfg = load_config(args.config, overrides_from(args))
-    if not cfg.data.path:
-        cfg.data.path = demo_dataset_path()
+def resolve_local_resume(cfg, resume: str | None) -> str | None:
+    """'auto' -> newest checkpoint in the run directory (or None); refuse to train over a
+    directory that already holds a run unless asked to resume it."""
     run_dir = Path(cfg.system.output_dir)
-    resume = args.resume or args.checkpoint_path
     manager = ckpt.CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.prefix, cfg.checkpoint.keep)
     if resume == "auto":
         latest = manager.latest()
-        resume = str(latest) if latest else None
-    elif not resume and manager.latest() is not None:
+        return str(latest) if latest else None
+    if not resume and manager.latest() is not None:
         raise ConfigError(f"run directory {run_dir} already holds checkpoints; pass --resume auto "
                           f"to continue that run or choose another --output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    setup_logging(run_dir / "train.log")
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
-    summary = train(cfg, run_dir, resume=resume, pretrained=args.pre_trained)
-    best = summary.get("best_eval")
-    print(f"run directory: {run_dir.resolve()}")
-    print(f"final checkpoint: {summary['final_checkpoint']}")
-    if best:
-        print(f"best val top-1 {best['Top_1_Acc']:.4f} top-5 {best['Top_5_Acc']:.4f} "
-              f"({best['images']} images)")
+    return resume
+
+
+def cmd_train(args) -> int:
+    from launcher.runner import run_training
+    cfg = load_config(args.config, overrides_from(args))
+    if not cfg.data.path:
+        cfg.data.path = demo_dataset_path()
+    resume = resolve_local_resume(cfg, args.resume or args.checkpoint_path)
+    if args.nproc > 1:
+        from launcher.distributed import launch_local
+        return launch_local(args.nproc, cfg, resume=resume, pretrained=args.pre_trained)
+    run_training(cfg, resume=resume, pretrained=args.pre_trained)
     return 0
+
+
+def resolve_checkpoint_arg(text: str) -> Path:
+    """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint."""
+    path = Path(text)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
+        periodic = [f for f in found if f.name != "best.ckpt" and ".tmp." not in f.name]
+        if not periodic:
+            raise ckpt.CheckpointError(f"no checkpoint in {folder} (pass a .ckpt file or a run "
+                                       f"directory that holds checkpoints/)")
+        return max(periodic, key=lambda f: (ckpt.step_of(f), f.stat().st_mtime))
+    return path
 
 
 def _config_for_checkpoint(args, checkpoint: ckpt.Checkpoint):
@@ -117,7 +133,7 @@ def cmd_eval(args) -> int:
     from core.device import configure
     from core.evaluate import evaluate, format_result
     from core.inference import classes_of, network_from_checkpoint
-    path = Path(args.checkpoint_path)
+    path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
     cfg = _config_for_checkpoint(args, checkpoint)
     if not cfg.data.path:
@@ -144,7 +160,7 @@ def cmd_export(args) -> int:
     from core.device import configure
     from core.export import export_model
     from core.inference import network_from_checkpoint
-    path = Path(args.checkpoint_path)
+    path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
     cfg = _config_for_checkpoint(args, checkpoint)
     setup_logging()

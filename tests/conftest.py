@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests.core_fixtures"]

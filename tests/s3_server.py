@@ -92,15 +92,17 @@ class S3Server:
                 "AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
                 "S3_ENDPOINT": self.endpoint, "AWS_ENDPOINT_URL": self.endpoint}
 
-    def client(self):
+    def client(self, config=None):
+        """A plain boto3 client for this server (tests use it to look behind the API)."""
         import boto3
         from botocore.config import Config
+        base = Config(s3={"addressing_style": "path"},
+                      request_checksum_calculation="when_required",
+                      response_checksum_validation="when_required")
         return boto3.client(
             "s3", endpoint_url=self.endpoint, region_name=self.region,
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
-            config=Config(s3={"addressing_style": "path"},
-                          request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"))
+            config=base.merge(config) if config else base)
 
     def make_bucket(self, name: str | None = None) -> str:
         """Create a fresh bucket (a unique name unless given) and return its name."""
@@ -182,7 +184,7 @@ def start_s3_server(root: str | None = None, *, access_key: str = ACCESS_KEY,
     return server
 
 
-def stop_s3_server(server: S3Server, timeout_s: float = 3.0) -> None:
+def stop_s3_server(server: S3Server, timeout_s: float = 1.0) -> None:
     """Stop the server by its pid (terminate, wait, kill) and remove its directory.
 
     weed 4.48 often hangs after SIGTERM (its filer keeps re-subscribing), so

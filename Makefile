@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEMO_DIR ?= runs/cpu_demo
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: venv demo test test-fast clean-demo
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==24.3.1
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) launcher/local.py train --config configs/cpu_demo.yaml --output_dir $(DEMO_DIR) --resume auto
+	$(PY) launcher/local.py eval --checkpoint_path $(DEMO_DIR)
+	$(PY) launcher/local.py export --checkpoint_path $(DEMO_DIR) --format MINDIR
+	$(PY) launcher/local.py export --checkpoint_path $(DEMO_DIR) --format ONNX
+	@echo "demo outputs in $(DEMO_DIR): checkpoints/, metrics.jsonl, train.log, eval.json, export/"
+
+test: venv
+	$(PY) -m pytest -q tests
+
+clean-demo:
+	rm -rf $(DEMO_DIR)

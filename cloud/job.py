@@ -1,0 +1,118 @@
+"""A training job's local view of remote data and outputs, and the path back.
+
+`prepare_job` turns a config whose `data.path`, `system.output_dir` or resume point are
+`s3://` / `obs://` URLs into one with local paths (staging the data into a cache, once per
+node), and returns the callbacks that upload checkpoints in the background. `finish` waits for
+those uploads and publishes the final outputs. Local paths pass through untouched, so every
+launcher can call this unconditionally.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, resolve_resume
+from cloud.errors import StorageError
+from cloud.storage import open_storage
+from cloud.sync import download_tree, upload_tree
+from cloud.urls import parse_url
+from core.callbacks import Callback
+
+log = logging.getLogger("cloud.job")
+CHECKPOINT_PREFIX = "checkpoints"
+
+
+def is_remote(url: Optional[str]) -> bool:
+    return bool(url) and parse_url(url).is_remote
+
+
+def cache_path(cache_dir: Path, kind: str, url: str) -> Path:
+    """A stable local folder per remote URL: readable name plus a short hash of the URL."""
+    parsed = parse_url(url)
+    tail = (parsed.prefix.strip("/").replace("/", "_") or "root")[-60:]
+    digest = hashlib.sha256(str(url).encode()).hexdigest()[:10]
+    return Path(cache_dir) / kind / f"{parsed.bucket}_{tail}_{digest}"
+
+
+class CheckpointUpload(Callback):
+    """Hands each finished checkpoint to the background uploader; training never waits."""
+
+    def __init__(self, uploader: CheckpointUploader):
+        self.uploader = uploader
+
+    def on_checkpoint(self, path, meta):
+        self.uploader.submit(str(path), {"epoch": meta.get("epoch"), "step": meta.get("step"),
+                                         "kind": meta.get("kind")})
+
+
+@dataclass
+class PreparedJob:
+    cfg: Any                                # core Config with local paths only
+    resume: Optional[str]                   # local checkpoint path, or None
+    callbacks: list = field(default_factory=list)
+    output_url: Optional[str] = None        # where finish() publishes the run directory
+    settings: Any = None
+    uploader: Optional[CheckpointUploader] = None
+
+    def finish(self, timeout_s: Optional[float] = None) -> None:
+        """Wait for checkpoint uploads, then mirror the run directory to the output URL."""
+        if not self.output_url:
+            return
+        if self.uploader:
+            report = self.uploader.wait(timeout_s)
+            if getattr(report, "failed", None):
+                log.error("some checkpoint uploads failed; local copies are kept in %s",
+                          self.cfg.system.output_dir)
+        storage = open_storage(self.output_url, self.settings)
+        stats = upload_tree(self.cfg.system.output_dir, storage, "")
+        log.info("outputs published to %s (%s)", self.output_url, stats)
+
+
+def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job_id: str,
+                writer: bool = True, settings: Any = None) -> PreparedJob:
+    """Stage remote data, map a remote output URL to a local run directory, resolve resume.
+
+    `job_id` makes the per-node staging lock belong to this job; `writer` is true on the rank
+    that writes shared outputs (rank 0): only it uploads checkpoints.
+    """
+    cfg = copy.deepcopy(cfg)
+    cache_dir = Path(cache_dir)
+    job = PreparedJob(cfg=cfg, resume=None, settings=settings)
+
+    if is_remote(cfg.data.path):
+        storage = open_storage(cfg.data.path, settings)
+        storage.check()
+        local = cache_path(cache_dir, "data", cfg.data.path)
+        stats = download_tree(storage, "", str(local), job_id=job_id)
+        log.info("dataset %s staged in %s (%s)", cfg.data.path, local, stats)
+        cfg.data.path = str(local)
+
+    output_storage = None
+    if is_remote(cfg.system.output_dir):
+        job.output_url = cfg.system.output_dir
+        output_storage = open_storage(job.output_url, settings)
+        output_storage.check()
+        cfg.system.output_dir = str(cache_path(cache_dir, "output", job.output_url))
+        if writer:
+            job.uploader = CheckpointUploader(output_storage, CHECKPOINT_PREFIX, keep=cfg.checkpoint.keep)
+            job.callbacks.append(CheckpointUpload(job.uploader))
+
+    resume_cache = cache_dir / "resume" / job_id
+    if resume == "auto":
+        if output_storage is not None:
+            job.resume = resolve_resume(output_storage, CHECKPOINT_PREFIX, str(resume_cache))
+        else:
+            job.resume = "auto"  # the local launcher resolves it in the run directory
+    elif is_remote(resume):
+        job.resume = fetch_checkpoint(resume, str(resume_cache), settings)
+    elif resume:
+        if not Path(resume).is_file():
+            raise StorageError(f"checkpoint {resume} does not exist (pass a .ckpt file, a URL, "
+                               f"or 'auto')")
+        job.resume = resume
+    return job

@@ -1,0 +1,193 @@
+"""cloud.checkpoint_store: background upload, manifest order, keep-K, verified resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+
+import pytest
+
+from cloud.checkpoint_store import (CheckpointUploader, fetch_checkpoint, read_manifest,
+                                    resolve_resume)
+from cloud.errors import StorageError
+from cloud.storage import open_storage
+
+
+@pytest.fixture(params=["s3", "local"])
+def store(request, tmp_path):
+    if request.param == "local":
+        root = tmp_path / "remote"
+        root.mkdir()
+        return open_storage(str(root))
+    server = request.getfixturevalue("s3_server")
+    return open_storage(f"s3://{server.make_bucket()}/job", server.settings(workers=4))
+
+
+def write_checkpoints(directory, count, size=50_000):
+    directory.mkdir(exist_ok=True)
+    paths = []
+    for i in range(1, count + 1):
+        path = directory / f"mbv3-{i}_{i * 100}.ckpt"
+        path.write_bytes(os.urandom(size))
+        paths.append(path)
+    return paths
+
+
+def remote_names(storage, prefix="ckpt"):
+    return sorted(info.key.rsplit("/", 1)[-1] for info in storage.list(prefix))
+
+
+def record_calls(storage, log):
+    """Log upload/manifest/delete calls in order; check each manifest points at an object."""
+    upload, write, delete = storage.upload_file, storage.write_bytes, storage.delete
+
+    def upload_file(local, key, *a, **kw):
+        upload(local, key, *a, **kw)
+        log.append(("upload", key))
+
+    def write_bytes(key, data):
+        if key.endswith("latest.json"):
+            manifest = json.loads(data)
+            target = key.rsplit("/", 1)[0] + "/" + manifest["key"]
+            assert storage.stat(target).size == manifest["size"], "manifest before its object"
+        write(key, data)
+        log.append(("manifest", key))
+
+    def delete_(key):
+        delete(key)
+        log.append(("delete", key))
+    storage.upload_file, storage.write_bytes, storage.delete = upload_file, write_bytes, delete_
+
+
+def test_uploader_publishes_manifest_last_and_keeps_k(store, tmp_path):
+    calls = []
+    record_calls(store, calls)
+    paths = write_checkpoints(tmp_path / "local", 4)
+    with CheckpointUploader(store, "ckpt", keep=2) as uploader:
+        for i, path in enumerate(paths, 1):
+            uploader.submit(str(path), {"epoch": i, "step": i * 100, "lr": 0.1})
+        report = uploader.wait(timeout=60)
+    assert report.ok and len(report.uploaded) == 4, report
+    kinds = [kind for kind, _key in calls]
+    assert kinds == ["upload", "manifest"] * 2 + ["upload", "manifest", "delete"] * 2
+    manifest = read_manifest(store, "ckpt")
+    newest = paths[-1]
+    assert manifest["key"] == newest.name and manifest["step"] == 400 and manifest["epoch"] == 4
+    assert manifest["sha256"] == hashlib.sha256(newest.read_bytes()).hexdigest()
+    assert manifest["size"] == newest.stat().st_size and manifest["meta"] == {"lr": 0.1}
+    assert [e["key"] for e in manifest["checkpoints"]] == [paths[3].name, paths[2].name]
+    assert remote_names(store) == sorted([paths[2].name, paths[3].name, "latest.json"])
+    assert all(p.exists() for p in paths)  # local files are kept
+    assert sorted(os.listdir(tmp_path / "local")) == sorted(p.name for p in paths)  # no pins left
+
+
+def test_submit_does_not_wait_for_the_upload(store, tmp_path):
+    release = threading.Event()
+    upload = store.upload_file
+
+    def slow_upload(*args, **kwargs):
+        release.wait(10)
+        upload(*args, **kwargs)
+    store.upload_file = slow_upload
+    (path,) = write_checkpoints(tmp_path / "local", 1)
+    uploader = CheckpointUploader(store, "ckpt", keep=3)
+    started = time.monotonic()
+    uploader.submit(str(path), {"epoch": 1, "step": 10})
+    assert time.monotonic() - started < 0.5
+    path.unlink()  # the trainer's own keep-K may delete it: the pinned copy still uploads
+    report = uploader.wait(timeout=0.2)
+    assert report.pending == 1 and not report.ok
+    release.set()
+    report = uploader.close(timeout=30)
+    assert report.ok and read_manifest(store, "ckpt")["step"] == 10
+
+
+def test_failures_are_reported_not_raised(s3_server, tmp_path, caplog):
+    secret = "a-wrong-secret-key"
+    storage = open_storage(f"s3://{s3_server.make_bucket()}/job",
+                           s3_server.settings(max_attempts=1, secret_access_key=secret))
+    (path,) = write_checkpoints(tmp_path / "local", 1)
+    uploader = CheckpointUploader(storage, "ckpt")
+    uploader.submit(str(path), {"epoch": 1, "step": 1})  # must not raise
+    report = uploader.close(timeout=30)
+    assert not report.ok and len(report.failed) == 1
+    assert "refused the credentials" in report.failed[0] and path.name in report.failed[0]
+    assert "refused the credentials" in caplog.text and secret not in caplog.text
+    assert path.exists()
+
+
+def test_resume_without_manifest_is_none(store, tmp_path):
+    assert resolve_resume(store, "ckpt", str(tmp_path / "cache")) is None
+
+
+def test_resume_verifies_and_falls_back_past_corrupt_and_truncated(store, tmp_path, caplog):
+    paths = write_checkpoints(tmp_path / "local", 3)
+    with CheckpointUploader(store, "ckpt", keep=3) as uploader:
+        for i, path in enumerate(paths, 1):
+            uploader.submit(str(path), {"epoch": i, "step": i * 100})
+        assert uploader.wait(60).ok
+    cache = tmp_path / "cache"
+
+    good = resolve_resume(store, "ckpt", str(cache))
+    assert open(good, "rb").read() == paths[2].read_bytes()
+
+    newest, middle = paths[2].name, paths[1].name
+    flipped = bytearray(paths[2].read_bytes())
+    flipped[100:110] = bytes(b ^ 0xFF for b in flipped[100:110])
+    store.write_bytes(f"ckpt/{newest}", bytes(flipped))  # same size, wrong bytes
+    store.write_bytes(f"ckpt/{middle}", paths[1].read_bytes()[:1000])  # truncated
+    # A verified copy already in the cache is the manifest's checkpoint: reused.
+    assert resolve_resume(store, "ckpt", str(cache)) == good
+
+    caplog.set_level(logging.WARNING, logger="cloud")
+    fresh = tmp_path / "fresh-cache"
+    path = resolve_resume(store, "ckpt", str(fresh))
+    assert open(path, "rb").read() == paths[0].read_bytes()
+    assert newest in caplog.text and "sha256" in caplog.text
+    assert middle in caplog.text and "size" in caplog.text
+    assert os.listdir(fresh) == [paths[0].name]  # bad downloads removed
+
+    store.write_bytes(f"ckpt/{paths[0].name}", b"garbage")
+    with pytest.raises(StorageError, match="no usable checkpoint"):
+        resolve_resume(store, "ckpt", str(tmp_path / "third-cache"))
+
+
+def test_unreadable_manifest_is_a_clear_error(store, tmp_path):
+    store.write_bytes("ckpt/latest.json", b"{not json")
+    with pytest.raises(StorageError, match="latest.json is not valid"):
+        resolve_resume(store, "ckpt", str(tmp_path / "cache"))
+
+
+def test_explicit_checkpoint_url(s3_server, tmp_path):
+    bucket = s3_server.make_bucket()
+    storage = open_storage(f"s3://{bucket}/job", s3_server.settings())
+    paths = write_checkpoints(tmp_path / "local", 2)
+    with CheckpointUploader(storage, "ckpt", keep=2) as uploader:
+        for i, path in enumerate(paths, 1):
+            uploader.submit(str(path), {"epoch": i, "step": i})
+    url = f"s3://{bucket}/job/ckpt/{paths[0].name}"
+    local = fetch_checkpoint(url, str(tmp_path / "cache"), s3_server.settings())
+    assert open(local, "rb").read() == paths[0].read_bytes()
+    storage.write_bytes(f"ckpt/{paths[0].name}", b"tampered")
+    with pytest.raises(StorageError, match="corrupt"):
+        fetch_checkpoint(url, str(tmp_path / "cache2"), s3_server.settings())
+    assert fetch_checkpoint(str(paths[1]), str(tmp_path / "cache")) == str(paths[1])
+    with pytest.raises(StorageError, match="does not exist"):
+        fetch_checkpoint(f"s3://{bucket}/job/ckpt/missing.ckpt", str(tmp_path / "c"), s3_server.settings())
+
+
+def test_uploader_continues_an_existing_manifest(store, tmp_path):
+    """A restarted job keeps the remote keep-K going from the manifest it finds."""
+    paths = write_checkpoints(tmp_path / "local", 3)
+    with CheckpointUploader(store, "ckpt", keep=2) as first:
+        first.submit(str(paths[0]), {"epoch": 1, "step": 1})
+        first.submit(str(paths[1]), {"epoch": 2, "step": 2})
+    with CheckpointUploader(store, "ckpt", keep=2) as second:
+        second.submit(str(paths[2]), {"epoch": 3, "step": 3})
+    manifest = read_manifest(store, "ckpt")
+    assert [e["key"] for e in manifest["checkpoints"]] == [paths[2].name, paths[1].name]
+    assert remote_names(store) == sorted([paths[1].name, paths[2].name, "latest.json"])

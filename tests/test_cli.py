@@ -1,0 +1,69 @@
+"""The workstation launcher as a user runs it: real processes, real exit codes and messages."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run(*args, timeout=300):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
+    return subprocess.run([sys.executable, str(REPO / "launcher" / "local.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def tiny_args(dataset, out):
+    return ["--dataset_path", dataset, "--output_dir", out, "data.image_size=32",
+            "data.eval_resize=36", "data.batch_size=8", "data.eval_batch_size=7", "train.epochs=1",
+            "optim.warmup_epochs=0", "train.log_interval=3", "--device_target", "CPU"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "train.epoch=3"], "error: unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
+    (["train", "optim.lr=-1"], "error: config key 'optim.lr' must be greater than 0"),
+    (["train", "--config", "configs/none.yaml"], "error: config file not found: configs/none.yaml"),
+    (["train", "--dataset_path", "/nonexistent/data"], "error: dataset folder not found: /nonexistent/data/train"),
+    (["eval", "--checkpoint_path", "/nonexistent.ckpt"], "error: checkpoint not found: /nonexistent.ckpt"),
+])
+def test_user_errors_are_one_line_without_traceback(args, message):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_flag_shows_the_traceback():
+    result = run("train", "train.epoch=3", "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr
+
+
+def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = run("train", *tiny_args(tiny_dataset, out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "epoch time:" in result.stdout and "per step time:" in result.stdout
+    assert (out / "config.yaml").exists() and (out / "metrics.jsonl").exists() and (out / "train.log").exists()
+    assert "data:\n  path: " + str(tiny_dataset) in (out / "config.yaml").read_text()
+
+    result = run("eval", "--checkpoint_path", out)
+    assert result.returncode == 0, result.stderr
+    line = [l for l in result.stdout.splitlines() if l.startswith("result: ")][0]
+    assert "'Top_1_Acc'" in line and "ckpt= " in line
+    record = json.loads((out / "eval.json").read_text())
+    assert record["images"] == 30
+
+    result = run("export", "--checkpoint_path", out, "--format", "ONNX")
+    assert result.returncode == 0, result.stderr
+    assert (out / "export" / "mobilenetv3_small.onnx").exists()
+    card = json.loads((out / "export" / "mobilenetv3_small.card.json").read_text())
+    assert card["eval"]["images"] == 30 and len(card["class_names"]) == 10
+
+    # a second train into the same directory must not overwrite the run
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    result = run("train", *tiny_args(tiny_dataset, out))
+    assert result.returncode == 2 and "already holds checkpoints; pass --resume auto" in result.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before

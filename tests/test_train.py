@@ -1,0 +1,117 @@
+"""Real training runs of MobileNetV3-Small at 32 px on real JPEGs (CPU, GRAPH mode)."""
+import json
+
+import numpy as np
+import pytest
+
+from core import checkpoint as ckpt
+from core.callbacks import Callback
+from core.config import ConfigError
+from core.metrics import read_metrics
+from core.train import train
+from tests.core_fixtures import tiny_config
+
+
+def weights_of(path):
+    return {k: v.asnumpy() for k, v in ckpt.load(path).params.items()}
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_dataset, tmp_path_factory):
+    """Two epochs uninterrupted: the reference for resume and the loss check."""
+    out = tmp_path_factory.mktemp("full")
+    cfg = tiny_config(tiny_dataset, out, **{"train.epochs": 3, "optim.lr": 0.02,
+                                            "checkpoint.interval_steps": 5})
+    summary = train(cfg, out)
+    return cfg, out, summary
+
+
+def test_training_lowers_the_loss_and_writes_outputs(full_run):
+    cfg, out, summary = full_run
+    assert summary["status"] == "completed" and summary["step"] == 21
+    records = read_metrics(out / "metrics.jsonl")
+    steps = [r for r in records if r["type"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 6, 7, 8, 10, 12, 14, 16, 18, 20, 21]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    assert len(epochs) == 3 and epochs[-1]["avg_loss"] < epochs[0]["avg_loss"]
+    evals = [r for r in records if r["type"] == "eval"]
+    assert evals and evals[-1]["images"] == 30
+    assert all(np.isfinite(r["loss"]) for r in steps)
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    # keep=5: step checkpoints at 5, 10, 15, 20 and epoch checkpoints at 7, 14, 21; newest 5 kept
+    assert names == ["best.ckpt", "mobilenetv3-e0001-s00000010.ckpt", "mobilenetv3-e0002-s00000014.ckpt",
+                     "mobilenetv3-e0002-s00000015.ckpt", "mobilenetv3-e0002-s00000020.ckpt",
+                     "mobilenetv3-e0003-s00000021.ckpt"]
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved["final_checkpoint"].endswith("mobilenetv3-e0003-s00000021.ckpt")
+
+
+def test_checkpoint_holds_everything_to_resume(full_run):
+    cfg, out, _ = full_run
+    state = ckpt.load(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt")
+    assert state.meta["step"] == 21 and state.meta["epoch"] == 3
+    assert state.meta["classes"][0] == "checkerboard" and len(state.meta["classes"]) == 10
+    assert state.meta["config"]["train"]["epochs"] == 3
+    names = set(state.params)
+    assert "features.0.0.weight" in names and "features.0.1.moving_mean" in names
+    assert "global_step" in names and any(n.startswith("moment.") for n in names)
+    assert any(n.startswith("mean_square.") for n in names)
+    assert int(state.params["global_step"].asnumpy().reshape(-1)[0]) == 21
+
+
+def test_resume_mid_epoch_equals_uninterrupted(full_run, tiny_dataset, tmp_path):
+    cfg, out, _ = full_run
+    overrides = {"train.epochs": 3, "optim.lr": 0.02, "checkpoint.interval_steps": 5}
+    # stop at step 10 (mid-epoch 2), then resume in a fresh trainer
+    first = train(tiny_config(tiny_dataset, tmp_path, **overrides, **{"train.max_steps": 10}), tmp_path)
+    assert first["step"] == 10
+    resumed = train(tiny_config(tiny_dataset, tmp_path, **overrides), tmp_path,
+                    resume=str(tmp_path / "checkpoints" / "mobilenetv3-e0001-s00000010.ckpt"))
+    assert resumed["start_step"] == 10 and resumed["step"] == 21
+    a = weights_of(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt")
+    b = weights_of(tmp_path / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt")
+    assert a.keys() == b.keys()
+    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    # Same data, augmentations, dropout masks, LR position and optimizer state are replayed;
+    # what remains is float summation order (MindSpore's CPU kernels choose their parallel
+    # split by timing during their first launches), a few ulp per step: measured ~5e-6 here.
+    assert worst <= 5e-5, f"resume diverged from the uninterrupted run by {worst}"
+    # The tolerance is far below what a single step of training changes, so an off-by-one
+    # step, a wrong LR position or other data would fail this test.
+    one_step = weights_of(out / "checkpoints" / "mobilenetv3-e0002-s00000020.ckpt")
+    moved = max(float(np.max(np.abs(a[k] - one_step[k]))) for k in a)
+    assert moved > 50 * worst, (moved, worst)
+    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["type"] == "step"]
+    assert steps == [2, 4, 6, 7, 8, 10, 12, 14, 16, 18, 20, 21]  # none repeated or missing
+
+
+class StopAfter(Callback):
+    def __init__(self, step):
+        self.step, self.now, self.saved = step, 0, []
+
+    def on_step_end(self, info):
+        self.now = info["step"]
+
+    def on_checkpoint(self, path, meta):
+        self.saved.append((path.name, meta["kind"]))
+
+    def stop_requested(self):
+        return self.now >= self.step
+
+
+def test_stop_request_checkpoints_at_step_boundary(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path, **{"train.log_interval": 1})
+    stopper = StopAfter(3)
+    summary = train(cfg, tmp_path, callbacks=(stopper,))
+    assert summary["status"] == "stopped" and summary["step"] == 3
+    assert stopper.saved == [("mobilenetv3-e0000-s00000003.ckpt", "stop")]
+
+
+def test_num_classes_mismatch_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="model.num_classes is 5 but .* has 10 class folders"):
+        train(tiny_config(tiny_dataset, tmp_path, **{"model.num_classes": 5}), tmp_path)
+
+
+def test_batch_larger_than_dataset_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="exceeds the 60 training images"):
+        train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 64}), tmp_path)

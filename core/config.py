@@ -306,7 +306,8 @@ def reference_table() -> list[tuple[str, str, Any, str]]:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             t = hints[f.name]
-            name = getattr(t, "__name__", None) or str(t).replace("typing.", "")
+            args = [a for a in typing.get_args(t) if a is not type(None)]
+            name = f"{args[0].__name__} or null" if args else t.__name__
             rows.append((f"{section}.{f.name}", name, getattr(getattr(defaults, section), f.name),
                          f.metadata.get("help", "")))
     return rows

@@ -26,4 +26,4 @@ def build_optimizer(params, optim_cfg, learning_rate, loss_scale: float = 1.0):
         return nn.RMSProp(groups, learning_rate=learning_rate, decay=optim_cfg.rmsprop_decay,
                           momentum=optim_cfg.momentum, epsilon=optim_cfg.eps, loss_scale=loss_scale)
     return nn.Momentum(groups, learning_rate=learning_rate, momentum=optim_cfg.momentum,
-                       nesterov=optim_cfg.nesterov, loss_scale=loss_scale)
+                       use_nesterov=optim_cfg.nesterov, loss_scale=loss_scale)

@@ -88,3 +88,9 @@ def test_saved_config_round_trips():
 def test_reference_table_covers_every_key():
     assert [row[0] for row in reference_table()] == known_keys()
     assert all(row[3] for row in reference_table()), "every key documents itself"
+
+
+def test_readme_documents_every_key():
+    readme = open("README.md", encoding="utf-8").read()
+    missing = [k for k in known_keys() if f"`{k}`" not in readme]
+    assert not missing, f"README config reference lacks {missing}"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, resolve_resume
+from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
 from cloud.errors import StorageError
 from cloud.storage import open_storage
 from cloud.sync import download_tree, upload_tree
@@ -53,7 +53,8 @@ class CheckpointUpload(Callback):
 @dataclass
 class PreparedJob:
     cfg: Any                                # core Config with local paths only
-    resume: Optional[str]                   # local checkpoint path, or None
+    resume: Optional[str]                   # local checkpoint path, "auto" (local run), or None
+    pretrained: Optional[str] = None        # local path of fine-tuning weights
     callbacks: list = field(default_factory=list)
     output_url: Optional[str] = None        # where finish() publishes the run directory
     settings: Any = None
@@ -74,7 +75,8 @@ class PreparedJob:
 
 
 def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job_id: str,
-                writer: bool = True, settings: Any = None) -> PreparedJob:
+                writer: bool = True, settings: Any = None,
+                pretrained: Optional[str] = None) -> PreparedJob:
     """Stage remote data, map a remote output URL to a local run directory, resolve resume.
 
     `job_id` makes the per-node staging lock belong to this job; `writer` is true on the rank
@@ -103,6 +105,9 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
             job.callbacks.append(CheckpointUpload(job.uploader))
 
     resume_cache = cache_dir / "resume" / job_id
+    if pretrained:
+        job.pretrained = (fetch_checkpoint(pretrained, str(cache_dir / "pretrained"), settings)
+                          if is_remote(pretrained) else pretrained)
     if resume == "auto":
         if output_storage is not None:
             job.resume = resolve_resume(output_storage, CHECKPOINT_PREFIX, str(resume_cache))
@@ -115,4 +120,7 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
             raise StorageError(f"checkpoint {resume} does not exist (pass a .ckpt file, a URL, "
                                f"or 'auto')")
         job.resume = resume
+    elif output_storage is not None and read_manifest(output_storage, CHECKPOINT_PREFIX):
+        raise StorageError(f"{job.output_url} already holds checkpoints; pass --resume auto to "
+                           f"continue that run or choose another output URL")
     return job

@@ -244,11 +244,18 @@ def set_key(cfg: Config, key: str, value: Any) -> None:
     setattr(section, f.name, value)
 
 
+# Sections a recipe may carry for other layers (e.g. the cloud adapter's `storage:`); the
+# trainer skips them and whoever owns them validates them.
+FOREIGN_SECTIONS = ("storage",)
+
+
 def _flatten(tree: dict, where: str) -> dict:
     if not isinstance(tree, dict):
         raise ConfigError(f"{where}: expected a mapping of sections (model, data, optim, ...)")
     flat = {}
     for section, values in tree.items():
+        if section in FOREIGN_SECTIONS:
+            continue
         if section not in SECTIONS:
             raise _unknown(str(section))
         if values is None:

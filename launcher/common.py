@@ -22,6 +22,30 @@ def user_error_types() -> tuple:
     return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError)
 
 
+def load_job_config(path, overrides: dict):
+    """(core Config, cloud StorageSettings) from one recipe: the `storage:` section and
+    `storage.*` overrides go to the cloud layer, everything else to the trainer."""
+    import yaml
+
+    from cloud.settings import to_settings
+    from core.config import ConfigError, load_config
+    trainer = {k: v for k, v in overrides.items() if not k.startswith("storage.")}
+    storage = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                storage = dict((yaml.safe_load(fh) or {}).get("storage") or {})
+        except (OSError, yaml.YAMLError, AttributeError):
+            storage = {}  # load_config below reports the file's problem
+    cfg = load_config(path, trainer)
+    storage.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("storage.")})
+    try:
+        settings = to_settings(storage)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"storage settings: {exc}") from None
+    return cfg, settings
+
+
 def setup_logging(log_file: Path | None = None, rank_prefix: str = "", level=logging.INFO) -> None:
     fmt = f"%(asctime)s {rank_prefix}%(levelname)s %(name)s: %(message)s"
     root = logging.getLogger()

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +21,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import ConfigError, load_config, parse_override  # noqa: E402
-from launcher.common import run_main, setup_logging  # noqa: E402
+from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("launcher.local")
 DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
@@ -89,16 +90,23 @@ def resolve_local_resume(cfg, resume: str | None) -> str | None:
 
 
 def cmd_train(args) -> int:
+    from cloud.job import prepare_job
     from launcher.runner import run_training
-    cfg = load_config(args.config, overrides_from(args))
+    cfg, settings = load_job_config(args.config, overrides_from(args))
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
-    resume = resolve_local_resume(cfg, args.resume or args.checkpoint_path)
+    job = prepare_job(cfg, resume=args.resume or args.checkpoint_path, pretrained=args.pre_trained,
+                      cache_dir=DEFAULT_CACHE / "jobs", job_id=f"local-{os.getpid()}-{int(time.time())}",
+                      settings=settings)
+    resume = resolve_local_resume(job.cfg, job.resume)
     if args.nproc > 1:
         from launcher.distributed import launch_local
-        return launch_local(args.nproc, cfg, resume=resume, pretrained=args.pre_trained)
-    run_training(cfg, resume=resume, pretrained=args.pre_trained)
-    return 0
+        code = launch_local(args.nproc, job.cfg, resume=resume, pretrained=job.pretrained)
+    else:
+        run_training(job.cfg, resume=resume, pretrained=job.pretrained, callbacks=job.callbacks)
+        code = 0
+    job.finish()
+    return code
 
 
 def resolve_checkpoint_arg(text: str) -> Path:

@@ -12,6 +12,9 @@ Why this shape:
   A lock *file* left behind (even naming a dead pid) means nothing.
 * The marker names the job: one left by an earlier job (a reused cache dir,
   or a /tmp that survived) does not skip this job's download.
+* A stager that fails leaves a failure marker: processes that were already
+  waiting fail at once with its error instead of each retrying in turn; a
+  process that starts later (a restarted job) tries again.
 * Waiting is bounded; the timeout error names the holder's pid and the file.
 """
 
@@ -54,10 +57,16 @@ def lock_paths(directory: str, name: str) -> tuple[str, str]:
             os.path.join(directory, f".cloud-{name}.done"))
 
 
+def _marker_for(directory: str, name: str, job_id: str, source: str) -> dict:
+    marker = _read_json(lock_paths(directory, name)[1])
+    if marker.get("job_id") == job_id and marker.get("source", "") == source:
+        return marker
+    return {}
+
+
 def is_done(directory: str, name: str, job_id: str, source: str = "") -> bool:
     """True when this job already completed ``name`` here (marker matches)."""
-    marker = _read_json(lock_paths(directory, name)[1])
-    return marker.get("job_id") == job_id and marker.get("source", "") == source
+    return _marker_for(directory, name, job_id, source).get("status") == "done"
 
 
 def run_once_per_node(directory: str, job_id: str, work: Callable[[], T], *,
@@ -68,27 +77,37 @@ def run_once_per_node(directory: str, job_id: str, work: Callable[[], T], *,
     Returns ``(True, result)`` in the process that ran it and ``(False, None)``
     in those that found it done. ``source`` (e.g. the URL being staged) is
     part of the identity, so staging a different URL into the same directory
-    is not skipped. An exception in ``work`` propagates and writes no marker,
-    so a waiting process will try the work itself.
+    is not skipped. An exception in ``work`` propagates; processes that were
+    waiting then raise StorageError with its message.
     """
     if not job_id:
         raise ValueError("run_once_per_node needs a job id (the same on every process of the job)")
     os.makedirs(directory, exist_ok=True)
     lock_path, marker_path = lock_paths(directory, name)
+    arrived = time.time()
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         _acquire(fd, lock_path, timeout_s, poll_s)
         try:
-            if is_done(directory, name, job_id, source):
+            marker = _marker_for(directory, name, job_id, source)
+            if marker.get("status") == "done":
                 log.info("%s already staged on this node by job %s; not downloading again",
                          source or directory, job_id)
                 return False, None
+            if marker.get("status") == "failed" and marker.get("time", 0) >= arrived:
+                raise StorageError(f"staging {source or directory} failed in pid {marker.get('pid')} "
+                                   f"on this node while this process waited: {marker.get('error')}")
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps({"pid": os.getpid(), "job_id": job_id}).encode(), 0)
-            result = work()
-            _write_json_atomic(marker_path, {"job_id": job_id, "source": source,
-                                             "pid": os.getpid(), "host": socket.gethostname(),
-                                             "time": time.time()})
+            record = {"job_id": job_id, "source": source, "pid": os.getpid(),
+                      "host": socket.gethostname()}
+            try:
+                result = work()
+            except BaseException as exc:
+                _write_json_atomic(marker_path, {**record, "status": "failed", "time": time.time(),
+                                                 "error": " ".join(str(exc).split())[:500]})
+                raise
+            _write_json_atomic(marker_path, {**record, "status": "done", "time": time.time()})
             return True, result
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)

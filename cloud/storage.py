@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
@@ -155,6 +153,7 @@ class Storage(ABC):
 
     def download_file(self, key: str, local_path: str, on_bytes: BytesCallback | None = None) -> None:
         """Download atomically: ``local_path`` appears only when complete."""
+        os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
         self._one(lambda b, done: b.download(key, local_path, on_bytes=on_bytes, on_done=done))
 
     def _one(self, submit: Callable[[TransferBatch, DoneCallback], None]) -> None:

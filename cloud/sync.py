@@ -199,8 +199,8 @@ def _plan_download(storage: Storage, prefix: str, dest_dir: str) -> list[tuple[s
         first = unsafe[0]
         more = f" ({len(unsafe)} unsafe keys)" if len(unsafe) > 1 else ""
         raise UnsafeKeyError(
-            first.key, f"{first.reason}; it would land outside {dest_dir}, so nothing was "
-                       f"downloaded from {storage.describe(base.rstrip('/'))}{more}")
+            first.key, f"{first.reason}; nothing was downloaded from "
+                       f"{storage.describe(base.rstrip('/'))} into {dest_dir}{more}")
     return plan
 
 
@@ -237,6 +237,8 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
     interval = storage.settings.progress_interval_s if progress_interval_s is None else progress_interval_s
     remove_stale_parts(dest_dir)
     plan = _plan_download(storage, prefix, dest_dir)
+    if not plan:
+        log.warning("no objects under %s: nothing to download (is the URL right?)", source)
     state = SyncState.load(os.path.join(dest_dir, STATE_NAME), source)
     stats = SyncStats()
     todo = []

@@ -183,10 +183,20 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export}
+# Further sub-commands live in their own modules, each with `add_parser(subparsers)` (which
+# sets `func` on its parser) so this file stays a table of contents.
+PLUGIN_COMMANDS: tuple[str, ...] = ()
 
 
 def main(argv) -> int:
-    args = parser().parse_args(argv)
+    import importlib
+    top = parser()
+    sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    for name in PLUGIN_COMMANDS:
+        importlib.import_module(name).add_parser(sub)
+    args = top.parse_args(argv)
+    if getattr(args, "func", None):
+        return args.func(args) or 0
     return COMMANDS[args.command](args)
 
 

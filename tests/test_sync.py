@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from itertools import chain
 
@@ -321,7 +322,7 @@ def test_four_processes_stage_once(s3_server, tmp_path):
             path = os.path.join(cache, name)
             subprocess.run(["rm", "-rf", path], check=True)
     marker = json.loads(open(lock_paths(cache, "stage")[1]).read())
-    assert marker["job_id"] == "job-1"
+    assert (marker["job_id"], marker["status"]) == ("job-1", "done")
     stats = download_tree(storage, "", cache, job_id="job-2")
     assert stats.files_transferred == 30 and not stats.staged_by_peer
     # The same job again is a no-op.
@@ -343,7 +344,7 @@ def test_stale_and_dead_holders_do_not_block(tmp_path):
     assert run_once_per_node(directory, "job-a", lambda: "ran") == (True, "ran")
     assert run_once_per_node(directory, "job-a", lambda: "again") == (False, None)
 
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     ready = ctx.Event()
     holder = ctx.Process(target=_hold_lock_forever, args=(directory, ready))
     holder.start()
@@ -360,12 +361,29 @@ def test_stale_and_dead_holders_do_not_block(tmp_path):
     assert run_once_per_node(directory, "job-x", lambda: "took over", timeout_s=5) == (True, "took over")
 
 
-def test_failed_work_writes_no_marker(tmp_path):
+def test_a_failed_stage_fails_its_waiters_fast_and_a_later_run_retries(tmp_path):
+    directory = str(tmp_path)
+    started = threading.Event()
+
     def boom():
+        started.set()
+        time.sleep(0.3)
         raise RuntimeError("network down")
+    waiter_error = []
+
+    def waiter():
+        started.wait(10)
+        try:
+            run_once_per_node(directory, "job", lambda: "should not run", timeout_s=10)
+        except StorageError as exc:
+            waiter_error.append(str(exc))
+    thread = threading.Thread(target=waiter)
+    thread.start()
     with pytest.raises(RuntimeError):
-        run_once_per_node(str(tmp_path), "job", boom)
-    assert run_once_per_node(str(tmp_path), "job", lambda: 1) == (True, 1)
+        run_once_per_node(directory, "job", boom)
+    thread.join(10)
+    assert len(waiter_error) == 1 and "network down" in waiter_error[0]
+    assert run_once_per_node(directory, "job", lambda: 1) == (True, 1)  # arrived later: retries
 
 
 def test_progress_lines_and_summary_are_logged(remote, tmp_path, caplog):

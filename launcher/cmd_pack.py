@@ -1,0 +1,120 @@
+"""`launcher/local.py pack`: an ImageFolder (local, s3:// or obs://) to packed MindRecord shards.
+
+    launcher/local.py pack --src s3://bucket/imagenet --dst s3://bucket/imagenet-packed
+
+core.packed knows local folders only, so URLs end here: a remote source is staged into the
+cache first (cloud.sync, resumable); a remote destination is packed into the cache and then
+uploaded, shards first and index.json last, so a reader never sees an index whose shards
+are not all there. Re-running after an interruption resumes every step.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+
+log = logging.getLogger("launcher.pack")
+DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("pack", help="convert an ImageFolder into MindRecord shards",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--src", required=True, help="ImageFolder root with train/ (and val/): a "
+                                                "folder, s3://bucket/prefix or obs://bucket/prefix")
+    p.add_argument("--dst", required=True, help="where the shards and index.json go (folder or URL)")
+    p.add_argument("--shard-size-mb", type=float, default=256, help="payload per shard (MB)")
+    p.add_argument("--workers", type=int, default=None, help="pack processes (default: CPUs)")
+    p.add_argument("--config", help="YAML recipe whose storage: section reaches the bucket")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="storage.KEY=VALUE",
+                   help="override a storage setting")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="staging cache for URLs")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.set_defaults(func=cmd_pack)
+
+
+def _location(text: str):
+    """(parsed URL, is remote); a malformed URL is a one-line StorageError."""
+    from cloud.errors import StorageError
+    from cloud.urls import parse_url
+    try:
+        url = parse_url(text)
+    except ValueError as exc:
+        raise StorageError(str(exc)) from None
+    return url, url.is_remote
+
+
+def cmd_pack(args) -> int:
+    from cloud.job import cache_path
+    from cloud.storage import open_storage
+    from cloud.sync import download_tree
+    from core.config import parse_override
+    from core.data import DatasetError
+    from core.packed import pack_imagefolder
+    from launcher.common import load_job_config, setup_logging
+
+    setup_logging()
+    _, settings = load_job_config(args.config, dict(parse_override(t) for t in args.sets))
+    cache = Path(args.cache_dir)
+    src_url, src_remote = _location(args.src)
+    dst_url, dst_remote = _location(args.dst)
+
+    src = src_url.path
+    if src_remote:
+        storage = open_storage(src_url, settings)
+        storage.check()
+        src = str(cache_path(cache, "pack-src", args.src))
+        stats = download_tree(storage, "", src)
+        log.info("source %s staged in %s (%s)", args.src, src, stats.summary())
+    dst = str(cache_path(cache, "pack-dst", args.dst)) if dst_remote else dst_url.path
+
+    try:
+        index = pack_imagefolder(src, dst, args.shard_size_mb, args.workers)
+    except DatasetError as exc:
+        if not src_remote:
+            raise
+        raise DatasetError(f"{exc} (staged from {args.src})") from None
+    if dst_remote:
+        publish_packed(dst, open_storage(dst_url, settings), cache)
+
+    for split, entry in index["splits"].items():
+        size = sum(f["size"] for shard in entry["shards"] for f in shard["files"])
+        print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards "
+              f"({size / 2 ** 20:.1f} MB)")
+    print(f"packed dataset: {args.dst}")
+    return 0
+
+
+def publish_packed(local: str, storage, cache: Path) -> None:
+    """Upload a finished pack: first drop the remote index (the old shards and the new ones
+    must never be read under one index), then the shards, then index.json; finally remove
+    shards of an earlier pack that this index does not list."""
+    from cloud.sync import upload_tree
+    from core.packed import INDEX_NAME, read_index
+
+    index = read_index(local)
+    names = [f["name"] for entry in index["splits"].values()
+             for shard in entry["shards"] for f in shard["files"]]
+    storage.delete(INDEX_NAME)
+    # upload_tree sends a whole folder: give it one that holds just the shards (links).
+    view = cache / "pack-upload" / Path(local).name
+    shutil.rmtree(view, ignore_errors=True)
+    view.mkdir(parents=True)
+    try:
+        for name in names:
+            os.symlink(os.path.join(local, name), view / name)
+        stats = upload_tree(str(view), storage, "")
+        log.info("shards uploaded to %s (%s)", storage.describe(), stats.summary())
+    finally:
+        shutil.rmtree(view, ignore_errors=True)
+    stale = re.compile(rf"^({'|'.join(map(re.escape, index['splits']))})-\d{{5}}\.mindrecord")
+    keep = set(names)
+    for info in list(storage.list("")):
+        if "/" not in info.key and stale.match(info.key) and info.key not in keep:
+            log.info("removing %s (a shard of an earlier pack)", storage.describe(info.key))
+            storage.delete(info.key)
+    with open(os.path.join(local, INDEX_NAME), "rb") as fh:
+        storage.write_bytes(INDEX_NAME, fh.read())
+    log.info("index written: %s", storage.describe(INDEX_NAME))

@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""One rank of a data-parallel job, as msrun (or the Ascend per-device launcher) starts it.
+
+    python launcher/worker.py --config RUN/launch/node0.yaml [--resume CKPT] [--pretrained CKPT]
+        [--job_id ID] [--cache_dir DIR] [--nnodes M --node_rank R --nproc_per_node N]
+
+The launchers write the resolved config to a file and pass its path: secrets never travel on
+command lines. This process works out its rank from the environment (cloud.environment),
+binds its accelerator, maps remote data/outputs to local paths (cloud.job), and trains through
+launcher.runner like every other entry point. Rank 0 publishes the outputs at the end.
+
+msrun also starts this script as its scheduler (MS_ROLE=MS_SCHED): then it only runs
+MindSpore's cluster scheduler inside `init()`. When several msrun "nodes" share one host, each
+would start a scheduler on the same port; only node 0's runs, the others exit at once.
+
+SIGTERM makes the rank checkpoint at the next step boundary (agreed by all ranks) and exit 0.
+
+Test and debug instrumentation, off unless these variables are set:
+  MNV3_DEBUG_DUMP_DIR=DIR    each rank writes DIR/rank<R>.npz (its trainable weights after
+                             training) and DIR/rank<R>.json (rank, world, the train and val
+                             image files its input pipeline actually read, summary status).
+  MNV3_DEBUG_CRASH_AT=R:S    rank R raises RuntimeError at the first progress report at or
+                             after global step S (set train.log_interval=1 for exactness).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from core.callbacks import Callback  # noqa: E402
+from core.config import ConfigError, load_config  # noqa: E402
+from launcher.common import run_main, setup_logging  # noqa: E402
+from launcher.signals import RankAgreement, StopOnSignal  # noqa: E402
+
+log = logging.getLogger("launcher.worker")
+DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launcher/worker.py", description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, help="resolved config written by the launcher")
+    p.add_argument("--resume", help="local checkpoint, URL, or 'auto'")
+    p.add_argument("--pretrained", help="weights to start from (local path or URL)")
+    p.add_argument("--job_id", help="same on every rank of the job (names the staging lock)")
+    p.add_argument("--cache_dir", default=str(DEFAULT_CACHE), help="node-local staging cache")
+    p.add_argument("--nnodes", type=int, help="number of nodes")
+    p.add_argument("--node_rank", type=int, help="this node's index")
+    p.add_argument("--nproc_per_node", type=int, help="processes per node")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return p
+
+
+def is_scheduler() -> bool:
+    return os.environ.get("MS_ROLE") == "MS_SCHED"
+
+
+def run_scheduler(node_rank: Optional[int]) -> int:
+    """msrun's scheduler role: MindSpore runs the cluster scheduler inside init() and ends the
+    process when the workers are done."""
+    if node_rank:
+        print(f"node {node_rank}: msrun scheduler not needed (node 0 runs it)", flush=True)
+        return 0
+    import mindspore as ms
+    from mindspore.communication import init
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_device("CPU")  # the scheduler needs no accelerator
+    init()
+    return 0
+
+
+def locate(args):
+    """This process's place in the job; the launcher's topology overrides what the environment
+    cannot tell (msrun does not export its --local_worker_num)."""
+    from cloud.environment import detect_environment
+    overrides = {"node_count": args.nnodes, "node_rank": args.node_rank,
+                 "devices_per_node": args.nproc_per_node}
+    return detect_environment(overrides={k: v for k, v in overrides.items() if v is not None})
+
+
+def bind_device(cfg, env) -> str:
+    """GPU/Ascend: this rank's accelerator is DEVICE_ID (msrun: the local index; rank table:
+    the physical id), else the local rank."""
+    from core.device import resolve_target
+    target = resolve_target(cfg.system.device_target)
+    if target in ("GPU", "Ascend"):
+        cfg.system.device_id = env.device_id if env.device_id is not None else env.local_rank
+    return target
+
+
+def local_checkpoint(cfg, resume: Optional[str]) -> Optional[str]:
+    """'auto' with a local run directory: its newest checkpoint (or None)."""
+    if resume != "auto":
+        return resume
+    from launcher.local import resolve_local_resume
+    return resolve_local_resume(cfg, "auto")
+
+
+def local_pretrained(pretrained: Optional[str], cache_dir: Path, job_id: str) -> Optional[str]:
+    from cloud.job import is_remote
+    if not is_remote(pretrained):
+        return pretrained
+    from cloud.checkpoint_store import fetch_checkpoint
+    return fetch_checkpoint(pretrained, str(cache_dir / "pretrained" / job_id))
+
+
+class ResumeAgreement(Callback):
+    """Fails fast when ranks resume from different steps (e.g. `--resume auto` on nodes whose
+    run directories are not shared): they would otherwise deadlock or train apart."""
+
+    def on_train_begin(self, info: dict) -> None:
+        world = int(info.get("world", 1))
+        if world <= 1:
+            return
+        start = int(info["start_step"])
+        total = int(RankAgreement(world).sum([float(start)])[0])
+        if total != start * world:  # all equal <=> every rank sees world x its own step
+            raise ConfigError(
+                f"rank {info['rank']} resumes at step {start} but the ranks' steps add up to "
+                f"{total}, not {start * world}: give every node the same checkpoint (a shared or "
+                f"s3:// / obs:// output directory, or an explicit --resume)")
+
+
+class ShardLog(Callback):
+    """One INFO line per rank naming the shard it reads, for the logs of a distributed run."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+
+    def on_train_begin(self, info: dict) -> None:
+        rank, world, per_epoch = info["rank"], info["world"], info["steps_per_epoch"]
+        log.info("rank %d/%d reads shard %d of %d of each epoch's seeded permutation "
+                 "(indices rank::world): %d images in %d steps", rank, world, rank, world,
+                 per_epoch * self.batch_size, per_epoch)
+
+
+class CrashAt(Callback):
+    """MNV3_DEBUG_CRASH_AT=R:S: an injected failure, for testing crash propagation."""
+
+    def __init__(self, spec: str):
+        try:
+            rank, step = (int(part) for part in spec.split(":"))
+        except ValueError:
+            raise ConfigError(f"MNV3_DEBUG_CRASH_AT={spec!r}: expected RANK:STEP") from None
+        self.crash_rank, self.crash_step, self.rank = rank, step, None
+
+    def on_train_begin(self, info):
+        self.rank = info["rank"]
+
+    def on_step_end(self, info):
+        if self.rank == self.crash_rank and info["step"] >= self.crash_step:
+            raise RuntimeError(f"injected crash (MNV3_DEBUG_CRASH_AT) on rank {self.rank} at "
+                               f"step {info['step']}")
+
+
+class DebugDump(Callback):
+    """MNV3_DEBUG_DUMP_DIR: per-rank trainable weights and the image files actually read.
+
+    The trainer hands callbacks no network and the input pipeline reports no files, so while
+    `recording()` is active this wraps core.train.build_model (keeping the first network) and
+    core.data._FileSource.__getitem__ (noting each file read). Test instrumentation only.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+        self.net = None
+        self.reads: dict[str, set] = {}
+        self.rank, self.world = 0, 1
+
+    @contextlib.contextmanager
+    def recording(self):
+        import core.data
+        import core.train
+        build, getitem = core.train.build_model, core.data._FileSource.__getitem__
+        dump = self
+
+        def recording_build(*args, **kwargs):
+            net = build(*args, **kwargs)
+            if dump.net is None:
+                dump.net = net
+            return net
+
+        def recording_getitem(source, i):
+            j = int(source.indices[i])
+            dump.reads.setdefault(str(Path(source.files[j]).parent.parent), set()).add(source.files[j])
+            return getitem(source, i)
+
+        core.train.build_model, core.data._FileSource.__getitem__ = recording_build, recording_getitem
+        try:
+            yield self
+        finally:
+            core.train.build_model, core.data._FileSource.__getitem__ = build, getitem
+
+    def on_train_begin(self, info):
+        self.rank, self.world = info["rank"], info["world"]
+
+    def on_train_end(self, summary):
+        import numpy as np
+        self.folder.mkdir(parents=True, exist_ok=True)
+        weights = {p.name: p.asnumpy() for p in self.net.trainable_params()} if self.net else {}
+        np.savez(self.folder / f"rank{self.rank}.npz", **weights)
+        record = {"rank": self.rank, "world": self.world, "status": summary.get("status"),
+                  "step": summary.get("step"),
+                  "read": {root: sorted(files) for root, files in self.reads.items()}}
+        (self.folder / f"rank{self.rank}.json").write_text(json.dumps(record, indent=1))
+
+
+def debug_callbacks() -> list:
+    found = []
+    if os.environ.get("MNV3_DEBUG_CRASH_AT"):
+        found.append(CrashAt(os.environ["MNV3_DEBUG_CRASH_AT"]))
+    if os.environ.get("MNV3_DEBUG_DUMP_DIR"):
+        found.append(DebugDump(os.environ["MNV3_DEBUG_DUMP_DIR"]))
+    return found
+
+
+def train_rank(args) -> int:
+    from cloud.job import prepare_job
+    from launcher.runner import run_training
+
+    env = locate(args)
+    cfg = load_config(args.config)
+    cfg.system.distributed = env.world_size > 1
+    target = bind_device(cfg, env)
+    log.info("%s on %s", env.describe(), target)
+    stop = StopOnSignal().install()
+    try:
+        job_id = args.job_id or env.job_id
+        cache_dir = Path(args.cache_dir)
+        job = prepare_job(cfg, resume=args.resume, cache_dir=cache_dir, job_id=job_id,
+                          writer=env.is_primary)
+        resume = local_checkpoint(job.cfg, job.resume)
+        pretrained = local_pretrained(args.pretrained, cache_dir, job_id)
+        debug = debug_callbacks()
+        callbacks = [stop, ResumeAgreement(), ShardLog(cfg.data.batch_size), *job.callbacks, *debug]
+        dump = next((c for c in debug if isinstance(c, DebugDump)), None)
+        with dump.recording() if dump else contextlib.nullcontext():
+            summary = run_training(job.cfg, resume=resume, pretrained=pretrained,
+                                   callbacks=callbacks, rank=env.rank, world=env.world_size)
+        if env.is_primary:
+            job.finish()
+    finally:
+        stop.uninstall()
+    log.info("rank %d finished: %s at step %d", env.rank, summary["status"], summary["step"])
+    return 0
+
+
+def main(argv) -> int:
+    args = parser().parse_args(argv)
+    setup_logging()
+    if is_scheduler():
+        return run_scheduler(args.node_rank)
+    return train_rank(args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -46,7 +46,7 @@ def populate(server, bucket: str, small: int, small_kb: int, large: int, large_m
              workdir: str) -> int:
     """Upload the dataset (random bytes, 20 class directories)."""
     from botocore.config import Config
-    client = server.client(Config(max_pool_connections=20))
+    client = server.client(Config(max_pool_connections=32))
     rng_block = os.urandom(small_kb * 1024 + 4096)
     total = 0
 
@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=2, help="number of large files")
     parser.add_argument("--large-mb", type=int, default=200, help="size of a large file, MB")
     parser.add_argument("--workers", type=int, default=None, help="our worker threads (default: settings)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per tool; the best is kept")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds; each round times every tool once, the best is kept")
     parser.add_argument("--skip-peers", action="store_true", help="time only ours")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                       "results", "staging.json"))
@@ -121,63 +122,78 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, **server.env()}
         url = f"s3://{bucket}/data"
 
-        def best(name, run, out_dir):
-            times = []
-            for _ in range(args.repeat):
-                drop_dir(out_dir)
-                os.makedirs(out_dir)
-                times.append(timed(run))
-            files, size = dir_bytes(out_dir)
-            results[name] = {"seconds": min(times), "all_seconds": times, "files": files, "bytes": size}
-            print(f"{name:>22}: {min(times):6.2f} s  ({files} files, {size / MB:.0f} MB)", flush=True)
+        runs = {}  # name -> (run, out_dir); timed round-robin so load changes hit all alike
+
+        def add(name, run, out_dir):
+            runs[name] = (run, out_dir)
 
         cache = os.path.join(workdir, "cache")
-        best("ours_cold", lambda: download_tree(storage, "", cache, workers=args.workers), cache)
-        t_resync = min(timed(lambda: download_tree(storage, "", cache, workers=args.workers))
-                       for _ in range(3))
-        results["ours_resync_unchanged"] = {"seconds": t_resync}
-        print(f"{'ours_resync_unchanged':>22}: {t_resync:6.2f} s", flush=True)
-
+        add("ours_cold", lambda: download_tree(storage, "", cache, workers=args.workers), cache)
         if not args.skip_peers:
             s5cmd = tool("s5cmd")
             if s5cmd:
-                out = os.path.join(workdir, "s5cmd")
-                best("s5cmd", lambda: subprocess.run(
-                    [s5cmd, "--endpoint-url", server.endpoint, "cp", f"{url}/*", out + "/"],
-                    env=env, check=True, stdout=subprocess.DEVNULL), out)
+                out_s5 = os.path.join(workdir, "s5cmd")
+                add("s5cmd", lambda: subprocess.run(
+                    [s5cmd, "--endpoint-url", server.endpoint, "cp", f"{url}/*", out_s5 + "/"],
+                    env=env, check=True, stdout=subprocess.DEVNULL), out_s5)
             aws = tool("aws")
             if aws:
-                out = os.path.join(workdir, "awscli")
-                best("aws_s3_sync", lambda: subprocess.run(
+                out_aws = os.path.join(workdir, "awscli")
+                add("aws_s3_sync", lambda: subprocess.run(
                     [aws, "s3", "sync", "--only-show-errors", "--endpoint-url", server.endpoint,
-                     url, out], env=env, check=True), out)
-
-            out = os.path.join(workdir, "boto3loop")
+                     url, out_aws], env=env, check=True), out_aws)
+            out_loop = os.path.join(workdir, "boto3loop")
 
             def boto3_loop():
                 client = server.client()
                 for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="data/"):
                     for obj in page.get("Contents", []):
-                        local = os.path.join(out, obj["Key"][len("data/"):])
+                        local = os.path.join(out_loop, obj["Key"][len("data/"):])
                         os.makedirs(os.path.dirname(local), exist_ok=True)
                         client.download_file(bucket, obj["Key"], local)
-            best("boto3_download_loop", boto3_loop, out)
-            drop_dir(out)
+            add("boto3_download_loop", boto3_loop, out_loop)
+
+        for name in runs:
+            results[name] = {"all_seconds": []}
+        for _round in range(args.repeat):
+            for name, (run, out_dir) in runs.items():
+                drop_dir(out_dir)
+                os.makedirs(out_dir)
+                cpu = time.process_time()
+                results[name]["all_seconds"].append(round(timed(run), 3))
+                if name == "ours_cold":
+                    results[name].setdefault("cpu_seconds", []).append(round(time.process_time() - cpu, 3))
+                if name == "ours_cold" and _round == args.repeat - 1:
+                    resync = [timed(lambda: download_tree(storage, "", cache, workers=args.workers))
+                              for _ in range(3)]
+                    results["ours_resync_unchanged"] = {"seconds": min(resync),
+                                                        "all_seconds": [round(t, 3) for t in resync]}
+                files, size = dir_bytes(out_dir)
+                results[name].update(files=files, bytes=size)
+                if name != "ours_cold":
+                    drop_dir(out_dir)
+        for name in runs:
+            result = results[name]
+            result["seconds"] = min(result["all_seconds"])
+            print(f"{name:>22}: {result['seconds']:6.2f} s  (best of {args.repeat}; "
+                  f"{result['files']} files, {result['bytes'] / MB:.0f} MB)", flush=True)
+        print(f"{'ours_resync_unchanged':>22}: {results['ours_resync_unchanged']['seconds']:6.2f} s")
+        t_resync = results["ours_resync_unchanged"]["seconds"]
 
         base = results.get("s5cmd", {}).get("seconds")
         if base:
             print("ratios vs s5cmd:")
             for name, result in results.items():
-                if "files" in result or name == "ours_resync_unchanged":
-                    result["ratio_vs_s5cmd"] = round(result["seconds"] / base, 2)
-                    print(f"{name:>22}: {result['ratio_vs_s5cmd']:.2f}x")
+                result["ratio_vs_s5cmd"] = round(result["seconds"] / base, 2)
+                print(f"{name:>22}: {result['ratio_vs_s5cmd']:.2f}x")
         summary = {
             "dataset": {"small_files": args.small, "small_kb": args.small_kb,
                         "large_files": args.large, "large_mb": args.large_mb},
             "settings": {k: v for k, v in storage.settings.__dict__.items()
                          if k not in ("access_key_id", "secret_access_key", "session_token")},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
+                        "platform": platform.platform(),
+                        "load_average_at_end": os.getloadavg()},
             "results": results,
             "goals": {"cold_within_1_3x_s5cmd": bool(base) and
                       results["ours_cold"]["seconds"] <= 1.3 * base,

@@ -83,22 +83,68 @@ def eval_order(num_samples: int, rank: int = 0, world: int = 1) -> np.ndarray:
     return np.arange(num_samples)[rank::world]
 
 
-class _FileSource:
-    """Random-access source of (JPEG bytes, label) for GeneratorDataset."""
+def looks_like_image(data: bytes) -> bool:
+    """Cheap structural check (no decode): JPEG start and end markers, PNG/BMP signatures.
+    Catches truncated JPEGs and non-image files before they reach the decoder."""
+    if data[:2] == b"\xff\xd8":
+        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    return data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"BM"
 
-    def __init__(self, images: ImageList, indices: np.ndarray):
+
+class CorruptImages:
+    """Counts unreadable images met by the pipelines; with fail_fast, the first one stops the run."""
+
+    def __init__(self, fail_fast: bool = False):
+        self.fail_fast = fail_fast
+        self.files: list[str] = []
+        self.fatal: Optional[str] = None  # the message, once a fail-fast error was raised
+
+    def report(self, path: str) -> None:
+        if self.fail_fast:
+            self.fatal = (f"corrupt or non-image file {path}; remove or replace it, or set "
+                          f"data.on_corrupt=skip to skip such files")
+            raise DatasetError(self.fatal)
+        self.files.append(path)
+
+    def reraise(self) -> None:
+        """The pipeline wraps errors raised in its source; restore the user's one-liner."""
+        if self.fatal:
+            raise DatasetError(self.fatal) from None
+
+
+def guarded(iterator, corrupt: CorruptImages):
+    """Iterate batches; a fail-fast corrupt image surfaces as the user's DatasetError."""
+    try:
+        yield from iterator
+    except Exception:
+        corrupt.reraise()
+        raise
+
+
+class _FileSource:
+    """Random-access source of (JPEG bytes, label) for GeneratorDataset.
+
+    A corrupt file is replaced by the next readable sample of the same shard (deterministic,
+    so resume is unaffected) and reported to `corrupt`, never silently."""
+
+    def __init__(self, images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages] = None):
         self.files = images.files
         self.labels = images.labels
         self.indices = indices
+        self.corrupt = corrupt or CorruptImages()
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        j = int(self.indices[i])
-        with open(self.files[j], "rb") as fh:
-            data = fh.read()
-        return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
+        for attempt in range(len(self.indices)):
+            j = int(self.indices[(i + attempt) % len(self.indices)])
+            with open(self.files[j], "rb") as fh:
+                data = fh.read()
+            if looks_like_image(data):
+                return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
+            self.corrupt.report(self.files[j])
+        raise DatasetError(f"no readable image in this shard of {Path(self.files[0]).parent.parent}")
 
 
 def _normalize_ops(data_cfg):
@@ -136,10 +182,10 @@ def usable_workers(requested: int) -> int:
 
 
 def _pipeline(images: ImageList, indices: np.ndarray, ops: list, batch_size: int, workers: int,
-              drop_remainder: bool):
+              drop_remainder: bool, corrupt: Optional[CorruptImages] = None):
     import mindspore.dataset as ds
     workers = usable_workers(workers)
-    source = _FileSource(images, indices)
+    source = _FileSource(images, indices, corrupt)
     dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
                                   num_parallel_workers=1, python_multiprocessing=False)
     dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
@@ -152,7 +198,8 @@ def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank: int = 0,
-                        world: int = 1, skip_batches: int = 0):
+                        world: int = 1, skip_batches: int = 0,
+                        corrupt: Optional[CorruptImages] = None):
     """The training pipeline of one epoch for one rank.
 
     Batches already consumed before a resume are skipped after augmentation, so the random
@@ -164,7 +211,7 @@ def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))
     indices = train_order(len(images), seed, epoch, rank, world)
     dataset = _pipeline(images, indices, train_transforms(data_cfg), data_cfg.batch_size,
-                        data_cfg.workers, drop_remainder=True)
+                        data_cfg.workers, drop_remainder=True, corrupt=corrupt)
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return dataset
@@ -174,9 +221,11 @@ def steps_per_epoch(num_samples: int, batch_size: int, world: int = 1) -> int:
     return (num_samples - num_samples % world) // world // batch_size
 
 
-def build_eval_dataset(images: ImageList, data_cfg, rank: int = 0, world: int = 1):
-    """Every image of this rank's shard once; the last batch may be partial."""
+def build_eval_dataset(images: ImageList, data_cfg, rank: int = 0, world: int = 1,
+                       corrupt: Optional[CorruptImages] = None):
+    """Every image of this rank's shard once; the last batch may be partial. An unreadable
+    image fails evaluation (a score over a silently different set would mislead)."""
     batch = data_cfg.eval_batch_size or data_cfg.batch_size
     indices = eval_order(len(images), rank, world)
     return _pipeline(images, indices, eval_transforms(data_cfg), batch, data_cfg.workers,
-                     drop_remainder=False)
+                     drop_remainder=False, corrupt=corrupt or CorruptImages(fail_fast=True))

@@ -12,7 +12,7 @@ import time
 import mindspore as ms
 import numpy as np
 
-from core.data import build_eval_dataset
+from core.data import CorruptImages, build_eval_dataset, guarded
 from core.distributed import all_reduce_sum
 
 log = logging.getLogger("core.evaluate")
@@ -40,9 +40,10 @@ def evaluate(net, images, data_cfg, smoothing: float = 0.1, rank: int = 0, world
     start = time.time()
     net.set_train(False)
     batch = data_cfg.eval_batch_size or data_cfg.batch_size
-    dataset = build_eval_dataset(images, data_cfg, rank, world)
+    corrupt = CorruptImages(fail_fast=True)
+    dataset = build_eval_dataset(images, data_cfg, rank, world, corrupt)
     sums = np.zeros(4, dtype=np.float64)  # loss sum, top1, top5, count
-    for image, label in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+    for image, label in guarded(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True), corrupt):
         n = image.shape[0]
         if n < batch:
             pad = np.zeros((batch - n,) + image.shape[1:], dtype=image.dtype)

@@ -67,8 +67,10 @@ class ShardPlan:
     """One shard to write: consecutive samples of one split, in scan_split order."""
     split: str
     number: int
-    first: int                                  # global index of its first sample
+    first: int                                    # global index of its first sample
     items: tuple[tuple[str, str, int, int], ...]  # (path, name in split, label, size)
+    page_size: int                                # MindRecord layout, the same for every
+    header_size: int                              # shard (MindDataset refuses a mix)
 
     @property
     def name(self) -> str:
@@ -77,20 +79,6 @@ class ShardPlan:
     @property
     def payload(self) -> int:
         return sum(item[3] for item in self.items)
-
-    @property
-    def page_size(self) -> int:
-        """MindRecord pads every blob page to this size, and a row must fit in one: big
-        enough for 4 of the largest rows, small enough that padding stays ~1%."""
-        largest = max(item[3] for item in self.items)
-        return _pow2_between(max(4 * largest + 4096, min(4 * MB, self.payload // 8)),
-                             _MIN_PAGE, _MAX_PAGE)
-
-    @property
-    def header_size(self) -> int:
-        """Room for the page table (~250 bytes a page), with a 2x margin."""
-        pages = self.payload // self.page_size + 4
-        return _pow2_between(2 * (8192 + 256 * pages), _MIN_HEADER, _MAX_HEADER)
 
     def label_runs(self) -> list[list[int]]:
         runs: list[list[int]] = []
@@ -112,20 +100,33 @@ def _pow2_between(value: int, low: int, high: int) -> int:
     return min(high, max(low, 1 << max(0, int(value) - 1).bit_length()))
 
 
-def plan_split(images: ImageList, split: str, shard_bytes: int) -> list[ShardPlan]:
-    """Cut the split's files, in order, into shards of about `shard_bytes` of payload."""
-    shards, items, first = [], [], 0
-    total = 0
-    for path, label in zip(images.files, images.labels):
-        size = os.path.getsize(path)
+def layout(shard_bytes: int, largest_file: int) -> tuple[int, int]:
+    """(page size, header size) for shards of about `shard_bytes`.
+
+    MindRecord pads each blob page to the page size (the last one of a shard included) and a
+    row must fit in one page: pages of ~1/8 shard, at most 4 MB and at least 4 of the largest
+    rows, keep the padding near 1-2%. The header holds the page table (~250 bytes a page).
+    """
+    page = _pow2_between(max(4 * largest_file + 4096, min(4 * MB, shard_bytes // 8)),
+                         _MIN_PAGE, _MAX_PAGE)
+    pages = (shard_bytes + largest_file) // page + 4
+    return page, _pow2_between(2 * (8192 + 256 * pages), _MIN_HEADER, _MAX_HEADER)
+
+
+def plan_split(images: ImageList, split: str, shard_bytes: int, sizes: Sequence[int],
+               page_size: int, header_size: int) -> list[ShardPlan]:
+    """Cut the split's files (of `sizes` bytes), in order, into shards of about
+    `shard_bytes` of payload."""
+    shards, items, first, total = [], [], 0, 0
+    for path, label, size in zip(images.files, images.labels, sizes):
         if items and total + size > shard_bytes:
-            shards.append(ShardPlan(split, len(shards), first, tuple(items)))
+            shards.append(ShardPlan(split, len(shards), first, tuple(items), page_size, header_size))
             first += len(items)
             items, total = [], 0
         items.append((path, os.path.relpath(path, images.root).replace(os.sep, "/"), label, size))
         total += size
     if items:
-        shards.append(ShardPlan(split, len(shards), first, tuple(items)))
+        shards.append(ShardPlan(split, len(shards), first, tuple(items), page_size, header_size))
     return shards
 
 
@@ -279,8 +280,12 @@ def pack_imagefolder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
         raise DatasetError(f"pack destination {dst} is the source folder; choose another folder")
     sources = scan_source(src_dir, splits)
     classes = next(iter(sources.values())).classes
+    sizes = {split: [os.path.getsize(path) for path in images.files]
+             for split, images in sources.items()}
+    shard_bytes = int(shard_size_mb * MB)
+    page, header = layout(shard_bytes, max(max(s) for s in sizes.values()))
     plans = [plan for split, images in sources.items()
-             for plan in plan_split(images, split, int(shard_size_mb * MB))]
+             for plan in plan_split(images, split, shard_bytes, sizes[split], page, header)]
 
     os.makedirs(os.path.join(dst, STATE_DIR), exist_ok=True)
     _adopt_finished_index(dst)

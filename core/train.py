@@ -19,7 +19,8 @@ from mindspore import nn, ops
 from core import checkpoint as ckpt
 from core.callbacks import Callback, CallbackList
 from core.config import Config, ConfigError
-from core.data import DatasetError, build_train_dataset, scan_split, steps_per_epoch
+from core.data import (CorruptImages, DatasetError, build_train_dataset, guarded, scan_split,
+                       steps_per_epoch)
 from core.device import amp_level, configure, sink_mode
 from core.distributed import init_distributed
 from core.dropout import is_mask, replayable_dropouts
@@ -181,11 +182,12 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
         if step >= total_steps or stopped:
             break
         skip = step - epoch * per_epoch
+        corrupt = CorruptImages(fail_fast=cfg.data.on_corrupt == "fail")
         dataset = build_train_dataset(splits.train, cfg.data, cfg.train.seed, epoch, rank, world,
-                                      skip_batches=skip)
+                                      skip_batches=skip, corrupt=corrupt)
         epoch_start = interval_start = time.time()
         epoch_losses, pending = [], []
-        for image, label in dataset.create_tuple_iterator(num_epochs=1):
+        for image, label in guarded(dataset.create_tuple_iterator(num_epochs=1), corrupt):
             for dropout in dropouts:  # masks keyed by step: a resumed run replays them exactly
                 dropout.draw(cfg.data.batch_size, cfg.train.seed, rank, step)
             pending.append(train_step(image, label))
@@ -216,6 +218,10 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                 stopped = True
                 break
         epoch_losses += [float(x.asnumpy()) for x in pending]
+        if corrupt.files:
+            log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", epoch + 1,
+                        len(corrupt.files), corrupt.files[0])
+            writer.write("corrupt", epoch=epoch, count=len(corrupt.files), files=corrupt.files[:20])
         steps_done = len(epoch_losses)
         if steps_done == 0:
             continue

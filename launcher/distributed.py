@@ -446,11 +446,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def local_run_dir(cfg, cache_dir: Path) -> Path:
+    """Where this node keeps the run directory: the output itself, or its cache for a URL."""
+    from cloud.job import cache_path, is_remote
+    output = cfg.system.output_dir
+    return cache_path(cache_dir, "output", output) if is_remote(output) else Path(output).resolve()
+
+
 def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str):
     """Stage remote data once on this node and resolve the resume point, before the ranks start.
 
-    Returns (config for the ranks: local data path, output as given), local run directory,
-    resume (local path or None)."""
+    Returns (config for the ranks: local data path, output as given; local run directory;
+    resume: a local path or None; the PreparedJob, whose finish() publishes the run directory).
+    """
     import copy
 
     from cloud.job import prepare_job
@@ -462,7 +470,7 @@ def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str):
         resume_path = job.resume
     ranks_cfg = copy.deepcopy(cfg)
     ranks_cfg.data.path = job.cfg.data.path
-    return ranks_cfg, Path(job.cfg.system.output_dir).resolve(), resume_path
+    return ranks_cfg, Path(job.cfg.system.output_dir).resolve(), resume_path, job
 
 
 def main(argv) -> int:
@@ -483,15 +491,29 @@ def main(argv) -> int:
         "node_count": args.nnodes, "node_rank": args.node_rank, "devices_per_node": args.nproc,
         "master_addr": args.master_addr, "master_port": port, "job_id": args.job_id})
     cache_dir = Path(args.cache_dir or DEFAULT_CACHE)
-    ranks_cfg, run_dir, resume = prepare_launch(cfg, args.resume, cache_dir=cache_dir,
-                                                job_id=env.job_id)
+    ranks_cfg, run_dir, resume, job = prepare_launch(cfg, args.resume, cache_dir=cache_dir,
+                                                     job_id=env.job_id)
     log_dir = run_dir / "msrun_logs" / (f"node{args.node_rank}" if args.nnodes > 1 else "")
     config_path = write_launch_config(ranks_cfg, run_dir, args.node_rank)
-    return launch_msrun(config_path, nproc=args.nproc, log_dir=log_dir, nnodes=args.nnodes,
+    code = launch_msrun(config_path, nproc=args.nproc, log_dir=log_dir, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr, master_port=port,
                         resume=resume, pretrained=args.pre_trained, job_id=env.job_id,
                         cache_dir=str(cache_dir), grace_s=args.grace_s,
                         cluster_timeout_s=args.cluster_timeout)
+    return publish(job, code)
+
+
+def publish(job, code: int) -> int:
+    """Whatever happened, send the run directory (logs included) to a remote output; rank 0
+    has published it on success already, so only what is new travels."""
+    if not job.output_url:
+        return code
+    try:
+        job.finish()
+    except Exception as exc:  # the outputs are the job's result: not sending them fails it
+        log.error("could not publish the outputs to %s: %s", job.output_url, exc)
+        return code or 1
+    return code
 
 
 if __name__ == "__main__":

@@ -194,7 +194,13 @@ def main(argv) -> int:
     sub = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
     for name in PLUGIN_COMMANDS:
         importlib.import_module(name).add_parser(sub)
-    args = top.parse_args(argv)
+    args, extra = top.parse_known_args(argv)
+    # KEY=VALUE overrides may stand anywhere, also after options
+    unknown = [t for t in extra if t.startswith("-") or "=" not in t]
+    if unknown:
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", None) or []) + extra
     if getattr(args, "func", None):
         return args.func(args) or 0
     return COMMANDS[args.command](args)

@@ -67,3 +67,13 @@ def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
     result = run("train", *tiny_args(tiny_dataset, out))
     assert result.returncode == 2 and "already holds checkpoints; pass --resume auto" in result.stderr
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_corrupt_val_image_is_one_clear_line(tmp_path):
+    from core.synthetic import generate
+    root = generate(tmp_path / "data", train_per_class=2, val_per_class=1, size=24)
+    (root / "val" / "ring" / "ring_0000.jpg").write_bytes(b"\xff\xd8 truncated")
+    result = run("train", *tiny_args(root, tmp_path / "run"), "data.batch_size=4", "data.on_corrupt=fail")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: corrupt or non-image file ") and "ring_0000.jpg" in last

@@ -107,3 +107,33 @@ def test_synthetic_dataset_is_deterministic(tmp_path):
     for f in sorted((a / "train").rglob("*.jpg")):
         assert f.read_bytes() == (b / f.relative_to(a)).read_bytes()
         assert f.read_bytes()[:2] == b"\xff\xd8"  # real JPEG
+
+
+def _plant_corrupt(root):
+    good = (root / "train" / "circle" / "circle_0000.jpg").read_bytes()
+    (root / "train" / "circle" / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "train" / "square" / "zz_notes.jpg").write_text("not an image at all")
+
+
+def test_corrupt_training_images_are_counted_and_replaced(tmp_path):
+    from core.data import CorruptImages
+    root = generate(tmp_path, train_per_class=2, val_per_class=1, size=24)
+    _plant_corrupt(root)
+    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2})
+    train = scan_split(root / "train")
+    corrupt = CorruptImages()
+    batches = list(build_train_dataset(train, cfg.data, seed=1, epoch=0, corrupt=corrupt)
+                   .create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert len(batches) == 11  # 22 files, 2 per batch: every step still runs
+    assert sorted(f.rsplit("/", 1)[-1] for f in corrupt.files) == ["zz_notes.jpg", "zz_truncated.jpg"]
+
+
+def test_corrupt_image_fails_fast_when_asked(tmp_path):
+    from core.data import CorruptImages
+    root = generate(tmp_path, train_per_class=2, val_per_class=1, size=24)
+    _plant_corrupt(root)
+    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2})
+    train = scan_split(root / "train")
+    with pytest.raises(Exception, match="corrupt or non-image file .*zz_"):
+        list(build_train_dataset(train, cfg.data, seed=1, epoch=0, corrupt=CorruptImages(fail_fast=True))
+             .create_tuple_iterator(num_epochs=1, output_numpy=True))

@@ -1,0 +1,378 @@
+#!/usr/bin/env python
+"""ModelArts boot file: one command for one- and multi-node jobs on Ascend, GPU or CPU.
+
+    python launcher/modelarts.py [--data_url=D] [--train_url=T] [--checkpoint_url=C]
+        [--config=configs/ascend_8p.yaml] [--nproc=N] [--resume=auto] [KEY=VALUE ...]
+    python launcher/modelarts.py --print-job-spec [--config ...] [--flavor F] [--node_count M] ...
+
+Inputs and outputs: `--data_url`, `--train_url`, `--checkpoint_url` (or environment variables of
+those names) are OBS URLs on legacy ModelArts (staged into the node's cache, outputs published
+back) or local mounted folders on new ModelArts (used as they are). `--checkpoint_url` names a
+checkpoint to resume from (a .ckpt, or a folder: its newest); without it, `--resume auto`
+continues from the newest checkpoint in the output. Config keys also come as ModelArts
+hyperparameters: `--train.epochs=3` or `--train_epochs=3`.
+
+The node's place in the job comes from the environment (cloud.environment). Then:
+* Ascend, several ranks: the rank table (ModelArts' jobstart_hccl.json converted to v1.0, or
+  one generated from /etc/hccn.conf on a bare server) and one process per device with
+  DEVICE_ID, RANK_ID, RANK_SIZE, RANK_TABLE_FILE (`--launch msrun` uses msrun instead);
+* GPU/CPU, several ranks: msrun across the nodes, master = the first of VC_WORKER_HOSTS;
+* one rank: one process.
+Every rank's output is printed as `[rank N] ...` and kept in the run directory; the job fails
+if a rank fails. On SIGTERM the ranks checkpoint and stop within the grace period, and the
+outputs are published either way. `--dry-run` prints what would be started and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from core.config import ConfigError, known_keys, load_config, parse_override  # noqa: E402
+from launcher.common import run_main  # noqa: E402
+from launcher import distributed as dist  # noqa: E402
+
+log = logging.getLogger("launcher.modelarts")
+# Arguments some ModelArts engines add on their own; they mean nothing here.
+IGNORED_HYPERPARAMETERS = ("init_method", "num_gpus")
+# Variables of msrun's dynamic cluster: a rank-table process must not inherit them.
+DYNAMIC_CLUSTER_VARS = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+                        "MS_TOPO_TIMEOUT")
+CODE_DIR_IN_IMAGE = "/home/ma-user/mnv3"
+DEFAULT_FLAVORS = {"Ascend": "modelarts.kat1.8xlarge", "GPU": "modelarts.p3.4xlarge",
+                   "CPU": "modelarts.vm.cpu.8u"}
+
+
+# --- arguments -------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launcher/modelarts.py", description=__doc__.splitlines()[0])
+    p.add_argument("--data_url", help="dataset: OBS URL or local folder (ImageFolder root)")
+    p.add_argument("--train_url", help="outputs: OBS URL or local folder")
+    p.add_argument("--checkpoint_url", help="checkpoint to resume from (.ckpt, or a folder)")
+    p.add_argument("--pre_trained", help="weights to fine-tune from (local path or URL)")
+    p.add_argument("--config", help="YAML recipe (relative paths: cwd, then the code dir)")
+    p.add_argument("--nproc", type=int, help="ranks on this node (default: accelerators per node)")
+    p.add_argument("--resume", default="auto", help="'auto' (default), 'none', or a checkpoint")
+    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"))
+    p.add_argument("--launch", choices=("auto", "rank_table", "msrun"), default="auto",
+                   help="Ascend: per-device processes with a rank table (auto) or msrun")
+    p.add_argument("--hccn_conf", default="/etc/hccn.conf", help="device IPs of a bare server")
+    p.add_argument("--rank_table_timeout", type=float, default=600.0,
+                   help="seconds to wait for ModelArts' rank table to be completed")
+    p.add_argument("--cache_dir", help="node-local cache (default $MNV3_CACHE_DIR, /cache/mnv3 "
+                                       "when /cache exists, else ~/.cache/mnv3_runner)")
+    p.add_argument("--grace_s", type=float, default=dist.DEFAULT_GRACE_S,
+                   help="seconds the ranks get to checkpoint after SIGTERM")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true",
+                   help="print the processes this node would start, start nothing")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    spec = p.add_argument_group("--print-job-spec: a ModelArts training-job definition (API v2)")
+    spec.add_argument("--print-job-spec", dest="print_job_spec", action="store_true",
+                      help="print the job definition as JSON and exit")
+    spec.add_argument("--job_name", default="mobilenetv3-small")
+    spec.add_argument("--code_dir", help="OBS folder holding this project (preset engines)")
+    spec.add_argument("--image", help="SWR image built from the Dockerfile (custom-image jobs)")
+    spec.add_argument("--engine", help="preset engine as NAME:VERSION (instead of --image)")
+    spec.add_argument("--flavor", help="resource flavour id (see GET /v2/{project_id}/training-"
+                                       "job-flavors)")
+    spec.add_argument("--node_count", type=int, default=1)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    return p
+
+
+def split_hyperparameters(argv: list[str]) -> tuple[list[str], dict]:
+    """Take ModelArts hyperparameters out of argv: `--train.epochs=3`, `--train_epochs=3` or
+    `--train_epochs 3` become config overrides; the rest is left for argparse."""
+    keys = set(known_keys())
+    by_underscore = {key.replace(".", "_", 1): key for key in keys}
+    rest, found, i = [], {}, 0
+    while i < len(argv):
+        token = argv[i]
+        name, has_value, value = token[2:].partition("=")
+        key = (name if name in keys else by_underscore.get(name)) if token.startswith("--") else None
+        if key is None and name not in IGNORED_HYPERPARAMETERS:
+            rest.append(token)
+            i += 1
+            continue
+        if not has_value:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"hyperparameter {token} has no value")
+            value, i = argv[i + 1], i + 1
+        i += 1
+        if key:
+            found[key] = parse_override(f"{key}={value}")[1]
+    return rest, found
+
+
+def resolve_config_path(text: Optional[str]) -> Optional[str]:
+    """ModelArts starts the boot file from its own directory: try the code dir too."""
+    if not text or Path(text).is_absolute() or Path(text).exists():
+        return text
+    candidate = REPO_ROOT / text
+    return str(candidate) if candidate.exists() else text
+
+
+def from_env(name: str) -> Optional[str]:
+    return os.environ.get(name) or os.environ.get(name.upper()) or None
+
+
+def cache_root(arg: Optional[str]) -> Path:
+    if arg:
+        return Path(arg)
+    if os.environ.get("MNV3_CACHE_DIR"):
+        return Path(os.environ["MNV3_CACHE_DIR"])
+    if os.path.isdir("/cache") and os.access("/cache", os.W_OK):
+        return Path("/cache/mnv3")  # ModelArts' local SSD
+    return Path.home() / ".cache" / "mnv3_runner"
+
+
+def build_config(args, hyper: dict, data_url: Optional[str], train_url: Optional[str]):
+    """(Config, the overrides given): recipe <- KEY=VALUE and hyperparameters <- inputs/outputs."""
+    overrides = dict(parse_override(text) for text in args.overrides)
+    overrides.update(hyper)
+    if data_url:
+        overrides["data.path"] = data_url
+    if train_url:
+        overrides["system.output_dir"] = train_url
+    if args.device_target:
+        overrides["system.device_target"] = args.device_target
+    return load_config(resolve_config_path(args.config), overrides), overrides
+
+
+def resume_point(args) -> Optional[str]:
+    """--checkpoint_url wins over --resume; a local folder means its newest checkpoint."""
+    from cloud.job import is_remote
+    from launcher.local import resolve_checkpoint_arg
+    url = args.checkpoint_url or from_env("checkpoint_url")
+    if url:
+        if is_remote(url):
+            if not url.endswith(".ckpt"):
+                raise ConfigError(f"--checkpoint_url {url}: name the .ckpt object, not a folder")
+            return url
+        return str(resolve_checkpoint_arg(url))
+    return None if args.resume in ("none", "") else args.resume
+
+
+# --- the job definition ----------------------------------------------------------------------
+
+
+def obs_path(url: str) -> str:
+    """obs://bucket/dir -> /bucket/dir/, the form ModelArts' API takes."""
+    if url.startswith("obs://"):
+        url = "/" + url[len("obs://"):]
+    return url.rstrip("/") + "/"
+
+
+def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
+    """A training-job definition for POST /v2/{project_id}/training-jobs (or the console), and
+    the placeholders left in it for the user to fill."""
+    todo = []
+
+    def given(value: Optional[str], placeholder: str, what: str) -> str:
+        if value:
+            return value
+        todo.append(f"{what} ({placeholder})")
+        return placeholder
+
+    parameters = [{"name": "config", "value": args.config}] if args.config else []
+    parameters += [{"name": key, "value": str(value)} for key, value in overrides.items()
+                   if key not in ("data.path", "system.output_dir")]
+    if args.nproc:
+        parameters.append({"name": "nproc", "value": str(args.nproc)})
+    algorithm: dict = {"parameters": parameters}
+    if args.image:
+        algorithm["engine"] = {"image_url": args.image}
+        algorithm["command"] = f"python {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
+    else:
+        name, _, version = (args.engine or "MindSpore:").partition(":")
+        code_dir = obs_path(given(args.code_dir, "obs://YOUR-BUCKET/mnv3", "--code_dir"))
+        algorithm.update(code_dir=code_dir, boot_file=code_dir + "launcher/modelarts.py",
+                         engine={"engine_name": name,
+                                 "engine_version": given(version, "YOUR-ENGINE-VERSION",
+                                                         "--engine NAME:VERSION or --image")})
+    data_path = cfg.data.path if str(cfg.data.path or "").startswith("obs://") else None
+    data_url = given(args.data_url or data_path, "obs://YOUR-BUCKET/dataset", "--data_url")
+    train_url = given(args.train_url, "obs://YOUR-BUCKET/output", "--train_url")
+    algorithm["inputs"] = [{"name": "data_url", "remote": {"obs": {"obs_url": obs_path(data_url)}}}]
+    algorithm["outputs"] = [{"name": "train_url",
+                             "remote": {"obs": {"obs_url": obs_path(train_url)}}}]
+    target = cfg.system.device_target if cfg.system.device_target != "auto" else "Ascend"
+    flavor = args.flavor or DEFAULT_FLAVORS[target]
+    if not args.flavor:
+        todo.append(f"--flavor (default {flavor} for {target}; list your region's with "
+                    f"GET /v2/{{project_id}}/training-job-flavors)")
+    spec = {"kind": "job",
+            "metadata": {"name": args.job_name,
+                         "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
+                                        f"digest {cfg.digest()}"},
+            "algorithm": algorithm,
+            "spec": {"resource": {"flavor_id": flavor, "node_count": args.node_count}}}
+    return spec, todo
+
+
+# --- what this node starts -------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """The processes this node runs: msrun (`msrun_argv`) or ranks with their own variables."""
+
+    kind: str                                   # "single", "rank_table" or "msrun"
+    ranks: list = field(default_factory=list)   # [{"rank", "env", "argv"}]
+    msrun: dict = field(default_factory=dict)   # keyword arguments of dist.launch_msrun
+    rank_table: Optional[str] = None
+
+    def describe(self) -> dict:
+        shown = {"launch": self.kind, "rank_table": self.rank_table}
+        if self.ranks:
+            shown["processes"] = [{"rank": r["rank"], "env": r["env"], "argv": r["argv"]}
+                                  for r in self.ranks]
+        if self.msrun:
+            shown["msrun"] = {k: str(v) for k, v in self.msrun.items()}
+        return shown
+
+
+def local_ip(master: str) -> str:
+    """This host's address on the route to the master (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.connect((master, 9))
+            return sock.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def ascend_rank_table(args, env, nproc: int, launch_dir: Path):
+    """(v1.0 table, its path, this node's server_id)."""
+    from cloud import rank_table as rt
+    if env.rank_table_file:
+        table = rt.convert_modelarts_table(env.rank_table_file, timeout_s=args.rank_table_timeout)
+    elif env.node_count == 1:
+        server = env.node_ip or local_ip(env.master_addr)
+        table = rt.generate_server_table(server, list(range(nproc)), args.hccn_conf)
+    else:
+        raise ConfigError("several Ascend nodes but no RANK_TABLE_FILE: merge the servers' "
+                          "tables (cloud.rank_table.merge_tables) and set RANK_TABLE_FILE")
+    servers = [s["server_id"] for s in table["server_list"]]
+    if env.node_ip in servers:
+        server_id = env.node_ip
+        if servers.index(server_id) != env.node_rank:
+            log.warning("rank table puts this node (%s) at position %d, VC_TASK_INDEX says %d: "
+                        "the table decides the ranks", server_id, servers.index(server_id),
+                        env.node_rank)
+    elif env.node_rank < len(servers):
+        server_id = servers[env.node_rank]  # conversion orders servers by pod index = node index
+    else:
+        raise ConfigError(f"node {env.node_rank} ({env.node_ip}) is not in the rank table "
+                          f"(servers {servers})")
+    rt.validate_table(table, world_size=env.node_count * nproc, devices_per_node=nproc)
+    return table, rt.write_table(table, launch_dir / "rank_table.json"), server_id
+
+
+def plan_for(args, env, target: str, nproc: int, config_path: Path, run_dir: Path, *,
+             resume: Optional[str], pretrained: Optional[str], cache_dir: Path) -> Plan:
+    world = env.node_count * nproc
+    common = dict(resume=resume, pretrained=pretrained, job_id=env.job_id,
+                  cache_dir=str(cache_dir), nnodes=env.node_count, node_rank=env.node_rank)
+    launch = args.launch if args.launch != "auto" else ("rank_table" if target == "Ascend" else "msrun")
+    if world == 1:
+        argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=1, **common)
+        return Plan("single", ranks=[{"rank": 0, "env": {}, "argv": argv}])
+    table_path = None
+    if target == "Ascend":
+        table, table_path, server_id = ascend_rank_table(args, env, nproc, run_dir / "launch")
+    if target == "Ascend" and launch == "rank_table":
+        from cloud.rank_table import process_env_for_device, server_device_ids
+        ranks = []
+        devices = server_device_ids(table, server_id)
+        node_index = [s["server_id"] for s in table["server_list"]].index(server_id)
+        for device_id in devices:
+            variables = process_env_for_device(table, server_id, device_id, table_path)
+            argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=len(devices),
+                                                       **dict(common, node_rank=node_index))
+            ranks.append({"rank": int(variables["RANK_ID"]), "env": variables, "argv": argv})
+        return Plan("rank_table", ranks=ranks, rank_table=str(table_path))
+    several = env.node_count > 1
+    return Plan("msrun", rank_table=str(table_path) if table_path else None, msrun=dict(
+        nproc=nproc, log_dir=run_dir / "msrun_logs" / (f"node{env.node_rank}" if several else ""),
+        master_addr=env.master_addr if several else "127.0.0.1",
+        master_port=env.master_port if several else dist.free_port(),
+        rank_table_file=str(table_path) if table_path else None, **common))
+
+
+def run_ranks(plan: Plan, log_dir: Path, grace_s: float) -> int:
+    """Single and rank-table plans: our own processes, supervised like msrun's."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = dist.Supervisor(grace_s=grace_s)
+    base = {k: v for k, v in os.environ.items() if k not in DYNAMIC_CLUSTER_VARS}
+    for rank in plan.ranks:
+        supervisor.start(rank["argv"], dist.child_environ(rank["env"], base=base),
+                         f"rank {rank['rank']}", log_file=log_dir / f"worker_{rank['rank']}.log")
+    code = supervisor.wait()
+    supervisor.console.line("launcher", f"ranks {'finished' if code == 0 else 'failed'} "
+                                        f"(exit code {code}); logs in {log_dir}")
+    return code
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main(argv) -> int:
+    from cloud.environment import detect_environment
+    from core.device import resolve_target
+
+    argv, hyper = split_hyperparameters(list(argv))
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.print_job_spec:
+        cfg, overrides = build_config(args, hyper, args.data_url, args.train_url)
+        spec, todo = job_spec(args, cfg, overrides)
+        print(json.dumps(spec, indent=2))
+        for item in todo:
+            print(f"note: fill in {item}", file=sys.stderr)
+        return 0
+    env = detect_environment(overrides={"devices_per_node": args.nproc} if args.nproc else None)
+    cfg, overrides = build_config(args, hyper, args.data_url or env.data_url,
+                                  args.train_url or env.train_url)
+    target = resolve_target(cfg.system.device_target)
+    nproc = args.nproc or env.devices_per_node
+    cache_dir = cache_root(args.cache_dir)
+    log.info("%s; %d rank(s) on this node, %s", env.describe(), nproc, target)
+    if not cfg.data.path:
+        from launcher.local import demo_dataset_path
+        cfg.data.path = demo_dataset_path()
+    resume = resume_point(args)
+
+    job = None
+    if args.dry_run:
+        run_dir, ranks_cfg = dist.local_run_dir(cfg, cache_dir), cfg
+    else:  # stage data once on this node, map the output, resolve the resume point
+        ranks_cfg, run_dir, resume, job = dist.prepare_launch(cfg, resume, cache_dir=cache_dir,
+                                                              job_id=env.job_id)
+    config_path = dist.write_launch_config(ranks_cfg, run_dir, env.node_rank)
+    plan = plan_for(args, env, target, nproc, config_path, run_dir, resume=resume,
+                    pretrained=args.pre_trained, cache_dir=cache_dir)
+    if args.dry_run:
+        print(json.dumps(plan.describe(), indent=2))
+        return 0
+    if plan.kind == "msrun":
+        code = dist.launch_msrun(config_path, grace_s=args.grace_s, **plan.msrun)
+    else:
+        code = run_ranks(plan, run_dir / "rank_logs" / f"node{env.node_rank}", args.grace_s)
+    return dist.publish(job, code)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

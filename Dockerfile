@@ -17,7 +17,7 @@ FROM ${BASE_IMAGE}
 
 ARG INSTALL_REQUIREMENTS=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-USER root
+USER 0
 
 # libgomp1: MindSpore's CPU kernels; iproute2: msrun looks up local addresses with `ip`.
 # hadolint ignore=DL3008
@@ -31,15 +31,16 @@ RUN if command -v apt-get >/dev/null; then \
 RUN if ! getent group 100 >/dev/null; then groupadd -g 100 ma-group; fi \
     && if ! id -u ma-user >/dev/null 2>&1; then \
         useradd -m -u 1000 -g 100 -s /bin/bash ma-user; \
-    fi
+    fi \
+    && mkdir -p /home/ma-user/mnv3 \
+    && chown 1000:100 /home/ma-user/mnv3
 
 COPY requirements.txt /tmp/requirements.txt
 RUN if [ "${INSTALL_REQUIREMENTS}" = "1" ]; then \
         python -m pip install --no-cache-dir -r /tmp/requirements.txt; \
     fi
 
-ENV PYTHONUNBUFFERED=1 \
-    MNV3_HOME=/home/ma-user/mnv3
+ENV PYTHONUNBUFFERED=1
 WORKDIR /home/ma-user/mnv3
 COPY --chown=1000:100 core ./core
 COPY --chown=1000:100 cloud ./cloud
@@ -47,7 +48,8 @@ COPY --chown=1000:100 launcher ./launcher
 COPY --chown=1000:100 configs ./configs
 COPY --chown=1000:100 requirements.txt ./requirements.txt
 
-USER ma-user
+# ma-user (numeric, so that the runtime needs no passwd lookup)
+USER 1000:100
 # CMD, not ENTRYPOINT: ModelArts replaces the command with the job's boot command, and
 # `docker run IMAGE python launcher/modelarts.py ...` stays natural.
 CMD ["python", "launcher/modelarts.py"]

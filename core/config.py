@@ -320,3 +320,16 @@ def reference_table() -> list[tuple[str, str, Any, str]]:
             rows.append((f"{section}.{f.name}", name, getattr(getattr(defaults, section), f.name),
                          f.metadata.get("help", "")))
     return rows
+
+
+def reference_markdown() -> str:
+    """The README's config reference table (regenerate with `python -m core.config`)."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, type_name, default, text in reference_table():
+        shown = "null" if default is None else default
+        lines.append(f"| `{key}` | {type_name} | `{shown}` | {text} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -1,0 +1,163 @@
+"""Top-k classes for image files, from a checkpoint or an exported MINDIR graph.
+
+Images go through exactly the eval transform (core.data.eval_transforms: the same MindSpore
+ops, run eagerly on the file's bytes), so a prediction here is what evaluation scores. An
+exported graph has a fixed batch size; its model card (written beside it by export) supplies
+the preprocessing and the class names.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from core.data import DatasetError, eval_transforms
+
+CHECKPOINT_BATCH = 16
+
+
+@dataclass
+class Prediction:
+    file: str
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+    logits: np.ndarray
+
+
+def preprocess(data: bytes, data_cfg, name: str = "image") -> np.ndarray:
+    """(3, S, S) float32: the eval pipeline's ops applied to the encoded image bytes."""
+    image = np.frombuffer(data, np.uint8)
+    try:
+        for op in eval_transforms(data_cfg):
+            image = op(image)
+    except (RuntimeError, ValueError) as exc:
+        raise DatasetError(f"cannot decode {name} as an image ({str(exc).splitlines()[0][:80]}); "
+                           f"pass JPEG, PNG or BMP files") from None
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
+def read_image(path: str | Path, data_cfg) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"image not found: {path}")
+    return preprocess(path.read_bytes(), data_cfg, str(path))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def top_k(logits: np.ndarray, class_names: Sequence[str], k: int) -> list[tuple[str, float]]:
+    probs = softmax(logits)
+    order = np.argsort(-probs, kind="stable")[:min(k, len(probs))]
+    return [(class_names[i], float(probs[i])) for i in order]
+
+
+class Predictor:
+    """Logits for preprocessed images through `forward` (a Cell or a GraphCell), in batches
+    of `batch_size`; the last batch is padded, so one compiled shape serves every call."""
+
+    def __init__(self, forward: Callable, class_names: Sequence[str], data_cfg, batch_size: int):
+        self.forward = forward
+        self.class_names = list(class_names)
+        self.data_cfg = data_cfg
+        self.batch_size = batch_size
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        import mindspore as ms
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            chunk = images[start:start + self.batch_size]
+            n = len(chunk)
+            if n < self.batch_size:
+                pad = np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)
+                chunk = np.concatenate([chunk, pad])
+            out.append(self.forward(ms.Tensor(chunk)).asnumpy()[:n])
+        logits = np.concatenate(out).astype(np.float32)
+        if logits.shape[1] != len(self.class_names):
+            raise DatasetError(f"the model gives {logits.shape[1]} scores but there are "
+                               f"{len(self.class_names)} class names; pass the matching class list")
+        return logits
+
+    def predict_files(self, files: Sequence[str | Path], k: int = 5) -> list[Prediction]:
+        images = np.stack([read_image(f, self.data_cfg) for f in files])
+        logits = self.logits(images)
+        return [Prediction(str(f), top_k(row, self.class_names, k), row) for f, row in zip(files, logits)]
+
+
+def from_network(net, class_names: Sequence[str], data_cfg, batch_size: int = CHECKPOINT_BATCH) -> Predictor:
+    net.set_train(False)
+    return Predictor(net, class_names, data_cfg, batch_size)
+
+
+# --------------------------------------------------------------------------- exported graphs
+
+
+def card_path(graph: str | Path) -> Path:
+    """export writes `<file_name>.mindir` and `<file_name>.card.json` side by side."""
+    graph = Path(graph)
+    return graph.with_name(graph.stem + ".card.json")
+
+
+def data_config_from_card(card: dict):
+    """The eval transform the card describes, as a DataConfig."""
+    from core.config import load_config
+    pre = card["preprocess"]
+    return load_config(None, {"data.image_size": pre["center_crop"],
+                              "data.eval_resize": pre["resize_shorter_side"],
+                              "data.mean": pre["mean"], "data.std": pre["std"]}).data
+
+
+def read_card(graph: str | Path) -> dict:
+    from core.checkpoint import CheckpointError
+    path = card_path(graph)
+    if not path.is_file():
+        raise CheckpointError(f"model card {path} not found beside {Path(graph).name}; predict "
+                              f"needs it for the preprocessing (re-export with launcher/local.py "
+                              f"export, which writes it)")
+    card = json.loads(path.read_text())
+    if not card.get("class_names"):
+        classes = Path(graph).with_name("classes.json")
+        if classes.is_file():
+            card["class_names"] = json.loads(classes.read_text())
+    return card
+
+
+def from_mindir(graph: str | Path, class_names: Optional[Sequence[str]] = None) -> Predictor:
+    import mindspore as ms
+
+    from core.checkpoint import CheckpointError
+    graph = Path(graph)
+    if not graph.is_file():
+        raise CheckpointError(f"exported model not found: {graph}")
+    card = read_card(graph)
+    names = list(class_names) if class_names else card.get("class_names")
+    if not names:
+        raise CheckpointError(f"no class names for {graph.name} (neither in its card nor in "
+                              f"classes.json); pass --classes")
+    try:
+        cell = ms.nn.GraphCell(ms.load(str(graph)))
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"{graph} is not a loadable MINDIR ({type(exc).__name__}); "
+                              f"re-export it") from None
+    batch = int(card["input"]["shape"][0])
+    return Predictor(cell, names, data_config_from_card(card), batch)
+
+
+def format_predictions(predictions: Sequence[Prediction]) -> str:
+    lines = []
+    for p in predictions:
+        lines.append(p.file)
+        width = max(len(name) for name, _ in p.top)
+        lines += [f"  {rank}. {name:<{width}}  {prob * 100:6.2f}%" for rank, (name, prob)
+                  in enumerate(p.top, start=1)]
+    return "\n".join(lines)
+
+
+def predictions_json(predictions: Sequence[Prediction]) -> str:
+    return json.dumps([{"file": p.file, "top": [{"class": n, "probability": round(pr, 6)}
+                                                for n, pr in p.top]} for p in predictions], indent=1)

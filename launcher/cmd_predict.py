@@ -1,0 +1,63 @@
+"""`predict`: top-k classes for image files from a checkpoint or an exported MINDIR."""
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "predict", help="classify image files (checkpoint or exported .mindir)",
+        description="Print the top classes with probabilities for each image, preprocessed "
+                    "exactly as evaluation does.")
+    p.add_argument("--checkpoint", "--checkpoint_path", dest="checkpoint_path", required=True,
+                   help="a .ckpt, a run directory (its newest checkpoint), or an exported "
+                        ".mindir with its .card.json beside it")
+    p.add_argument("--image", dest="images", nargs="+", required=True, metavar="IMAGE",
+                   help="image files (JPEG, PNG, BMP)")
+    p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--classes", help="class names (one per line, or a JSON list) to show instead "
+                                     "of those stored with the model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--config", help="YAML recipe (checkpoints only; the saved config is the base)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (checkpoints only)")
+    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"))
+    p.add_argument("--device_id", type=int)
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    p.set_defaults(func=run, overrides=[])
+
+
+def predictor_for(args):
+    """A core.predict.Predictor for --checkpoint (checkpoint or MINDIR)."""
+    from pathlib import Path
+
+    from core import checkpoint as ckpt
+    from core import predict
+    from core.config import load_config
+    from core.device import configure
+    from core.inference import network_from_checkpoint
+    from launcher.convert import read_class_names
+    from launcher.local import _config_for_checkpoint, overrides_from, resolve_checkpoint_arg
+    classes = read_class_names(args.classes) if args.classes else None
+    if Path(args.checkpoint_path).suffix.lower() == ".mindir":
+        system = {k: v for k, v in overrides_from(args).items() if k.startswith("system.device")}
+        configure(load_config(None, system).system)
+        return predict.from_mindir(args.checkpoint_path, classes)
+    path = resolve_checkpoint_arg(args.checkpoint_path)
+    checkpoint = ckpt.load(path)
+    cfg = _config_for_checkpoint(args, checkpoint)
+    configure(cfg.system)
+    if classes and not checkpoint.meta.get("classes"):
+        checkpoint.meta["classes"] = classes  # a converted ImageNet checkpoint, say
+    net, names = network_from_checkpoint(checkpoint, cfg, path)
+    if classes:
+        names = classes
+    return predict.from_network(net, names, cfg.data)
+
+
+def run(args) -> int:
+    from core.config import ConfigError
+    from core.predict import format_predictions, predictions_json
+    if args.top < 1:
+        raise ConfigError("--top must be at least 1")
+    predictions = predictor_for(args).predict_files(args.images, args.top)
+    print(predictions_json(predictions) if args.json else format_predictions(predictions))
+    return 0

@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DEMO_DIR ?= runs/cpu_demo
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo test test-fast clean-demo
+.PHONY: venv demo demo-cloud test clean-demo
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
@@ -22,6 +22,9 @@ demo: venv
 	$(PY) launcher/local.py export --checkpoint_path $(DEMO_DIR) --format MINDIR
 	$(PY) launcher/local.py export --checkpoint_path $(DEMO_DIR) --format ONNX
 	@echo "demo outputs in $(DEMO_DIR): checkpoints/, metrics.jsonl, train.log, eval.json, export/"
+
+demo-cloud: venv
+	$(PY) launcher/demo_cloud.py
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -93,6 +93,16 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    freeze_backbone_epochs: int = _spec(0, minimum=0,
+                                        help="train only the classifier for the first N epochs "
+                                             "(backbone LR 0; BN statistics still adapt)")
+    backbone_lr_scale: float = _spec(1.0, minimum=0.0,
+                                     help="backbone LR = this x the schedule (the classifier keeps "
+                                          "the schedule); e.g. 0.1 when fine-tuning")
+
+
+@dataclass
 class CheckpointConfig:
     interval_epochs: int = _spec(1, minimum=0, help="save every N epochs (0 = off)")
     interval_steps: int = _spec(0, minimum=0, help="also save every N global steps (0 = off)")
@@ -123,6 +133,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     system: SystemConfig = field(default_factory=SystemConfig)
@@ -146,7 +157,7 @@ _LIST_LENGTHS = {"data.crop_scale": 2, "data.crop_ratio": 2, "data.color_jitter"
 
 def _section_class(name: str):
     return {"model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig,
-            "checkpoint": CheckpointConfig, "export": ExportConfig, "system": SystemConfig}[name]
+            "finetune": FinetuneConfig, "checkpoint": CheckpointConfig, "export": ExportConfig, "system": SystemConfig}[name]
 
 
 def known_keys() -> list[str]:
@@ -225,6 +236,10 @@ def _check_consistency(cfg: Config) -> None:
                           f"data.image_size ({cfg.data.image_size})")
     if cfg.optim.lr_end > cfg.optim.lr:
         raise ConfigError("config key 'optim.lr_end' must not exceed optim.lr")
+    if cfg.finetune.freeze_backbone_epochs > cfg.train.epochs:
+        raise ConfigError(f"config key 'finetune.freeze_backbone_epochs' "
+                          f"({cfg.finetune.freeze_backbone_epochs}) must not exceed train.epochs "
+                          f"({cfg.train.epochs})")
     if cfg.optim.warmup_epochs > cfg.train.epochs:
         raise ConfigError(f"config key 'optim.warmup_epochs' ({cfg.optim.warmup_epochs}) must not "
                           f"exceed train.epochs ({cfg.train.epochs})")

@@ -28,9 +28,14 @@ class _AllReduceSum(nn.Cell):
         return self.all_reduce(x)
 
 
+_REDUCER: list = []  # one compiled cell per process, built on first use
+
+
 def all_reduce_sum(values: np.ndarray, world: int) -> np.ndarray:
     """Sum a small float64 vector over ranks (eval counts); identity when not distributed."""
     if world == 1:
         return values
-    out = _AllReduceSum()(ms.Tensor(values.astype(np.float32)))
+    if not _REDUCER:
+        _REDUCER.append(_AllReduceSum())
+    out = _REDUCER[0](ms.Tensor(values.astype(np.float32)))
     return out.asnumpy().astype(np.float64)

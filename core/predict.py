@@ -32,9 +32,8 @@ def preprocess(data: bytes, data_cfg, name: str = "image") -> np.ndarray:
     try:
         for op in eval_transforms(data_cfg):
             image = op(image)
-    except (RuntimeError, ValueError) as exc:
-        raise DatasetError(f"cannot decode {name} as an image ({str(exc).splitlines()[0][:80]}); "
-                           f"pass JPEG, PNG or BMP files") from None
+    except (RuntimeError, ValueError):  # MindSpore's message names its pipeline, not the file
+        raise DatasetError(f"cannot decode {name} as an image; pass JPEG, PNG or BMP files") from None
     return np.ascontiguousarray(image, dtype=np.float32)
 
 

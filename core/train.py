@@ -26,6 +26,7 @@ from core.distributed import init_distributed
 from core.dropout import is_mask, replayable_dropouts
 from core.ema import EMA
 from core.evaluate import evaluate, format_result
+from core.finetune import is_active as finetune_active, param_groups
 from core.loss import LabelSmoothingCrossEntropy
 from core.lr import warmup_cosine
 from core.metrics import MetricsWriter
@@ -77,7 +78,7 @@ def optimizer_state(optimizer, net) -> list:
     The learning-rate table is rebuilt from the config, so it is not saved."""
     weights = {p.name for p in net.get_parameters()}
     return [p for p in optimizer.get_parameters()
-            if p.name not in weights and p.name != "learning_rate"]
+            if p.name not in weights and not p.name.startswith("learning_rate")]
 
 
 def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
@@ -109,7 +110,12 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
     loss_fn = LabelSmoothingCrossEntropy(len(splits.classes), cfg.train.label_smoothing)
     lr = warmup_cosine(cfg.optim.lr, cfg.optim.lr_end, cfg.optim.warmup_epochs, cfg.train.epochs,
                        per_epoch)
-    optimizer = build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(lr), loss_scale)
+    groups = None
+    if finetune_active(cfg.finetune.backbone_lr_scale, cfg.finetune.freeze_backbone_epochs):
+        groups = param_groups(net.trainable_params(), type(net).CLASSIFIER_PREFIXES, lr,
+                              cfg.optim.weight_decay, cfg.finetune.backbone_lr_scale,
+                              cfg.finetune.freeze_backbone_epochs * per_epoch)
+    optimizer = build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(lr), loss_scale, groups)
     train_step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn), optimizer, sens=loss_scale)
     train_step.set_train(True)
     ema = EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
@@ -127,6 +133,12 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
         ckpt.restore([net, optimizer] + ([ema] if ema else []), checkpoint,
                      skip_prefixes=("learning_rate",))
         start_step = checkpoint.step
+        saved_per_epoch = checkpoint.meta.get("steps_per_epoch")
+        if saved_per_epoch is not None and saved_per_epoch != per_epoch:
+            raise ConfigError(f"checkpoint {resume} was written with {saved_per_epoch} steps per "
+                              f"epoch, this run has {per_epoch} (ranks x data.batch_size or the "
+                              f"dataset changed); resume with the same world size and batch size, "
+                              f"or start a new run from it with --pre_trained")
         log.info("resumed from %s at global step %d", resume, start_step)
 
     total_steps = cfg.train.epochs * per_epoch

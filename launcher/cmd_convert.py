@@ -29,6 +29,7 @@ def run(args) -> int:
     classes = read_class_names(args.classes) if args.classes else None
     result = convert(args.source, args.src, args.dst, args.num_classes, args.width_mult, classes)
     head = "classifier kept" if result["classifier_kept"] else \
-        f"classifier left out ({result['source_classes']} source classes; fresh at fine-tuning)"
-    print(f"converted: {result['path']} ({head})")
+        f"classifier left out: the source has {result['source_classes']} classes, fine-tuning " \
+        f"starts a new one"
+    print(f"converted: {result['path']}; {head}")
     return 0

@@ -27,6 +27,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dst", required=True, help="where the shards and index.json go (folder or URL)")
     p.add_argument("--shard-size-mb", type=float, default=256, help="payload per shard (MB)")
     p.add_argument("--workers", type=int, default=None, help="pack processes (default: CPUs)")
+    p.add_argument("--splits", default="train,val",
+                   help="split folders to pack, the first naming the classes (data.train_dir, "
+                        "data.val_dir); a missing later one is skipped")
     p.add_argument("--config", help="YAML recipe whose storage: section reaches the bucket")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="storage.KEY=VALUE",
                    help="override a storage setting")
@@ -71,7 +74,8 @@ def cmd_pack(args) -> int:
     dst = str(cache_path(cache, "pack-dst", args.dst)) if dst_remote else dst_url.path
 
     try:
-        index = pack_imagefolder(src, dst, args.shard_size_mb, args.workers)
+        index = pack_imagefolder(src, dst, args.shard_size_mb, args.workers,
+                                 splits=[s for s in args.splits.split(",") if s])
     except DatasetError as exc:
         if not src_remote:
             raise
@@ -84,6 +88,9 @@ def cmd_pack(args) -> int:
         print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards "
               f"({size / 2 ** 20:.1f} MB)")
     print(f"packed dataset: {args.dst}")
+    staged = [path for path, remote in ((src, src_remote), (dst, dst_remote)) if remote]
+    if staged:
+        print(f"local copies (kept so a re-run resumes; delete when done): {', '.join(staged)}")
     return 0
 
 

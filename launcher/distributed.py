@@ -21,8 +21,8 @@ What msrun (MindSpore 2.10) does, as measured on CPU, and what this module adds:
   scheduler after a few seconds, so the job fails in seconds, not half a minute (if a later
   msrun words it differently, msrun's own timeout still ends the job). Ranks on other nodes
   fail when their next collective times out (about 30-40 s later).
-* msrun ignores SIGTERM (it dies and orphans the workers) and answers SIGINT by SIGKILLing
-  them. So msrun runs in a session of its own, and the supervisor sends SIGTERM to the
+* msrun has no SIGTERM handler (it dies; scheduler and workers run on, orphaned) and answers
+  SIGINT by SIGKILLing the workers and exiting 0. So msrun runs in a session of its own, and the supervisor sends SIGTERM to the
   workers themselves, which checkpoint and exit 0 (launcher/signals.py); whatever still runs
   after the grace period is SIGKILLed, process group by process group.
 """
@@ -79,14 +79,36 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def write_launch_config(cfg, run_dir: Path, node_rank: int = 0) -> Path:
-    """The resolved config the ranks read (`<run_dir>/launch/node<R>.yaml`), written atomically."""
+SECRET_SETTINGS = {"access_key_id": "MNV3_STORAGE_ACCESS_KEY_ID",
+                   "secret_access_key": "MNV3_STORAGE_SECRET_ACCESS_KEY",
+                   "session_token": "MNV3_STORAGE_SESSION_TOKEN"}
+
+
+def write_launch_config(cfg, run_dir: Path, node_rank: int = 0, settings=None) -> Path:
+    """The resolved config the ranks read (`<run_dir>/launch/node<R>.yaml`), written atomically:
+    the trainer's sections plus the non-secret `storage:` settings (see `secret_environ`)."""
+    import dataclasses
+
+    import yaml
+    tree = cfg.to_dict()
+    if settings is not None:
+        tree["storage"] = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)
+                           if f.name not in SECRET_SETTINGS and getattr(settings, f.name) is not None}
     path = Path(run_dir) / "launch" / f"node{node_rank}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(cfg.to_yaml())
+    tmp.write_text(yaml.safe_dump(tree, sort_keys=False))
     os.replace(tmp, path)
     return path
+
+
+def secret_environ(settings) -> dict:
+    """Credentials given in the recipe reach the ranks through their environment, never a file
+    in the run directory (it is published) nor a command line (visible to every user)."""
+    if settings is None:
+        return {}
+    return {var: getattr(settings, name) for name, var in SECRET_SETTINGS.items()
+            if getattr(settings, name)}
 
 
 def worker_argv(config_path: Path, *, resume: Optional[str] = None, pretrained: Optional[str] = None,
@@ -264,6 +286,14 @@ class Supervisor:
                     child.pump.join(timeout=5)
         return self.exit_code()
 
+    def outcome(self) -> str:
+        code = self.exit_code()
+        if code:
+            return f"failed (exit code {code})"
+        if self.stop_signal is not None:
+            return f"stopped on {signal.Signals(self.stop_signal).name} (ranks checkpointed)"
+        return "finished"
+
     def exit_code(self) -> int:
         if self.first_failure:
             code = self.first_failure[1]
@@ -322,8 +352,7 @@ class Supervisor:
             if code in (None, 0) or self.first_failure:
                 continue
             self.first_failure = (child.label, code)
-            if self.stop_signal is None or code != -signal.SIGKILL:
-                self.console.line("launcher", f"{child.label} exited with code {code}")
+            self.console.line("launcher", f"{child.label} exited with code {code}")
             others = [c for c in self.children if c is not child and c.process.poll() is None]
             if child.kind == "rank" and others:
                 self.console.line("launcher", "stopping the other ranks")
@@ -405,19 +434,27 @@ def launch_msrun(config_path: Path, *, nproc: int, log_dir: Path, nnodes: int = 
         code = supervisor.wait()
     finally:
         follower.stop()
-    outcome = "finished" if code == 0 else f"failed (exit code {code})"
-    supervisor.console.line("launcher", f"job {outcome}; rank logs: {log_dir}")
+    supervisor.console.line("launcher", f"job {supervisor.outcome()}; rank logs: {log_dir}")
     return code
 
 
-def launch_local(nproc: int, cfg, resume: Optional[str] = None, pretrained: Optional[str] = None,
-                 grace_s: float = DEFAULT_GRACE_S) -> int:
-    """`launcher/local.py train --nproc N`: N ranks on this machine; cfg has local paths."""
-    run_dir = Path(cfg.system.output_dir).resolve()
-    config_path = write_launch_config(cfg, run_dir)
-    return launch_msrun(config_path, nproc=nproc, log_dir=run_dir / "msrun_logs",
-                        resume=resume, pretrained=pretrained, job_id=f"local-{os.getpid()}",
-                        grace_s=grace_s)
+def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
+                 pretrained: Optional[str] = None, grace_s: float = DEFAULT_GRACE_S,
+                 cache_dir: Optional[Path] = None) -> int:
+    """`launcher/local.py train --nproc N`: N ranks on this machine. cfg may name remote data
+    and outputs: they are staged and resolved here once, rank 0 uploads checkpoints in the
+    background, and the run directory is published at the end."""
+    from launcher.local import DEFAULT_CACHE
+    cache_dir = Path(cache_dir or DEFAULT_CACHE)
+    job_id = f"local-{os.getpid()}-{int(time.time())}"
+    launch = prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=job_id, settings=settings,
+                            pretrained=pretrained)
+    config_path = write_launch_config(launch.ranks_cfg, launch.run_dir, 0, settings)
+    code = launch_msrun(config_path, nproc=nproc, log_dir=launch.run_dir / "msrun_logs",
+                        resume=launch.resume, pretrained=launch.pretrained, job_id=job_id,
+                        cache_dir=str(cache_dir), grace_s=grace_s,
+                        extra_env=secret_environ(settings))
+    return publish(launch.job, code)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -453,29 +490,43 @@ def local_run_dir(cfg, cache_dir: Path) -> Path:
     return cache_path(cache_dir, "output", output) if is_remote(output) else Path(output).resolve()
 
 
-def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str):
-    """Stage remote data once on this node and resolve the resume point, before the ranks start.
+@dataclass
+class Launch:
+    ranks_cfg: object
+    run_dir: Path
+    resume: Optional[str]
+    pretrained: Optional[str]
+    job: object
 
-    Returns (config for the ranks: local data path, output as given; local run directory;
-    resume: a local path or None; the PreparedJob, whose finish() publishes the run directory).
+
+def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str, settings=None,
+                   pretrained: Optional[str] = None):
+    """Stage remote data and weights once on this node and resolve the resume point, before
+    the ranks start.
+
+    Returns a Launch: the config for the ranks (local data path, output as given), the local
+    run directory, resume and pretrained as local paths (or None), and the PreparedJob, whose
+    finish() publishes the run directory.
     """
     import copy
 
     from cloud.job import prepare_job
     from launcher.local import resolve_local_resume
-    job = prepare_job(cfg, resume=resume, cache_dir=cache_dir, job_id=job_id, writer=False)
+    job = prepare_job(cfg, resume=resume, cache_dir=cache_dir, job_id=job_id, writer=False,
+                      settings=settings, pretrained=pretrained)
     if job.resume == "auto" or (job.resume is None and not job.output_url):
-        resume_path = resolve_local_resume(job.cfg, job.resume)
+        resume = resolve_local_resume(job.cfg, job.resume)
     else:
-        resume_path = job.resume
+        resume = job.resume
     ranks_cfg = copy.deepcopy(cfg)
     ranks_cfg.data.path = job.cfg.data.path
-    return ranks_cfg, Path(job.cfg.system.output_dir).resolve(), resume_path, job
+    return Launch(ranks_cfg, Path(job.cfg.system.output_dir).resolve(), resume, job.pretrained, job)
 
 
 def main(argv) -> int:
     from cloud.environment import detect_environment
-    from core.config import ConfigError, load_config
+    from core.config import ConfigError
+    from launcher.common import load_job_config
     from launcher.local import DEFAULT_CACHE, demo_dataset_path, overrides_from
 
     args = parser().parse_args(argv)
@@ -483,7 +534,7 @@ def main(argv) -> int:
         raise ConfigError(f"--nproc and --nnodes must be at least 1 and --node_rank in "
                           f"0..{args.nnodes - 1}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config, overrides_from(args))
+    cfg, settings = load_job_config(args.config, overrides_from(args))
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
     port = args.master_port or (free_port() if args.nnodes == 1 else DEFAULT_MASTER_PORT)
@@ -491,16 +542,17 @@ def main(argv) -> int:
         "node_count": args.nnodes, "node_rank": args.node_rank, "devices_per_node": args.nproc,
         "master_addr": args.master_addr, "master_port": port, "job_id": args.job_id})
     cache_dir = Path(args.cache_dir or DEFAULT_CACHE)
-    ranks_cfg, run_dir, resume, job = prepare_launch(cfg, args.resume, cache_dir=cache_dir,
-                                                     job_id=env.job_id)
-    log_dir = run_dir / "msrun_logs" / (f"node{args.node_rank}" if args.nnodes > 1 else "")
-    config_path = write_launch_config(ranks_cfg, run_dir, args.node_rank)
+    launch = prepare_launch(cfg, args.resume, cache_dir=cache_dir, job_id=env.job_id,
+                            settings=settings, pretrained=args.pre_trained)
+    log_dir = launch.run_dir / "msrun_logs" / (f"node{args.node_rank}" if args.nnodes > 1 else "")
+    config_path = write_launch_config(launch.ranks_cfg, launch.run_dir, args.node_rank, settings)
     code = launch_msrun(config_path, nproc=args.nproc, log_dir=log_dir, nnodes=args.nnodes,
                         node_rank=args.node_rank, master_addr=args.master_addr, master_port=port,
-                        resume=resume, pretrained=args.pre_trained, job_id=env.job_id,
+                        resume=launch.resume, pretrained=launch.pretrained, job_id=env.job_id,
                         cache_dir=str(cache_dir), grace_s=args.grace_s,
-                        cluster_timeout_s=args.cluster_timeout)
-    return publish(job, code)
+                        cluster_timeout_s=args.cluster_timeout,
+                        extra_env=secret_environ(settings))
+    return publish(launch.job, code)
 
 
 def publish(job, code: int) -> int:

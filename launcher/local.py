@@ -95,18 +95,23 @@ def cmd_train(args) -> int:
     cfg, settings = load_job_config(args.config, overrides_from(args))
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
-    job = prepare_job(cfg, resume=args.resume or args.checkpoint_path, pretrained=args.pre_trained,
-                      cache_dir=DEFAULT_CACHE / "jobs", job_id=f"local-{os.getpid()}-{int(time.time())}",
-                      settings=settings)
-    resume = resolve_local_resume(job.cfg, job.resume)
+    resume = args.resume or args.checkpoint_path
     if args.nproc > 1:
         from launcher.distributed import launch_local
-        code = launch_local(args.nproc, job.cfg, resume=resume, pretrained=job.pretrained)
-    else:
-        run_training(job.cfg, resume=resume, pretrained=job.pretrained, callbacks=job.callbacks)
-        code = 0
-    job.finish()
-    return code
+        return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained)
+    job = prepare_job(cfg, resume=resume, pretrained=args.pre_trained,
+                      cache_dir=DEFAULT_CACHE / "jobs", job_id=f"local-{os.getpid()}-{int(time.time())}",
+                      settings=settings)
+    from launcher.progress import EpochProgress
+    from launcher.signals import StopOnSignal
+    stop = StopOnSignal().install()  # SIGTERM (pre-emption): checkpoint at the next step, exit 0
+    try:
+        run_training(job.cfg, resume=resolve_local_resume(job.cfg, job.resume),
+                     pretrained=job.pretrained, callbacks=[stop, *job.callbacks, EpochProgress()])
+    finally:
+        stop.uninstall()
+    job.finish()  # waits for checkpoint uploads, then publishes the run directory
+    return 0
 
 
 def resolve_checkpoint_arg(text: str) -> Path:
@@ -185,7 +190,8 @@ def cmd_export(args) -> int:
 COMMANDS = {"train": cmd_train, "eval": cmd_eval, "export": cmd_export}
 # Further sub-commands live in their own modules, each with `add_parser(subparsers)` (which
 # sets `func` on its parser) so this file stays a table of contents.
-PLUGIN_COMMANDS: tuple[str, ...] = ()
+PLUGIN_COMMANDS: tuple[str, ...] = ("launcher.cmd_convert", "launcher.cmd_report",
+                                     "launcher.cmd_predict", "launcher.cmd_pack")
 
 
 def main(argv) -> int:

@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from core.config import ConfigError, known_keys, load_config, parse_override  # noqa: E402
+from core.config import ConfigError, known_keys, parse_override  # noqa: E402
 from launcher.common import run_main  # noqa: E402
 from launcher import distributed as dist  # noqa: E402
 
@@ -94,15 +94,17 @@ def parser() -> argparse.ArgumentParser:
 
 def split_hyperparameters(argv: list[str]) -> tuple[list[str], dict]:
     """Take ModelArts hyperparameters out of argv: `--train.epochs=3`, `--train_epochs=3` or
-    `--train_epochs 3` become config overrides; the rest is left for argparse."""
-    keys = set(known_keys())
+    `--train_epochs 3` become config overrides (`--storage.endpoint=...` too); the rest is left
+    for argparse."""
+    keys = set(known_keys()) | {f"storage.{name}" for name in storage_fields()}
     by_underscore = {key.replace(".", "_", 1): key for key in keys}
     rest, found, i = [], {}, 0
     while i < len(argv):
         token = argv[i]
         name, has_value, value = token[2:].partition("=")
-        key = (name if name in keys else by_underscore.get(name)) if token.startswith("--") else None
-        if key is None and name not in IGNORED_HYPERPARAMETERS:
+        option = token.startswith("--")
+        key = (name if name in keys else by_underscore.get(name)) if option else None
+        if key is None and not (option and name in IGNORED_HYPERPARAMETERS):
             rest.append(token)
             i += 1
             continue
@@ -114,6 +116,13 @@ def split_hyperparameters(argv: list[str]) -> tuple[list[str], dict]:
         if key:
             found[key] = parse_override(f"{key}={value}")[1]
     return rest, found
+
+
+def storage_fields() -> list[str]:
+    import dataclasses
+
+    from cloud.settings import StorageSettings
+    return [f.name for f in dataclasses.fields(StorageSettings)]
 
 
 def resolve_config_path(text: Optional[str]) -> Optional[str]:
@@ -139,7 +148,9 @@ def cache_root(arg: Optional[str]) -> Path:
 
 
 def build_config(args, hyper: dict, data_url: Optional[str], train_url: Optional[str]):
-    """(Config, the overrides given): recipe <- KEY=VALUE and hyperparameters <- inputs/outputs."""
+    """(Config, storage settings, the overrides given): recipe <- KEY=VALUE and hyperparameters
+    <- inputs/outputs."""
+    from launcher.common import load_job_config
     overrides = dict(parse_override(text) for text in args.overrides)
     overrides.update(hyper)
     if data_url:
@@ -148,7 +159,8 @@ def build_config(args, hyper: dict, data_url: Optional[str], train_url: Optional
         overrides["system.output_dir"] = train_url
     if args.device_target:
         overrides["system.device_target"] = args.device_target
-    return load_config(resolve_config_path(args.config), overrides), overrides
+    cfg, settings = load_job_config(resolve_config_path(args.config), overrides)
+    return cfg, settings, overrides
 
 
 def resume_point(args) -> Optional[str]:
@@ -254,8 +266,22 @@ def local_ip(master: str) -> str:
         return "127.0.0.1"
 
 
-def ascend_rank_table(args, env, nproc: int, launch_dir: Path):
-    """(v1.0 table, its path, this node's server_id)."""
+@dataclass
+class AscendTable:
+    table: dict
+    path: Path
+    server_id: str
+    node_index: int           # this server's place in the table (its ranks come in that order)
+    devices: list             # this server's device ids, in rank order
+
+    @property
+    def world(self) -> int:
+        return sum(len(server["device"]) for server in self.table["server_list"])
+
+
+def ascend_rank_table(args, env, nproc: int, launch_dir: Path) -> AscendTable:
+    """The job's v1.0 table (converted from RANK_TABLE_FILE, or generated for this one server
+    from hccn.conf), written to the run directory, and this node's part of it."""
     from cloud import rank_table as rt
     if env.rank_table_file:
         table = rt.convert_modelarts_table(env.rank_table_file, timeout_s=args.rank_table_timeout)
@@ -269,60 +295,64 @@ def ascend_rank_table(args, env, nproc: int, launch_dir: Path):
     if env.node_ip in servers:
         server_id = env.node_ip
         if servers.index(server_id) != env.node_rank:
-            log.warning("rank table puts this node (%s) at position %d, VC_TASK_INDEX says %d: "
-                        "the table decides the ranks", server_id, servers.index(server_id),
+            log.warning("the rank table puts this node (%s) at position %d, VC_TASK_INDEX says "
+                        "%d: the table decides the ranks", server_id, servers.index(server_id),
                         env.node_rank)
     elif env.node_rank < len(servers):
         server_id = servers[env.node_rank]  # conversion orders servers by pod index = node index
     else:
         raise ConfigError(f"node {env.node_rank} ({env.node_ip}) is not in the rank table "
                           f"(servers {servers})")
-    rt.validate_table(table, world_size=env.node_count * nproc, devices_per_node=nproc)
-    return table, rt.write_table(table, launch_dir / "rank_table.json"), server_id
+    rt.validate_table(table)
+    devices = rt.server_device_ids(table, server_id)
+    if args.nproc and args.nproc != len(devices):
+        raise ConfigError(f"--nproc {args.nproc} but the rank table gives this node "
+                          f"{len(devices)} devices; drop --nproc or fix the table")
+    path = rt.write_table(table, launch_dir / "rank_table.json")
+    return AscendTable(table, path, server_id, servers.index(server_id), devices)
 
 
 def plan_for(args, env, target: str, nproc: int, config_path: Path, run_dir: Path, *,
              resume: Optional[str], pretrained: Optional[str], cache_dir: Path) -> Plan:
-    world = env.node_count * nproc
     common = dict(resume=resume, pretrained=pretrained, job_id=env.job_id,
                   cache_dir=str(cache_dir), nnodes=env.node_count, node_rank=env.node_rank)
     launch = args.launch if args.launch != "auto" else ("rank_table" if target == "Ascend" else "msrun")
+    table = None
+    if target == "Ascend" and (env.rank_table_file or env.node_count * nproc > 1):
+        table = ascend_rank_table(args, env, nproc, run_dir / "launch")
+        nproc = len(table.devices)
+    world = table.world if table else env.node_count * nproc
     if world == 1:
         argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=1, **common)
         return Plan("single", ranks=[{"rank": 0, "env": {}, "argv": argv}])
-    table_path = None
-    if target == "Ascend":
-        table, table_path, server_id = ascend_rank_table(args, env, nproc, run_dir / "launch")
-    if target == "Ascend" and launch == "rank_table":
-        from cloud.rank_table import process_env_for_device, server_device_ids
+    if table and launch == "rank_table":
+        from cloud.rank_table import process_env_for_device
         ranks = []
-        devices = server_device_ids(table, server_id)
-        node_index = [s["server_id"] for s in table["server_list"]].index(server_id)
-        for device_id in devices:
-            variables = process_env_for_device(table, server_id, device_id, table_path)
-            argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=len(devices),
-                                                       **dict(common, node_rank=node_index))
+        nodes = dict(common, nnodes=len(table.table["server_list"]), node_rank=table.node_index)
+        for device_id in table.devices:
+            variables = process_env_for_device(table.table, table.server_id, device_id, table.path)
+            argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=nproc, **nodes)
             ranks.append({"rank": int(variables["RANK_ID"]), "env": variables, "argv": argv})
-        return Plan("rank_table", ranks=ranks, rank_table=str(table_path))
+        return Plan("rank_table", ranks=ranks, rank_table=str(table.path))
     several = env.node_count > 1
-    return Plan("msrun", rank_table=str(table_path) if table_path else None, msrun=dict(
+    table_path = str(table.path) if table else None
+    return Plan("msrun", rank_table=table_path, msrun=dict(
         nproc=nproc, log_dir=run_dir / "msrun_logs" / (f"node{env.node_rank}" if several else ""),
         master_addr=env.master_addr if several else "127.0.0.1",
         master_port=env.master_port if several else dist.free_port(),
-        rank_table_file=str(table_path) if table_path else None, **common))
+        rank_table_file=table_path, **common))
 
 
-def run_ranks(plan: Plan, log_dir: Path, grace_s: float) -> int:
+def run_ranks(plan: Plan, log_dir: Path, grace_s: float, secrets: dict) -> int:
     """Single and rank-table plans: our own processes, supervised like msrun's."""
     log_dir.mkdir(parents=True, exist_ok=True)
     supervisor = dist.Supervisor(grace_s=grace_s)
     base = {k: v for k, v in os.environ.items() if k not in DYNAMIC_CLUSTER_VARS}
     for rank in plan.ranks:
-        supervisor.start(rank["argv"], dist.child_environ(rank["env"], base=base),
+        supervisor.start(rank["argv"], dist.child_environ({**secrets, **rank["env"]}, base=base),
                          f"rank {rank['rank']}", log_file=log_dir / f"worker_{rank['rank']}.log")
     code = supervisor.wait()
-    supervisor.console.line("launcher", f"ranks {'finished' if code == 0 else 'failed'} "
-                                        f"(exit code {code}); logs in {log_dir}")
+    supervisor.console.line("launcher", f"job {supervisor.outcome()}; rank logs: {log_dir}")
     return code
 
 
@@ -337,15 +367,15 @@ def main(argv) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.print_job_spec:
-        cfg, overrides = build_config(args, hyper, args.data_url, args.train_url)
+        cfg, _, overrides = build_config(args, hyper, args.data_url, args.train_url)
         spec, todo = job_spec(args, cfg, overrides)
         print(json.dumps(spec, indent=2))
         for item in todo:
             print(f"note: fill in {item}", file=sys.stderr)
         return 0
     env = detect_environment(overrides={"devices_per_node": args.nproc} if args.nproc else None)
-    cfg, overrides = build_config(args, hyper, args.data_url or env.data_url,
-                                  args.train_url or env.train_url)
+    cfg, settings, _ = build_config(args, hyper, args.data_url or env.data_url,
+                                    args.train_url or env.train_url)
     target = resolve_target(cfg.system.device_target)
     nproc = args.nproc or env.devices_per_node
     cache_dir = cache_root(args.cache_dir)
@@ -355,23 +385,24 @@ def main(argv) -> int:
         cfg.data.path = demo_dataset_path()
     resume = resume_point(args)
 
-    job = None
-    if args.dry_run:
-        run_dir, ranks_cfg = dist.local_run_dir(cfg, cache_dir), cfg
-    else:  # stage data once on this node, map the output, resolve the resume point
-        ranks_cfg, run_dir, resume, job = dist.prepare_launch(cfg, resume, cache_dir=cache_dir,
-                                                              job_id=env.job_id)
-    config_path = dist.write_launch_config(ranks_cfg, run_dir, env.node_rank)
-    plan = plan_for(args, env, target, nproc, config_path, run_dir, resume=resume,
-                    pretrained=args.pre_trained, cache_dir=cache_dir)
+    if args.dry_run:  # nothing staged, nothing fetched
+        launch = dist.Launch(cfg, dist.local_run_dir(cfg, cache_dir), resume, args.pre_trained, None)
+    else:  # stage data and weights once on this node, map the output, resolve the resume point
+        launch = dist.prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=env.job_id,
+                                     settings=settings, pretrained=args.pre_trained)
+    run_dir = launch.run_dir
+    config_path = dist.write_launch_config(launch.ranks_cfg, run_dir, env.node_rank, settings)
+    plan = plan_for(args, env, target, nproc, config_path, run_dir, resume=launch.resume,
+                    pretrained=launch.pretrained, cache_dir=cache_dir)
     if args.dry_run:
         print(json.dumps(plan.describe(), indent=2))
         return 0
+    secrets = dist.secret_environ(settings)
     if plan.kind == "msrun":
-        code = dist.launch_msrun(config_path, grace_s=args.grace_s, **plan.msrun)
+        code = dist.launch_msrun(config_path, grace_s=args.grace_s, extra_env=secrets, **plan.msrun)
     else:
-        code = run_ranks(plan, run_dir / "rank_logs" / f"node{env.node_rank}", args.grace_s)
-    return dist.publish(job, code)
+        code = run_ranks(plan, run_dir / "rank_logs" / f"node{env.node_rank}", args.grace_s, secrets)
+    return dist.publish(launch.job, code)
 
 
 if __name__ == "__main__":

@@ -200,8 +200,9 @@ def summary_markdown(run: Run, plots: dict[str, str]) -> str:
         lines.append(f"- Training time {format_seconds(s['seconds'])} for steps "
                      f"{s.get('start_step', 0)}..{s.get('step', '?')}.")
     if epochs:
-        per_epoch = statistics.median(e["epoch_time_ms"] for e in epochs) / 1000
-        lines.append(f"- Median epoch {per_epoch:.1f} s, {statistics.median(e['per_step_ms'] for e in epochs):.0f} ms/step.")
+        epoch_s = statistics.median(e["epoch_time_ms"] for e in epochs) / 1000
+        step_ms = statistics.median(e["per_step_ms"] for e in epochs)
+        lines.append(f"- Median epoch {epoch_s:.1f} s, {step_ms:.0f} ms/step.")
     ips = throughput(run)
     if ips is not None:
         lines.append(f"- Throughput {ips:.1f} images/s (median over log intervals, all ranks; "
@@ -288,7 +289,7 @@ def render_plots(run: Run, out_dir: str | Path) -> dict[str, str]:
         def accuracy(ax):
             ax.plot(ex, [100 * r["Top_1_Acc"] for r in evals], "o-", label="top-1")
             ax.plot(ex, [100 * r["Top_5_Acc"] for r in evals], "s-", label="top-5")
-            ax.set_ylim(0, 100)
+            ax.set_ylim(0, 104)  # room for markers at 100%
             best = best_eval(run)
             ax.annotate(f"best top-1 {100 * best['Top_1_Acc']:.1f}%",
                         (best.get("epoch", 0) + 1, 100 * best["Top_1_Acc"]),

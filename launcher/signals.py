@@ -8,7 +8,8 @@ In a data-parallel run every rank must stop after the same step: a rank that sto
 others enter the next step's gradient all-reduce would leave them waiting until the collective
 times out. The signal reaches the ranks at slightly different moments, so the ranks agree on
 the flag with an all-reduce (MindSpore's own collective, a few bytes; SUM, the only reduction
-MindSpore's CPU backend offers) before answering.
+MindSpore's CPU backend offers) every `sync_every` steps (default 10: reading the result waits
+for the device, which would stall Ascend/GPU pipelines if done every step).
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ class StopOnSignal(Callback):
     collective every `sync_every` steps, so every rank must call it at every step.
     """
 
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), sync_every: int = 1):
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), sync_every: int = 10):
         if sync_every < 1:
             raise ValueError("sync_every must be at least 1")
         self.signals = tuple(signals)

@@ -13,7 +13,8 @@ msrun also starts this script as its scheduler (MS_ROLE=MS_SCHED): then it only 
 MindSpore's cluster scheduler inside `init()`. When several msrun "nodes" share one host, each
 would start a scheduler on the same port; only node 0's runs, the others exit at once.
 
-SIGTERM makes the rank checkpoint at the next step boundary (agreed by all ranks) and exit 0.
+SIGTERM makes the rank checkpoint at a step boundary that all ranks agree on (they compare
+notes every 10 steps, launcher/signals.py) and exit 0.
 
 Test and debug instrumentation, off unless these variables are set:
   MNV3_DEBUG_DUMP_DIR=DIR    each rank writes DIR/rank<R>.npz (its trainable weights after
@@ -38,8 +39,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from core.callbacks import Callback  # noqa: E402
-from core.config import ConfigError, load_config  # noqa: E402
-from launcher.common import run_main, setup_logging  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
 from launcher.signals import RankAgreement, StopOnSignal  # noqa: E402
 
 log = logging.getLogger("launcher.worker")
@@ -105,12 +106,12 @@ def local_checkpoint(cfg, resume: Optional[str]) -> Optional[str]:
     return resolve_local_resume(cfg, "auto")
 
 
-def local_pretrained(pretrained: Optional[str], cache_dir: Path, job_id: str) -> Optional[str]:
-    from cloud.job import is_remote
-    if not is_remote(pretrained):
-        return pretrained
-    from cloud.checkpoint_store import fetch_checkpoint
-    return fetch_checkpoint(pretrained, str(cache_dir / "pretrained" / job_id))
+def storage_settings(settings):
+    """The recipe's storage settings, with the credentials the launcher passed through the
+    environment (launcher.distributed.secret_environ)."""
+    from launcher.distributed import SECRET_SETTINGS
+    secrets = {name: os.environ[var] for name, var in SECRET_SETTINGS.items() if os.environ.get(var)}
+    return settings.replace(**secrets) if secrets else settings
 
 
 class ResumeAgreement(Callback):
@@ -228,7 +229,7 @@ def train_rank(args) -> int:
     from launcher.runner import run_training
 
     env = locate(args)
-    cfg = load_config(args.config)
+    cfg, settings = load_job_config(args.config, {})
     cfg.system.distributed = env.world_size > 1
     target = bind_device(cfg, env)
     log.info("%s on %s", env.describe(), target)
@@ -237,14 +238,14 @@ def train_rank(args) -> int:
         job_id = args.job_id or env.job_id
         cache_dir = Path(args.cache_dir)
         job = prepare_job(cfg, resume=args.resume, cache_dir=cache_dir, job_id=job_id,
-                          writer=env.is_primary)
+                          writer=env.is_primary, settings=storage_settings(settings),
+                          pretrained=args.pretrained)
         resume = local_checkpoint(job.cfg, job.resume)
-        pretrained = local_pretrained(args.pretrained, cache_dir, job_id)
         debug = debug_callbacks()
         callbacks = [stop, ResumeAgreement(), ShardLog(cfg.data.batch_size), *job.callbacks, *debug]
         dump = next((c for c in debug if isinstance(c, DebugDump)), None)
         with dump.recording() if dump else contextlib.nullcontext():
-            summary = run_training(job.cfg, resume=resume, pretrained=pretrained,
+            summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
                                    callbacks=callbacks, rank=env.rank, world=env.world_size)
         if env.is_primary:
             job.finish()

@@ -77,3 +77,31 @@ def test_corrupt_val_image_is_one_clear_line(tmp_path):
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: corrupt or non-image file ") and "ring_0000.jpg" in last
+
+
+def test_sigterm_checkpoints_at_the_next_step_and_exits_zero(tiny_dataset, tmp_path):
+    import signal
+    import time
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
+    proc = subprocess.Popen([sys.executable, str(REPO / "launcher" / "local.py"), "train",
+                             *tiny_args(tiny_dataset, out), "train.epochs=50", "train.log_interval=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    try:
+        for line in proc.stdout:  # wait until training steps are running
+            if "step: 3," in line:
+                break
+        started = time.time()
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, rest
+    assert time.time() - started < 30
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["step"] < 350
+    stops = [r for r in (json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines())
+             if r["type"] == "checkpoint" and r["kind"] == "stop"]
+    assert len(stops) == 1 and stops[0]["step"] == summary["step"]

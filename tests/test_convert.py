@@ -10,7 +10,7 @@ beside the CPU torch wheel.
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -227,8 +227,17 @@ def test_convert_for_another_class_count_leaves_the_classifier_out(torchvision_w
     assert fresh == ["classifier.3.weight", "classifier.3.bias"]
 
 
+def test_without_torch_the_torchvision_import_says_what_to_install(tmp_path, monkeypatch):
+    from core.config import ConfigError
+    from launcher.convert import convert
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now fails
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(ConfigError, match="needs torch: pip install torch"):
+        convert("torchvision", tmp_path / "w.pth", tmp_path / "w.ckpt")
+
+
 def test_wrong_architecture_is_refused_in_one_line(tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="torch not installed (test extras: requirements-extras.txt)")
     torch.save({"features.0.0.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "other.pth")
     from launcher.convert import convert
     with pytest.raises(ckpt.CheckpointError) as err:

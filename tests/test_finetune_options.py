@@ -12,7 +12,6 @@ from mindspore import nn
 
 from core.finetune import backbone_lr, is_active, param_groups, split_backbone, trainable_at
 from core.model import MobileNetV3Small, build_model
-from core.optim import build_optimizer  # noqa: F401  (the groups must suit its optimizers)
 
 HEAD = MobileNetV3Small.CLASSIFIER_PREFIXES
 
@@ -89,7 +88,8 @@ def test_frozen_backbone_does_not_move_until_it_thaws():
     start, frozen, thawed = history[0], history[2], history[3]
     assert changed(start, frozen, head=False) == set()  # conv, BN gamma/beta: not a bit moved
     assert changed(start, frozen, head=True) == {"classifier.3.weight", "classifier.3.bias"}
-    assert {"features.0.weight", "features.1.gamma", "classifier.0.weight"} <= changed(frozen, thawed, head=False)
+    thawed_backbone = changed(frozen, thawed, head=False)
+    assert {"features.0.weight", "features.1.gamma", "classifier.0.weight"} <= thawed_backbone
 
 
 def test_backbone_lr_scale_scales_backbone_updates_only():

@@ -42,12 +42,14 @@ def write_run(run_dir, resumed=True):
             records.append(step_record(140, 111.0))
         if step % PER_EPOCH == 0:
             epoch = step // PER_EPOCH - 1
-            records.append({"type": "epoch", "epoch": epoch, "step": step, "avg_loss": 2.3 * math.exp(-step / 120) + 0.45,
-                            "epoch_time_ms": 25000.0, "per_step_ms": 625.0, "complete": True, "time": t + step})
+            records.append({"type": "epoch", "epoch": epoch, "step": step,
+                            "avg_loss": 2.3 * math.exp(-step / 120) + 0.45, "epoch_time_ms": 25000.0,
+                            "per_step_ms": 625.0, "complete": True, "time": t + step})
             if (epoch + 1) % 2 == 0:
                 top1 = [0.31, 0.58, 0.55][(epoch + 1) // 2 - 1]
-                records.append({"type": "eval", "Loss": 1.5, "Top_1_Acc": top1, "Top_5_Acc": min(1, top1 + 0.3),
-                                "images": 300, "seconds": 3.0, "epoch": epoch, "step": step, "time": t + step})
+                records.append({"type": "eval", "Loss": 1.5, "Top_1_Acc": top1,
+                                "Top_5_Acc": min(1, top1 + 0.3), "images": 300, "seconds": 3.0,
+                                "epoch": epoch, "step": step, "time": t + step})
     with open(run_dir / "metrics.jsonl", "w") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in records)
         fh.write('{"type": "step", "epoch": 5, "st')  # a line cut short by a kill

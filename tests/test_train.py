@@ -115,3 +115,10 @@ def test_num_classes_mismatch_is_refused(tiny_dataset, tmp_path):
 def test_batch_larger_than_dataset_is_refused(tiny_dataset, tmp_path):
     with pytest.raises(ConfigError, match="exceeds the 60 training images"):
         train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 64}), tmp_path)
+
+
+def test_resume_with_other_steps_per_epoch_is_refused(full_run, tiny_dataset, tmp_path):
+    _, out, _ = full_run
+    with pytest.raises(ConfigError, match="written with 7 steps per epoch, this run has 15"):
+        train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 4, "train.epochs": 3}), tmp_path,
+              resume=str(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt"))

@@ -1,0 +1,116 @@
+"""predict agrees with evaluation: same preprocessing, same logits, same top-1.
+
+Nothing is trained: a seeded network is saved as a runner checkpoint, then its predictions on
+the synthetic val images are compared with the logits of the eval pipeline
+(core.data.build_eval_dataset, as core.evaluate.evaluate runs it), through the checkpoint and
+through an exported MINDIR.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from core import checkpoint as ckpt
+from core.data import DatasetError, build_eval_dataset, scan_split
+from core.export import export_model
+from core.model import build_model
+from core.predict import preprocess, read_image, softmax, top_k
+from tests.core_fixtures import tiny_config
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_dataset, tmp_path_factory):
+    """(cfg, val split, checkpoint path, eval-pipeline images and logits, run dir)."""
+    out = tmp_path_factory.mktemp("predict")
+    cfg = tiny_config(tiny_dataset, out, **{"data.image_size": 32, "data.eval_resize": 40,
+                                            "data.eval_batch_size": 8})
+    val = scan_split(Path(tiny_dataset) / "val")
+    ms.set_seed(11)
+    net = build_model("mobilenet_v3_small", len(val.classes))
+    net.set_train(False)
+    path = ckpt.save(out / "checkpoints" / "mobilenetv3-e0001-s00000010.ckpt",
+                     net.get_parameters(), {"classes": list(val.classes), "config": cfg.to_dict(),
+                                            "epoch": 1, "step": 10})
+    images, logits = [], []
+    for image, _ in build_eval_dataset(val, cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True):
+        images.append(image)
+        logits.append(net(ms.Tensor(image)).asnumpy())
+    return cfg, val, path, np.concatenate(images), np.concatenate(logits), out
+
+
+def run_cli(argv, capsys):
+    from launcher import cmd_predict
+    top = argparse.ArgumentParser()
+    cmd_predict.add_parser(top.add_subparsers(dest="command", required=True))
+    args = top.parse_args(argv)
+    assert args.func(args) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_preprocessing_is_the_eval_pipeline_bit_for_bit(setup):
+    cfg, val, _, pipeline_images, _, _ = setup
+    for i in (0, 7, len(val) - 1):
+        np.testing.assert_array_equal(read_image(val.files[i], cfg.data), pipeline_images[i])
+
+
+def test_predict_from_checkpoint_agrees_with_eval(setup, capsys):
+    cfg, val, path, _, eval_logits, _ = setup
+    assert len(set(eval_logits.argmax(1))) > 1  # the seeded net does not answer one class for all
+    got = run_cli(["predict", "--checkpoint", str(path), "--image", *val.files, "--json",
+                   "--top", "3", "--device_target", "CPU"], capsys)
+    assert [g["file"] for g in got] == list(val.files)
+    top1 = [val.classes.index(g["top"][0]["class"]) for g in got]
+    assert top1 == list(eval_logits.argmax(1))
+    probs = softmax(eval_logits)
+    for g, p in zip(got, probs):
+        assert len(g["top"]) == 3
+        assert g["top"][0]["probability"] == pytest.approx(p.max(), abs=1e-5)
+
+
+def test_predict_through_exported_mindir_agrees_with_eval(setup, capsys):
+    cfg, val, path, _, eval_logits, out = setup
+    net = build_model("mobilenet_v3_small", len(val.classes))
+    ckpt.restore([net], ckpt.load(path))
+    graph = export_model(net, cfg, out / "export", val.classes, "CPU")
+    files = val.files[:6]
+    got = run_cli(["predict", "--checkpoint", str(graph), "--image", *files, "--json"], capsys)
+    assert [val.classes.index(g["top"][0]["class"]) for g in got] == list(eval_logits[:6].argmax(1))
+    probs = softmax(eval_logits[:6])
+    for g, p in zip(got, probs):
+        assert [e["probability"] for e in g["top"]] == pytest.approx(sorted(p)[::-1][:5], abs=1e-5)
+
+
+def test_text_output_and_run_directory_argument(setup, capsys):
+    from launcher import cmd_predict
+    cfg, val, path, _, eval_logits, out = setup
+    top = argparse.ArgumentParser()
+    cmd_predict.add_parser(top.add_subparsers(dest="command"))
+    args = top.parse_args(["predict", "--checkpoint", str(out), "--image", val.files[0], "--top", "2"])
+    assert args.func(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == val.files[0] and len(lines) == 3
+    best = val.classes[int(eval_logits[0].argmax())]
+    assert lines[1].startswith(f"  1. {best}") and lines[1].endswith("%")
+
+
+def test_errors_name_the_file(setup, tmp_path):
+    cfg = setup[0]
+    with pytest.raises(DatasetError, match="image not found"):
+        read_image(tmp_path / "missing.jpg", cfg.data)
+    with pytest.raises(DatasetError, match="cannot decode"):
+        preprocess(b"not an image at all", cfg.data, "notes.txt")
+    graph = tmp_path / "m.mindir"
+    graph.write_bytes(b"x")
+    from core.predict import from_mindir
+    with pytest.raises(ckpt.CheckpointError, match="model card"):
+        from_mindir(graph)
+
+
+def test_top_k_orders_by_probability():
+    assert top_k(np.array([0.0, 2.0, 1.0]), ["a", "b", "c"], 2) == [
+        ("b", pytest.approx(0.665241, abs=1e-6)), ("c", pytest.approx(0.244728, abs=1e-6))]

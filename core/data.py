@@ -207,6 +207,10 @@ def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank
     (MindSpore's random ops draw per row in pipeline order). It costs decoding the skipped
     batches once, which is far cheaper than training on them.
     """
+    if not isinstance(images, ImageList):  # a packed split (core.packed)
+        from core.packed import build_packed_train_dataset
+        return build_packed_train_dataset(images, data_cfg, seed, epoch, rank, world, skip_batches,
+                                          corrupt)
     import mindspore.dataset as ds
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))
     indices = train_order(len(images), seed, epoch, rank, world)
@@ -225,6 +229,9 @@ def build_eval_dataset(images: ImageList, data_cfg, rank: int = 0, world: int = 
                        corrupt: Optional[CorruptImages] = None):
     """Every image of this rank's shard once; the last batch may be partial. An unreadable
     image fails evaluation (a score over a silently different set would mislead)."""
+    if not isinstance(images, ImageList):  # a packed split (core.packed)
+        from core.packed import build_packed_eval_dataset
+        return build_packed_eval_dataset(images, data_cfg, rank, world, corrupt)
     batch = data_cfg.eval_batch_size or data_cfg.batch_size
     indices = eval_order(len(images), rank, world)
     return _pipeline(images, indices, eval_transforms(data_cfg), batch, data_cfg.workers,

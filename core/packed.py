@@ -37,8 +37,9 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from core.data import (DatasetError, ImageList, augmentation_seed, eval_order, eval_transforms,
-                       scan_split, train_order, train_transforms, usable_workers)
+from core.data import (CorruptImages, DatasetError, ImageList, augmentation_seed, eval_order,
+                       eval_transforms, looks_like_image, scan_split, train_order, train_transforms,
+                       usable_workers)
 
 log = logging.getLogger("core.packed")
 
@@ -104,10 +105,11 @@ def layout(shard_bytes: int, largest_file: int) -> tuple[int, int]:
     """(page size, header size) for shards of about `shard_bytes`.
 
     MindRecord pads each blob page to the page size (the last one of a shard included) and a
-    row must fit in one page: pages of ~1/8 shard, at most 4 MB and at least 4 of the largest
-    rows, keep the padding near 1-2%. The header holds the page table (~250 bytes a page).
+    row must fit in one page: pages of ~1/8 shard, at most 4 MB unless the largest file needs
+    more, keep the padding near 1-2% (one outlier must not inflate every shard's last page).
+    The header holds the page table (~250 bytes a page).
     """
-    page = _pow2_between(max(4 * largest_file + 4096, min(4 * MB, shard_bytes // 8)),
+    page = _pow2_between(max(largest_file + 4096, min(4 * MB, shard_bytes // 8)),
                          _MIN_PAGE, _MAX_PAGE)
     pages = (shard_bytes + largest_file) // page + 4
     return page, _pow2_between(2 * (8192 + 256 * pages), _MIN_HEADER, _MAX_HEADER)
@@ -160,13 +162,16 @@ def write_shard(dst: str, plan: ShardPlan) -> dict:
     writer.set_header_size(plan.header_size)
     writer.set_page_size(plan.page_size)
     writer.add_schema(SCHEMA, "mnv3 packed images")
-    rows, pending = [], 0
-    for source, name, label, _ in plan.items:
+    rows, pending, corrupt = [], 0, []
+    for number, (source, name, label, _) in enumerate(plan.items, plan.first):
         try:
             with open(source, "rb") as fh:
                 data = fh.read()
         except OSError as exc:
             raise DatasetError(f"cannot read {source} while packing {plan.name}: {exc}") from None
+        if not looks_like_image(data):
+            corrupt.append([number, name])  # kept, so numbering stays scan_split's
+            data = data or b"\0"  # MindRecord cannot hold an empty blob; never read anyway
         rows.append({"image": data, "label": label, "file_name": name})
         pending += len(data)
         if pending >= _BATCH_BYTES:
@@ -176,7 +181,7 @@ def write_shard(dst: str, plan: ShardPlan) -> dict:
         writer.write_raw_data(rows)
     writer.commit()
     entry = {"name": plan.name, "first": plan.first, "samples": len(plan.items),
-             "label_runs": plan.label_runs(), "fingerprint": plan.fingerprint(),
+             "label_runs": plan.label_runs(), "corrupt": corrupt, "fingerprint": plan.fingerprint(),
              "files": [_file_digest(path), _file_digest(path + ".db")]}
     _write_json_atomic(_marker_path(dst, plan.name), entry)
     return entry
@@ -283,7 +288,13 @@ def pack_imagefolder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
     sizes = {split: [os.path.getsize(path) for path in images.files]
              for split, images in sources.items()}
     shard_bytes = int(shard_size_mb * MB)
-    page, header = layout(shard_bytes, max(max(s) for s in sizes.values()))
+    largest = max(max(s) for s in sizes.values())
+    if largest > _MAX_PAGE - 4096:
+        path = next(p for split, images in sources.items()
+                    for p, size in zip(images.files, sizes[split]) if size == largest)
+        raise DatasetError(f"{path} is {largest / MB:.0f} MB; a MindRecord row holds at most "
+                           f"{_MAX_PAGE // MB - 1} MB: shrink or remove that file")
+    page, header = layout(shard_bytes, largest)
     plans = [plan for split, images in sources.items()
              for plan in plan_split(images, split, shard_bytes, sizes[split], page, header)]
 
@@ -360,7 +371,8 @@ class PackedSplit:
     """A packed split, used where an ImageList is: len(), labels, classes.
 
     `labels` follow `classes`; when those are not the classes the pack was written with
-    (a checkpoint's class list), `label_map` turns stored labels into them.
+    (a checkpoint's class list), `label_map` turns stored labels into them. `corrupt` maps
+    the sample number of each unreadable image (found when packing) to its file name.
     """
     root: str
     split: str
@@ -368,6 +380,7 @@ class PackedSplit:
     labels: np.ndarray
     classes: tuple[str, ...]
     label_map: Optional[np.ndarray] = None
+    corrupt: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -407,6 +420,8 @@ def load_packed_split(root: str | os.PathLike, split: str,
     labels = np.concatenate([np.repeat(np.int32(label), count)
                              for shard in entry["shards"] for label, count in shard["label_runs"]])
     shards = tuple(str(Path(root) / shard["name"]) for shard in entry["shards"])
+    corrupt = {number: f"{Path(root) / shard['name']}:{name}"
+               for shard in entry["shards"] for number, name in shard.get("corrupt", ())}
     missing = [p for p in shards if not os.path.isfile(p)]
     if missing:
         raise DatasetError(f"packed dataset {root} lacks shard {Path(missing[0]).name} "
@@ -415,7 +430,7 @@ def load_packed_split(root: str | os.PathLike, split: str,
         raise DatasetError(f"{Path(root) / INDEX_NAME}: split {split} lists {entry['samples']} "
                            f"samples but its shards hold {len(labels)}; re-pack the dataset")
     if classes is None or tuple(classes) == stored:
-        return PackedSplit(str(root), split, shards, labels, stored)
+        return PackedSplit(str(root), split, shards, labels, stored, None, corrupt)
     classes = tuple(classes)
     used = sorted({stored[i] for i in np.unique(labels)})
     extra = sorted(set(used) - set(classes))
@@ -424,7 +439,7 @@ def load_packed_split(root: str | os.PathLike, split: str,
                            f"set lacks; re-pack without them or train with them")
     lookup = {name: i for i, name in enumerate(classes)}
     label_map = np.array([lookup.get(name, -1) for name in stored], dtype=np.int32)
-    return PackedSplit(str(root), split, shards, label_map[labels], classes, label_map)
+    return PackedSplit(str(root), split, shards, label_map[labels], classes, label_map, corrupt)
 
 
 def split_for(root: str | os.PathLike, split_dir: str, classes: Optional[Sequence[str]] = None):
@@ -441,11 +456,32 @@ def has_split(root: str | os.PathLike, split_dir: str) -> bool:
     return (Path(root) / split_dir).exists()
 
 
+def readable_order(split: PackedSplit, indices: np.ndarray, corrupt: CorruptImages) -> np.ndarray:
+    """`indices` with each unreadable sample replaced as core.data._FileSource does when it
+    meets one: by the next readable sample of the same order (cyclic), each one met reported."""
+    bad = np.isin(indices, list(split.corrupt or ()))
+    if not bad.any():
+        return indices
+    order = indices.copy()
+    for i in np.flatnonzero(bad):
+        for attempt in range(len(indices)):
+            j = int(indices[(i + attempt) % len(indices)])
+            if j not in split.corrupt:
+                order[i] = j
+                break
+            corrupt.report(split.corrupt[j])
+        else:
+            raise DatasetError(f"no readable image in this shard of packed {split.root}/{split.split}")
+    return order
+
+
 def _packed_pipeline(split: PackedSplit, indices: np.ndarray, ops: list, batch_size: int,
-                     workers: int, drop_remainder: bool):
-    """core.data._pipeline over shards: rows in `indices` order, then the same map and batch."""
+                     workers: int, drop_remainder: bool, corrupt: CorruptImages):
+    """core.data._pipeline over shards: rows in `indices` order, then the same map and batch.
+    Unreadable images are known from the index, so they are replaced (or fail) up front."""
     import mindspore.dataset as ds
     workers = usable_workers(workers)
+    indices = readable_order(split, indices, corrupt)
     dataset = ds.MindDataset(list(split.shards), columns_list=["image", "label"],
                              sampler=ds.SubsetSampler(indices.tolist()),
                              num_parallel_workers=workers)
@@ -457,23 +493,27 @@ def _packed_pipeline(split: PackedSplit, indices: np.ndarray, ops: list, batch_s
 
 
 def build_packed_train_dataset(split: PackedSplit, data_cfg, seed: int, epoch: int, rank: int = 0,
-                               world: int = 1, skip_batches: int = 0):
-    """build_train_dataset for a packed split: same order, same augmentation stream."""
+                               world: int = 1, skip_batches: int = 0,
+                               corrupt: Optional[CorruptImages] = None):
+    """build_train_dataset for a packed split: same order, same augmentation stream, same
+    replacement of unreadable images."""
     import mindspore.dataset as ds
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))
     indices = train_order(len(split), seed, epoch, rank, world)
     dataset = _packed_pipeline(split, indices, train_transforms(data_cfg), data_cfg.batch_size,
-                               data_cfg.workers, drop_remainder=True)
+                               data_cfg.workers, True, corrupt or CorruptImages())
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return dataset
 
 
-def build_packed_eval_dataset(split: PackedSplit, data_cfg, rank: int = 0, world: int = 1):
-    """build_eval_dataset for a packed split: every sample of this rank's shard once."""
+def build_packed_eval_dataset(split: PackedSplit, data_cfg, rank: int = 0, world: int = 1,
+                              corrupt: Optional[CorruptImages] = None):
+    """build_eval_dataset for a packed split: every sample of this rank's shard once; an
+    unreadable image fails it."""
     batch = data_cfg.eval_batch_size or data_cfg.batch_size
     return _packed_pipeline(split, eval_order(len(split), rank, world), eval_transforms(data_cfg),
-                            batch, data_cfg.workers, drop_remainder=False)
+                            batch, data_cfg.workers, False, corrupt or CorruptImages(fail_fast=True))
 
 
 # --------------------------------------------------------------------------- verifying

@@ -19,7 +19,7 @@ from mindspore import nn, ops
 from core import checkpoint as ckpt
 from core.callbacks import Callback, CallbackList
 from core.config import Config, ConfigError
-from core.data import (CorruptImages, DatasetError, build_train_dataset, guarded, scan_split,
+from core.data import (CorruptImages, DatasetError, build_train_dataset, guarded,
                        steps_per_epoch)
 from core.device import amp_level, configure, sink_mode
 from core.distributed import init_distributed
@@ -32,6 +32,7 @@ from core.lr import warmup_cosine
 from core.metrics import MetricsWriter
 from core.model import build_model
 from core.optim import build_optimizer
+from core.packed import has_split, split_for
 
 log = logging.getLogger("core.train")
 
@@ -48,10 +49,10 @@ def load_splits(cfg: Config, need_val: bool = True) -> Splits:
     if not cfg.data.path:
         raise DatasetError("no dataset given: set data.path (or --dataset_path) to an ImageFolder root")
     root = Path(cfg.data.path)
-    train = scan_split(root / cfg.data.train_dir)
+    train = split_for(root, cfg.data.train_dir)  # an ImageFolder split or a packed one
     val = None
-    if need_val and (root / cfg.data.val_dir).exists():
-        val = scan_split(root / cfg.data.val_dir, train.classes)
+    if need_val and has_split(root, cfg.data.val_dir):
+        val = split_for(root, cfg.data.val_dir, train.classes)
     check_num_classes(cfg, len(train.classes), str(root / cfg.data.train_dir))
     return Splits(train, val, train.classes)
 

@@ -142,9 +142,9 @@ def _output_dir(args, checkpoint_path: Path) -> Path:
 
 
 def cmd_eval(args) -> int:
-    from core.data import scan_split
     from core.device import configure
     from core.evaluate import evaluate, format_result
+    from core.packed import has_split, split_for
     from core.inference import classes_of, network_from_checkpoint
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
@@ -154,10 +154,10 @@ def cmd_eval(args) -> int:
     setup_logging()
     configure(cfg.system)
     classes = classes_of(checkpoint)
-    if classes is None:  # a foreign checkpoint: the folders name the classes
-        classes = scan_split(Path(cfg.data.path) / cfg.data.train_dir).classes \
-            if (Path(cfg.data.path) / cfg.data.train_dir).is_dir() else None
-    val = scan_split(Path(cfg.data.path) / cfg.data.val_dir, classes)
+    if classes is None:  # a foreign checkpoint: the training split names the classes
+        classes = split_for(cfg.data.path, cfg.data.train_dir).classes \
+            if has_split(cfg.data.path, cfg.data.train_dir) else None
+    val = split_for(cfg.data.path, cfg.data.val_dir, classes)
     net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes)
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
     print(format_result(result, str(path)))

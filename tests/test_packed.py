@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +65,13 @@ def test_round_trip_bytes_labels_and_names(tiny_dataset, packed):
             assert data.tobytes() == Path(path).read_bytes()  # the original JPEG, not re-encoded
             assert int(label) == want
             assert str(name) == os.path.relpath(path, images.root)
+    # one layout for all shards: MindDataset refuses shards whose headers differ
+    layouts = set()
+    for shard in (s for split in index["splits"].values() for s in split["shards"]):
+        raw = (packed / shard["name"]).read_bytes()
+        header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])
+        layouts.add((header["page_size"], header["header_size"]))
+    assert len(layouts) == 1
     # MindRecord's .db companions are in the index and checked like the data files
     shard = index["splits"]["train"]["shards"][0]
     assert [f["name"] for f in shard["files"]] == [shard["name"], shard["name"] + ".db"]
@@ -82,11 +88,11 @@ def test_split_for_dispatches_on_the_layout(tiny_dataset, packed):
 
 def test_interrupted_pack_resumes_to_the_clean_index(tiny_dataset, packed, tmp_path):
     dst = tmp_path / "dst"
-    # A pack process that dies (SIGKILL, no clean-up) right after its third shard.
+    # A pack process that dies (SIGKILL, no clean-up) right after its second shard.
     code = (f"import os, signal, sys; sys.path.insert(0, {str(REPO)!r})\n"
             f"from core.packed import pack_imagefolder\n"
             f"def die(done, total, entry):\n"
-            f"    if done >= 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"    if done >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"pack_imagefolder({str(tiny_dataset)!r}, {str(dst)!r}, {SHARD_MB}, 2, progress=die)\n")
     log = tmp_path / "pack.log"
     with open(log, "w") as out:
@@ -98,12 +104,12 @@ def test_interrupted_pack_resumes_to_the_clean_index(tiny_dataset, packed, tmp_p
         with_group_killed(proc)  # its pool workers, possibly mid-shard
     assert proc.returncode == -signal.SIGKILL, log.read_text()
     assert not is_packed(dst)
-    markers = sorted(os.listdir(dst / STATE_DIR))
-    assert 3 <= len(markers) < 9
+    markers = sorted(m for m in os.listdir(dst / STATE_DIR) if m.endswith(".json"))
+    assert 2 <= len(markers) < 9
     # A shard caught mid-write: data file present, no marker. It must be rewritten.
     written = {m[:-len(".json")] for m in markers}
-    unfinished = next(f"train-{i:05d}.mindrecord" for i in range(6)
-                      if f"train-{i:05d}.mindrecord" not in written)
+    unfinished = next(name for name in sorted(os.listdir(packed))
+                      if name.endswith(".mindrecord") and name not in written)
     (dst / unfinished).write_bytes(b"half a shard")
     before = {m: (dst / m[:-5]).stat().st_mtime_ns for m in markers}
 
@@ -176,6 +182,29 @@ def test_labels_follow_a_different_class_list(tiny_dataset, packed, tmp_path):
         load_packed_split(packed, "val", stored[1:])
 
 
+def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path):
+    from core.data import CorruptImages
+    from core.synthetic import generate
+    root = generate(tmp_path / "folder", train_per_class=2, val_per_class=1, size=24)
+    good = (root / "train" / "circle" / "circle_0000.jpg").read_bytes()
+    (root / "train" / "circle" / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "train" / "square" / "zz_notes.jpg").write_text("not an image at all")
+    (root / "val" / "ring" / "zz_empty.jpg").write_bytes(b"")
+    pack_imagefolder(root, tmp_path / "packed", shard_size_mb=SHARD_MB, workers=1)
+    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2})
+    folder, split = scan_split(root / "train"), load_packed_split(tmp_path / "packed", "train")
+    assert sorted(name.rsplit("/", 1)[-1] for name in split.corrupt.values()) == [
+        "zz_notes.jpg", "zz_truncated.jpg"]
+    seen_folder, seen_packed = CorruptImages(), CorruptImages()
+    assert_same_batches(batches(build_train_dataset(folder, cfg.data, 1, 0, corrupt=seen_folder)),
+                        batches(build_packed_train_dataset(split, cfg.data, 1, 0, corrupt=seen_packed)))
+    assert len(seen_packed.files) == len(seen_folder.files) == 2
+    with pytest.raises(DatasetError, match=r"corrupt or non-image file .*:square/zz_notes\.jpg"):
+        build_packed_train_dataset(split, cfg.data, 1, 0, corrupt=CorruptImages(fail_fast=True))
+    with pytest.raises(DatasetError, match=r"corrupt or non-image file .*:ring/zz_empty\.jpg"):
+        build_packed_eval_dataset(load_packed_split(tmp_path / "packed", "val"), cfg.data)
+
+
 def test_verify_names_a_flipped_byte_and_a_truncated_shard(packed, tmp_path):
     dst = tmp_path / "copy"
     shutil.copytree(packed, dst)
@@ -237,3 +266,11 @@ def test_pack_command_through_s3(s3_server, tiny_dataset, packed, tmp_path, monk
     assert run_pack(argv) == 0
     assert json.loads(s3_server.client().get_object(Bucket=bucket, Key="packed/index.json")["Body"]
                       .read()) == index_of(packed)
+
+
+def test_pack_command_errors_are_one_line(tmp_path):
+    from cloud.errors import StorageError
+    with pytest.raises(DatasetError, match=r"^\S+/train not found: pack expects an ImageFolder root"):
+        run_pack(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "out")])
+    with pytest.raises(StorageError, match="malformed storage URL 's3://A_B/x'"):
+        run_pack(["--src", "s3://A_B/x", "--dst", str(tmp_path / "out")])

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 from cloud.errors import StorageError
 from cloud.storage import Storage, open_storage
-from cloud.urls import check_relative_key, parse_url
+from cloud.urls import StorageURL, check_relative_key, parse_url
 
 log = logging.getLogger("cloud.checkpoint_store")
 
@@ -308,7 +308,7 @@ def fetch_checkpoint(url: str, cache_dir: str, settings: Any = None) -> str:
     parent, _, name = parsed.prefix.rpartition("/")
     if not name:
         raise StorageError(f"checkpoint URL {url} names a bucket, not an object")
-    storage = open_storage(parsed.__class__(parsed.scheme, parsed.bucket, parent), settings)
+    storage = open_storage(StorageURL(parsed.scheme, parsed.bucket, parent), settings)
     entry: Mapping[str, Any] = {}
     try:
         manifest = read_manifest(storage, "")

@@ -97,8 +97,8 @@ class _Credentials:
 
 
 def _fast_timestamp(value: Any) -> datetime:
-    """Parse S3 timestamps without dateutil: it costs ~0.4 ms per response,
-    a third of the client-side time of a small GetObject."""
+    """Parse S3 timestamps with the standard library instead of dateutil, which
+    took ~15% of the client CPU of a small GetObject when profiled."""
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
@@ -208,7 +208,7 @@ def connect(url: StorageURL, settings: StorageSettings | Mapping | None = None) 
         read_timeout=settings.read_timeout_s,
         tcp_keepalive=True,
         # Our calls are fixed in code; validating each against the model costs
-        # ~8% of a small GetObject's client CPU when staging thousands of files.
+        # a few percent of a small GetObject's client CPU, per file staged.
         parameter_validation=False,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -235,6 +235,9 @@ def explain(exc: BaseException, conn: S3Connection, bucket: str, key: str = "") 
     where = conn.describe(bucket, key)
     if isinstance(exc, StorageError):
         return exc
+    last = getattr(exc, "last_exception", None)  # s3transfer's RetriesExceededError
+    if last is not None:
+        return StorageError(f"{explain(last, conn, bucket, key)} (gave up after retries)")
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         code = str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))

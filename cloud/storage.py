@@ -442,7 +442,7 @@ class _S3Batch(TransferBatch):
 
     def download(self, key, local_path, *, size=None, on_bytes=None, on_done=None):
         if size is not None and size < self._config.multipart_threshold:
-            self._small.submit(self._get_small, key, local_path, on_bytes, on_done)
+            self._small.submit(self._get_small, key, local_path, size, on_bytes, on_done)
         else:
             self._managed_download(key, local_path, on_bytes, on_done)
 
@@ -457,7 +457,7 @@ class _S3Batch(TransferBatch):
         self._manager.download(self._storage.bucket, self._storage._key(key), tmp,
                                subscribers=self._subscribers(key, on_bytes, on_done, finish, cleanup))
 
-    def _get_small(self, key, local_path, on_bytes, on_done):
+    def _get_small(self, key, local_path, size, on_bytes, on_done):
         from cloud.s3client import STREAMING_ERRORS
         storage = self._storage
         tmp = part_path(local_path)
@@ -466,7 +466,9 @@ class _S3Batch(TransferBatch):
             body = storage.client.get_object(Bucket=storage.bucket, Key=storage._key(key))["Body"]
             try:
                 with open(tmp, "wb") as f:
-                    for chunk in body.iter_chunks(self._config.io_chunksize):
+                    # Read in pieces no bigger than the object: each read allocates
+                    # (and the kernel zeroes) a buffer of the requested size.
+                    for chunk in body.iter_chunks(max(1, min(size, self._config.io_chunksize))):
                         f.write(chunk)
                         written += len(chunk)
                         if on_bytes:

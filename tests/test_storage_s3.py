@@ -172,6 +172,13 @@ def test_obs_client_uses_virtual_hosting_sigv4_and_when_required_checksums(clean
     assert "obs-secret-value" not in repr(storage) + repr(storage.connection) + repr(storage.settings)
 
 
+def test_fast_timestamp_parser_matches_botocore():
+    from botocore.utils import parse_timestamp
+    for value in ("2026-11-27T20:39:41.000Z", "2026-11-27T20:39:41Z",
+                  "Fri, 27 Nov 2026 20:39:41 GMT", 1795812000):
+        assert s3client._fast_timestamp(value) == parse_timestamp(value)
+
+
 # --------------------------------------------------------------------------- storage ops
 
 

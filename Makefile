@@ -5,7 +5,11 @@ PY     := $(VENV)/bin/python
 DEMO_DIR ?= runs/cpu_demo
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv demo demo-cloud test clean-demo
+KERNEL_SRC := core/kernels/depthwise_conv.cc
+KERNEL_LIB := core/kernels/libmnv3_depthwise.so
+CXX ?= g++
+
+.PHONY: venv kernels demo demo-cloud test clean-demo
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
@@ -15,7 +19,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.tx
 	$(PY) -m pip install --quiet -r requirements-extras.txt
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed kernels
+
+# The CPU convolution operator (core/fast_conv.py). Without a C++ compiler the build is skipped
+# and the runner uses nn.Conv2d (system.depthwise_impl=auto falls back); results are the same.
+kernels: $(KERNEL_LIB)
+
+$(KERNEL_LIB): $(KERNEL_SRC)
+	@if command -v $(CXX) >/dev/null; then \
+		$(CXX) -O3 -fopenmp -fPIC -shared -std=c++17 -o $@ $< && echo "built $@"; \
+	else echo "warning: $(CXX) not found; skipping $@ (CPU convs use nn.Conv2d, slower)"; fi
 
 demo: venv
 	$(PY) launcher/local.py train --config configs/cpu_demo.yaml --output_dir $(DEMO_DIR) --resume auto

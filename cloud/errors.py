@@ -14,3 +14,7 @@ class UnsafeKeyError(StorageError):
         self.key = key
         self.reason = reason
         super().__init__(f"refusing unsafe object key {key!r}: {reason}")
+
+
+class URLError(StorageError, ValueError):
+    """A malformed storage URL (a user error: the launchers print it as one line)."""

@@ -71,8 +71,12 @@ class PreparedJob:
             if getattr(report, "failed", None):
                 log.error("some checkpoint uploads failed; local copies are kept in %s",
                           self.cfg.system.output_dir)
-        storage = open_storage(self.output_url, self.settings)
-        stats = upload_tree(self.cfg.system.output_dir, storage, "")
+        try:
+            stats = upload_tree(self.cfg.system.output_dir, open_storage(self.output_url, self.settings), "")
+        except StorageError as exc:
+            raise StorageError(f"the run ended but its outputs could not be published to "
+                               f"{self.output_url}: {exc}; everything, checkpoints included, is kept "
+                               f"in {self.cfg.system.output_dir}") from exc
         log.info("outputs published to %s (%s)", self.output_url, stats)
 
 

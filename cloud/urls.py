@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from cloud.errors import UnsafeKeyError
+from cloud.errors import UnsafeKeyError, URLError
 
 REMOTE_SCHEMES = ("s3", "obs")
 # S3 bucket naming rules (3-63 chars, lower case letters, digits, dots, hyphens;
@@ -71,10 +71,10 @@ def is_remote_url(url: str) -> bool:
 
 
 def parse_url(url: str | os.PathLike) -> StorageURL:
-    """Parse ``url``; a malformed one raises ValueError naming it and the form."""
+    """Parse ``url``; a malformed one raises URLError (a ValueError) naming it and the form."""
     text = os.fspath(url).strip() if url is not None else ""
     if not text:
-        raise ValueError(f"empty storage URL: {_EXPECTED}")
+        raise URLError(f"empty storage URL: {_EXPECTED}")
     match = _SCHEME_RE.match(text)
     if not match:
         return StorageURL("file", path=os.path.abspath(os.path.expanduser(text)))
@@ -82,19 +82,19 @@ def parse_url(url: str | os.PathLike) -> StorageURL:
     rest = text[match.end():]
     if scheme == "file":
         if not rest.startswith("/"):
-            raise ValueError(f"malformed storage URL {text!r}: file URLs need an absolute "
-                             f"path (file:///dir); {_EXPECTED}")
+            raise URLError(f"malformed storage URL {text!r}: file URLs need an absolute "
+                           f"path (file:///dir); {_EXPECTED}")
         return StorageURL("file", path=os.path.abspath(rest))
     if scheme not in REMOTE_SCHEMES:
-        raise ValueError(f"unsupported storage URL {text!r}: {_EXPECTED}")
+        raise URLError(f"unsupported storage URL {text!r}: {_EXPECTED}")
     bucket, _, prefix = rest.partition("/")
     if not _BUCKET_RE.match(bucket) or ".." in bucket:
-        raise ValueError(f"malformed storage URL {text!r}: bad or missing bucket name "
-                         f"{bucket!r} (3-63 lower-case letters, digits, '.', '-'); {_EXPECTED}")
+        raise URLError(f"malformed storage URL {text!r}: bad or missing bucket name "
+                       f"{bucket!r} (3-63 lower-case letters, digits, '.', '-'); {_EXPECTED}")
     prefix = prefix.strip("/")
     if "\\" in prefix or "//" in prefix or any(p in (".", "..") for p in prefix.split("/")):
-        raise ValueError(f"malformed storage URL {text!r}: the prefix may not contain "
-                         f"'.', '..', '//' or backslashes; {_EXPECTED}")
+        raise URLError(f"malformed storage URL {text!r}: the prefix may not contain "
+                       f"'.', '..', '//' or backslashes; {_EXPECTED}")
     return StorageURL(scheme, bucket=bucket, prefix=prefix)
 
 

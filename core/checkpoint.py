@@ -52,7 +52,8 @@ def save(path: str | os.PathLike, params: Iterable, meta: dict) -> Path:
         os.replace(tmp, path)
         path.chmod(0o640)  # MindSpore writes 0400; keep-K and re-saves need to replace it
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
+        for partial in (tmp, tmp.with_suffix(".tmp")):  # ours, and MindSpore's own `<stem>.tmp`
+            partial.unlink(missing_ok=True)
         raise CheckpointError(f"could not write checkpoint {path}: {exc} "
                               f"(check free space and permissions of {path.parent})") from exc
     return path

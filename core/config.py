@@ -125,6 +125,12 @@ class SystemConfig:
     mode: str = _spec("graph", choices=("graph", "pynative"), help="MindSpore execution mode")
     output_dir: str = _spec("runs/mobilenetv3_small", help="run directory (checkpoints, logs, exports)")
     distributed: bool = _spec(False, help="data-parallel across ranks (set by the launchers)")
+    depthwise_impl: str = _spec("auto", choices=("auto", "native", "custom"),
+                                help="kxk convs (depthwise, stem): auto = the project's CPU "
+                                     "operator on CPU when built (make kernels), else nn.Conv2d")
+    cpu_threads: Optional[int] = _spec(None, minimum=1,
+                                       help="threads of MindSpore's CPU kernels (null = its default); "
+                                            "1 makes CPU runs, resumed ones too, bit-for-bit repeatable")
 
 
 @dataclass
@@ -312,6 +318,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[dict] = None,
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""
+            if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object: never run
+                raise ConfigError(f"config file {path}{where}: {exc.problem}; recipes hold plain "
+                                  f"values only (YAML tags such as !!python/... are refused)") from None
             raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
         flat.update(_flatten(tree, path))
     flat.update(overrides or {})

@@ -26,11 +26,26 @@ def configure(system_cfg) -> str:
     target = resolve_target(system_cfg.device_target)
     mode = ms.GRAPH_MODE if system_cfg.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode)
+    from core.model import set_depthwise_impl
+    set_depthwise_impl(getattr(system_cfg, "depthwise_impl", "auto"))
+    if getattr(system_cfg, "cpu_threads", None):
+        set_cpu_threads(system_cfg.cpu_threads)
     if target == "CPU":
         ms.set_device("CPU")
     else:
         ms.set_device(target, system_cfg.device_id)
     return target
+
+
+def set_cpu_threads(num: int) -> None:
+    """Fix the thread count of MindSpore's CPU kernels (once per process). With the default,
+    kernels pick their parallel split by timing their first launches, so float sums differ at
+    the ulp level between runs and after a resume; with 1 thread they do not."""
+    from mindspore._c_expression import RuntimeConf
+    if RuntimeConf.get_instance().is_op_threads_num_configured():
+        log.debug("CPU kernel threads already set in this process; system.cpu_threads=%d ignored", num)
+        return
+    ms.device_context.cpu.op_tuning.threads_num(num)
 
 
 def amp_level(train_cfg, target: str) -> str:

@@ -51,6 +51,8 @@ def export_model(net, cfg, out_dir: str | os.PathLike, classes, target: str,
         target_file.chmod(0o600)
         target_file.unlink()
     net.set_train(False)
+    from core.fast_conv import set_fast
+    set_fast(net, False)  # export the standard Conv2D op, not the host-library custom operator
     shape = (cfg.export.batch_size, 3, cfg.data.image_size, cfg.data.image_size)
     ms.export(net, ms.Tensor(np.zeros(shape, np.float32)), file_name=str(base), file_format=fmt)
     if not target_file.exists():

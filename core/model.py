@@ -18,6 +18,7 @@ from mindspore import ops
 from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
+from core.fast_conv import conv2d
 
 ARCHS = ("mobilenet_v3_small", "modelzoo")
 
@@ -52,6 +53,16 @@ HIDDEN_CHANNELS = 1024
 # torchvision BN: eps 1e-3, momentum 0.01 -> MindSpore keeps 1 - 0.01 of the running stat.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.99
+
+# kxk conv implementation (depthwise convs and the stem): "auto" (core.fast_conv's custom CPU
+# operator on CPU when its library is built, else nn.Conv2d), "native" or "custom". Set from
+# system.depthwise_impl by core.device.configure; results are equal, only the speed differs.
+DEPTHWISE_IMPL = "auto"
+
+
+def set_depthwise_impl(impl: str) -> None:
+    global DEPTHWISE_IMPL
+    DEPTHWISE_IMPL = impl
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
@@ -104,8 +115,7 @@ def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: i
                 momentum: float = BN_MOMENTUM) -> nn.SequentialCell:
     """Conv (no bias) + BN [+ activation]: torchvision's Conv2dNormActivation (.0 conv, .1 BN)."""
     layers = [
-        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=(kernel - 1) // 2,
-                  group=groups, has_bias=False, weight_init=conv_init()),
+        conv2d(in_ch, out_ch, kernel, stride, groups, conv_init(), DEPTHWISE_IMPL),
         nn.BatchNorm2d(out_ch, eps=eps, momentum=momentum, gamma_init="ones", beta_init="zeros"),
     ]
     if act is not None:

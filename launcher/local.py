@@ -96,6 +96,9 @@ def cmd_train(args) -> int:
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
     resume = args.resume or args.checkpoint_path
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1 (got {args.nproc})")
+    setup_logging()  # staging progress and resume warnings come before the run's own log exists
     if args.nproc > 1:
         from launcher.distributed import launch_local
         return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained)

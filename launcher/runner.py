@@ -25,8 +25,9 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
     run_dir.mkdir(parents=True, exist_ok=True)
     log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     setup_logging(run_dir / log_name, rank_prefix=f"[rank {rank}] " if world > 1 else "")
-    if rank == 0:
-        (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    if rank == 0:  # once the data, model and resume point passed their checks: a run that
+        # fails on bad input leaves the config.yaml of the run it was asked to continue alone
+        callbacks = [*callbacks, _SaveConfig(run_dir / "config.yaml", cfg.to_yaml())]
     summary = train(cfg, run_dir, resume=resume, pretrained=pretrained, callbacks=tuple(callbacks))
     if rank == 0:
         best = summary.get("best_eval")
@@ -36,3 +37,11 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
             print(f"best val top-1 {best['Top_1_Acc']:.4f} top-5 {best['Top_5_Acc']:.4f} "
                   f"({best['images']} images)")
     return summary
+
+
+class _SaveConfig(Callback):
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def on_train_begin(self, info: dict) -> None:
+        self.path.write_text(self.text)

@@ -1,0 +1,217 @@
+"""Shared helpers of the benchmark suite: machine description, medians, JSON and README table.
+
+Benchmarks are not tests: they assert no time. Every figure of a run is measured in that run on
+the same machine, and peers are reported as ratios to the project's figure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "results"
+PEERS_VENV = Path(os.environ.get("MNV3_PEERS_VENV", BENCH_DIR / ".venv-peers"))
+PEERS_PY = PEERS_VENV / "bin" / "python"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return " ".join(f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_tile")
+                                if f in flags)
+    except OSError:
+        pass
+    return ""
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in ("mindspore", "numpy", "onnxruntime", "mindcv"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # noqa: BLE001 - absent is fine
+            pass
+    peer = peer_versions()
+    out.update(peer)
+    return out
+
+
+_peer_versions = None
+
+
+def peer_versions() -> dict:
+    global _peer_versions
+    if _peer_versions is None:
+        _peer_versions = {}
+        if PEERS_PY.exists():
+            try:
+                text = subprocess.run([str(PEERS_PY), "-c", "import torch, torchvision, json; print(json.dumps("
+                                       "{'torch (peers)': torch.__version__, 'torchvision (peers)': "
+                                       "torchvision.__version__}))"], capture_output=True, text=True,
+                                      timeout=120).stdout
+                _peer_versions = json.loads(text.strip().splitlines()[-1])
+            except Exception:  # noqa: BLE001
+                pass
+    return _peer_versions
+
+
+def machine() -> dict:
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "platform": platform.platform(), "versions": versions(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def median(values) -> float:
+    return float(statistics.median(values))
+
+
+def ratio(project: float, peer: float, higher_is_better: bool = True) -> float | None:
+    """project / peer for throughputs (peer / project for times): > 1 means the project is ahead."""
+    if not project or not peer:
+        return None
+    return round(project / peer if higher_is_better else peer / project, 3)
+
+
+def need_peers() -> bool:
+    if PEERS_PY.exists():
+        return True
+    print(f"note: {PEERS_PY} not found; PyTorch/torchvision peers skipped. Create it with\n"
+          f"  python3.11 -m venv {PEERS_VENV} && {PEERS_VENV}/bin/pip install torch==2.14.1 "
+          f"torchvision==0.29.1 pillow numpy", file=sys.stderr)
+    return False
+
+
+def run_peer(script: str, args: list[str], timeout: int = 1800) -> dict:
+    """Run bench/peers/<script> in the peers venv; it prints one JSON line last."""
+    cmd = [str(PEERS_PY), str(BENCH_DIR / "peers" / script)] + [str(a) for a in args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = dict(result, machine=machine())
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    update_readme()
+    return path
+
+
+def fmt(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    lines = ["| " + " | ".join(title for _, title in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row.get(key), 3 if "ratio" in key else 1)
+                                       for key, _ in columns) + " |")
+    return "\n".join(lines)
+
+
+ROW_COLUMNS = [("what", "benchmark"), ("unit", "unit"), ("project", "project"), ("peer", "peer"),
+               ("peer_value", "peer figure"), ("ratio", "project / peer")]
+
+
+def legacy_rows(name: str, data: dict) -> list[dict]:
+    """Rows for the staging/packed benchmarks, which write their own JSON layout."""
+    results = data.get("results") or {}
+    rows = []
+    if name.startswith("staging") and "ours_cold" in results:
+        ours = results["ours_cold"]["seconds"]
+        for peer in ("s5cmd", "aws_s3_sync", "boto3_download_loop"):
+            if peer in results:
+                rows.append({"what": "stage from S3 (SeaweedFS), cold", "unit": "s (lower is better)",
+                             "project": ours, "peer": peer, "peer_value": results[peer]["seconds"],
+                             "ratio": ratio(ours, results[peer]["seconds"], higher_is_better=False)})
+        if "ours_resync_unchanged" in results:
+            rows.append({"what": "re-sync, unchanged", "unit": "s", "project":
+                         results["ours_resync_unchanged"]["seconds"], "peer": "-"})
+    if name.startswith("packed"):
+        pairs = [("stage_packed", "stage_imagefolder", "stage packed shards vs per-file ImageFolder", "s (lower is better)"),
+                 ("stage_packed", "stage_one_object", "stage packed shards vs one big object", "s (lower is better)")]
+        for ours, peer, what, unit in pairs:
+            if ours in results and peer in results:
+                rows.append({"what": what, "unit": unit, "project": results[ours]["seconds"], "peer": peer,
+                             "peer_value": results[peer]["seconds"],
+                             "ratio": ratio(results[ours]["seconds"], results[peer]["seconds"], False)})
+        for w in ("1w", "2w"):
+            a, b = results.get(f"pipeline_packed_{w}"), results.get(f"pipeline_imagefolder_{w}")
+            if a and b:
+                rows.append({"what": f"train pipeline from packed shards, {w[0]} worker(s)", "unit": "images/s",
+                             "project": a["images_per_s"], "peer": "ImageFolder pipeline",
+                             "peer_value": b["images_per_s"], "ratio": ratio(a["images_per_s"], b["images_per_s"])})
+    return rows
+
+
+def update_readme() -> Path:
+    """Rebuild bench/results/README.md from every results/*.json that has `rows`."""
+    parts = ["# Benchmark results", "",
+             "Written by the `bench/` scripts (`python bench/run_all.py` runs them all). Each row "
+             "compares the project's figure with a peer measured in the same run on the same "
+             "machine; `project / peer` > 1 means the project is ahead (for times, the inverse "
+             "ratio is used so the same reading holds). Medians of several repetitions. "
+             "Benchmarks assert nothing.", ""]
+    for path in sorted(RESULTS.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            continue
+        rows = data.get("rows") or legacy_rows(path.stem, data)
+        if not rows:
+            continue
+        m = data.get("machine", {})
+        command = data.get("command") or f"python bench/bench_{path.stem.split('-')[0]}.py"
+        parts += [f"## {data.get('title', path.stem)} (`{path.name}`)", "",
+                  f"Command: `{command}`", "",
+                  table(rows, ROW_COLUMNS), ""]
+        if data.get("notes"):
+            parts += [f"Notes: {data['notes']}", ""]
+        if m and "cpu" not in m:  # benchmarks with their own machine record
+            parts += [f"Machine: {m}", ""]
+        elif m:
+            v = ", ".join(f"{k} {val}" for k, val in m.get("versions", {}).items())
+            parts += [f"Machine: {m.get('cpu')} ({m.get('cpu_flags')}), {m.get('cores')} cores, "
+                      f"load average {m.get('load_average')} at {m.get('time')}; {v}.", ""]
+    path = RESULTS / "README.md"
+    path.write_text("\n".join(parts))
+    return path
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.start

@@ -1,0 +1,162 @@
+"""Depthwise convolution as a MindSpore AOT custom operator, for CPU.
+
+MindSpore 2.10 runs depthwise convolutions on CPU through oneDNN's plain-layout path, about
+20x slower than PyTorch. ``core/kernels/depthwise_conv.cc`` (built into
+``core/kernels/libmnv3_depthwise.so`` by ``make venv``; ``make kernels`` rebuilds it)
+implements forward, input gradient and weight gradient; ``DepthwiseConv2d`` wraps them in an
+``ops.Custom`` with a registered bprop. It holds its weight under the same name and shape as
+``nn.Conv2d(group=C)`` (``<prefix>.weight``, ``(C, 1, k, k)``), so checkpoints are identical.
+
+``model.depthwise_impl`` chooses: ``native`` (nn.Conv2d everywhere), ``custom`` (this
+operator; CPU only), ``auto`` (this operator on CPU when the library is built and loads,
+else nn.Conv2d).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+from mindspore import nn
+
+log = logging.getLogger("core.fast_conv")
+
+KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
+SOURCE = KERNEL_DIR / "depthwise_conv.cc"
+LIBRARY = KERNEL_DIR / "libmnv3_depthwise.so"
+IMPLS = ("auto", "native", "custom")
+
+_available: Optional[bool] = None
+
+
+def build_command(source: Path = SOURCE, library: Path = LIBRARY) -> list[str]:
+    """The compiler line (the Makefile's `kernels` target runs the same one)."""
+    cxx = os.environ.get("CXX", "g++")
+    return [cxx, "-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", str(source), "-o", str(library)]
+
+
+def library_path() -> Optional[Path]:
+    """The built library if it exists and is not older than its source."""
+    if LIBRARY.exists() and (not SOURCE.exists() or LIBRARY.stat().st_mtime >= SOURCE.stat().st_mtime):
+        return LIBRARY
+    return None
+
+
+def available() -> bool:
+    """True when the library is built and loads (checked once per process)."""
+    global _available
+    if _available is None:
+        path = library_path()
+        if path is None:
+            _available = False
+        else:
+            try:
+                import ctypes
+                lib = ctypes.CDLL(str(path))
+                _available = all(hasattr(lib, n) for n in ("DepthwiseFwd", "DepthwiseBwdInput",
+                                                            "DepthwiseBwdWeight"))
+            except OSError as exc:
+                log.warning("depthwise kernel library %s does not load (%s); using nn.Conv2d", path, exc)
+                _available = False
+    return _available
+
+
+def current_target() -> str:
+    import mindspore as ms
+    try:
+        return ms.get_context("device_target")
+    except Exception:  # noqa: BLE001 - no context yet means the default, CPU on this wheel
+        return "CPU"
+
+
+def use_custom(impl: str) -> bool:
+    """Decide for one model build."""
+    if impl not in IMPLS:
+        raise ValueError(f"model.depthwise_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+    if impl == "native":
+        return False
+    on_cpu = current_target() == "CPU"
+    if impl == "custom":
+        if not on_cpu:
+            raise ValueError("model.depthwise_impl=custom runs on CPU only; use auto or native")
+        if not available():
+            raise ValueError(f"model.depthwise_impl=custom but {LIBRARY} is not built; run "
+                             f"'make kernels' (needs g++) or set model.depthwise_impl=native")
+        return True
+    return on_cpu and available()
+
+
+def _out_extent(size: int, kernel: int, stride: int) -> int:
+    return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
+
+
+def conv_op(kernel: int, stride: int, out_channels: int):
+    """ops.Custom for one (kernel, stride, output channels), with its bprop (input and weight
+    gradients)."""
+    from mindspore import ops
+
+    lib = str(LIBRARY)
+    bwd_input = ops.Custom(f"{lib}:DepthwiseBwdInput", out_shape=lambda dy, w, x: x,
+                           out_dtype=lambda dy, w, x: x, func_type="aot")
+    bwd_weight = ops.Custom(f"{lib}:DepthwiseBwdWeight", out_shape=lambda dy, x, w: w,
+                            out_dtype=lambda dy, x, w: w, func_type="aot")
+
+    def bprop(x, w, out, dout):
+        return bwd_input(dout, w, x), bwd_weight(dout, x, w)
+
+    def out_shape(x, w):
+        return [x[0], out_channels, _out_extent(x[2], kernel, stride), _out_extent(x[3], kernel, stride)]
+
+    return ops.Custom(f"{lib}:DepthwiseFwd", out_shape=out_shape, out_dtype=lambda x, w: x,
+                      func_type="aot", bprop=bprop)
+
+
+class FastConv2d(nn.Conv2d):
+    """nn.Conv2d(in, out, k, stride, pad_mode="pad", padding=(k-1)//2, group=g, has_bias=False)
+    whose forward runs the custom CPU operator while ``fast`` is True.
+
+    A subclass, so the parameter (``weight``, ``(out, in/g, k, k)``), its initialisation and
+    every isinstance(nn.Conv2d) check are those of the native cell; ``fast = False`` (set by
+    ``set_fast(net, False)``, e.g. before export) runs nn.Conv2d's own operator.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
+                 group: int = 1, weight_init="normal"):
+        super().__init__(in_channels, out_channels, kernel, stride=stride, pad_mode="pad",
+                         padding=(kernel - 1) // 2, group=group, has_bias=False,
+                         weight_init=weight_init)
+        self.fast = True
+        self.fast_conv = conv_op(kernel, stride, out_channels)
+
+    def construct(self, x):
+        if self.fast:
+            return self.fast_conv(x, self.weight)
+        return self.conv2d(x, self.weight)
+
+
+def set_fast(net, fast: bool) -> int:
+    """Switch every FastConv2d of `net` (export needs the native operator: a Custom AOT op
+    names a host library and has no ONNX mapping). Returns how many were switched."""
+    count = 0
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, FastConv2d):
+            cell.fast = fast
+            count += 1
+    return count
+
+
+# Convolutions the custom operator serves: kxk (k > 1) with few input channels per group, i.e.
+# depthwise convs and the 3-channel stem. 1x1 convs stay on oneDNN (at parity with PyTorch).
+MAX_CHANNELS_PER_GROUP = 4
+
+
+def conv2d(in_channels: int, out_channels: int, kernel: int, stride: int, group: int,
+           weight_init, impl: str = "auto"):
+    """The conv cell for `impl` (see the module docstring); same parameters either way."""
+    if (kernel > 1 and in_channels // group <= MAX_CHANNELS_PER_GROUP and kernel % 2 == 1
+            and use_custom(impl)):
+        return FastConv2d(in_channels, out_channels, kernel, stride, group, weight_init)
+    return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, pad_mode="pad",
+                     padding=(kernel - 1) // 2, group=group, has_bias=False,
+                     weight_init=weight_init)

@@ -1,0 +1,147 @@
+"""core.fast_conv: the custom CPU kxk convolution must match nn.Conv2d (forward, input and weight
+gradients within 1e-5), keep the parameter layout, train identically, and export as Conv2D."""
+import subprocess
+import sys
+
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+import pytest
+from mindspore import ops
+
+from core import fast_conv
+from core import model as core_model
+
+ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+
+if not fast_conv.available():  # `make test` builds it; a bare checkout may not have
+    subprocess.run(fast_conv.build_command(), check=False)
+    fast_conv._available = None
+pytestmark = pytest.mark.skipif(not fast_conv.available(),
+                                reason="custom conv library not built (make kernels needs g++)")
+
+TOL = 1e-5
+_grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
+
+
+class Grad(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.params = ms.ParameterTuple(net.trainable_params())
+
+    def construct(self, x, dy):
+        return _grad(self.net, self.params)(x, dy)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float(np.abs(a - b).max() / max(1.0, np.abs(a).max()))
+
+
+# (batch, in, out, groups, size, kernel, stride): every kxk conv kind of MobileNetV3-Small,
+# odd sizes, 1x1 planes, strides 1-3, grouped-dense.
+CASES = [(2, 8, 8, 8, 9, 3, 1), (2, 8, 8, 8, 10, 3, 2), (3, 5, 5, 5, 11, 5, 2), (2, 6, 6, 6, 7, 5, 1),
+         (2, 4, 4, 4, 1, 3, 2), (2, 16, 16, 16, 7, 5, 1), (1, 6, 6, 6, 13, 3, 3),
+         (2, 3, 16, 1, 15, 3, 2), (2, 3, 5, 1, 8, 3, 1), (2, 4, 8, 2, 9, 3, 1), (4, 24, 24, 24, 28, 5, 2)]
+
+
+@pytest.mark.parametrize("n,cin,cout,groups,size,k,stride", CASES)
+def test_matches_nn_conv2d(n, cin, cout, groups, size, k, stride):
+    rng = np.random.default_rng(size * 31 + k)
+    x = ms.Tensor(rng.standard_normal((n, cin, size, size)).astype(np.float32))
+    ref = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=(k - 1) // 2, group=groups,
+                    has_bias=False)
+    fast = fast_conv.FastConv2d(cin, cout, k, stride, groups)
+    fast.weight.set_data(ref.weight.data)
+    y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
+    assert y_ref.shape == y_fast.shape
+    assert rel_err(y_ref, y_fast) < TOL
+    dy = ms.Tensor(rng.standard_normal(y_ref.shape).astype(np.float32))
+    (dx_ref,), (dw_ref,) = Grad(ref)(x, dy)
+    (dx_fast,), (dw_fast,) = Grad(fast)(x, dy)
+    assert rel_err(dx_ref.asnumpy(), dx_fast.asnumpy()) < TOL
+    assert rel_err(dw_ref.asnumpy(), dw_fast.asnumpy()) < TOL
+
+
+def build(impl, classes=10):
+    previous = core_model.DEPTHWISE_IMPL
+    core_model.set_depthwise_impl(impl)
+    try:
+        ms.set_seed(3)
+        return core_model.build_model("mobilenet_v3_small", classes)
+    finally:
+        core_model.set_depthwise_impl(previous)
+
+
+def test_auto_picks_custom_on_cpu_and_keeps_parameters():
+    fast, native = build("auto"), build("native")
+    convs = [c for _, c in fast.cells_and_names() if isinstance(c, fast_conv.FastConv2d)]
+    assert len(convs) == 12  # the stem and the 11 depthwise convs
+    assert not any(isinstance(c, fast_conv.FastConv2d) for _, c in native.cells_and_names())
+    a = {n: p.asnumpy() for n, p in fast.parameters_and_names()}
+    b = {n: p.asnumpy() for n, p in native.parameters_and_names()}
+    assert a.keys() == b.keys()
+    for name in a:  # same names, shapes and (seeded) initial values
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_train_steps_match_native():
+    from core.config import Config
+    from core.loss import LabelSmoothingCrossEntropy
+    from core.optim import build_optimizer
+    from core.train import NetWithLoss
+    cfg = Config()
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 10, 4).astype(np.int32))
+    results = []
+    for impl in ("custom", "native"):
+        net = build(impl)
+        net.classifier[2].draw(4, 0, 0, 0)  # the same dropout mask for both
+        opt = build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(np.full(10, 0.01, np.float32)))
+        step = nn.TrainOneStepCell(NetWithLoss(net, LabelSmoothingCrossEntropy(10, 0.1)), opt)
+        step.set_train(True)
+        losses = [float(step(x, y).asnumpy()) for _ in range(3)]
+        results.append((losses, {n: p.asnumpy() for n, p in net.parameters_and_names()}))
+    (l1, p1), (l2, p2) = results
+    np.testing.assert_allclose(l1, l2, rtol=1e-5, atol=1e-5)
+    for name in p1:
+        assert rel_err(p2[name], p1[name]) < 1e-4, name
+
+
+def test_set_fast_false_runs_native_op_and_exports_onnx(tmp_path):
+    pytest.importorskip("onnx")
+    from core.config import Config
+    from core.export import export_model
+    net = build("custom")
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    fast_out = net(x).asnumpy()
+    cfg = Config()
+    cfg.export.format = "ONNX"
+    cfg.data.image_size = 64
+    path = export_model(net, cfg, tmp_path, [str(i) for i in range(10)], "CPU")
+    import onnx
+    ops_used = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Conv" in ops_used and not any("Custom" in o for o in ops_used)
+    fast_conv.set_fast(net, True)
+    native = build("native")
+    native.set_train(False)
+    np.testing.assert_allclose(native(x).asnumpy(), fast_out, rtol=1e-5, atol=1e-5)
+
+
+def test_custom_refused_off_cpu(monkeypatch):
+    monkeypatch.setattr(fast_conv, "current_target", lambda: "GPU")
+    assert fast_conv.use_custom("auto") is False
+    with pytest.raises(ValueError, match="CPU only"):
+        fast_conv.use_custom("custom")
+    assert fast_conv.use_custom("native") is False
+
+
+def test_missing_library_falls_back(monkeypatch):
+    monkeypatch.setattr(fast_conv, "_available", False)
+    assert fast_conv.use_custom("auto") is False
+    assert type(fast_conv.conv2d(8, 8, 3, 1, 8, "normal", "auto")) is nn.Conv2d
+    with pytest.raises(ValueError, match="make kernels"):
+        fast_conv.use_custom("custom")

@@ -158,9 +158,9 @@ def start_s3_server(root: str | None = None, *, access_key: str = ACCESS_KEY,
     args = [
         weed_binary(), "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}",
-        "-master.telemetry=false", "-master.volumeSizeLimitMB=256",
+        "-master.telemetry=false", "-master.volumeSizeLimitMB=64",
         f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        "-volume.max=200", "-volume.preStopSeconds=0",
+        "-volume.max=2000", "-volume.preStopSeconds=0",  # each bucket grows its own volumes
         "-filer", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         f"-filer.localSocket={os.path.join(root, 'filer.sock')}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={creds_path}",

@@ -296,16 +296,21 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
                                    on_done=finished(rel, info, local))
     finally:
         state.flush()
-    stats.files_transferred = len(todo) - len(errors)
-    stats.bytes_transferred = progress.bytes
-    stats.seconds = time.monotonic() - started
-    stats.failed = errors
+    _record(stats, len(todo), errors, progress, started)
     if errors:
         log.error("download %s: %d of %d files failed; first: %s", source, len(errors), len(todo), errors[0])
         raise StorageError(f"{len(errors)} of {len(todo)} downloads from {source} failed "
                            f"(the others are cached; re-run to retry); first: {errors[0]}")
     log.info("download %s -> %s: %s", source, dest_dir, stats.summary())
     return stats
+
+
+def _record(stats: SyncStats, attempted: int, errors: list, progress, started: float) -> None:
+    """Fill a finished transfer's counters (shared by downloads and uploads)."""
+    stats.files_transferred = attempted - len(errors)
+    stats.bytes_transferred = progress.bytes
+    stats.seconds = time.monotonic() - started
+    stats.failed = errors
 
 
 # --------------------------------------------------------------------------- upload
@@ -397,10 +402,7 @@ def upload_tree(src_dir: str, storage: Storage, prefix: str = "", *, workers: in
         with storage.batch(workers) as batch:
             for rel, path, _size in todo:
                 batch.upload(path, base + rel, on_bytes=progress.add_bytes, on_done=finished(rel))
-    stats.files_transferred = len(todo) - len(errors)
-    stats.bytes_transferred = progress.bytes
-    stats.seconds = time.monotonic() - started
-    stats.failed = errors
+    _record(stats, len(todo), errors, progress, started)
     if errors:
         log.error("upload %s: %d of %d files failed; first: %s", target, len(errors), len(todo), errors[0])
         raise StorageError(f"{len(errors)} of {len(todo)} uploads from {src_dir} to {target} failed; "

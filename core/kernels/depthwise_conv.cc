@@ -1,21 +1,35 @@
-// Grouped 2-D convolution (NCHW, float32, square kernel, padding (k-1)/2, no bias): depthwise
-// (groups = channels) and small dense convs such as the 3-channel stem for MindSpore's ops.Custom(func_type="aot") on CPU.
+// Convolutions for MindSpore's ops.Custom(func_type="aot") on CPU (NCHW, float32, square
+// kernel, padding (k-1)/2, no bias): depthwise convs (groups = channels) and small dense or
+// grouped convs such as the 3-channel stem, plus the fused inference ops of core/fuse.py.
 //
 // MindSpore 2.10 hands oneDNN plain NCHW tensors on CPU and oneDNN then runs depthwise convs
-// on a slow reference-like path (~20x slower than PyTorch). These three kernels (forward,
-// input gradient, weight gradient) reduce every tap to one long contiguous loop that the
-// compiler vectorises (see Phases), parallel over (image, group) or groups with OpenMP. Stride is inferred from the
-// input/output shapes, the kernel size from the weight shape.
+// on a slow reference-like path (~20x slower than PyTorch). Here depthwise convs run
+// channel-blocked (VL channels per vector, see Block), the stem vectorised over output
+// channels, and the grouped backward through stride phases (see Phases); all parallel with
+// OpenMP. Stride is inferred from the input/output shapes, the kernel size from the weight.
 //
-// Entry points (MindSpore AOT signature):
+// Training entry points (MindSpore AOT signature):
 //   DepthwiseFwd(x[N,C,H,W], w[CO,C/G,K,K]) -> y[N,CO,OH,OW]
 //   DepthwiseBwdInput(dy[N,CO,OH,OW], w, x (shape only)) -> dx[N,C,H,W]
 //   DepthwiseBwdWeight(dy[N,CO,OH,OW], x[N,C,H,W], w (shape only)) -> dw[CO,C/G,K,K]
 // (G = C / w.shape[1]; the stride is inferred from the input and output extents.)
+// Inference entry points: see the end of the file.
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
 #include <vector>
+
+#include <omp.h>
+
+// x86-64: one build carries AVX-512, AVX2+FMA and baseline clones of the hot loops, chosen at
+// load time (GCC function multiversioning), so `make kernels` output runs on any x86-64 host
+// (a Docker image built elsewhere included). Other architectures (aarch64: NEON is baseline)
+// use the plain build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MULTI_ISA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MULTI_ISA
+#endif
 
 namespace {
 
@@ -106,35 +120,9 @@ inline float dot(const float *__restrict a, const float *__restrict b, int64_t n
   return s;
 }
 
-// Channel bookkeeping: output channel o belongs to group o / opg, whose input channels are
-// [grp * cpg, (grp + 1) * cpg); weight w[o, cl] pairs o with input channel grp * cpg + cl.
-void fwd_all(const float *x, const float *w, float *y, const Geom &g) {
-  const Phases q(g);
-  const int64_t groups = g.c / g.cpg, tasks = g.n * groups, kk = g.k * g.k;
-#pragma omp parallel
-  {
-    std::vector<float> ph(q.size() * g.cpg), acc(q.L + q.wq);
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t n = t / groups, grp = t % groups;
-      for (int64_t cl = 0; cl < g.cpg; ++cl)
-        to_phases(x + (n * g.c + grp * g.cpg + cl) * g.h * g.w, ph.data() + cl * q.size(), g, q);
-      for (int64_t ol = 0; ol < g.opg; ++ol) {
-        const int64_t o = grp * g.opg + ol;
-        std::fill(acc.begin(), acc.end(), 0.f);
-        for (int64_t cl = 0; cl < g.cpg; ++cl) {
-          const float *wk = w + (o * g.cpg + cl) * kk, *pc = ph.data() + cl * q.size();
-          for (int64_t i = 0; i < g.k; ++i)
-            for (int64_t j = 0; j < g.k; ++j) axpy(acc.data(), pc + q.tap(i, j), wk[i * g.k + j], q.L);
-        }
-        float *yp = y + (n * g.co + o) * g.oh * g.ow;
-        for (int64_t oy = 0; oy < g.oh; ++oy)
-          std::memcpy(yp + oy * g.ow, acc.data() + oy * q.wq, sizeof(float) * g.ow);
-      }
-    }
-  }
-}
-
+// Channel bookkeeping (backward of the grouped path): output channel o belongs to group o / opg,
+// whose input channels are [grp * cpg, (grp + 1) * cpg); weight w[o, cl] pairs o with input
+// channel grp * cpg + cl.
 // dy plane (OH x OW) -> extended rows (row stride wq, zero scratch columns).
 void to_extended(const float *dy, float *ext, const Geom &g, const Phases &q) {
   std::memset(ext, 0, sizeof(float) * (q.L + q.wq));
@@ -201,6 +189,354 @@ void bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &g) {
   }
 }
 
+// ---- Depthwise path (one input and one output channel per group) ------------------------
+// Phases give long vector loops only when planes are large; MobileNetV3's late stages have 7x7
+// (224 px) or 2x2 (64 px) planes, where per-plane set-up dominates. Depthwise convs therefore
+// run channel-blocked: VL channels are interleaved into a zero-padded [Hp][Wp][VL] buffer, so
+// every tap of every output pixel is one VL-wide multiply-add whatever the plane size. The
+// pack/unpack transposes are O(plane) against O(k*k*plane) arithmetic.
+constexpr int64_t VL = 8;
+// VL floats as one value (GCC/Clang vector extension: one ymm register with AVX2, two xmm or
+// NEON registers otherwise); `vload`/`vstore` accept any float alignment.
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef float vf_unaligned __attribute__((vector_size(VL * sizeof(float)), aligned(4)));
+#pragma GCC diagnostic ignored "-Wpsabi"  // internal helpers, always inlined: no ABI to keep
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+ALWAYS_INLINE vf vload(const float *p) { return *reinterpret_cast<const vf_unaligned *>(p); }
+ALWAYS_INLINE void vstore(float *p, vf v) { *reinterpret_cast<vf_unaligned *>(p) = v; }
+
+struct Block {
+  int64_t hp, wp;  // padded input extents
+  explicit Block(const Geom &g) : hp(g.h + 2 * g.p), wp(g.w + 2 * g.p) {}
+  int64_t size() const { return hp * wp * VL; }
+};
+
+inline int64_t lanes(const Geom &g, int64_t c0) { return std::min<int64_t>(VL, g.c - c0); }
+
+// Input planes c0..c0+VL of image n -> padded interleaved buffer (missing lanes are zero).
+void pack_input(const float *x, float *buf, const Geom &g, const Block &b, int64_t n, int64_t c0) {
+  std::memset(buf, 0, sizeof(float) * b.size());
+  const int64_t nl = lanes(g, c0);
+  for (int64_t cc = 0; cc < nl; ++cc) {
+    const float *plane = x + (n * g.c + c0 + cc) * g.h * g.w;
+    for (int64_t y = 0; y < g.h; ++y) {
+      float *row = buf + ((y + g.p) * b.wp + g.p) * VL + cc;
+      const float *src = plane + y * g.w;
+      for (int64_t xx = 0; xx < g.w; ++xx) row[xx * VL] = src[xx];
+    }
+  }
+}
+
+// Output-shaped planes (OH x OW) c0..c0+VL of image n -> [OH][OW][VL].
+void pack_output(const float *dy, float *buf, const Geom &g, int64_t n, int64_t c0) {
+  const int64_t nl = lanes(g, c0), hw = g.oh * g.ow;
+  if (nl < VL) std::memset(buf, 0, sizeof(float) * hw * VL);
+  for (int64_t cc = 0; cc < nl; ++cc) {
+    const float *plane = dy + (n * g.c + c0 + cc) * hw;
+    for (int64_t t = 0; t < hw; ++t) buf[t * VL + cc] = plane[t];
+  }
+}
+
+// Weights of channels c0..c0+VL -> [k*k][VL].
+void pack_weight(const float *w, float *wb, const Geom &g, int64_t c0) {
+  const int64_t kk = g.k * g.k, nl = lanes(g, c0);
+  std::fill(wb, wb + kk * VL, 0.f);
+  for (int64_t cc = 0; cc < nl; ++cc)
+    for (int64_t t = 0; t < kk; ++t) wb[t * VL + cc] = w[(c0 + cc) * kk + t];
+}
+
+enum Act { kNone = 0, kRelu = 1, kHswish = 2 };
+
+inline float activate(float v, int act) {
+  if (act == kRelu) return v > 0.f ? v : 0.f;
+  if (act == kHswish) return v * std::min(std::max(v + 3.f, 0.f), 6.f) * (1.f / 6.f);
+  return v;
+}
+
+MULTI_ISA
+void dw_fwd_block(const float *buf, const float *wb, const float *bias, int act, float *y,
+                  const Geom &g, const Block &b, int64_t n, int64_t c0) {
+  const int64_t nl = lanes(g, c0), k = g.k, s = g.s;
+  float bv[VL] = {0.f};
+  if (bias)
+    for (int64_t cc = 0; cc < nl; ++cc) bv[cc] = bias[c0 + cc];
+  const vf b0 = vload(bv);
+  float *out = y + (n * g.c + c0) * g.oh * g.ow;
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      vf acc = b0;
+      for (int64_t i = 0; i < k; ++i) {
+        const float *src = buf + ((oy * s + i) * b.wp + ox * s) * VL;
+        const float *wr = wb + i * k * VL;
+        for (int64_t j = 0; j < k; ++j) acc += vload(wr + j * VL) * vload(src + j * VL);
+      }
+      const int64_t pix = oy * g.ow + ox;
+      for (int64_t cc = 0; cc < nl; ++cc) out[cc * g.oh * g.ow + pix] = activate(acc[cc], act);
+    }
+  }
+}
+
+void dw_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
+  const Block b(g);
+  const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks;
+#pragma omp parallel
+  {
+    std::vector<float> buf(b.size()), wb(g.k * g.k * VL);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / blocks, c0 = (t % blocks) * VL;
+      pack_input(x, buf.data(), g, b, n, c0);
+      pack_weight(w, wb.data(), g, c0);
+      dw_fwd_block(buf.data(), wb.data(), bias, act, y, g, b, n, c0);
+    }
+  }
+}
+
+// dx: scatter every output gradient through the taps into the padded block, then drop the padding.
+MULTI_ISA
+void dw_bwd_input_block(const float *dyb, const float *wb, float *buf, const Geom &g, const Block &b) {
+  const int64_t k = g.k, s = g.s;
+  std::memset(buf, 0, sizeof(float) * b.size());
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      const vf d = vload(dyb + (oy * g.ow + ox) * VL);
+      for (int64_t i = 0; i < k; ++i) {
+        float *dst = buf + ((oy * s + i) * b.wp + ox * s) * VL;
+        const float *wr = wb + i * k * VL;
+        for (int64_t j = 0; j < k; ++j) vstore(dst + j * VL, vload(dst + j * VL) + vload(wr + j * VL) * d);
+      }
+    }
+  }
+}
+
+void unpack_input(const float *buf, float *dx, const Geom &g, const Block &b, int64_t n, int64_t c0) {
+  const int64_t nl = lanes(g, c0);
+  for (int64_t cc = 0; cc < nl; ++cc) {
+    float *plane = dx + (n * g.c + c0 + cc) * g.h * g.w;
+    for (int64_t y = 0; y < g.h; ++y) {
+      const float *row = buf + ((y + g.p) * b.wp + g.p) * VL + cc;
+      float *dst = plane + y * g.w;
+      for (int64_t xx = 0; xx < g.w; ++xx) dst[xx] = row[xx * VL];
+    }
+  }
+}
+
+void dw_bwd_input_all(const float *dy, const float *w, float *dx, const Geom &g) {
+  const Block b(g);
+  const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks;
+#pragma omp parallel
+  {
+    std::vector<float> buf(b.size()), dyb(g.oh * g.ow * VL), wb(g.k * g.k * VL);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / blocks, c0 = (t % blocks) * VL;
+      pack_output(dy, dyb.data(), g, n, c0);
+      pack_weight(w, wb.data(), g, c0);
+      dw_bwd_input_block(dyb.data(), wb.data(), buf.data(), g, b);
+      unpack_input(buf.data(), dx, g, b, n, c0);
+    }
+  }
+}
+
+// dw for one (image, block): per output row in float (<= OW terms), then into double `acc`
+// ([k*k][VL]), which keeps the sum over the batch and the plane as accurate as the reference.
+MULTI_ISA
+void dw_bwd_weight_block(const float *dyb, const float *buf, double *acc, float *row, const Geom &g,
+                         const Block &b) {
+  const int64_t k = g.k, s = g.s, kk = k * k;
+  for (int64_t oy = 0; oy < g.oh; ++oy) {
+    std::fill(row, row + kk * VL, 0.f);
+    for (int64_t ox = 0; ox < g.ow; ++ox) {
+      const vf d = vload(dyb + (oy * g.ow + ox) * VL);
+      for (int64_t i = 0; i < k; ++i) {
+        const float *src = buf + ((oy * s + i) * b.wp + ox * s) * VL;
+        float *r = row + i * k * VL;
+        for (int64_t j = 0; j < k; ++j) vstore(r + j * VL, vload(r + j * VL) + d * vload(src + j * VL));
+      }
+    }
+    for (int64_t t = 0; t < kk * VL; ++t) acc[t] += row[t];
+  }
+}
+
+// Parallel over (image, block) with one double accumulator per thread and block, summed in
+// thread order afterwards: deterministic for a given thread count.
+void dw_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &g) {
+  const Block b(g);
+  const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks, kk = g.k * g.k;
+  const int64_t per_thread = blocks * kk * VL;
+  std::vector<double> partial;
+  int nthreads = 1;
+#pragma omp parallel
+  {
+#pragma omp single
+    {
+      nthreads = omp_get_num_threads();
+      partial.assign(static_cast<size_t>(nthreads) * per_thread, 0.0);
+    }
+    double *mine = partial.data() + omp_get_thread_num() * per_thread;
+    std::vector<float> buf(b.size()), dyb(g.oh * g.ow * VL), row(kk * VL);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / blocks, blk = t % blocks;
+      pack_input(x, buf.data(), g, b, n, blk * VL);
+      pack_output(dy, dyb.data(), g, n, blk * VL);
+      dw_bwd_weight_block(dyb.data(), buf.data(), mine + blk * kk * VL, row.data(), g, b);
+    }
+  }
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t c0 = blk * VL, nl = lanes(g, c0);
+    for (int64_t cc = 0; cc < nl; ++cc)
+      for (int64_t t = 0; t < kk; ++t) {
+        double sum = 0.0;
+        for (int th = 0; th < nthreads; ++th) sum += partial[th * per_thread + (blk * kk + t) * VL + cc];
+        dw[(c0 + cc) * kk + t] = static_cast<float>(sum);
+      }
+  }
+}
+
+bool is_depthwise(const Geom &g) { return g.cpg == 1 && g.opg == 1; }
+
+// ---- Grouped path with several channels per group (the 3-channel stem) ------------------
+// Direct convolution vectorised over VL output channels of a group: each tap is a scalar
+// input value times a VL-wide weight row. Inputs are first copied into zero-padded planes of
+// every image (parallel), then output rows are computed in parallel over
+// (image, group, output block, row), so a single image still uses every thread.
+struct Padded {
+  int64_t hp, wp;
+  explicit Padded(const Geom &g) : hp(g.h + 2 * g.p), wp(g.w + 2 * g.p) {}
+  int64_t plane() const { return hp * wp; }
+};
+
+// Output channels per block: two vectors, so the 16 outputs of the stem are one pass over its input.
+constexpr int64_t OB = 2 * VL;
+
+MULTI_ISA
+void grp_fwd_row(const float *pad, const float *wb, const float *bv, int act, float *y, const Geom &g,
+                 const Padded &pd, int64_t n, int64_t o0, int64_t nl, int64_t oy) {
+  const int64_t k = g.k, s = g.s, kk = k * k;
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    vf acc0 = vload(bv), acc1 = vload(bv + VL);
+    for (int64_t cl = 0; cl < g.cpg; ++cl) {
+      for (int64_t i = 0; i < k; ++i) {
+        const float *src = pad + cl * pd.plane() + (oy * s + i) * pd.wp + ox * s;
+        const float *wr = wb + (cl * kk + i * k) * OB;
+        for (int64_t j = 0; j < k; ++j) {
+          const float v = src[j];
+          acc0 += vload(wr + j * OB) * v;
+          acc1 += vload(wr + j * OB + VL) * v;
+        }
+      }
+    }
+    float out[OB];
+    vstore(out, acc0);
+    vstore(out + VL, acc1);
+    float *dst = y + ((n * g.co + o0) * g.oh + oy) * g.ow + ox;
+    for (int64_t cc = 0; cc < nl; ++cc) dst[cc * g.oh * g.ow] = activate(out[cc], act);
+  }
+}
+
+void grp_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
+  const Padded pd(g);
+  const int64_t groups = g.c / g.cpg, kk = g.k * g.k, oblocks = (g.opg + OB - 1) / OB;
+  std::vector<float> pad(g.n * g.c * pd.plane());  // (uninitialised would do; the borders are set below)
+  // Weights [group][oblock][cpg][k*k][OB] and biases [group][oblock][OB], zero beyond opg.
+  std::vector<float> wb(groups * oblocks * g.cpg * kk * OB, 0.f), bv(groups * oblocks * OB, 0.f);
+  for (int64_t o = 0; o < g.co; ++o) {
+    const int64_t grp = o / g.opg, ol = o % g.opg, blk = grp * oblocks + ol / OB, cc = ol % OB;
+    for (int64_t cl = 0; cl < g.cpg; ++cl)
+      for (int64_t t = 0; t < kk; ++t) wb[((blk * g.cpg + cl) * kk + t) * OB + cc] = w[(o * g.cpg + cl) * kk + t];
+    if (bias) bv[blk * OB + cc] = bias[o];
+  }
+  const int64_t rows = g.n * groups * oblocks * g.oh;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < g.n * g.c; ++t) {
+      float *dst = pad.data() + t * pd.plane();
+      std::memset(dst, 0, sizeof(float) * pd.wp * g.p);
+      std::memset(dst + (g.h + g.p) * pd.wp, 0, sizeof(float) * pd.wp * (pd.hp - g.h - g.p));
+      for (int64_t yy = 0; yy < g.h; ++yy) {
+        float *row = dst + (yy + g.p) * pd.wp;
+        std::fill(row, row + g.p, 0.f);
+        std::memcpy(row + g.p, x + (t * g.h + yy) * g.w, sizeof(float) * g.w);
+        std::fill(row + g.p + g.w, row + pd.wp, 0.f);
+      }
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t oy = r % g.oh, blk_all = r / g.oh, n = blk_all / (groups * oblocks);
+      const int64_t blk = blk_all % (groups * oblocks), grp = blk / oblocks, ob = blk % oblocks;
+      const int64_t o0 = grp * g.opg + ob * OB, nl = std::min<int64_t>(OB, g.opg - ob * OB);
+      grp_fwd_row(pad.data() + (n * g.c + grp * g.cpg) * pd.plane(), wb.data() + blk * g.cpg * kk * OB,
+                  bv.data() + blk * OB, act, y, g, pd, n, o0, nl, oy);
+    }
+  }
+}
+
+// ---- Inference-only element-wise ops (BN folded into the conv; see core/fuse.py) ----------
+// y = act(x + b[c]) [+ r], one pass over an NCHW tensor, parallel over planes.
+MULTI_ISA
+void bias_act_plane(const float *x, float b, const float *r, int act, float *y, int64_t hw) {
+  if (act == kRelu) {
+    for (int64_t t = 0; t < hw; ++t) y[t] = std::max(x[t] + b, 0.f);
+  } else if (act == kHswish) {
+    for (int64_t t = 0; t < hw; ++t) {
+      const float v = x[t] + b;
+      y[t] = v * std::min(std::max(v + 3.f, 0.f), 6.f) * (1.f / 6.f);
+    }
+  } else if (r) {
+    for (int64_t t = 0; t < hw; ++t) y[t] = x[t] + b + r[t];
+  } else {
+    for (int64_t t = 0; t < hw; ++t) y[t] = x[t] + b;
+  }
+}
+
+void bias_act_all(const float *x, const float *b, const float *r, int act, float *y, int64_t n,
+                  int64_t c, int64_t hw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n * c; ++t)
+    bias_act_plane(x + t * hw, b[t % c], r ? r + t * hw : nullptr, act, y + t * hw, hw);
+}
+
+MULTI_ISA
+float plane_sum(const float *x, int64_t hw) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t t = 0; t < hw; ++t) s += x[t];
+  return s;
+}
+
+MULTI_ISA
+void scale_plane(const float *x, float a, float *y, int64_t hw) {
+  for (int64_t t = 0; t < hw; ++t) y[t] = x[t] * a;
+}
+
+// Squeeze-excitation as torchvision computes it: per image, channel means -> fc1 (S x C) + b1
+// -> ReLU -> fc2 (C x S) + b2 -> hard-sigmoid -> scale every plane.
+void squeeze_excite_all(const float *x, const float *w1, const float *b1, const float *w2,
+                        const float *b2, float *y, int64_t n, int64_t c, int64_t sq, int64_t hw) {
+  std::vector<float> gate(n * c);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * c; ++t) gate[t] = plane_sum(x + t * hw, hw) / static_cast<float>(hw);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      std::vector<float> hidden(sq);
+      const float *m = gate.data() + i * c;
+      for (int64_t j = 0; j < sq; ++j) hidden[j] = std::max(b1[j] + dot(w1 + j * c, m, c), 0.f);
+      std::vector<float> out(c);
+      for (int64_t o = 0; o < c; ++o) {
+        const float v = b2[o] + dot(w2 + o * sq, hidden.data(), sq);
+        out[o] = std::min(std::max(v + 3.f, 0.f), 6.f) / 6.f;
+      }
+      std::copy(out.begin(), out.end(), gate.begin() + i * c);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * c; ++t) scale_plane(x + t * hw, gate[t], y + t * hw, hw);
+  }
+}
+
 bool is_f32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
 
 }  // namespace
@@ -216,7 +552,8 @@ int DepthwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const 
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   float *y = static_cast<float *>(params[2]);
-  fwd_all(x, w, y, g);
+  if (is_depthwise(g)) dw_fwd_all(x, w, nullptr, kNone, y, g);
+  else grp_fwd_all(x, w, nullptr, kNone, y, g);
   return 0;
 }
 
@@ -228,7 +565,8 @@ int DepthwiseBwdInput(int nparam, void **params, int *ndims, int64_t **shapes, c
   const float *dy = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[3]);
-  bwd_input_all(dy, w, dx, g);
+  if (is_depthwise(g)) dw_bwd_input_all(dy, w, dx, g);
+  else bwd_input_all(dy, w, dx, g);
   return 0;
 }
 
@@ -240,7 +578,84 @@ int DepthwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   float *dw = static_cast<float *>(params[3]);
-  bwd_weight_all(dy, x, dw, g);
+  if (is_depthwise(g)) dw_bwd_weight_all(dy, x, dw, g);
+  else bwd_weight_all(dy, x, dw, g);
+  return 0;
+}
+
+// Inference entry points (core/fuse.py): conv with the BN folded into (w, b), then activation.
+//   DepthwiseFwdBias{,Relu,Hswish}(x, w, b[CO]) -> y
+//   BiasAct{,Relu,Hswish}(x[N,C,H,W], b[C]) -> y;  BiasAddResidual(x, b, r) -> x + b + r
+//   SqueezeExcite(x, w1[S,C,1,1], b1[S], w2[C,S,1,1], b2[C]) -> y
+static int conv_bias_act(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                         int act) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 4) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[2])) return 2;
+  Geom g;
+  if (!infer_geom(shapes[0], shapes[3], shapes[1], &g) || shapes[2][0] != g.co) return 3;
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  if (is_depthwise(g)) dw_fwd_all(x, w, b, act, y, g);
+  else grp_fwd_all(x, w, b, act, y, g);
+  return 0;
+}
+
+int DepthwiseFwdBias(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return conv_bias_act(np, p, nd, sh, dt, kNone);
+}
+int DepthwiseFwdBiasRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return conv_bias_act(np, p, nd, sh, dt, kRelu);
+}
+int DepthwiseFwdBiasHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return conv_bias_act(np, p, nd, sh, dt, kHswish);
+}
+
+static int bias_act(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                    int act, bool residual) {
+  const int nin = residual ? 3 : 2;
+  if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 1 || ndims[nin] != 4) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  const int64_t *sx = shapes[0];
+  if (shapes[1][0] != sx[1]) return 3;
+  if (residual) {
+    if (ndims[2] != 4 || !is_f32(dtypes[2])) return 1;
+    for (int d = 0; d < 4; ++d)
+      if (shapes[2][d] != sx[d]) return 3;
+  }
+  bias_act_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               residual ? static_cast<const float *>(params[2]) : nullptr, act,
+               static_cast<float *>(params[nin]), sx[0], sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+int BiasAct(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bias_act(np, p, nd, sh, dt, kNone, false);
+}
+int BiasActRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bias_act(np, p, nd, sh, dt, kRelu, false);
+}
+int BiasActHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bias_act(np, p, nd, sh, dt, kHswish, false);
+}
+int BiasAddResidual(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bias_act(np, p, nd, sh, dt, kNone, true);
+}
+
+int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                  void *stream, void *extra) {
+  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || ndims[5] != 4) return 1;
+  for (int i = 0; i < 5; ++i)
+    if (!is_f32(dtypes[i])) return 2;
+  const int64_t *sx = shapes[0], c = sx[1], sq = shapes[1][0];
+  if (shapes[1][1] != c || shapes[2][0] != sq || shapes[3][0] != c || shapes[3][1] != sq ||
+      shapes[4][0] != c)
+    return 3;
+  squeeze_excite_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                     static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                     static_cast<const float *>(params[4]), static_cast<float *>(params[5]), sx[0], c,
+                     sq, sx[2] * sx[3]);
   return 0;
 }
 

@@ -1,8 +1,10 @@
 """Benchmark: eval/inference throughput at 224 px, batch 32, CPU.
 
 Sides (separate processes, alternating rounds, medians):
-* project: core.model in MindSpore GRAPH mode (custom kxk conv, depthwise_impl=auto);
-* project-native: the same with nn.Conv2d (the old path);
+* project: what `eval` and `predict` run on CPU: core.model in MindSpore GRAPH mode with the
+  custom kxk conv and the fused inference graph (core/fuse.py: BN folded, fused activations);
+* project-unfused: the custom kxk conv without the fused graph;
+* project-native: nn.Conv2d everywhere, no fusion (the original path);
 * project ONNX: the project's network exported with core.export (ONNX), run in onnxruntime;
 * PyTorch torchvision mobilenet_v3_small (eval, inference_mode; bench/.venv-peers).
 Goal (not asserted): project >= 0.5x PyTorch.
@@ -80,9 +82,12 @@ def main():
     peers = common.need_peers()
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = run_py(ONNX_SCRIPT, common.ROOT, tmp, args.batch, args.size)["path"]
-        raw = {s: [] for s in ("project", "project-native", "onnx") + (("torch",) if peers else ())}
+        raw = {s: [] for s in ("project", "project-unfused", "project-native", "onnx")
+               + (("torch",) if peers else ())}
         for _ in range(args.repeat):
             raw["project"].append(run_ms("infer", "project", args.size, args.batch, args.steps, args.warmup))
+            raw["project-unfused"].append(run_ms("infer", "project-unfused", args.size, args.batch,
+                                                 args.steps, args.warmup))
             raw["project-native"].append(run_ms("infer", "project-native", args.size, args.batch,
                                                 max(2, args.steps // 2), args.warmup))
             raw["onnx"].append(run_py(ORT_SCRIPT, onnx_path, args.batch, args.size, args.steps, args.warmup))

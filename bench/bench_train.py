@@ -26,6 +26,7 @@ import common  # noqa: E402
 
 MS_SIDES = ("project", "project-native", "mindcv")
 LABEL = {"project": "project (MindSpore, custom kxk conv)",
+         "project-unfused": "project, custom kxk conv, BN not folded",
          "project-native": "project, native nn.Conv2d (before)",
          "mindcv": "MindCV mobilenet_v3_small_100", "torch": "PyTorch torchvision"}
 

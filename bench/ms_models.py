@@ -18,9 +18,9 @@ import numpy as np  # noqa: E402
 def build(model: str, num_classes: int):
     import mindspore as ms
     from core import model as core_model
-    if model in ("project", "project-native", "project-custom"):
-        core_model.set_depthwise_impl({"project": "auto", "project-native": "native",
-                                       "project-custom": "custom"}[model])
+    if model in ("project", "project-unfused", "project-native", "project-custom"):
+        core_model.set_depthwise_impl({"project": "auto", "project-unfused": "auto",
+                                       "project-native": "native", "project-custom": "custom"}[model])
         return core_model.build_model("mobilenet_v3_small", num_classes)
     if model == "mindcv":
         import mindcv
@@ -85,6 +85,9 @@ def infer(args) -> dict:
     setup(args)
     net = build(args.model, args.classes)
     net.set_train(False)
+    if args.model == "project":  # what eval and predict run: BN folded, fused kernels
+        from core.fuse import fuse_for_inference
+        net = fuse_for_inference(net)
     image = ms.Tensor(np.random.default_rng(0).standard_normal(
         (args.batch, 3, args.size, args.size)).astype(np.float32))
     start = time.perf_counter()

@@ -33,6 +33,7 @@ def predictor_for(args):
     from core import predict
     from core.config import load_config
     from core.device import configure
+    from core.fuse import fuse_for_inference
     from core.inference import network_from_checkpoint
     from launcher.convert import read_class_names
     from launcher.local import _config_for_checkpoint, overrides_from, resolve_checkpoint_arg
@@ -50,7 +51,7 @@ def predictor_for(args):
     net, names = network_from_checkpoint(checkpoint, cfg, path)
     if classes:
         names = classes
-    return predict.from_network(net, names, cfg.data)
+    return predict.from_network(fuse_for_inference(net, cfg.system.depthwise_impl), names, cfg.data)
 
 
 def run(args) -> int:

@@ -147,6 +147,7 @@ def _output_dir(args, checkpoint_path: Path) -> Path:
 def cmd_eval(args) -> int:
     from core.device import configure
     from core.evaluate import evaluate, format_result
+    from core.fuse import fuse_for_inference
     from core.packed import has_split, split_for
     from core.inference import classes_of, network_from_checkpoint
     path = resolve_checkpoint_arg(args.checkpoint_path)
@@ -162,6 +163,7 @@ def cmd_eval(args) -> int:
             if has_split(cfg.data.path, cfg.data.train_dir) else None
     val = split_for(cfg.data.path, cfg.data.val_dir, classes)
     net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes)
+    net = fuse_for_inference(net, cfg.system.depthwise_impl)
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
     print(format_result(result, str(path)))
     out = _output_dir(args, path)

@@ -55,6 +55,15 @@ def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
     assert "'Top_1_Acc'" in line and "ckpt= " in line
     record = json.loads((out / "eval.json").read_text())
     assert record["images"] == 30
+    # eval runs the fused CPU graph (core/fuse.py); nn.Conv2d without fusion scores the same
+    assert "feature units fused (BN folded)" in result.stdout + result.stderr
+    result = run("eval", "--checkpoint_path", out, "--output_dir", tmp_path / "native",
+                 "system.depthwise_impl=native")
+    assert result.returncode == 0, result.stderr
+    assert "feature units fused" not in result.stdout + result.stderr
+    native = json.loads((tmp_path / "native" / "eval.json").read_text())
+    assert native["Top_1_Acc"] == record["Top_1_Acc"] and native["Top_5_Acc"] == record["Top_5_Acc"]
+    assert native["Loss"] == pytest.approx(record["Loss"], rel=1e-5)
 
     result = run("export", "--checkpoint_path", out, "--format", "ONNX")
     assert result.returncode == 0, result.stderr

@@ -158,37 +158,6 @@ void bwd_input_all(const float *dy, const float *w, float *dx, const Geom &g) {
   }
 }
 
-void bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &g) {
-  const Phases q(g);
-  const int64_t groups = g.c / g.cpg, kk = g.k * g.k;
-#pragma omp parallel
-  {
-    std::vector<float> ph(q.size() * g.cpg), ext(q.L + q.wq);
-    std::vector<double> acc(g.opg * g.cpg * kk);
-#pragma omp for schedule(static)
-    for (int64_t grp = 0; grp < groups; ++grp) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      for (int64_t n = 0; n < g.n; ++n) {
-        for (int64_t cl = 0; cl < g.cpg; ++cl)
-          to_phases(x + (n * g.c + grp * g.cpg + cl) * g.h * g.w, ph.data() + cl * q.size(), g, q);
-        for (int64_t ol = 0; ol < g.opg; ++ol) {
-          to_extended(dy + (n * g.co + grp * g.opg + ol) * g.oh * g.ow, ext.data(), g, q);
-          for (int64_t cl = 0; cl < g.cpg; ++cl) {
-            const float *pc = ph.data() + cl * q.size();
-            double *a = acc.data() + (ol * g.cpg + cl) * kk;
-            for (int64_t i = 0; i < g.k; ++i)
-              for (int64_t j = 0; j < g.k; ++j) a[i * g.k + j] += dot(ext.data(), pc + q.tap(i, j), q.L);
-          }
-        }
-      }
-      for (int64_t ol = 0; ol < g.opg; ++ol)
-        for (int64_t cl = 0; cl < g.cpg; ++cl)
-          for (int64_t t = 0; t < kk; ++t)
-            dw[((grp * g.opg + ol) * g.cpg + cl) * kk + t] = static_cast<float>(acc[(ol * g.cpg + cl) * kk + t]);
-    }
-  }
-}
-
 // ---- Depthwise path (one input and one output channel per group) ------------------------
 // Phases give long vector loops only when planes are large; MobileNetV3's late stages have 7x7
 // (224 px) or 2x2 (64 px) planes, where per-plane set-up dominates. Depthwise convs therefore
@@ -473,6 +442,82 @@ void grp_fwd_all(const float *x, const float *w, const float *bias, int act, flo
   }
 }
 
+// Weight gradient of the grouped path, vectorised over OB output channels like the forward:
+// for each tap, one pass along an output row with the two accumulators in registers.
+MULTI_ISA
+void grp_bwd_weight_row(const float *pad, const float *dyrow, double *acc, const Geom &g,
+                        const Padded &pd, int64_t oy) {
+  const int64_t k = g.k, s = g.s;
+  for (int64_t cl = 0; cl < g.cpg; ++cl)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const float *src = pad + cl * pd.plane() + (oy * s + i) * pd.wp + j;
+        vf a0 = {0.f}, a1 = {0.f};
+        for (int64_t ox = 0; ox < g.ow; ++ox) {
+          const float v = src[ox * s];
+          a0 += vload(dyrow + ox * OB) * v;
+          a1 += vload(dyrow + ox * OB + VL) * v;
+        }
+        double *d = acc + ((cl * k + i) * k + j) * OB;
+        for (int64_t cc = 0; cc < VL; ++cc) {
+          d[cc] += a0[cc];
+          d[VL + cc] += a1[cc];
+        }
+      }
+}
+
+// Parallel over (image, group, output block) with one double accumulator per thread, summed
+// in thread order afterwards: deterministic for a given thread count.
+void grp_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &g) {
+  const Padded pd(g);
+  const int64_t groups = g.c / g.cpg, kk = g.k * g.k, oblocks = (g.opg + OB - 1) / OB;
+  const int64_t blocks = groups * oblocks, tasks = g.n * blocks, per_block = g.cpg * kk * OB;
+  std::vector<float> pad(g.n * g.c * pd.plane());
+  std::vector<double> partial;
+  int nthreads = 1;
+#pragma omp parallel
+  {
+#pragma omp single
+    {
+      nthreads = omp_get_num_threads();
+      partial.assign(static_cast<size_t>(nthreads) * blocks * per_block, 0.0);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < g.n * g.c; ++t) {
+      float *dst = pad.data() + t * pd.plane();
+      std::memset(dst, 0, sizeof(float) * pd.plane());
+      for (int64_t yy = 0; yy < g.h; ++yy)
+        std::memcpy(dst + (yy + g.p) * pd.wp + g.p, x + (t * g.h + yy) * g.w, sizeof(float) * g.w);
+    }
+    double *mine = partial.data() + omp_get_thread_num() * blocks * per_block;
+    std::vector<float> dyrow(g.ow * OB);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t n = t / blocks, blk = t % blocks, grp = blk / oblocks, ob = blk % oblocks;
+      const int64_t o0 = grp * g.opg + ob * OB, nl = std::min<int64_t>(OB, g.opg - ob * OB);
+      const float *padn = pad.data() + (n * g.c + grp * g.cpg) * pd.plane();
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        std::fill(dyrow.begin(), dyrow.end(), 0.f);
+        for (int64_t cc = 0; cc < nl; ++cc) {
+          const float *src = dy + ((n * g.co + o0 + cc) * g.oh + oy) * g.ow;
+          for (int64_t ox = 0; ox < g.ow; ++ox) dyrow[ox * OB + cc] = src[ox];
+        }
+        grp_bwd_weight_row(padn, dyrow.data(), mine + blk * per_block, g, pd, oy);
+      }
+    }
+  }
+  for (int64_t o = 0; o < g.co; ++o) {
+    const int64_t grp = o / g.opg, ol = o % g.opg, blk = grp * oblocks + ol / OB, cc = ol % OB;
+    for (int64_t cl = 0; cl < g.cpg; ++cl)
+      for (int64_t t = 0; t < kk; ++t) {
+        double sum = 0.0;
+        for (int th = 0; th < nthreads; ++th)
+          sum += partial[(th * blocks + blk) * per_block + (cl * kk + t) * OB + cc];
+        dw[(o * g.cpg + cl) * kk + t] = static_cast<float>(sum);
+      }
+  }
+}
+
 // ---- Inference-only element-wise ops (BN folded into the conv; see core/fuse.py) ----------
 // y = act(x + b[c]) [+ r], one pass over an NCHW tensor, parallel over planes.
 MULTI_ISA
@@ -579,7 +624,7 @@ int DepthwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, 
   const float *x = static_cast<const float *>(params[1]);
   float *dw = static_cast<float *>(params[3]);
   if (is_depthwise(g)) dw_bwd_weight_all(dy, x, dw, g);
-  else bwd_weight_all(dy, x, dw, g);
+  else grp_bwd_weight_all(dy, x, dw, g);
   return 0;
 }
 

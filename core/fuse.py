@@ -1,0 +1,200 @@
+"""Inference graph for CPU: BatchNorm folded into the convs, activations and squeeze-excite fused.
+
+On CPU, eval and predict spend more time between the convolutions than in them: every
+BatchNorm, every hard-swish (add, relu6, mul, div) and every squeeze-excite (mean, two 1x1
+convs, relu, hard-sigmoid, mul) is its own pass over the activations. ``fuse_for_inference``
+rewrites a network that will only be evaluated:
+
+* conv + BN [+ ReLU/hard-swish]: the BN is folded into the conv's weight and a bias
+  (w * g / sqrt(v + eps), b - m * g / sqrt(v + eps)); kxk convs served by the custom operator
+  (core/fast_conv.py) then run as one kernel that adds the bias and applies the activation
+  (``DepthwiseFwdBias*``); 1x1 convs stay on MindSpore's Conv2D and get one fused bias +
+  activation pass (``BiasAct*``), or bias + residual at the end of a residual block.
+* squeeze-excite: one kernel (``SqueezeExcite``).
+
+Results equal the unfused network up to float rounding (tests/test_fuse.py). Only the
+project's own units are recognised (others are left as they are), and only where the custom
+operator is in use (CPU with the kernel library built, ``system.depthwise_impl`` not
+``native``): elsewhere the network is returned unchanged. The fused network is for inference
+only: its parameters are new tensors, there are no gradients, and export and training use the
+network as built.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import numpy as np
+from mindspore import Parameter, Tensor, nn, ops
+
+from core import fast_conv
+from core.model import HSwish, InvertedResidual, MobileNetV3Small, SqueezeExcitation
+
+log = logging.getLogger("core.fuse")
+
+ACT_SUFFIX = {None: "", "relu": "Relu", "hswish": "Hswish"}
+
+
+def _custom(entry: str, out_shape):
+    """An inference-only ops.Custom calling `entry` in the kernel library (no bprop)."""
+    return ops.Custom(f"{fast_conv.LIBRARY}:{entry}", out_shape=out_shape,
+                      out_dtype=lambda *args: args[0], func_type="aot")
+
+
+def activation_name(cell) -> Optional[str]:
+    """'relu' / 'hswish' for the activations the kernels implement, else None."""
+    if type(cell) is nn.ReLU:
+        return "relu"
+    if type(cell) is HSwish:
+        return "hswish"
+    return None
+
+
+def fold_batchnorm(weight: np.ndarray, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:
+    """(weight, bias) of conv-then-BN in inference mode, computed in float64."""
+    gamma = bn.gamma.asnumpy().astype(np.float64)
+    beta = bn.beta.asnumpy().astype(np.float64)
+    mean = bn.moving_mean.asnumpy().astype(np.float64)
+    var = bn.moving_variance.asnumpy().astype(np.float64)
+    scale = gamma / np.sqrt(var + bn.eps)
+    folded = weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    return folded.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+class FusedConvBN(nn.Cell):
+    """conv + BN (folded) [+ activation] [+ residual], for inference.
+
+    ``construct(x)`` or, with ``residual=True`` (no activation), ``construct(x, shortcut)``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, act: Optional[str], name: str,
+                 residual: bool = False):
+        super().__init__()
+        weight, bias = fold_batchnorm(conv.weight.asnumpy(), bn)
+        self.weight = Parameter(Tensor(weight), name=f"{name}.weight", requires_grad=False)
+        self.bias = Parameter(Tensor(bias), name=f"{name}.bias", requires_grad=False)
+        self.in_kernel = isinstance(conv, fast_conv.FastConv2d) and conv.fast
+        self.residual = residual
+        if self.in_kernel:
+            kernel, stride = conv.kernel_size[0], conv.stride[0]
+            out_channels = conv.out_channels
+
+            def out_shape(x, w, b):
+                return [x[0], out_channels, fast_conv._out_extent(x[2], kernel, stride),
+                        fast_conv._out_extent(x[3], kernel, stride)]
+
+            self.op = _custom(f"DepthwiseFwdBias{ACT_SUFFIX[act]}", out_shape)
+        else:
+            self.conv2d = conv.conv2d  # the native cell's primitive: same padding and stride
+            if residual:
+                self.op = _custom("BiasAddResidual", lambda x, b, r: x)
+            else:
+                self.op = _custom(f"BiasAct{ACT_SUFFIX[act]}", lambda x, b: x)
+
+    def construct(self, x, shortcut=None):
+        if self.in_kernel:
+            y = self.op(x, self.weight, self.bias)
+            if self.residual:
+                y = y + shortcut
+            return y
+        y = self.conv2d(x, self.weight)
+        if self.residual:
+            return self.op(y, self.bias, shortcut)
+        return self.op(y, self.bias)
+
+
+def _conv_bn_act_parts(cell):
+    """(conv, bn, act name) when `cell` is the project's conv_bn_act unit the kernels can run."""
+    if not isinstance(cell, nn.SequentialCell) or len(cell) not in (2, 3):
+        return None
+    conv, bn = cell[0], cell[1]
+    if not (isinstance(conv, nn.Conv2d) and not conv.has_bias and isinstance(bn, nn.BatchNorm2d)):
+        return None
+    if conv.dilation != (1, 1) and conv.dilation != (1, 1, 1, 1):
+        return None
+    act = activation_name(cell[2]) if len(cell) == 3 else None
+    if len(cell) == 3 and act is None:
+        return None
+    return conv, bn, act
+
+
+class FusedSqueezeExcite(nn.Cell):
+    """SqueezeExcitation (torchvision's, hard-sigmoid gate) as one kernel."""
+
+    def __init__(self, se: SqueezeExcitation, name: str):
+        super().__init__()
+        self.w1 = Parameter(se.fc1.weight.data.copy(), name=f"{name}.fc1.weight", requires_grad=False)
+        self.b1 = Parameter(se.fc1.bias.data.copy(), name=f"{name}.fc1.bias", requires_grad=False)
+        self.w2 = Parameter(se.fc2.weight.data.copy(), name=f"{name}.fc2.weight", requires_grad=False)
+        self.b2 = Parameter(se.fc2.bias.data.copy(), name=f"{name}.fc2.bias", requires_grad=False)
+        self.op = _custom("SqueezeExcite", lambda x, w1, b1, w2, b2: x)
+
+    def construct(self, x):
+        return self.op(x, self.w1, self.b1, self.w2, self.b2)
+
+
+class FusedInvertedResidual(nn.Cell):
+    """InvertedResidual whose units are fused; the residual add rides on the last 1x1 conv."""
+
+    def __init__(self, block: InvertedResidual, name: str):
+        super().__init__()
+        self.use_residual = block.use_residual
+        units = list(block.block)
+        fused = [_fuse_unit(u, f"{name}.block.{i}") for i, u in enumerate(units[:-1])]
+        parts = _conv_bn_act_parts(units[-1])
+        if parts is None or parts[2] is not None:
+            raise ValueError(f"{name}: the last unit of an inverted residual must be conv + BN")
+        self.body = nn.SequentialCell(fused)
+        self.project = FusedConvBN(*parts, name=f"{name}.block.{len(units) - 1}",
+                                   residual=self.use_residual)
+
+    def construct(self, x):
+        y = self.body(x)
+        if self.use_residual:
+            return self.project(y, x)
+        return self.project(y)
+
+
+def _fuse_unit(cell, name: str):
+    """The fused replacement of one unit, or the unit itself when it is not recognised."""
+    parts = _conv_bn_act_parts(cell)
+    if parts is not None:
+        return FusedConvBN(*parts, name=name)
+    if isinstance(cell, SqueezeExcitation):
+        return FusedSqueezeExcite(cell, name)
+    if isinstance(cell, InvertedResidual):
+        return FusedInvertedResidual(cell, name)
+    return cell
+
+
+class FusedMobileNetV3Small(nn.Cell):
+    """MobileNetV3Small's forward over fused features (a new cell, so MindSpore compiles a new
+    graph even when the original network already ran)."""
+
+    def __init__(self, features: nn.SequentialCell, classifier: nn.Cell):
+        super().__init__()
+        self.features = features
+        self.classifier = classifier
+
+    def construct(self, x):
+        x = self.features(x)
+        x = x.mean((2, 3))
+        return self.classifier(x)
+
+
+def fuse_for_inference(net: nn.Cell, impl: str = "auto") -> nn.Cell:
+    """A fused inference copy of `net` (see the module docstring), in eval mode.
+
+    Returns `net` itself (in eval mode) when the custom operator is not in use for `impl` or
+    `net` is not the project's MobileNetV3Small. `net` is left as it was.
+    """
+    net.set_train(False)
+    if type(net) is not MobileNetV3Small or not fast_conv.use_custom(impl):
+        return net
+    units = list(net.features)
+    fused = [_fuse_unit(unit, f"features.{i}") for i, unit in enumerate(units)]
+    log.info("inference graph: %d of %d feature units fused (BN folded)",
+             sum(a is not b for a, b in zip(fused, units)), len(units))
+    result = FusedMobileNetV3Small(nn.SequentialCell(fused), net.classifier)
+    result.set_train(False)
+    return result

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from core.jpeg_check import jpeg_header_problem
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPEG", ".JPG", ".PNG")
 
 
@@ -84,10 +86,11 @@ def eval_order(num_samples: int, rank: int = 0, world: int = 1) -> np.ndarray:
 
 
 def looks_like_image(data: bytes) -> bool:
-    """Cheap structural check (no decode): JPEG start and end markers, PNG/BMP signatures.
+    """Cheap structural check (no decode): JPEG start and end markers and sound JPEG headers
+    (core/jpeg_check.py: a damaged header crashes MindSpore's decoder), PNG/BMP signatures.
     Catches truncated JPEGs and non-image files before they reach the decoder."""
     if data[:2] == b"\xff\xd8":
-        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9" and jpeg_header_problem(data) is None
     return data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"BM"
 
 

@@ -43,6 +43,9 @@ CASES = {
     "truncated_jpeg": ("local.py", ["train", "data.on_corrupt=fail"], "plain",
                        ["corrupt or non-image file {data}/train/circle/circle_0000.jpg",
                         "remove or replace it, or set data.on_corrupt=skip"]),
+    "damaged_jpeg_header": ("local.py", ["train", "data.on_corrupt=fail"], "plain",
+                            ["corrupt or non-image file {data}/train/circle/circle_0002.jpg",
+                             "remove or replace it, or set data.on_corrupt=skip"]),
     "non_image_file": ("local.py", ["train", "data.on_corrupt=fail"], "plain",
                        ["corrupt or non-image file {data}/train/circle/notes.jpg",
                         "remove or replace it, or set data.on_corrupt=skip"]),
@@ -106,6 +109,12 @@ def make_dataset(base: Path, case: str, dest: Path) -> Path:
     elif case == "truncated_jpeg":
         path = dest / "train" / "circle" / "circle_0000.jpg"
         path.write_bytes(path.read_bytes()[:300])
+    elif case == "damaged_jpeg_header":  # scan header damaged: MindSpore's decoder would crash
+        path = dest / "train" / "circle" / "circle_0002.jpg"
+        data = bytearray(path.read_bytes())
+        sos = data.index(b"\xff\xda")
+        data[sos + 5] = 0x77  # the scan names component 0x77, which the frame does not have
+        path.write_bytes(bytes(data))
     elif case == "non_image_file":
         (dest / "train" / "circle" / "notes.jpg").write_text("these are notes, not an image\n")
     elif case == "val_class_missing_from_train":
@@ -126,7 +135,7 @@ def make_previous_run(dest: Path) -> Path:
 
 # Corrupt images are met while training, after the resume checkpoint was loaded: these cases
 # write a new run instead of continuing the (fake) previous one.
-NEW_RUN = ("truncated_jpeg", "non_image_file")
+NEW_RUN = ("truncated_jpeg", "damaged_jpeg_header", "non_image_file")
 
 
 def launcher_args(name: str, script: str, args: list, ws: Path, data: Path, prev: Path) -> list:

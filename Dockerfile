@@ -40,7 +40,8 @@ RUN if [ "${INSTALL_REQUIREMENTS}" = "1" ]; then \
         python -m pip install --no-cache-dir -r /tmp/requirements.txt; \
     fi
 
-ENV PYTHONUNBUFFERED=1
+ENV PYTHONUNBUFFERED=1 \
+    OMP_WAIT_POLICY=PASSIVE
 WORKDIR /home/ma-user/mnv3
 COPY --chown=1000:100 core ./core
 COPY --chown=1000:100 cloud ./cloud

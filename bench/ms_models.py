@@ -11,6 +11,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import launcher.openmp  # noqa: E402,F401  (as the launchers do, before MindSpore)
 
 import numpy as np  # noqa: E402
 

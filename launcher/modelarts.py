@@ -38,6 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
+
 from core.config import ConfigError, known_keys, parse_override  # noqa: E402
 from launcher.common import run_main  # noqa: E402
 from launcher import distributed as dist  # noqa: E402

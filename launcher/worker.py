@@ -38,6 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
+
 from core.callbacks import Callback  # noqa: E402
 from core.config import ConfigError  # noqa: E402
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402

@@ -96,15 +96,20 @@ class CheckpointUploader:
 
     ``submit`` returns at once: training never waits for the network. Uploads
     run one at a time in submission order (each multipart-parallel itself), so
-    the manifest always moves forward. Failures (after botocore's retries) are
-    logged and collected for :meth:`wait`; they never raise in the caller.
-    Local files are never deleted.
+    the manifest always moves forward. A failed upload (after botocore's own
+    retries) is logged and tried again ``retries`` times, ``retry_delay_s``,
+    3x and 9x that later, unless a newer checkpoint is submitted meanwhile
+    (the newer one is what a resume needs; the older one is then dropped).
+    What still failed is collected for :meth:`wait`; nothing raises in the
+    caller. Local files are never deleted.
     """
 
     def __init__(self, storage: Storage, prefix: str = "", keep: int = 5, *,
-                 manifest_name: str = MANIFEST_NAME):
+                 manifest_name: str = MANIFEST_NAME, retries: int = 3, retry_delay_s: float = 10.0):
         if keep < 1:
             raise ValueError("keep must be at least 1 (the manifest needs its checkpoint)")
+        self.retries = max(0, int(retries))
+        self.retry_delay_s = float(retry_delay_s)
         self.storage = storage
         self.prefix = prefix.strip("/")
         self.keep = keep
@@ -166,29 +171,58 @@ class CheckpointUploader:
             return None
 
     def _run(self) -> None:
+        retry = None  # (item, failed attempts) of the newest upload that failed
         while True:
-            item = self._queue.get()
+            try:
+                timeout = None if retry is None else self.retry_delay_s * 3 ** (retry[1] - 1)
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:  # nothing newer came: try the failed one again
+                retry = self._attempt(*retry)
+                continue
+            if retry is not None:
+                self._finish(retry[0], "superseded" if item is not _STOP else retry[2])
+                retry = None
             if item is _STOP:
                 return
-            local_path, pinned, meta = item
+            retry = self._attempt(item, 0)
+
+    def _attempt(self, item, failures: int, *_):
+        """Upload `item`; on failure return (item, failures, message) while retries remain."""
+        local_path, pinned, meta = item
+        try:
+            key = self._upload(pinned or local_path, os.path.basename(local_path), meta)
+        except BaseException as exc:  # never kill the thread: report instead
+            failures += 1
+            message = (f"checkpoint upload of {local_path} to {self.storage.describe(self.prefix)} "
+                       f"failed: {exc}")
+            if failures <= self.retries:
+                log.error("%s; retrying in %.0f s unless a newer checkpoint comes first", message,
+                          self.retry_delay_s * 3 ** (failures - 1))
+                return item, failures, message
+            log.error(message)
+            self._finish(item, message)
+            return None
+        with self._lock:
+            self._report.uploaded.append(key)
+        self._finish(item, None)
+        return None
+
+    def _finish(self, item, failure) -> None:
+        """`item` is done: uploaded (None), dropped for a newer one ("superseded") or failed."""
+        local_path, pinned, _ = item
+        if failure == "superseded":
+            log.info("dropping the failed upload of %s: a newer checkpoint was submitted", local_path)
+        elif failure:
+            with self._lock:
+                self._report.failed.append(failure)
+        if pinned:
             try:
-                key = self._upload(pinned or local_path, os.path.basename(local_path), meta)
-                with self._lock:
-                    self._report.uploaded.append(key)
-            except BaseException as exc:  # never kill the thread: report instead
-                message = f"checkpoint upload of {local_path} to {self.storage.describe(self.prefix)} failed: {exc}"
-                log.error(message)
-                with self._lock:
-                    self._report.failed.append(message)
-            finally:
-                if pinned:
-                    try:
-                        os.remove(pinned)
-                    except OSError:
-                        pass
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
+                os.remove(pinned)
+            except OSError:
+                pass
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
 
     def _load_manifest(self) -> dict | None:
         if not self._manifest_loaded:

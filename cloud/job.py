@@ -19,6 +19,7 @@ from typing import Any, Optional
 from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
 from cloud.errors import StorageError
 from cloud.node_lock import run_once_per_node
+from cloud.settings import to_settings
 from cloud.storage import open_storage
 from cloud.sync import download_tree, upload_tree
 from cloud.urls import parse_url
@@ -68,8 +69,9 @@ class PreparedJob:
             return
         if self.uploader:
             report = self.uploader.wait(timeout_s)
-            if getattr(report, "failed", None):
-                log.error("some checkpoint uploads failed; local copies are kept in %s",
+            if report.failed or report.pending:
+                log.error("some checkpoint uploads failed%s; local copies are kept in %s",
+                          f" or did not finish within {timeout_s} s" if report.pending else "",
                           self.cfg.system.output_dir)
         try:
             stats = upload_tree(self.cfg.system.output_dir, open_storage(self.output_url, self.settings), "")
@@ -110,7 +112,10 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
         output_storage.check()
         cfg.system.output_dir = str(cache_path(cache_dir, "output", job.output_url))
         if writer:
-            job.uploader = CheckpointUploader(output_storage, CHECKPOINT_PREFIX, keep=cfg.checkpoint.keep)
+            retry = to_settings(settings)
+            job.uploader = CheckpointUploader(output_storage, CHECKPOINT_PREFIX, keep=cfg.checkpoint.keep,
+                                              retries=retry.upload_retries,
+                                              retry_delay_s=retry.upload_retry_delay_s)
             job.callbacks.append(CheckpointUpload(job.uploader))
 
     resume_cache = cache_dir / "resume" / job_id

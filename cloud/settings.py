@@ -36,6 +36,10 @@ class StorageSettings:
                         through boto3's transfer manager.
     io_chunksize_kb     read/write block size of the transfer manager.
     progress_interval_s seconds between progress lines of a sync.
+    upload_retries, upload_retry_delay_s
+                        a checkpoint upload that failed (after botocore's attempts) is
+                        tried again this many times, after the delay, 3x and 9x it,
+                        unless a newer checkpoint supersedes it (see CheckpointUploader).
     """
 
     endpoint: str | None = None
@@ -55,6 +59,8 @@ class StorageSettings:
     multipart_chunksize_mb: float = 16.0
     io_chunksize_kb: int = 1024
     progress_interval_s: float = 10.0
+    upload_retries: int = 3
+    upload_retry_delay_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.retry_mode not in ("standard", "adaptive", "legacy"):
@@ -64,6 +70,10 @@ class StorageSettings:
                              "expected 'virtual', 'path' or 'auto'")
         if int(self.workers) < 1 or int(self.max_attempts) < 1:
             raise ValueError("storage workers and max_attempts must be at least 1")
+        if int(self.upload_retries) < 0 or float(self.upload_retry_delay_s) < 0:
+            raise ValueError("storage upload_retries and upload_retry_delay_s must not be negative")
+        self.upload_retries = int(self.upload_retries)
+        self.upload_retry_delay_s = float(self.upload_retry_delay_s)
         self.workers = int(self.workers)
         self.max_attempts = int(self.max_attempts)
 

@@ -111,17 +111,65 @@ def test_failures_are_reported_not_raised(s3_server, tmp_path, caplog):
     storage = open_storage(f"s3://{s3_server.make_bucket()}/job",
                            s3_server.settings(max_attempts=1, secret_access_key=secret))
     (path,) = write_checkpoints(tmp_path / "local", 1)
-    uploader = CheckpointUploader(storage, "ckpt")
+    uploader = CheckpointUploader(storage, "ckpt", retries=1, retry_delay_s=0.2)
     uploader.submit(str(path), {"epoch": 1, "step": 1})  # must not raise
     report = uploader.close(timeout=30)
-    assert not report.ok and len(report.failed) == 1
+    assert not report.ok and len(report.failed) == 1  # once, after the retry failed too
+    assert caplog.text.count("refused the credentials") == 2 and "retrying in 0 s" in caplog.text
     assert "refused the credentials" in report.failed[0] and path.name in report.failed[0]
-    assert "refused the credentials" in caplog.text and secret not in caplog.text
+    assert secret not in caplog.text
     assert path.exists()
 
 
-def test_resume_without_manifest_is_none(store, tmp_path):
-    assert resolve_resume(store, "ckpt", str(tmp_path / "cache")) is None
+def failing_uploads(storage, count: int):
+    """The first `count` uploads raise as an unreachable store would (after botocore's retries)."""
+    upload, calls = storage.upload_file, []
+
+    def upload_file(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) <= count:
+            raise StorageError(f"cannot reach {storage.describe(args[1])}: injected outage")
+        return upload(*args, **kwargs)
+    storage.upload_file = upload_file
+    return calls
+
+
+def test_a_failed_upload_is_retried_later_and_lands(store, tmp_path, caplog):
+    calls = failing_uploads(store, 2)
+    (path,) = write_checkpoints(tmp_path / "local", 1)
+    uploader = CheckpointUploader(store, "ckpt", retries=3, retry_delay_s=0.3)
+    uploader.submit(str(path), {"epoch": 1, "step": 7})
+    assert not uploader.wait(timeout=0.1).ok  # first attempt failed, a retry is scheduled
+    report = uploader.close(timeout=60)
+    assert report.ok and report.uploaded == ["ckpt/" + path.name] and len(calls) == 3
+    assert read_manifest(store, "ckpt")["step"] == 7
+    assert remote_names(store) == sorted([path.name, "latest.json"])
+    assert caplog.text.count("retrying in") == 2
+
+
+def test_retries_end_and_the_failure_is_reported(store, tmp_path):
+    calls = failing_uploads(store, 10)
+    (path,) = write_checkpoints(tmp_path / "local", 1)
+    uploader = CheckpointUploader(store, "ckpt", retries=2, retry_delay_s=0.1)
+    uploader.submit(str(path), {"epoch": 1, "step": 7})
+    report = uploader.close(timeout=60)
+    assert len(calls) == 3 and not report.ok and len(report.failed) == 1 and report.pending == 0
+    assert "injected outage" in report.failed[0] and read_manifest(store, "ckpt") is None
+
+
+def test_a_newer_checkpoint_supersedes_a_failed_one(store, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    failing_uploads(store, 1)
+    first, second = write_checkpoints(tmp_path / "local", 2)
+    uploader = CheckpointUploader(store, "ckpt", retries=3, retry_delay_s=30.0)
+    uploader.submit(str(first), {"epoch": 1, "step": 1})
+    assert not uploader.wait(timeout=0.3).ok
+    uploader.submit(str(second), {"epoch": 2, "step": 2})  # long before the first one's retry
+    report = uploader.close(timeout=20)
+    assert report.ok and report.uploaded == ["ckpt/" + second.name]
+    assert read_manifest(store, "ckpt")["step"] == 2
+    assert remote_names(store) == sorted([second.name, "latest.json"])
+    assert f"dropping the failed upload of {first}" in caplog.text
 
 
 def test_resume_verifies_and_falls_back_past_corrupt_and_truncated(store, tmp_path, caplog):

@@ -389,7 +389,8 @@ def test_s3_down_past_the_retry_budget_run_finishes_says_so_keeps_checkpoints(
     cache = tmp_path / "cache"
     env = base_env(**server.env(), MNV3_CACHE_DIR=cache, FAULT_PLAN=json.dumps({"pause_upload": str(flags)}))
     proc = procs([DRIVER, LOCAL, "train", "--dataset_path", tiny_dataset, "--output_dir", url, *TINY,
-                  "train.epochs=2", "checkpoint.interval_steps=5", "storage.max_attempts=2"], env)
+                  "train.epochs=2", "checkpoint.interval_steps=5", "storage.max_attempts=2",
+                  "storage.upload_retry_delay_s=0.2"], env)
     proc.wait_for(lambda: (flags / "upload-started").exists(), 300, "the first checkpoint upload")
     server.kill()  # and it stays down
     (flags / "server-down").write_text("")
@@ -403,6 +404,7 @@ def test_s3_down_past_the_retry_budget_run_finishes_says_so_keeps_checkpoints(
     assert last.startswith("error: ") and url in last and str(run_dir) in last, last
     assert "could not be published" in last and "cannot reach" in last, last
     assert "checkpoint upload of" in out and "failed" in out  # each failed upload was reported
+    assert "retrying in 0 s unless a newer checkpoint comes first" in out  # and tried again
     kept = sorted(p.name for p in (run_dir / "checkpoints").glob("mobilenetv3-*.ckpt"))
     assert kept == ["mobilenetv3-e0000-s00000005.ckpt", "mobilenetv3-e0001-s00000007.ckpt",
                     "mobilenetv3-e0001-s00000010.ckpt", "mobilenetv3-e0002-s00000014.ckpt"]

@@ -49,10 +49,10 @@ if str(REPO_ROOT) not in sys.path:
 import psutil  # noqa: E402  (a MindSpore dependency; msrun uses it too)
 
 from launcher.common import run_main  # noqa: E402
+from launcher.signals import DEFAULT_GRACE_S  # noqa: E402
 
 log = logging.getLogger("launcher.distributed")
 WORKER_SCRIPT = REPO_ROOT / "launcher" / "worker.py"
-DEFAULT_GRACE_S = float(os.environ.get("MNV3_STOP_GRACE_S", "120"))
 DEFAULT_MASTER_PORT = 8118
 POLL_S = 0.3
 MSRUN_WORKER_FAILED = re.compile(r"Worker process \d+ exit with exception")
@@ -113,9 +113,11 @@ def secret_environ(settings) -> dict:
 
 def worker_argv(config_path: Path, *, resume: Optional[str] = None, pretrained: Optional[str] = None,
                 job_id: Optional[str] = None, cache_dir: Optional[str] = None, nnodes: int = 1,
-                node_rank: int = 0, nproc_per_node: int = 1) -> list[str]:
+                node_rank: int = 0, nproc_per_node: int = 1,
+                grace_s: float = DEFAULT_GRACE_S) -> list[str]:
     argv = [str(WORKER_SCRIPT), "--config", str(config_path), "--nnodes", str(nnodes),
-            "--node_rank", str(node_rank), "--nproc_per_node", str(nproc_per_node)]
+            "--node_rank", str(node_rank), "--nproc_per_node", str(nproc_per_node),
+            "--grace_s", f"{grace_s:g}"]
     for flag, value in (("--resume", resume), ("--pretrained", pretrained), ("--job_id", job_id),
                         ("--cache_dir", cache_dir)):
         if value:
@@ -420,7 +422,7 @@ def launch_msrun(config_path: Path, *, nproc: int, log_dir: Path, nnodes: int = 
         stale.unlink(missing_ok=True)  # the follower must not replay a previous launch
     worker = worker_argv(config_path, resume=resume, pretrained=pretrained, job_id=job_id,
                          cache_dir=cache_dir, nnodes=nnodes, node_rank=node_rank,
-                         nproc_per_node=nproc)
+                         nproc_per_node=nproc, grace_s=grace_s)
     argv = msrun_argv(worker, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
                       master_addr=master_addr, master_port=master_port, log_dir=log_dir,
                       cluster_timeout_s=cluster_timeout_s, rank_table_file=rank_table_file)

@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--pre_trained", help="weights to start from (fine-tuning)")
     train.add_argument("--nproc", type=int, default=1,
                        help="data-parallel processes on this machine (through msrun)")
+    train.add_argument("--grace_s", type=float, default=None,
+                       help="seconds from SIGTERM to exit: checkpoint, upload, publish "
+                            "(default 30, or MNV3_STOP_GRACE_S)")
     for name, text in (("eval", "evaluate a checkpoint"), ("export", "export a checkpoint")):
         p = sub.add_parser(name, help=text)
         add_common(p)
@@ -100,10 +103,15 @@ def cmd_train(args) -> int:
     resume = args.resume or args.checkpoint_path
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1 (got {args.nproc})")
+    from launcher.signals import DEFAULT_GRACE_S
+    grace_s = DEFAULT_GRACE_S if args.grace_s is None else args.grace_s
+    if grace_s <= 0:
+        raise ConfigError(f"--grace_s must be greater than 0 (got {args.grace_s:g})")
     setup_logging()  # staging progress and resume warnings come before the run's own log exists
     if args.nproc > 1:
         from launcher.distributed import launch_local
-        return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained)
+        return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained,
+                            grace_s=grace_s)
     job = prepare_job(cfg, resume=resume, pretrained=args.pre_trained,
                       cache_dir=DEFAULT_CACHE / "jobs", job_id=f"local-{os.getpid()}-{int(time.time())}",
                       settings=settings)
@@ -115,7 +123,9 @@ def cmd_train(args) -> int:
                      pretrained=job.pretrained, callbacks=[stop, *job.callbacks, EpochProgress()])
     finally:
         stop.uninstall()
-    job.finish()  # waits for checkpoint uploads, then publishes the run directory
+    # waits for checkpoint uploads (after SIGTERM: what is left of the grace period), then
+    # publishes the run directory
+    job.finish(timeout_s=stop.time_left(grace_s))
     return 0
 
 

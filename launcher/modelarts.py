@@ -325,7 +325,8 @@ def plan_for(args, env, target: str, nproc: int, config_path: Path, run_dir: Pat
         nproc = len(table.devices)
     world = table.world if table else env.node_count * nproc
     if world == 1:
-        argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=1, **common)
+        argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=1, grace_s=args.grace_s,
+                                                   **common)
         return Plan("single", ranks=[{"rank": 0, "env": {}, "argv": argv}])
     if table and launch == "rank_table":
         from cloud.rank_table import process_env_for_device
@@ -333,7 +334,8 @@ def plan_for(args, env, target: str, nproc: int, config_path: Path, run_dir: Pat
         nodes = dict(common, nnodes=len(table.table["server_list"]), node_rank=table.node_index)
         for device_id in table.devices:
             variables = process_env_for_device(table.table, table.server_id, device_id, table.path)
-            argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=nproc, **nodes)
+            argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=nproc,
+                                                       grace_s=args.grace_s, **nodes)
             ranks.append({"rank": int(variables["RANK_ID"]), "env": variables, "argv": argv})
         return Plan("rank_table", ranks=ranks, rank_table=str(table.path))
     several = env.node_count > 1

@@ -14,14 +14,21 @@ for the device, which would stall Ascend/GPU pipelines if done every step).
 from __future__ import annotations
 
 import logging
+import os
 import signal
-from typing import Iterable, Sequence
+import time
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
 from core.callbacks import Callback
 
 log = logging.getLogger("launcher.signals")
+
+# Seconds from SIGTERM to exit: checkpoint at the next step boundary, upload it, publish the
+# run. ModelArts and Kubernetes kill a job some time after SIGTERM (Kubernetes: 30 s by
+# default); MNV3_STOP_GRACE_S or --grace_s changes it.
+DEFAULT_GRACE_S = float(os.environ.get("MNV3_STOP_GRACE_S", "30"))
 
 
 class RankAgreement:
@@ -69,6 +76,7 @@ class StopOnSignal(Callback):
         self.signals = tuple(signals)
         self.sync_every = sync_every
         self.requested = False
+        self.requested_at: Optional[float] = None  # time.monotonic() of the first request
         self.agreed = False
         self._previous: dict = {}
         self._calls = 0
@@ -87,7 +95,15 @@ class StopOnSignal(Callback):
     def request(self, reason: str = "requested") -> None:
         if not self.requested:
             log.warning("stop %s: checkpointing at the next step boundary", reason)
+            self.requested_at = time.monotonic()
         self.requested = True
+
+    def time_left(self, grace_s: float, margin_s: float = 2.0) -> Optional[float]:
+        """Seconds left of the grace period (less a margin to exit in), None without a stop
+        request: what the final upload may still take."""
+        if self.requested_at is None:
+            return None
+        return max(0.0, grace_s - margin_s - (time.monotonic() - self.requested_at))
 
     def _handle(self, signum, frame) -> None:  # runs in the main thread, between bytecodes
         self.request(f"on {signal.Signals(signum).name}")

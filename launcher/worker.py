@@ -43,7 +43,7 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 from core.callbacks import Callback  # noqa: E402
 from core.config import ConfigError  # noqa: E402
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
-from launcher.signals import RankAgreement, StopOnSignal  # noqa: E402
+from launcher.signals import DEFAULT_GRACE_S, RankAgreement, StopOnSignal  # noqa: E402
 
 log = logging.getLogger("launcher.worker")
 DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, help="number of nodes")
     p.add_argument("--node_rank", type=int, help="this node's index")
     p.add_argument("--nproc_per_node", type=int, help="processes per node")
+    p.add_argument("--grace_s", type=float, default=DEFAULT_GRACE_S,
+                   help="seconds from SIGTERM until the launcher kills this rank")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p
 
@@ -249,8 +251,8 @@ def train_rank(args) -> int:
         with dump.recording() if dump else contextlib.nullcontext():
             summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
                                    callbacks=callbacks, rank=env.rank, world=env.world_size)
-        if env.is_primary:
-            job.finish()
+        if env.is_primary:  # after SIGTERM, uploads may take what is left of the grace period
+            job.finish(timeout_s=stop.time_left(args.grace_s))
     finally:
         stop.uninstall()
     log.info("rank %d finished: %s at step %d", env.rank, summary["status"], summary["step"])

@@ -172,6 +172,30 @@ def test_a_newer_checkpoint_supersedes_a_failed_one(store, tmp_path, caplog):
     assert f"dropping the failed upload of {first}" in caplog.text
 
 
+def test_finish_waits_for_uploads_only_as_long_as_it_is_told(s3_server, tmp_path, caplog):
+    """After SIGTERM the launcher passes what is left of the grace period: a checkpoint upload
+    stuck in retries must not hold the job past it; the run directory is still published."""
+    from types import SimpleNamespace
+
+    from cloud.job import PreparedJob
+    url = f"s3://{s3_server.make_bucket()}/job"
+    settings = s3_server.settings()
+    store = open_storage(url, settings)
+    failing_uploads(store, 10)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (path,) = write_checkpoints(run / "checkpoints", 1)
+    uploader = CheckpointUploader(store, "checkpoints", retries=3, retry_delay_s=30.0)
+    uploader.submit(str(path), {"epoch": 1, "step": 3})
+    job = PreparedJob(cfg=SimpleNamespace(system=SimpleNamespace(output_dir=str(run))), resume=None,
+                      output_url=url, settings=settings, uploader=uploader)
+    started = time.monotonic()
+    job.finish(timeout_s=1.0)
+    assert time.monotonic() - started < 15  # not the 30 s retry delay
+    assert "some checkpoint uploads failed or did not finish within 1.0 s" in caplog.text
+    assert f"checkpoints/{path.name}" in [info.key for info in open_storage(url, settings).list("checkpoints")]
+
+
 def test_resume_verifies_and_falls_back_past_corrupt_and_truncated(store, tmp_path, caplog):
     paths = write_checkpoints(tmp_path / "local", 3)
     with CheckpointUploader(store, "ckpt", keep=3) as uploader:

@@ -220,6 +220,9 @@ def test_sigterm_checkpoints_and_exits_zero(tiny_dataset, tmp_path, launched):
     text = launched.output()
     for rank in (0, 1):
         assert f"rank {rank} finished: stopped at step {summary['step']}" in text
+    # exit 0 means every rank was done within the default grace period; past it the launcher
+    # SIGKILLs them and fails the job
+    assert "(grace period 30 s)" in text
 
 
 # --- the stop callback, in this process ----------------------------------------------------------
@@ -231,9 +234,10 @@ def test_sigterm_handler_turns_into_stop_requested():
     stop = StopOnSignal().install()
     try:
         stop.on_train_begin({"world": 1})
-        assert not stop.stop_requested()
+        assert not stop.stop_requested() and stop.time_left(30) is None
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.stop_requested()
+        assert 27.0 < stop.time_left(30, margin_s=2) <= 28.0  # what the final upload may take
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGTERM) is previous

@@ -100,8 +100,9 @@ def test_damaged_headers_are_named(where, problem):
 
 
 def run_decoder(folder: Path) -> subprocess.CompletedProcess:
+    # cwd: MindSpore writes abnormal_image.jpg into the working directory on a decode error
     return subprocess.run([sys.executable, "-c", DECODE_ALL, str(folder)], capture_output=True,
-                          text=True, timeout=300, env=dict(os.environ, GLOG_v="3"))
+                          text=True, timeout=300, env=dict(os.environ, GLOG_v="3"), cwd=folder.parent)
 
 
 def test_what_the_check_accepts_never_crashes_the_decoder(tmp_path):

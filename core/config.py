@@ -41,6 +41,11 @@ class ModelConfig:
     bn_momentum: Optional[float] = _spec(None, minimum=0.0, maximum=0.9999,
                                          help="weight kept by BN running stats; null = the arch's "
                                               "own (0.99, model-zoo 0.9); short runs want ~0.9")
+    depthwise_padding: Optional[str] = _spec(None, choices=("symmetric", "same"),
+                                             help="stride-2 depthwise convs: symmetric "
+                                                  "(torchvision) or same (MindCV/TF: 0 before, 1 "
+                                                  "after at even sizes); null = the --pre_trained "
+                                                  "or resumed checkpoint's, else symmetric")
 
 
 @dataclass
@@ -240,6 +245,9 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.data.eval_resize < cfg.data.image_size:
         raise ConfigError(f"config key 'data.eval_resize' ({cfg.data.eval_resize}) must be at least "
                           f"data.image_size ({cfg.data.image_size})")
+    if cfg.model.arch == "modelzoo" and cfg.model.depthwise_padding == "same":
+        raise ConfigError("config key 'model.depthwise_padding' same is for MindCV weights "
+                          "(model.arch=mobilenet_v3_small); the model-zoo variant pads symmetrically")
     if cfg.optim.lr_end > cfg.optim.lr:
         raise ConfigError("config key 'optim.lr_end' must not exceed optim.lr")
     if cfg.finetune.freeze_backbone_epochs > cfg.train.epochs:

@@ -151,9 +151,27 @@ def set_fast(net, fast: bool) -> int:
 MAX_CHANNELS_PER_GROUP = 4
 
 
+# Padding of a kxk conv: "symmetric" ((k-1)//2 on every side, torchvision) or "same"
+# (MindSpore/TF pad_mode="same": output ceil(size/stride), the odd pixel of padding after).
+PADDINGS = ("symmetric", "same")
+
+
+def is_symmetric(kernel: int, stride: int, padding: str) -> bool:
+    """True when the conv pads (k-1)//2 on every side: "same" does too at stride 1, odd k."""
+    if padding not in PADDINGS:
+        raise ValueError(f"conv padding must be one of {', '.join(PADDINGS)}, got {padding!r}")
+    return padding == "symmetric" or (stride == 1 and kernel % 2 == 1)
+
+
 def conv2d(in_channels: int, out_channels: int, kernel: int, stride: int, group: int,
-           weight_init, impl: str = "auto"):
-    """The conv cell for `impl` (see the module docstring); same parameters either way."""
+           weight_init, impl: str = "auto", padding: str = "symmetric"):
+    """The conv cell for `impl` (see the module docstring); same parameters either way.
+
+    Asymmetric ("same" at stride > 1) convs are always nn.Conv2d(pad_mode="same"): the custom
+    operator pads symmetrically. Correct, only slower on CPU; ONNX maps it to SAME_UPPER."""
+    if not is_symmetric(kernel, stride, padding):
+        return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, pad_mode="same",
+                         group=group, has_bias=False, weight_init=weight_init)
     if (kernel > 1 and in_channels // group <= MAX_CHANNELS_PER_GROUP and kernel % 2 == 1
             and use_custom(impl)):
         return FastConv2d(in_channels, out_channels, kernel, stride, group, weight_init)

@@ -2,15 +2,20 @@
 
 Checkpoints written by this runner carry their config and class list; model-zoo checkpoints
 carry neither, so the config (model.arch=modelzoo, num_classes) and the dataset supply them.
+The saved config also says how the network pads (model.depthwise_padding: MindCV weights need
+"same"), so every rebuild, fine-tuning and resume included, gets the network the weights fit.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 from core import checkpoint as ckpt
 from core.config import Config, ConfigError
 from core.model import build_model
+
+log = logging.getLogger("core.inference")
 
 
 def classes_of(checkpoint: ckpt.Checkpoint) -> Optional[list[str]]:
@@ -31,7 +36,39 @@ def network_from_checkpoint(checkpoint: ckpt.Checkpoint, cfg: Config, path: str 
     if cfg.model.num_classes is not None and cfg.model.num_classes != len(names):
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but checkpoint {path} "
                           f"has {len(names)} classes; set model.num_classes={len(names)} or null")
-    net = build_model(cfg.model.arch, len(names), cfg.model.width_mult, cfg.model.dropout)
+    net = build_model(cfg.model.arch, len(names), cfg.model.width_mult, cfg.model.dropout,
+                      depthwise_padding=cfg.model.depthwise_padding)
     ckpt.restore([net], checkpoint)
     net.set_train(False)
     return net, names
+
+
+def saved_depthwise_padding(meta: dict) -> Optional[str]:
+    """The padding a checkpoint's network was built with; None for a foreign checkpoint (no
+    config). Configs from before the option existed mean symmetric, the only padding then."""
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return None
+    return (config.get("model") or {}).get("depthwise_padding") or "symmetric"
+
+
+def depthwise_padding_for_run(cfg: Config, resumed: Optional[dict] = None,
+                              pretrained: Optional[dict] = None) -> str:
+    """model.depthwise_padding for a training run, given the resumed and pre-trained
+    checkpoints' metadata: the configured value, else the resumed run's, else the pre-trained
+    weights' (so converted MindCV weights fine-tune in the network they came from), else
+    symmetric. A resume must keep the padding its weights were trained with."""
+    chosen = cfg.model.depthwise_padding
+    saved = saved_depthwise_padding(resumed) if resumed is not None else None
+    if chosen and saved and chosen != saved:
+        raise ConfigError(f"model.depthwise_padding is {chosen} but the resumed checkpoint was "
+                          f"trained with {saved}; drop the override or set it to {saved}")
+    if chosen or saved:
+        return chosen or saved
+    inherited = None  # only the architecture the option applies to (MindCV weights fit no other)
+    if pretrained is not None and cfg.model.arch == "mobilenet_v3_small":
+        inherited = saved_depthwise_padding(pretrained)
+    if inherited == "same":
+        log.info("model.depthwise_padding=same, taken from the pre-trained checkpoint (MindCV "
+                 "padding); set model.depthwise_padding=symmetric for torchvision's")
+    return inherited or "symmetric"

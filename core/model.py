@@ -18,7 +18,7 @@ from mindspore import ops
 from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
-from core.fast_conv import conv2d
+from core.fast_conv import PADDINGS, conv2d
 
 ARCHS = ("mobilenet_v3_small", "modelzoo")
 
@@ -58,6 +58,11 @@ BN_MOMENTUM = 0.99
 # operator on CPU when its library is built, else nn.Conv2d), "native" or "custom". Set from
 # system.depthwise_impl by core.device.configure; results are equal, only the speed differs.
 DEPTHWISE_IMPL = "auto"
+
+# Padding of the stride-2 depthwise convs (model.depthwise_padding): "symmetric" as torchvision,
+# "same" as MindCV (pad_mode="same": at even map sizes 0 before, 1 after for k=3), so MindCV
+# weights give MindCV's outputs. The stem pads symmetrically in both; stride-1 convs are equal.
+DEPTHWISE_PADDINGS = PADDINGS
 
 
 def set_depthwise_impl(impl: str) -> None:
@@ -112,10 +117,10 @@ def conv_init() -> init.Initializer:
 
 def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
                 act: Optional[str] = None, eps: float = BN_EPS,
-                momentum: float = BN_MOMENTUM) -> nn.SequentialCell:
+                momentum: float = BN_MOMENTUM, padding: str = "symmetric") -> nn.SequentialCell:
     """Conv (no bias) + BN [+ activation]: torchvision's Conv2dNormActivation (.0 conv, .1 BN)."""
     layers = [
-        conv2d(in_ch, out_ch, kernel, stride, groups, conv_init(), DEPTHWISE_IMPL),
+        conv2d(in_ch, out_ch, kernel, stride, groups, conv_init(), DEPTHWISE_IMPL, padding),
         nn.BatchNorm2d(out_ch, eps=eps, momentum=momentum, gamma_init="ones", beta_init="zeros"),
     ]
     if act is not None:
@@ -144,7 +149,8 @@ class SqueezeExcitation(nn.Cell):
 class InvertedResidual(nn.Cell):
     """[expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (linear), residual when shapes match."""
 
-    def __init__(self, in_ch: int, cfg: BlockConfig, width_mult: float = 1.0):
+    def __init__(self, in_ch: int, cfg: BlockConfig, width_mult: float = 1.0,
+                 depthwise_padding: str = "symmetric"):
         super().__init__()
         expanded = make_divisible(cfg.expanded * width_mult)
         out_ch = make_divisible(cfg.out * width_mult)
@@ -153,7 +159,7 @@ class InvertedResidual(nn.Cell):
         if expanded != in_ch:
             layers.append(conv_bn_act(in_ch, expanded, 1, act=cfg.activation))
         layers.append(conv_bn_act(expanded, expanded, cfg.kernel, stride=cfg.stride,
-                                  groups=expanded, act=cfg.activation))
+                                  groups=expanded, act=cfg.activation, padding=depthwise_padding))
         if cfg.use_se:
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
         layers.append(conv_bn_act(expanded, out_ch, 1, act=None))
@@ -171,13 +177,14 @@ class MobileNetV3Small(nn.Cell):
 
     CLASSIFIER_PREFIXES = ("classifier.3.",)
 
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2):
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
+                 depthwise_padding: str = "symmetric"):
         super().__init__()
         stem = make_divisible(STEM_CHANNELS * width_mult)
         layers = [conv_bn_act(3, stem, 3, stride=2, act="HS")]
         in_ch = stem
         for cfg in SMALL_BLOCKS:
-            block = InvertedResidual(in_ch, cfg, width_mult)
+            block = InvertedResidual(in_ch, cfg, width_mult, depthwise_padding)
             layers.append(block)
             in_ch = block.out_channels
         last_conv = 6 * in_ch  # 576 at width 1.0, as torchvision derives it
@@ -199,16 +206,25 @@ class MobileNetV3Small(nn.Cell):
 
 
 def build_model(arch: str, num_classes: int, width_mult: float = 1.0,
-                dropout: Optional[float] = None, bn_momentum: Optional[float] = None) -> nn.Cell:
+                dropout: Optional[float] = None, bn_momentum: Optional[float] = None,
+                depthwise_padding: Optional[str] = None) -> nn.Cell:
     """Return the network named by ``arch`` (one of ARCHS).
 
     ``dropout=None`` means the architecture's own default: 0.2 for mobilenet_v3_small,
     none for the model-zoo variant (which was trained without it). ``bn_momentum=None`` keeps
     the architecture's BN momentum (0.99 and 0.9, MindSpore convention).
+    ``depthwise_padding=None`` is "symmetric"; "same" is MindCV's (mobilenet_v3_small only).
     """
+    padding = depthwise_padding or "symmetric"
+    if padding not in DEPTHWISE_PADDINGS:
+        raise ValueError(f"model.depthwise_padding must be one of "
+                         f"{', '.join(DEPTHWISE_PADDINGS)}, got {padding!r}")
     if arch == "mobilenet_v3_small":
-        net = MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout)
+        net = MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout, padding)
     elif arch == "modelzoo":
+        if padding != "symmetric":
+            raise ValueError("model.depthwise_padding=same is for mobilenet_v3_small (MindCV "
+                             "weights); the model-zoo variant pads symmetrically")
         from core.modelzoo import ModelZooMobileNetV3Small
 
         net = ModelZooMobileNetV3Small(num_classes, width_mult,

@@ -27,6 +27,7 @@ from core.dropout import is_mask, replayable_dropouts
 from core.ema import EMA
 from core.evaluate import evaluate, format_result
 from core.finetune import is_active as finetune_active, param_groups
+from core.inference import depthwise_padding_for_run
 from core.loss import LabelSmoothingCrossEntropy
 from core.lr import warmup_cosine
 from core.metrics import MetricsWriter
@@ -100,8 +101,11 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                           f"{len(splits.train)} training images; lower data.batch_size")
 
     # Model, loss, schedule, optimizer
+    resumed = ckpt.load(resume) if resume else None
+    cfg.model.depthwise_padding = depthwise_padding_for_run(
+        cfg, resumed.meta if resumed else None, ckpt.load(pretrained).meta if pretrained else None)
     net = build_model(cfg.model.arch, len(splits.classes), cfg.model.width_mult, cfg.model.dropout,
-                      cfg.model.bn_momentum)
+                      cfg.model.bn_momentum, cfg.model.depthwise_padding)
     if pretrained:
         ckpt.load_pretrained(net, pretrained, type(net).CLASSIFIER_PREFIXES)
     amp = amp_level(cfg.train, target)
@@ -129,12 +133,11 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
 
     # Resume: weights, optimizer moments, step counter (LR position), then the data position
     start_step = 0
-    if resume:
-        checkpoint = ckpt.load(resume)
-        ckpt.restore([net, optimizer] + ([ema] if ema else []), checkpoint,
+    if resumed is not None:
+        ckpt.restore([net, optimizer] + ([ema] if ema else []), resumed,
                      skip_prefixes=("learning_rate",))
-        start_step = checkpoint.step
-        saved_per_epoch = checkpoint.meta.get("steps_per_epoch")
+        start_step = resumed.step
+        saved_per_epoch = resumed.meta.get("steps_per_epoch")
         if saved_per_epoch is not None and saved_per_epoch != per_epoch:
             raise ConfigError(f"checkpoint {resume} was written with {saved_per_epoch} steps per "
                               f"epoch, this run has {per_epoch} (ranks x data.batch_size or the "
@@ -175,7 +178,8 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
         eval_net = net
         if ema:
             eval_net = build_model(cfg.model.arch, len(splits.classes), cfg.model.width_mult,
-                                   cfg.model.dropout, cfg.model.bn_momentum)
+                                   cfg.model.dropout, cfg.model.bn_momentum,
+                                   cfg.model.depthwise_padding)
             ema.copy_to(eval_net)
         result = evaluate(eval_net, splits.val, cfg.data, cfg.train.label_smoothing, rank, world)
         train_step.set_train(True)

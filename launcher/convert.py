@@ -2,8 +2,9 @@
 
 Reading a .pth needs torch, so torch is imported here, inside the function that reads it, and
 never by core/ or training. The renaming itself lives in core.weights_map (numpy only). The
-written checkpoint carries a config (arch, width, class count, ImageNet eval preprocessing), so
-eval, export and predict take it as is, and `train --pre_trained` fine-tunes from it.
+written checkpoint carries a config (arch, width, class count, depthwise padding, ImageNet eval
+preprocessing), so eval, export and predict take it as is, and `train --pre_trained` fine-tunes
+from it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ from core.config import ConfigError, load_config
 log = logging.getLogger("launcher.convert")
 SOURCES = ("torchvision", "mindcv")
 ARCH = "mobilenet_v3_small"
+# How each source pads its stride-2 depthwise convs (MindCV: pad_mode="same"); written into the
+# checkpoint's config so eval, export, predict and fine-tuning rebuild the matching network.
+DEPTHWISE_PADDING = {"torchvision": "symmetric", "mindcv": "same"}
 
 
 def read_torch_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -114,7 +118,8 @@ def convert(source: str, src: str | Path, dst: str | Path, num_classes: Optional
         raise ConfigError(f"--classes names {len(classes)} classes but the written classifier has "
                           f"{source_classes if kept else 'none'}; drop --classes or fix the list")
     overrides = {"model.arch": ARCH, "model.width_mult": width_mult,
-                 "model.num_classes": source_classes if kept else num_classes}
+                 "model.num_classes": source_classes if kept else num_classes,
+                 "model.depthwise_padding": DEPTHWISE_PADDING[source]}
     meta = {"kind": "converted", "config": load_config(None, overrides).to_dict(),
             "source": {"format": source, "file": Path(src).name, "sha256": _sha256(src)}}
     if classes is not None:
@@ -122,9 +127,8 @@ def convert(source: str, src: str | Path, dst: str | Path, num_classes: Optional
     params = [ms.Parameter(ms.Tensor(v), name=n) for n, v in mapped.items()]
     path = ckpt.save(dst, params, meta)
     if source == "mindcv":
-        log.warning("MindCV pads its stride-2 depthwise convs TF-style (pad_mode='same'), this model "
-                    "symmetrically: at even map sizes (224 px input) outputs differ from MindCV's. "
-                    "Fine-tuning adapts to it; evaluating these weights directly may lose accuracy.")
+        log.info("model.depthwise_padding=same recorded: eval, export, predict and fine-tuning "
+                 "rebuild MindCV's TF-style stride-2 depthwise padding")
     log.info("wrote %s: %d parameters from %s (%s), classifier %s", path, len(params), src, source,
              "kept" if kept else "left out for fine-tuning")
     return {"path": str(path), "num_classes": overrides["model.num_classes"],

@@ -2,7 +2,8 @@
 
 Each source network is built here with random weights and random BatchNorm statistics, saved
 the way its users save it, converted with `launcher/local.py convert`'s code, and loaded into
-core.model; eval-mode logits must agree within 1e-4. The torchvision network is written out
+core.model; eval-mode logits must agree within 1e-4 (MindCV at 224 px, whose random logits
+reach +-300: within 1e-5 of the largest logit). The torchvision network is written out
 from torch.nn exactly as torchvision/models/mobilenetv3.py builds mobilenet_v3_small (module
 tree, paddings, BN eps 1e-3, hard-sigmoid SE), since torchvision's wheel cannot be installed
 beside the CPU torch wheel.
@@ -188,6 +189,7 @@ def test_torchvision_logits_agree_after_conversion(torchvision_weights, tmp_path
     assert np.abs(got - expected).max() <= TOLERANCE
     meta = ckpt.load(tmp_path / "tv.ckpt").meta
     assert meta["config"]["model"]["num_classes"] == 1000 and meta["source"]["format"] == "torchvision"
+    assert meta["config"]["model"]["depthwise_padding"] == "symmetric"  # torchvision pads so
 
 
 def test_torchvision_training_checkpoint_wrapper_is_accepted(torchvision_weights, tmp_path):
@@ -252,12 +254,12 @@ def test_wrong_architecture_is_refused_in_one_line(tmp_path):
 # --------------------------------------------------------------------------- MindCV
 
 
-def mindcv_model():
+def mindcv_model(num_classes=1000):
     try:
         from mindcv.models import create_model
     except ImportError:
         pytest.skip("mindcv not installed (pip install mindcv; see requirements-extras.txt)")
-    return create_model("mobilenet_v3_small_100", num_classes=1000, pretrained=False)
+    return create_model("mobilenet_v3_small_100", num_classes=num_classes, pretrained=False)
 
 
 def randomize_mindspore(net, seed):
@@ -277,17 +279,162 @@ def randomize_mindspore(net, seed):
     return net
 
 
-def test_mindcv_logits_agree_after_conversion(tmp_path):
-    """MindCV pads its depthwise convs with pad_mode="same": at stride 2 on an even-sized map
-    that pads one pixel less on top/left than torchvision (and core.model). With odd-sized
-    maps at every stride-2 layer (input 65 px) both paddings are the same, so this compares
-    the weight mapping alone; see the report for what that means at 224 px."""
+@pytest.fixture(scope="module")
+def mindcv_converted(tmp_path_factory):
+    """(MindCV network with random weights, its converted checkpoint), via the CLI."""
+    folder = tmp_path_factory.mktemp("mindcv")
     source = randomize_mindspore(mindcv_model(), seed=1)
-    ms.save_checkpoint(source, str(tmp_path / "mindcv.ckpt"))
-    assert run_cli(["convert", "--from", "mindcv", "--src", str(tmp_path / "mindcv.ckpt"),
-                    "--dst", str(tmp_path / "ours.ckpt")]) == 0
+    ms.save_checkpoint(source, str(folder / "mindcv.ckpt"))
+    assert run_cli(["convert", "--from", "mindcv", "--src", str(folder / "mindcv.ckpt"),
+                    "--dst", str(folder / "ours.ckpt")]) == 0
+    return source, folder / "ours.ckpt"
+
+
+def relative_error(got: np.ndarray, expected: np.ndarray) -> float:
+    """Largest logit difference over the largest logit: these random networks reach logits of
+    +-270 at 224 px, where float32 rounding alone exceeds an absolute 1e-4."""
+    return float(np.abs(got - expected).max() / np.abs(expected).max())
+
+
+def test_mindcv_logits_agree_after_conversion(mindcv_converted):
+    """At 65 px every stride-2 layer sees an odd-sized map, where MindCV's pad_mode="same" and
+    symmetric padding coincide: this compares the weight mapping alone."""
+    source, converted = mindcv_converted
     x = np.random.default_rng(2).standard_normal((2, 3, 65, 65)).astype(np.float32)
     expected = source(ms.Tensor(x)).asnumpy()
-    got = our_logits(tmp_path / "ours.ckpt", 1000, x)
+    got = our_logits(converted, 1000, x)
     assert expected.std() > 0.1
     assert np.abs(got - expected).max() <= TOLERANCE
+
+
+def converted_network(path, **overrides):
+    """The network eval/export/predict build for a converted checkpoint (core.inference)."""
+    from core.config import load_config
+    from core.inference import network_from_checkpoint
+    checkpoint = ckpt.load(path)
+    cfg = load_config(None, overrides, base=checkpoint.meta["config"])
+    return network_from_checkpoint(checkpoint, cfg, path)[0]
+
+
+def test_mindcv_logits_agree_at_224_px_with_its_padding(mindcv_converted):
+    """At 224 px MindCV's stride-2 depthwise convs pad 0 before, 1 after (k=3; 1 and 2 for
+    k=5): the converter records model.depthwise_padding=same and the rebuilt network matches.
+    Measured here: max |difference| 2.8e-4 on logits up to 308 (8.9e-7 relative); over two
+    weight seeds x two inputs, custom and native convs: 0.9e-6 to 4.2e-6 relative (float32
+    rounding: BN eps folded into gamma, hard-swish from primitives). Symmetric padding: 88."""
+    source, converted = mindcv_converted
+    assert ckpt.load(converted).meta["config"]["model"]["depthwise_padding"] == "same"
+    x = np.random.default_rng(3).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    expected = source(ms.Tensor(x)).asnumpy()
+    got = converted_network(converted)(ms.Tensor(x)).asnumpy()
+    assert relative_error(got, expected) <= 1e-5
+    symmetric = converted_network(converted, **{"model.depthwise_padding": "symmetric"})
+    assert relative_error(symmetric(ms.Tensor(x)).asnumpy(), expected) > 0.1  # it matters
+
+
+@pytest.fixture(scope="module")
+def mindcv_10_classes(tmp_path_factory):
+    """A 10-class MindCV network (the tiny dataset's classes) and its converted checkpoint."""
+    folder = tmp_path_factory.mktemp("mindcv10")
+    source = randomize_mindspore(mindcv_model(10), seed=4)
+    for p in source.get_parameters():  # smaller logits: probabilities neither 0 nor 1
+        if p.name.startswith("classifier.3."):
+            p.set_data(p * 0.5)
+    ms.save_checkpoint(source, str(folder / "mindcv.ckpt"))
+    assert run_cli(["convert", "--from", "mindcv", "--src", str(folder / "mindcv.ckpt"),
+                    "--dst", str(folder / "ours.ckpt")]) == 0
+    return source, folder / "ours.ckpt"
+
+
+def test_converted_mindcv_checkpoint_evaluates_like_mindcv(mindcv_10_classes, tiny_dataset, tmp_path):
+    """`eval` takes the padding from the checkpoint: its result is MindCV's own (128 px, even
+    maps at every stride-2 conv as at 224, in half the time)."""
+    import json
+
+    from core.config import load_config
+    from core.evaluate import evaluate
+    from core.packed import split_for
+    from launcher.local import main
+    source, converted = mindcv_10_classes
+    size = {"data.image_size": 128, "data.eval_resize": 146}
+    cfg = load_config(None, {"data.path": str(tiny_dataset), **size},
+                      base=ckpt.load(converted).meta["config"])
+    val = split_for(str(tiny_dataset), "val", split_for(str(tiny_dataset), "train").classes)
+    expected = evaluate(source, val, cfg.data, cfg.train.label_smoothing)
+    assert main(["eval", "--checkpoint", str(converted), "--dataset_path", str(tiny_dataset),
+                 "--output_dir", str(tmp_path), *(f"{k}={v}" for k, v in size.items())]) == 0
+    got = json.loads((tmp_path / "eval.json").read_text())
+    assert got["images"] == expected["images"] == 30
+    assert got["Top_1_Acc"] == expected["Top_1_Acc"] and got["Top_5_Acc"] == expected["Top_5_Acc"]
+    assert got["Loss"] == pytest.approx(expected["Loss"], rel=1e-5)
+    assert main(["eval", "--checkpoint", str(converted), "--dataset_path", str(tiny_dataset),
+                 "--output_dir", str(tmp_path / "symmetric"), "model.depthwise_padding=symmetric",
+                 *(f"{k}={v}" for k, v in size.items())]) == 0
+    symmetric = json.loads((tmp_path / "symmetric" / "eval.json").read_text())
+    assert symmetric["Loss"] != pytest.approx(expected["Loss"], rel=1e-3)  # the padding matters
+
+
+def test_converted_mindcv_checkpoint_predicts_like_mindcv(mindcv_10_classes, tiny_dataset, capsys):
+    """`predict` too: its probabilities are MindCV's on the same preprocessed images."""
+    import json
+
+    from core.config import load_config
+    from core.predict import read_image, softmax
+    from launcher.local import main
+    source, converted = mindcv_10_classes
+    images = sorted((tiny_dataset / "val").rglob("*.jpg"))[:2]
+    data_cfg = load_config(None, None, base=ckpt.load(converted).meta["config"]).data
+    batch = np.stack([read_image(f, data_cfg) for f in images])
+    expected = softmax(source(ms.Tensor(batch)).asnumpy())
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(converted), "--json", "--top", "1",
+                 "--image", *map(str, images)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert len(printed) == 2
+    for row, probs, image in zip(printed, expected, images):
+        assert row["file"] == str(image)
+        got = {t["class"]: t["probability"] for t in row["top"]}
+        assert got == pytest.approx({f"class_{np.argmax(probs)}": probs.max()}, abs=2e-6)
+
+
+def test_converted_mindcv_checkpoint_exports_to_onnx_like_mindcv(mindcv_10_classes, tmp_path):
+    """`export` rebuilds the padding too, and ONNX maps pad_mode="same" (auto_pad SAME_UPPER):
+    onnxruntime's logits are MindCV's at 64 px (even maps at every stride-2 conv)."""
+    ort = pytest.importorskip("onnxruntime")
+    from launcher.local import main
+    source, converted = mindcv_10_classes
+    assert main(["export", "--checkpoint", str(converted), "--format", "ONNX", "--output_dir",
+                 str(tmp_path), "data.image_size=64", "data.eval_resize=72",
+                 "export.batch_size=2"]) == 0
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    expected = source(ms.Tensor(x)).asnumpy()
+    session = ort.InferenceSession(str(tmp_path / "export" / "mobilenetv3_small.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert expected.std() > 0.05 and relative_error(got, expected) <= 1e-5
+
+
+def test_fine_tuning_from_mindcv_weights_keeps_their_padding(mindcv_10_classes, tiny_dataset, tmp_path):
+    """`train --pre_trained` builds the padding the weights came with and records it, so the
+    run's config.yaml and checkpoints rebuild the same network; a resume keeps it."""
+    import yaml
+
+    from core.config import ConfigError
+    from launcher.runner import run_training
+    from tests.core_fixtures import tiny_config
+    _, converted = mindcv_10_classes
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_dataset, out, **{"train.epochs": 1, "train.max_steps": 2,
+                                            "train.eval_at_end": False})
+    assert cfg.model.depthwise_padding is None  # not set: inherited from the weights
+    summary = run_training(cfg, pretrained=str(converted))
+    final = ckpt.load(summary["final_checkpoint"])
+    assert final.meta["config"]["model"]["depthwise_padding"] == "same"
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["depthwise_padding"] == "same"
+    # resuming that run, with the padding unset or contradicted
+    more = {"train.epochs": 1, "train.max_steps": 3, "train.eval_at_end": False}
+    with pytest.raises(ConfigError, match="resumed checkpoint was trained with same"):
+        run_training(tiny_config(tiny_dataset, out, **more, **{"model.depthwise_padding": "symmetric"}),
+                     resume=summary["final_checkpoint"])
+    resumed = run_training(tiny_config(tiny_dataset, out, **more), resume=summary["final_checkpoint"])
+    assert ckpt.load(resumed["final_checkpoint"]).meta["config"]["model"]["depthwise_padding"] == "same"

@@ -21,6 +21,7 @@ def model_card(cfg, classes, eval_result: Optional[dict], file_name: str) -> dic
     return {
         "architecture": cfg.model.arch,
         "width_mult": cfg.model.width_mult,
+        "depthwise_padding": cfg.model.depthwise_padding or "symmetric",
         "file": file_name,
         "format": cfg.export.format,
         "input": {"name": "x", "shape": [cfg.export.batch_size, 3, cfg.data.image_size,

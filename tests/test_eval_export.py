@@ -55,6 +55,7 @@ def test_export_writes_graph_classes_and_card(trained, fmt, tmp_path):
     card = json.loads((tmp_path / f"{cfg.export.file_name}.card.json").read_text())
     assert card["input"]["shape"] == [1, 3, 32, 32] and card["class_names"] == list(classes)
     assert card["preprocess"]["resize_shorter_side"] == 36 and card["eval"] == {"Top_1_Acc": 0.5}
+    assert card["depthwise_padding"] == "symmetric"
     # exporting again replaces the read-only file MindSpore wrote (MINDIR only: MindSpore 2.10
     # cannot export the same network object to ONNX twice in one process)
     if fmt == "MINDIR":

@@ -25,9 +25,12 @@ venv: $(VENV)/.installed kernels
 # and the runner uses nn.Conv2d (system.depthwise_impl=auto falls back); results are the same.
 kernels: $(KERNEL_LIB)
 
+# A compiler without GCC's x86 function multiversioning (target_clones) gets a plain build.
 $(KERNEL_LIB): $(KERNEL_SRC)
 	@if command -v $(CXX) >/dev/null; then \
-		$(CXX) -O3 -fopenmp -fPIC -shared -std=c++17 -o $@ $< && echo "built $@"; \
+		$(CXX) -O3 -fopenmp -fPIC -shared -std=c++17 -o $@ $< 2>/dev/null \
+		|| $(CXX) -O3 -fopenmp -fPIC -shared -std=c++17 -DMNV3_NO_MULTI_ISA -o $@ $< \
+		&& echo "built $@"; \
 	else echo "warning: $(CXX) not found; skipping $@ (CPU convs use nn.Conv2d, slower)"; fi
 
 demo: venv

@@ -104,10 +104,11 @@ def need_peers() -> bool:
     return False
 
 
-def run_peer(script: str, args: list[str], timeout: int = 1800) -> dict:
-    """Run bench/peers/<script> in the peers venv; it prints one JSON line last."""
+def run_peer(script: str, args: list[str], timeout: int = 1800, env: dict | None = None) -> dict:
+    """Run bench/peers/<script> in the peers venv; it prints one JSON line last. `env`: the
+    environment (default: this process's)."""
     cmd = [str(PEERS_PY), str(BENCH_DIR / "peers" / script)] + [str(a) for a in args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

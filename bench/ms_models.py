@@ -58,10 +58,12 @@ def train(args) -> dict:
     loss_fn = LabelSmoothingCrossEntropy(args.classes, cfg.train.label_smoothing)
     lr = ms.Tensor(np.full(1000, 0.01, np.float32))
     optimizer = build_optimizer(net.trainable_params(), cfg.optim, lr)
-    step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn), optimizer)
+    # as core.train feeds it: uint8 NHWC batches, normalised and transposed in the graph
+    from core.data import pixel_normalization
+    step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)), optimizer)
     step.set_train(True)
     rng = np.random.default_rng(0)
-    image = ms.Tensor(rng.standard_normal((args.batch, 3, args.size, args.size)).astype(np.float32))
+    image = ms.Tensor(rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8))
     label = ms.Tensor(rng.integers(0, args.classes, args.batch).astype(np.int32))
     start = time.perf_counter()
     loss = step(image, label)

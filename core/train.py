@@ -20,7 +20,7 @@ from core import checkpoint as ckpt
 from core.callbacks import Callback, CallbackList
 from core.config import Config, ConfigError
 from core.data import (CorruptImages, DatasetError, build_train_dataset, guarded,
-                       steps_per_epoch)
+                       pixel_normalization, steps_per_epoch)
 from core.device import amp_level, configure, sink_mode
 from core.distributed import init_distributed
 from core.dropout import is_mask, replayable_dropouts
@@ -66,12 +66,22 @@ def check_num_classes(cfg: Config, found: int, where: str) -> int:
 
 
 class NetWithLoss(nn.Cell):
-    def __init__(self, net, loss_fn):
+    """Loss of `net` on a batch. With `normalization` ((mean, std) on the 0-255 scale) the batch
+    is the training pipeline's uint8 NHWC (core.data.train_transforms) and is transposed and
+    normalised here, in fp32, before the network; without it, float NCHW as the network takes."""
+
+    def __init__(self, net, loss_fn, normalization=None):
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss_fn = loss_fn
+        self.normalize = normalization is not None
+        if self.normalize:
+            mean, std = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in normalization)
+            self.mean, self.std = ms.Tensor(mean), ms.Tensor(std)
 
     def construct(self, image, label):
+        if self.normalize:
+            image = (ops.cast(ops.transpose(image, (0, 3, 1, 2)), ms.float32) - self.mean) / self.std
         return self.loss_fn(ops.cast(self.net(image), ms.float32), label)
 
 
@@ -121,7 +131,8 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                               cfg.optim.weight_decay, cfg.finetune.backbone_lr_scale,
                               cfg.finetune.freeze_backbone_epochs * per_epoch)
     optimizer = build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(lr), loss_scale, groups)
-    train_step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn), optimizer, sens=loss_scale)
+    train_step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)),
+                                     optimizer, sens=loss_scale)
     train_step.set_train(True)
     ema = EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None
     dropouts = replayable_dropouts(net)

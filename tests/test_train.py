@@ -1,5 +1,8 @@
 """Real training runs of MobileNetV3-Small at 32 px on real JPEGs (CPU, GRAPH mode)."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +13,6 @@ from core.config import ConfigError
 from core.metrics import read_metrics
 from core.train import train
 from tests.core_fixtures import tiny_config
-
-
-def weights_of(path):
-    return {k: v.asnumpy() for k, v in ckpt.load(path).params.items()}
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +95,6 @@ def test_resume_mid_epoch_equals_uninterrupted_bit_for_bit(tiny_dataset, tmp_pat
     dropout masks, LR position and optimizer state are replayed, so with fixed CPU kernel
     threads the weights at step 21 equal the uninterrupted run's exactly (own process: the
     thread setting is once per process)."""
-    import subprocess
-    import sys
-    from pathlib import Path
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(repo), str(tiny_dataset), str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=repo)
@@ -147,3 +143,29 @@ def test_resume_with_other_steps_per_epoch_is_refused(full_run, tiny_dataset, tm
     with pytest.raises(ConfigError, match="written with 7 steps per epoch, this run has 15"):
         train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 4, "train.epochs": 3}), tmp_path,
               resume=str(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt"))
+
+
+def test_training_graph_normalises_the_uint8_batch_as_the_eval_pipeline_does(tiny_dataset, tmp_path):
+    """Training batches leave the pipeline as uint8 NHWC; NetWithLoss transposes and normalises
+    them in the graph. The loss must equal the loss on the same pixels normalised by
+    MindSpore's own Normalize + HWC2CHW (what eval batches get)."""
+    import mindspore as ms
+    from mindspore.dataset import vision
+
+    from core.data import pixel_normalization
+    from core.loss import LabelSmoothingCrossEntropy
+    from core.train import NetWithLoss
+    cfg = tiny_config(tiny_dataset, tmp_path)
+    mean, std = pixel_normalization(cfg.data)
+    pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    reference = np.stack([vision.HWC2CHW()(vision.Normalize(mean, std)(p)) for p in pixels])
+    from mindspore import nn
+    from mindspore.common.initializer import Normal
+    net = nn.SequentialCell([nn.Flatten(), nn.Dense(3 * 32 * 32, 10, weight_init=Normal(0.05))])
+    loss_fn = LabelSmoothingCrossEntropy(10, 0.1)
+    label = ms.Tensor(np.arange(4, dtype=np.int32))
+    in_graph = NetWithLoss(net, loss_fn, (mean, std))(ms.Tensor(pixels), label).asnumpy()
+    on_host = NetWithLoss(net, loss_fn)(ms.Tensor(reference), label).asnumpy()
+    assert abs(float(in_graph) - float(on_host)) < 1e-6 * max(1.0, abs(float(on_host)))
+    wrong = NetWithLoss(net, loss_fn, (mean, [s * 2 for s in std]))(ms.Tensor(pixels), label).asnumpy()
+    assert abs(float(wrong) - float(on_host)) > 1e-4  # the comparison can tell

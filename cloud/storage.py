@@ -178,6 +178,23 @@ def _dir_prefix(prefix: str) -> str:
 # --------------------------------------------------------------------------- local
 
 
+def walk_files(top: str, root: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(key relative to `root` with "/", path, stat) of every file below `top`, in sorted
+    order, skipping this package's internal files and partial downloads (and files that
+    vanish while walking)."""
+    for dirpath, dirs, files in os.walk(top):
+        dirs.sort()
+        for name in sorted(files):
+            if name.startswith(INTERNAL_PREFIX) or PART_MARK in name:
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            yield os.path.relpath(path, root).replace(os.sep, "/"), path, st
+
+
 class LocalStorage(Storage):
     """A directory; keys are paths below it."""
 
@@ -199,19 +216,8 @@ class LocalStorage(Storage):
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         top = os.path.join(self.root, *_dir_prefix(prefix).split("/"))
-        base = len(os.path.join(self.root, ""))
-        for dirpath, dirs, files in os.walk(top):
-            dirs.sort()
-            for name in sorted(files):
-                if name.startswith(INTERNAL_PREFIX) or PART_MARK in name:
-                    continue
-                full = os.path.join(dirpath, name)
-                try:
-                    st = os.stat(full)
-                except FileNotFoundError:
-                    continue
-                key = full[base:].replace(os.sep, "/")
-                yield ObjectInfo(key, st.st_size, str(st.st_mtime_ns), st.st_mtime)
+        for key, _, st in walk_files(top, self.root):
+            yield ObjectInfo(key, st.st_size, str(st.st_mtime_ns), st.st_mtime)
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:

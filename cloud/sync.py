@@ -38,7 +38,8 @@ from typing import Callable
 
 from cloud.errors import StorageError, UnsafeKeyError
 from cloud.node_lock import run_once_per_node
-from cloud.storage import INTERNAL_PREFIX, PART_MARK, ObjectInfo, Storage, remove_stale_parts
+from cloud.storage import (INTERNAL_PREFIX, PART_MARK, ObjectInfo, Storage, remove_stale_parts,
+                           walk_files)
 from cloud.urls import safe_local_path
 
 log = logging.getLogger("cloud.sync")
@@ -317,20 +318,7 @@ def _record(stats: SyncStats, attempted: int, errors: list, progress, started: f
 
 
 def _local_files(src_dir: str) -> list[tuple[str, str, os.stat_result]]:
-    found = []
-    for dirpath, dirs, files in os.walk(src_dir):
-        dirs.sort()
-        for name in sorted(files):
-            if name.startswith(INTERNAL_PREFIX) or PART_MARK in name:
-                continue
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
-            rel = os.path.relpath(path, src_dir).replace(os.sep, "/")
-            found.append((rel, path, st))
-    return found
+    return list(walk_files(src_dir, src_dir))
 
 
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")

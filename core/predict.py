@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from core.data import DatasetError, eval_transforms
+from core.jpeg_check import jpeg_header_problem
 
 CHECKPOINT_BATCH = 16
 
@@ -28,6 +29,10 @@ class Prediction:
 
 def preprocess(data: bytes, data_cfg, name: str = "image") -> np.ndarray:
     """(3, S, S) float32: the eval pipeline's ops applied to the encoded image bytes."""
+    problem = jpeg_header_problem(data) if data[:2] == b"\xff\xd8" else None
+    if problem:  # MindSpore's decoder would take the process down (core/jpeg_check.py)
+        raise DatasetError(f"cannot decode {name}: damaged JPEG ({problem}); pass an intact "
+                           f"JPEG, PNG or BMP file")
     image = np.frombuffer(data, np.uint8)
     try:
         for op in eval_transforms(data_cfg):

@@ -170,14 +170,19 @@ class CheckpointUploader:
         except OSError:
             return None
 
+    def _retry_delay(self, failures: int) -> float:
+        """Seconds before the next try of an upload that failed `failures` times."""
+        return self.retry_delay_s * 3 ** (failures - 1)
+
     def _run(self) -> None:
-        retry = None  # (item, failed attempts) of the newest upload that failed
+        retry = None  # (item, failed attempts, last error) of the newest upload that failed
         while True:
             try:
-                timeout = None if retry is None else self.retry_delay_s * 3 ** (retry[1] - 1)
+                timeout = None if retry is None else self._retry_delay(retry[1])
                 item = self._queue.get(timeout=timeout)
             except queue.Empty:  # nothing newer came: try the failed one again
-                retry = self._attempt(*retry)
+                failed_item, failures, _ = retry
+                retry = self._attempt(failed_item, failures)
                 continue
             if retry is not None:
                 self._finish(retry[0], "superseded" if item is not _STOP else retry[2])
@@ -186,7 +191,7 @@ class CheckpointUploader:
                 return
             retry = self._attempt(item, 0)
 
-    def _attempt(self, item, failures: int, *_):
+    def _attempt(self, item, failures: int):
         """Upload `item`; on failure return (item, failures, message) while retries remain."""
         local_path, pinned, meta = item
         try:
@@ -197,7 +202,7 @@ class CheckpointUploader:
                        f"failed: {exc}")
             if failures <= self.retries:
                 log.error("%s; retrying in %.0f s unless a newer checkpoint comes first", message,
-                          self.retry_delay_s * 3 ** (failures - 1))
+                          self._retry_delay(failures))
                 return item, failures, message
             log.error(message)
             self._finish(item, message)

@@ -93,10 +93,12 @@ def restore(cells: Iterable, checkpoint: Checkpoint, skip_prefixes: tuple = ()) 
             p.set_data(src.data.astype(p.dtype) if src.dtype != p.dtype else src.data)
 
 
-def load_pretrained(net, path: str | os.PathLike, classifier_prefixes: tuple = ()) -> list[str]:
+def load_pretrained(net, path: str | os.PathLike, classifier_prefixes: tuple = (),
+                    checkpoint: Optional[Checkpoint] = None) -> list[str]:
     """Weights for fine-tuning: take every matching parameter; classifier parameters whose shape
-    differs (another class count) are left at their fresh init. Returns the names left fresh."""
-    checkpoint = load(path)
+    differs (another class count) are left at their fresh init. Returns the names left fresh.
+    `checkpoint`: `path` already loaded, if the caller has it."""
+    checkpoint = checkpoint or load(path)
     fresh = []
     matched = 0
     for p in net.get_parameters():

@@ -91,6 +91,16 @@ def _out_extent(size: int, kernel: int, stride: int) -> int:
     return (size + 2 * ((kernel - 1) // 2) - kernel) // stride + 1
 
 
+def output_shape(kernel: int, stride: int, out_channels: int):
+    """ops.Custom out_shape of a kxk conv (symmetric padding): [N, out_channels, OH, OW] from
+    the first input's shape; further inputs (weight, bias) do not change it."""
+    def out_shape(x, *_):
+        return [x[0], out_channels, _out_extent(x[2], kernel, stride),
+                _out_extent(x[3], kernel, stride)]
+
+    return out_shape
+
+
 def conv_op(kernel: int, stride: int, out_channels: int):
     """ops.Custom for one (kernel, stride, output channels), with its bprop (input and weight
     gradients)."""
@@ -105,11 +115,8 @@ def conv_op(kernel: int, stride: int, out_channels: int):
     def bprop(x, w, out, dout):
         return bwd_input(dout, w, x), bwd_weight(dout, x, w)
 
-    def out_shape(x, w):
-        return [x[0], out_channels, _out_extent(x[2], kernel, stride), _out_extent(x[3], kernel, stride)]
-
-    return ops.Custom(f"{lib}:DepthwiseFwd", out_shape=out_shape, out_dtype=lambda x, w: x,
-                      func_type="aot", bprop=bprop)
+    return ops.Custom(f"{lib}:DepthwiseFwd", out_shape=output_shape(kernel, stride, out_channels),
+                      out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
 
 
 class FastConv2d(nn.Conv2d):

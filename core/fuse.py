@@ -76,13 +76,7 @@ class FusedConvBN(nn.Cell):
         self.in_kernel = isinstance(conv, fast_conv.FastConv2d) and conv.fast
         self.residual = residual
         if self.in_kernel:
-            kernel, stride = conv.kernel_size[0], conv.stride[0]
-            out_channels = conv.out_channels
-
-            def out_shape(x, w, b):
-                return [x[0], out_channels, fast_conv._out_extent(x[2], kernel, stride),
-                        fast_conv._out_extent(x[3], kernel, stride)]
-
+            out_shape = fast_conv.output_shape(conv.kernel_size[0], conv.stride[0], conv.out_channels)
             self.op = _custom(f"DepthwiseFwdBias{ACT_SUFFIX[act]}", out_shape)
         else:
             self.conv2d = conv.conv2d  # the native cell's primitive: same padding and stride

@@ -112,12 +112,13 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
 
     # Model, loss, schedule, optimizer
     resumed = ckpt.load(resume) if resume else None
+    weights = ckpt.load(pretrained) if pretrained else None
     cfg.model.depthwise_padding = depthwise_padding_for_run(
-        cfg, resumed.meta if resumed else None, ckpt.load(pretrained).meta if pretrained else None)
+        cfg, resumed.meta if resumed else None, weights.meta if weights else None)
     net = build_model(cfg.model.arch, len(splits.classes), cfg.model.width_mult, cfg.model.dropout,
                       cfg.model.bn_momentum, cfg.model.depthwise_padding)
     if pretrained:
-        ckpt.load_pretrained(net, pretrained, type(net).CLASSIFIER_PREFIXES)
+        ckpt.load_pretrained(net, pretrained, type(net).CLASSIFIER_PREFIXES, weights)
     amp = amp_level(cfg.train, target)
     loss_scale = cfg.train.loss_scale if amp != "O0" else 1.0
     if amp != "O0":

@@ -24,6 +24,7 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import ConfigError, load_config, parse_override  # noqa: E402
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
+from launcher.signals import DEFAULT_GRACE_S  # noqa: E402
 
 log = logging.getLogger("launcher.local")
 DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
@@ -58,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--pre_trained", help="weights to start from (fine-tuning)")
     train.add_argument("--nproc", type=int, default=1,
                        help="data-parallel processes on this machine (through msrun)")
-    train.add_argument("--grace_s", type=float, default=None,
+    train.add_argument("--grace_s", type=float, default=DEFAULT_GRACE_S,
                        help="seconds from SIGTERM to exit: checkpoint, upload, publish "
                             "(default 30, or MNV3_STOP_GRACE_S)")
     for name, text in (("eval", "evaluate a checkpoint"), ("export", "export a checkpoint")):
@@ -103,15 +104,13 @@ def cmd_train(args) -> int:
     resume = args.resume or args.checkpoint_path
     if args.nproc < 1:
         raise ConfigError(f"--nproc must be at least 1 (got {args.nproc})")
-    from launcher.signals import DEFAULT_GRACE_S
-    grace_s = DEFAULT_GRACE_S if args.grace_s is None else args.grace_s
-    if grace_s <= 0:
+    if args.grace_s <= 0:
         raise ConfigError(f"--grace_s must be greater than 0 (got {args.grace_s:g})")
     setup_logging()  # staging progress and resume warnings come before the run's own log exists
     if args.nproc > 1:
         from launcher.distributed import launch_local
         return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained,
-                            grace_s=grace_s)
+                            grace_s=args.grace_s)
     job = prepare_job(cfg, resume=resume, pretrained=args.pre_trained,
                       cache_dir=DEFAULT_CACHE / "jobs", job_id=f"local-{os.getpid()}-{int(time.time())}",
                       settings=settings)
@@ -125,7 +124,7 @@ def cmd_train(args) -> int:
         stop.uninstall()
     # waits for checkpoint uploads (after SIGTERM: what is left of the grace period), then
     # publishes the run directory
-    job.finish(timeout_s=stop.time_left(grace_s))
+    job.finish(timeout_s=stop.time_left(args.grace_s))
     return 0
 
 

@@ -4,7 +4,7 @@
 //
 // MindSpore 2.10 hands oneDNN plain NCHW tensors on CPU and oneDNN then runs depthwise convs
 // on a slow reference-like path (~20x slower than PyTorch). Here depthwise convs run
-// channel-blocked (VL channels per vector, see Block), the stem vectorised over output
+// channel-blocked (VL channels per vector, see pack_input), the stem vectorised over output
 // channels, and the grouped backward through stride phases (see Phases); all parallel with
 // OpenMP. Stride is inferred from the input/output shapes, the kernel size from the weight.
 //
@@ -60,7 +60,8 @@ bool infer_geom(const int64_t *in, const int64_t *out, const int64_t *wshape, Ge
   return false;
 }
 
-// Layout trick: the zero-padded input plane (Hp x Wp) is split into S x S stride phases
+// Grouped input gradient (the stem's, when MindSpore asks for it). Layout trick: the zero-padded
+// input plane (Hp x Wp) is split into S x S stride phases
 // P[a][b][r][c] = xpad[S*r + a][S*c + b], each Hq x Wq (Hq = ceil(Hp/S)). Output pixel (oy, ox),
 // tap (i, j) reads P[i%S][j%S][oy + i/S][ox + j/S]; with outputs laid out at row stride Wq
 // ("extended" rows, the Wq - OW extra columns are scratch), every tap is one contiguous,
@@ -78,22 +79,6 @@ struct Phases {
   // Offset of tap (i, j) in the phase buffer.
   int64_t tap(int64_t i, int64_t j) const { return ((i % S) * S + (j % S)) * plane + (i / S) * wq + (j / S); }
 };
-
-// x plane (H x W) -> phases (zero padding included).
-void to_phases(const float *x, float *ph, const Geom &g, const Phases &q) {
-  std::memset(ph, 0, sizeof(float) * q.size());
-  const int64_t S = q.S;
-  for (int64_t y = 0; y < g.h; ++y) {
-    const int64_t yp = y + g.p, a = yp % S, r = yp / S;
-    const float *xr = x + y * g.w;
-    for (int64_t b = 0; b < S; ++b) {
-      float *dst = ph + (a * S + b) * q.plane + r * q.wq;
-      // columns xp = x + p with xp % S == b  ->  c = xp / S
-      int64_t x0 = (b - g.p % S + S) % S;  // first x with (x + p) % S == b
-      for (int64_t xx = x0; xx < g.w; xx += S) dst[(xx + g.p) / S] = xr[xx];
-    }
-  }
-}
 
 // phases -> accumulate into a plane (H x W), dropping the padding.
 void add_from_phases(const float *ph, float *x, const Geom &g, const Phases &q) {
@@ -120,9 +105,10 @@ inline float dot(const float *__restrict a, const float *__restrict b, int64_t n
   return s;
 }
 
-// Channel bookkeeping (backward of the grouped path): output channel o belongs to group o / opg,
-// whose input channels are [grp * cpg, (grp + 1) * cpg); weight w[o, cl] pairs o with input
-// channel grp * cpg + cl.
+// Channel bookkeeping of the grouped paths: output channel o belongs to group o / opg, whose
+// input channels are [grp * cpg, (grp + 1) * cpg); weight w[o, cl] pairs o with input channel
+// grp * cpg + cl.
+
 // dy plane (OH x OW) -> extended rows (row stride wq, zero scratch columns).
 void to_extended(const float *dy, float *ext, const Geom &g, const Phases &q) {
   std::memset(ext, 0, sizeof(float) * (q.L + q.wq));
@@ -174,17 +160,42 @@ typedef float vf_unaligned __attribute__((vector_size(VL * sizeof(float)), align
 ALWAYS_INLINE vf vload(const float *p) { return *reinterpret_cast<const vf_unaligned *>(p); }
 ALWAYS_INLINE void vstore(float *p, vf v) { *reinterpret_cast<vf_unaligned *>(p) = v; }
 
-struct Block {
-  int64_t hp, wp;  // padded input extents
-  explicit Block(const Geom &g) : hp(g.h + 2 * g.p), wp(g.w + 2 * g.p) {}
-  int64_t size() const { return hp * wp * VL; }
+// Extents of a zero-padded input plane.
+struct Padded {
+  int64_t hp, wp;
+  explicit Padded(const Geom &g) : hp(g.h + 2 * g.p), wp(g.w + 2 * g.p) {}
+  int64_t plane() const { return hp * wp; }
+};
+
+// Deterministic sums over threads: each thread of a parallel region accumulates `per_thread`
+// doubles of its own; `total` adds them in thread order, so for a given thread count the
+// result does not depend on scheduling.
+struct ThreadSums {
+  std::vector<double> data;
+  int threads = 1;
+  int64_t per_thread;
+  explicit ThreadSums(int64_t n) : per_thread(n) {}
+  void start() {  // in the parallel region, before `mine`
+#pragma omp single
+    {
+      threads = omp_get_num_threads();
+      data.assign(static_cast<size_t>(threads) * per_thread, 0.0);
+    }
+  }
+  double *mine() { return data.data() + omp_get_thread_num() * per_thread; }
+  double total(int64_t i) const {
+    double sum = 0.0;
+    for (int th = 0; th < threads; ++th) sum += data[th * per_thread + i];
+    return sum;
+  }
 };
 
 inline int64_t lanes(const Geom &g, int64_t c0) { return std::min<int64_t>(VL, g.c - c0); }
 
-// Input planes c0..c0+VL of image n -> padded interleaved buffer (missing lanes are zero).
-void pack_input(const float *x, float *buf, const Geom &g, const Block &b, int64_t n, int64_t c0) {
-  std::memset(buf, 0, sizeof(float) * b.size());
+// Input planes c0..c0+VL of image n -> padded interleaved buffer [Hp][Wp][VL] (missing lanes
+// are zero).
+void pack_input(const float *x, float *buf, const Geom &g, const Padded &b, int64_t n, int64_t c0) {
+  std::memset(buf, 0, sizeof(float) * b.plane() * VL);
   const int64_t nl = lanes(g, c0);
   for (int64_t cc = 0; cc < nl; ++cc) {
     const float *plane = x + (n * g.c + c0 + cc) * g.h * g.w;
@@ -224,7 +235,7 @@ inline float activate(float v, int act) {
 
 MULTI_ISA
 void dw_fwd_block(const float *buf, const float *wb, const float *bias, int act, float *y,
-                  const Geom &g, const Block &b, int64_t n, int64_t c0) {
+                  const Geom &g, const Padded &b, int64_t n, int64_t c0) {
   const int64_t nl = lanes(g, c0), k = g.k, s = g.s;
   float bv[VL] = {0.f};
   if (bias)
@@ -246,11 +257,11 @@ void dw_fwd_block(const float *buf, const float *wb, const float *bias, int act,
 }
 
 void dw_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
-  const Block b(g);
+  const Padded b(g);
   const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks;
 #pragma omp parallel
   {
-    std::vector<float> buf(b.size()), wb(g.k * g.k * VL);
+    std::vector<float> buf(b.plane() * VL), wb(g.k * g.k * VL);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t n = t / blocks, c0 = (t % blocks) * VL;
@@ -263,9 +274,9 @@ void dw_fwd_all(const float *x, const float *w, const float *bias, int act, floa
 
 // dx: scatter every output gradient through the taps into the padded block, then drop the padding.
 MULTI_ISA
-void dw_bwd_input_block(const float *dyb, const float *wb, float *buf, const Geom &g, const Block &b) {
+void dw_bwd_input_block(const float *dyb, const float *wb, float *buf, const Geom &g, const Padded &b) {
   const int64_t k = g.k, s = g.s;
-  std::memset(buf, 0, sizeof(float) * b.size());
+  std::memset(buf, 0, sizeof(float) * b.plane() * VL);
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     for (int64_t ox = 0; ox < g.ow; ++ox) {
       const vf d = vload(dyb + (oy * g.ow + ox) * VL);
@@ -278,7 +289,7 @@ void dw_bwd_input_block(const float *dyb, const float *wb, float *buf, const Geo
   }
 }
 
-void unpack_input(const float *buf, float *dx, const Geom &g, const Block &b, int64_t n, int64_t c0) {
+void unpack_input(const float *buf, float *dx, const Geom &g, const Padded &b, int64_t n, int64_t c0) {
   const int64_t nl = lanes(g, c0);
   for (int64_t cc = 0; cc < nl; ++cc) {
     float *plane = dx + (n * g.c + c0 + cc) * g.h * g.w;
@@ -291,11 +302,11 @@ void unpack_input(const float *buf, float *dx, const Geom &g, const Block &b, in
 }
 
 void dw_bwd_input_all(const float *dy, const float *w, float *dx, const Geom &g) {
-  const Block b(g);
+  const Padded b(g);
   const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks;
 #pragma omp parallel
   {
-    std::vector<float> buf(b.size()), dyb(g.oh * g.ow * VL), wb(g.k * g.k * VL);
+    std::vector<float> buf(b.plane() * VL), dyb(g.oh * g.ow * VL), wb(g.k * g.k * VL);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t n = t / blocks, c0 = (t % blocks) * VL;
@@ -311,7 +322,7 @@ void dw_bwd_input_all(const float *dy, const float *w, float *dx, const Geom &g)
 // ([k*k][VL]), which keeps the sum over the batch and the plane as accurate as the reference.
 MULTI_ISA
 void dw_bwd_weight_block(const float *dyb, const float *buf, double *acc, float *row, const Geom &g,
-                         const Block &b) {
+                         const Padded &b) {
   const int64_t k = g.k, s = g.s, kk = k * k;
   for (int64_t oy = 0; oy < g.oh; ++oy) {
     std::fill(row, row + kk * VL, 0.f);
@@ -330,20 +341,14 @@ void dw_bwd_weight_block(const float *dyb, const float *buf, double *acc, float 
 // Parallel over (image, block) with one double accumulator per thread and block, summed in
 // thread order afterwards: deterministic for a given thread count.
 void dw_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &g) {
-  const Block b(g);
+  const Padded b(g);
   const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks, kk = g.k * g.k;
-  const int64_t per_thread = blocks * kk * VL;
-  std::vector<double> partial;
-  int nthreads = 1;
+  ThreadSums sums(blocks * kk * VL);
 #pragma omp parallel
   {
-#pragma omp single
-    {
-      nthreads = omp_get_num_threads();
-      partial.assign(static_cast<size_t>(nthreads) * per_thread, 0.0);
-    }
-    double *mine = partial.data() + omp_get_thread_num() * per_thread;
-    std::vector<float> buf(b.size()), dyb(g.oh * g.ow * VL), row(kk * VL);
+    sums.start();
+    double *mine = sums.mine();
+    std::vector<float> buf(b.plane() * VL), dyb(g.oh * g.ow * VL), row(kk * VL);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t n = t / blocks, blk = t % blocks;
@@ -355,11 +360,8 @@ void dw_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &g
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t c0 = blk * VL, nl = lanes(g, c0);
     for (int64_t cc = 0; cc < nl; ++cc)
-      for (int64_t t = 0; t < kk; ++t) {
-        double sum = 0.0;
-        for (int th = 0; th < nthreads; ++th) sum += partial[th * per_thread + (blk * kk + t) * VL + cc];
-        dw[(c0 + cc) * kk + t] = static_cast<float>(sum);
-      }
+      for (int64_t t = 0; t < kk; ++t)
+        dw[(c0 + cc) * kk + t] = static_cast<float>(sums.total((blk * kk + t) * VL + cc));
   }
 }
 
@@ -370,11 +372,17 @@ bool is_depthwise(const Geom &g) { return g.cpg == 1 && g.opg == 1; }
 // input value times a VL-wide weight row. Inputs are first copied into zero-padded planes of
 // every image (parallel), then output rows are computed in parallel over
 // (image, group, output block, row), so a single image still uses every thread.
-struct Padded {
-  int64_t hp, wp;
-  explicit Padded(const Geom &g) : hp(g.h + 2 * g.p), wp(g.w + 2 * g.p) {}
-  int64_t plane() const { return hp * wp; }
-};
+// Every input plane of every image, zero-padded, into `pad` (a work-shared loop: call it inside a
+// parallel region).
+void pad_planes(const float *x, float *pad, const Geom &g, const Padded &pd) {
+#pragma omp for schedule(static)
+  for (int64_t t = 0; t < g.n * g.c; ++t) {
+    float *dst = pad + t * pd.plane();
+    std::memset(dst, 0, sizeof(float) * pd.plane());
+    for (int64_t yy = 0; yy < g.h; ++yy)
+      std::memcpy(dst + (yy + g.p) * pd.wp + g.p, x + (t * g.h + yy) * g.w, sizeof(float) * g.w);
+  }
+}
 
 // Output channels per block: two vectors, so the 16 outputs of the stem are one pass over its input.
 constexpr int64_t OB = 2 * VL;
@@ -407,7 +415,7 @@ void grp_fwd_row(const float *pad, const float *wb, const float *bv, int act, fl
 void grp_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
   const Padded pd(g);
   const int64_t groups = g.c / g.cpg, kk = g.k * g.k, oblocks = (g.opg + OB - 1) / OB;
-  std::vector<float> pad(g.n * g.c * pd.plane());  // (uninitialised would do; the borders are set below)
+  std::vector<float> pad(g.n * g.c * pd.plane());
   // Weights [group][oblock][cpg][k*k][OB] and biases [group][oblock][OB], zero beyond opg.
   std::vector<float> wb(groups * oblocks * g.cpg * kk * OB, 0.f), bv(groups * oblocks * OB, 0.f);
   for (int64_t o = 0; o < g.co; ++o) {
@@ -419,18 +427,7 @@ void grp_fwd_all(const float *x, const float *w, const float *bias, int act, flo
   const int64_t rows = g.n * groups * oblocks * g.oh;
 #pragma omp parallel
   {
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < g.n * g.c; ++t) {
-      float *dst = pad.data() + t * pd.plane();
-      std::memset(dst, 0, sizeof(float) * pd.wp * g.p);
-      std::memset(dst + (g.h + g.p) * pd.wp, 0, sizeof(float) * pd.wp * (pd.hp - g.h - g.p));
-      for (int64_t yy = 0; yy < g.h; ++yy) {
-        float *row = dst + (yy + g.p) * pd.wp;
-        std::fill(row, row + g.p, 0.f);
-        std::memcpy(row + g.p, x + (t * g.h + yy) * g.w, sizeof(float) * g.w);
-        std::fill(row + g.p + g.w, row + pd.wp, 0.f);
-      }
-    }
+    pad_planes(x, pad.data(), g, pd);
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < rows; ++r) {
       const int64_t oy = r % g.oh, blk_all = r / g.oh, n = blk_all / (groups * oblocks);
@@ -473,23 +470,12 @@ void grp_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &
   const int64_t groups = g.c / g.cpg, kk = g.k * g.k, oblocks = (g.opg + OB - 1) / OB;
   const int64_t blocks = groups * oblocks, tasks = g.n * blocks, per_block = g.cpg * kk * OB;
   std::vector<float> pad(g.n * g.c * pd.plane());
-  std::vector<double> partial;
-  int nthreads = 1;
+  ThreadSums sums(blocks * per_block);
 #pragma omp parallel
   {
-#pragma omp single
-    {
-      nthreads = omp_get_num_threads();
-      partial.assign(static_cast<size_t>(nthreads) * blocks * per_block, 0.0);
-    }
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < g.n * g.c; ++t) {
-      float *dst = pad.data() + t * pd.plane();
-      std::memset(dst, 0, sizeof(float) * pd.plane());
-      for (int64_t yy = 0; yy < g.h; ++yy)
-        std::memcpy(dst + (yy + g.p) * pd.wp + g.p, x + (t * g.h + yy) * g.w, sizeof(float) * g.w);
-    }
-    double *mine = partial.data() + omp_get_thread_num() * blocks * per_block;
+    sums.start();
+    pad_planes(x, pad.data(), g, pd);
+    double *mine = sums.mine();
     std::vector<float> dyrow(g.ow * OB);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
@@ -509,12 +495,9 @@ void grp_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &
   for (int64_t o = 0; o < g.co; ++o) {
     const int64_t grp = o / g.opg, ol = o % g.opg, blk = grp * oblocks + ol / OB, cc = ol % OB;
     for (int64_t cl = 0; cl < g.cpg; ++cl)
-      for (int64_t t = 0; t < kk; ++t) {
-        double sum = 0.0;
-        for (int th = 0; th < nthreads; ++th)
-          sum += partial[(th * blocks + blk) * per_block + (cl * kk + t) * OB + cc];
-        dw[(o * g.cpg + cl) * kk + t] = static_cast<float>(sum);
-      }
+      for (int64_t t = 0; t < kk; ++t)
+        dw[(o * g.cpg + cl) * kk + t] =
+            static_cast<float>(sums.total(blk * per_block + (cl * kk + t) * OB + cc));
   }
 }
 

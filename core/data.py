@@ -125,27 +125,38 @@ def guarded(iterator, corrupt: CorruptImages):
 
 
 class _FileSource:
-    """Random-access source of (JPEG bytes, label) for GeneratorDataset.
+    """Random-access source of (JPEG bytes, label) for GeneratorDataset, from position `start`
+    of the shard's order on (a resumed epoch starts at its first unseen batch). With `params`
+    (one row of augmentation draws per position), each row carries its draws as a third column.
 
     A corrupt file is replaced by the next readable sample of the same shard (deterministic,
     so resume is unaffected) and reported to `corrupt`, never silently."""
 
-    def __init__(self, images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages] = None):
+    def __init__(self, images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages] = None,
+                 start: int = 0, params: Optional[np.ndarray] = None):
         self.files = images.files
         self.labels = images.labels
         self.indices = indices
         self.corrupt = corrupt or CorruptImages()
+        self.start = start
+        self.params = params
+
+    @property
+    def columns(self) -> list[str]:
+        return ["image", "label"] if self.params is None else ["image", "label", "aug"]
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.indices) - self.start
 
     def __getitem__(self, i: int):
+        position = self.start + i
         for attempt in range(len(self.indices)):
-            j = int(self.indices[(i + attempt) % len(self.indices)])
+            j = int(self.indices[(position + attempt) % len(self.indices)])
             with open(self.files[j], "rb") as fh:
                 data = fh.read()
             if looks_like_image(data):
-                return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
+                row = np.frombuffer(data, np.uint8), np.int32(self.labels[j])
+                return row if self.params is None else (*row, self.params[position])
             self.corrupt.report(self.files[j])
         raise DatasetError(f"no readable image in this shard of {Path(self.files[0]).parent.parent}")
 
@@ -180,6 +191,30 @@ def train_transforms(data_cfg) -> list:
     return ops
 
 
+def native_augmentation(data_cfg) -> bool:
+    """Whether training images go through the project's native operator (core.jpeg_augment):
+    data.decoder=native, or auto when `make kernels` built it; else MindSpore's ops."""
+    choice = data_cfg.decoder
+    if choice == "mindspore":
+        return False
+    from core import jpeg_augment
+    if jpeg_augment.available():
+        return True
+    if choice == "native":
+        raise DatasetError(f"data.decoder=native but {jpeg_augment.load_error()}; run `make kernels` "
+                           f"or set data.decoder=auto")
+    return False
+
+
+def native_train_pipeline(rows, data_cfg, workers: int):
+    """Batches of natively augmented images from `rows` (image bytes, label, aug: the
+    sample's row of core.jpeg_augment.draw_params)."""
+    from core.jpeg_augment import TrainAugment
+    dataset = rows.map(operations=TrainAugment(data_cfg), input_columns=["image", "aug"],
+                       output_columns=["image"], num_parallel_workers=usable_workers(workers))
+    return dataset.project(["image", "label"]).batch(data_cfg.batch_size, drop_remainder=True)
+
+
 def eval_transforms(data_cfg) -> list:
     """Decode, resize the shorter side, centre crop, normalise, CHW."""
     from mindspore.dataset import vision
@@ -193,14 +228,18 @@ def usable_workers(requested: int) -> int:
     return max(1, min(requested, os.cpu_count() or 1))
 
 
+def _source_dataset(images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages],
+                    start: int = 0, params: Optional[np.ndarray] = None):
+    import mindspore.dataset as ds
+    source = _FileSource(images, indices, corrupt, start, params)
+    return ds.GeneratorDataset(source, column_names=source.columns, shuffle=False,
+                               num_parallel_workers=1, python_multiprocessing=False)
+
+
 def _pipeline(images: ImageList, indices: np.ndarray, ops: list, batch_size: int, workers: int,
               drop_remainder: bool, corrupt: Optional[CorruptImages] = None):
-    import mindspore.dataset as ds
-    workers = usable_workers(workers)
-    source = _FileSource(images, indices, corrupt)
-    dataset = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=False,
-                                  num_parallel_workers=1, python_multiprocessing=False)
-    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
+    dataset = _source_dataset(images, indices, corrupt)
+    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=usable_workers(workers))
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -212,20 +251,26 @@ def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
 def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank: int = 0,
                         world: int = 1, skip_batches: int = 0,
                         corrupt: Optional[CorruptImages] = None):
-    """The training pipeline of one epoch for one rank.
+    """The training pipeline of one epoch for one rank: uint8 NHWC image batches and labels.
 
-    Batches already consumed before a resume are skipped after augmentation, so the random
-    augmentation stream of the remaining batches is exactly that of an uninterrupted run
-    (MindSpore's random ops draw per row in pipeline order). It costs decoding the skipped
-    batches once, which is far cheaper than training on them.
+    A resumed epoch sees exactly the augmentations of an uninterrupted run. With the native
+    operator every draw belongs to a sample position, so the pipeline starts at the first
+    unseen batch; with MindSpore's ops (which draw per row in pipeline order) the consumed
+    batches are decoded again and skipped.
     """
     if not isinstance(images, ImageList):  # a packed split (core.packed)
         from core.packed import build_packed_train_dataset
         return build_packed_train_dataset(images, data_cfg, seed, epoch, rank, world, skip_batches,
                                           corrupt)
+    indices = train_order(len(images), seed, epoch, rank, world)
+    if native_augmentation(data_cfg):
+        from core.jpeg_augment import draw_params
+        start = skip_batches * data_cfg.batch_size
+        params = draw_params(len(indices), seed, epoch, rank)
+        return native_train_pipeline(_source_dataset(images, indices, corrupt, start, params),
+                                     data_cfg, data_cfg.workers)
     import mindspore.dataset as ds
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))
-    indices = train_order(len(images), seed, epoch, rank, world)
     dataset = _pipeline(images, indices, train_transforms(data_cfg), data_cfg.batch_size,
                         data_cfg.workers, drop_remainder=True, corrupt=corrupt)
     if skip_batches:

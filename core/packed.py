@@ -38,8 +38,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from core.data import (CorruptImages, DatasetError, ImageList, augmentation_seed, eval_order,
-                       eval_transforms, looks_like_image, scan_split, train_order, train_transforms,
-                       usable_workers)
+                       eval_transforms, looks_like_image, native_augmentation, native_train_pipeline,
+                       scan_split, train_order, train_transforms, usable_workers)
 
 log = logging.getLogger("core.packed")
 
@@ -475,20 +475,25 @@ def readable_order(split: PackedSplit, indices: np.ndarray, corrupt: CorruptImag
     return order
 
 
+def _packed_rows(split: PackedSplit, indices: np.ndarray, workers: int):
+    """(image bytes, label) rows of a packed split in `indices` order."""
+    import mindspore.dataset as ds
+    dataset = ds.MindDataset(list(split.shards), columns_list=["image", "label"],
+                             sampler=ds.SubsetSampler(indices.tolist()),
+                             num_parallel_workers=usable_workers(workers))
+    if split.label_map is not None:
+        lookup = split.label_map
+        dataset = dataset.map(operations=lambda label: lookup[label], input_columns="label")
+    return dataset
+
+
 def _packed_pipeline(split: PackedSplit, indices: np.ndarray, ops: list, batch_size: int,
                      workers: int, drop_remainder: bool, corrupt: CorruptImages):
     """core.data._pipeline over shards: rows in `indices` order, then the same map and batch.
     Unreadable images are known from the index, so they are replaced (or fail) up front."""
-    import mindspore.dataset as ds
-    workers = usable_workers(workers)
-    indices = readable_order(split, indices, corrupt)
-    dataset = ds.MindDataset(list(split.shards), columns_list=["image", "label"],
-                             sampler=ds.SubsetSampler(indices.tolist()),
-                             num_parallel_workers=workers)
-    if split.label_map is not None:
-        lookup = split.label_map
-        dataset = dataset.map(operations=lambda label: lookup[label], input_columns="label")
-    dataset = dataset.map(operations=ops, input_columns="image", num_parallel_workers=workers)
+    dataset = _packed_rows(split, readable_order(split, indices, corrupt), workers)
+    dataset = dataset.map(operations=ops, input_columns="image",
+                          num_parallel_workers=usable_workers(workers))
     return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
@@ -498,10 +503,19 @@ def build_packed_train_dataset(split: PackedSplit, data_cfg, seed: int, epoch: i
     """build_train_dataset for a packed split: same order, same augmentation stream, same
     replacement of unreadable images."""
     import mindspore.dataset as ds
-    ds.config.set_seed(augmentation_seed(seed, epoch, rank))
+    corrupt = corrupt or CorruptImages()
     indices = train_order(len(split), seed, epoch, rank, world)
+    if native_augmentation(data_cfg):
+        from core.jpeg_augment import draw_params
+        start = skip_batches * data_cfg.batch_size
+        order = readable_order(split, indices, corrupt)[start:]
+        params = draw_params(len(indices), seed, epoch, rank)[start:]
+        rows = ds.zip((_packed_rows(split, order, data_cfg.workers),
+                       ds.NumpySlicesDataset({"aug": params}, shuffle=False)))
+        return native_train_pipeline(rows, data_cfg, data_cfg.workers)
+    ds.config.set_seed(augmentation_seed(seed, epoch, rank))
     dataset = _packed_pipeline(split, indices, train_transforms(data_cfg), data_cfg.batch_size,
-                               data_cfg.workers, True, corrupt or CorruptImages())
+                               data_cfg.workers, True, corrupt)
     if skip_batches:
         dataset = dataset.skip(skip_batches)
     return dataset

@@ -65,8 +65,12 @@ def test_steps_per_epoch():
     assert steps_per_epoch(61, 8, world=2) == 3
 
 
-def test_train_pipeline_shapes_and_determinism(tiny_dataset, tmp_path):
-    cfg = tiny_config(tiny_dataset, tmp_path)
+DECODERS = pytest.mark.parametrize("decoder", ["native", "mindspore"])
+
+
+@DECODERS
+def test_train_pipeline_shapes_and_determinism(tiny_dataset, tmp_path, decoder):
+    cfg = tiny_config(tiny_dataset, tmp_path, **{"data.decoder": decoder})
     train = scan_split(tiny_dataset / "train")
 
     def batches(**kw):
@@ -116,11 +120,12 @@ def _plant_corrupt(root):
     (root / "train" / "square" / "zz_notes.jpg").write_text("not an image at all")
 
 
-def test_corrupt_training_images_are_counted_and_replaced(tmp_path):
+@DECODERS
+def test_corrupt_training_images_are_counted_and_replaced(tmp_path, decoder):
     from core.data import CorruptImages
     root = generate(tmp_path, train_per_class=2, val_per_class=1, size=24)
     _plant_corrupt(root)
-    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2})
+    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2, "data.decoder": decoder})
     train = scan_split(root / "train")
     corrupt = CorruptImages()
     batches = list(build_train_dataset(train, cfg.data, seed=1, epoch=0, corrupt=corrupt)
@@ -129,11 +134,12 @@ def test_corrupt_training_images_are_counted_and_replaced(tmp_path):
     assert sorted(f.rsplit("/", 1)[-1] for f in corrupt.files) == ["zz_notes.jpg", "zz_truncated.jpg"]
 
 
-def test_corrupt_image_fails_fast_when_asked(tmp_path):
+@DECODERS
+def test_corrupt_image_fails_fast_when_asked(tmp_path, decoder):
     from core.data import CorruptImages
     root = generate(tmp_path, train_per_class=2, val_per_class=1, size=24)
     _plant_corrupt(root)
-    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2})
+    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2, "data.decoder": decoder})
     train = scan_split(root / "train")
     with pytest.raises(Exception, match="corrupt or non-image file .*zz_"):
         list(build_train_dataset(train, cfg.data, seed=1, epoch=0, corrupt=CorruptImages(fail_fast=True))

@@ -143,8 +143,9 @@ def test_repack_with_another_shard_size_leaves_no_stale_shards(tiny_dataset, pac
     verify_packed(dst)
 
 
-def test_train_pipeline_matches_the_imagefolder(tiny_dataset, packed, tmp_path):
-    cfg = tiny_config(tiny_dataset, tmp_path)
+@pytest.mark.parametrize("decoder", ["native", "mindspore"])
+def test_train_pipeline_matches_the_imagefolder(tiny_dataset, packed, tmp_path, decoder):
+    cfg = tiny_config(tiny_dataset, tmp_path, **{"data.decoder": decoder})
     folder, split = scan_split(tiny_dataset / "train"), load_packed_split(packed, "train")
     for kwargs in ({"seed": 1, "epoch": 0}, {"seed": 1, "epoch": 3, "rank": 1, "world": 2}):
         expected = batches(build_train_dataset(folder, cfg.data, **kwargs))
@@ -182,7 +183,8 @@ def test_labels_follow_a_different_class_list(tiny_dataset, packed, tmp_path):
         load_packed_split(packed, "val", stored[1:])
 
 
-def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path):
+@pytest.mark.parametrize("decoder", ["native", "mindspore"])
+def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path, decoder):
     from core.data import CorruptImages
     from core.synthetic import generate
     root = generate(tmp_path / "folder", train_per_class=2, val_per_class=1, size=24)
@@ -191,7 +193,7 @@ def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path):
     (root / "train" / "square" / "zz_notes.jpg").write_text("not an image at all")
     (root / "val" / "ring" / "zz_empty.jpg").write_bytes(b"")
     pack_imagefolder(root, tmp_path / "packed", shard_size_mb=SHARD_MB, workers=1)
-    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2})
+    cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2, "data.decoder": decoder})
     folder, split = scan_split(root / "train"), load_packed_split(tmp_path / "packed", "train")
     assert sorted(name.rsplit("/", 1)[-1] for name in split.corrupt.values()) == [
         "zz_notes.jpg", "zz_truncated.jpg"]

@@ -1,0 +1,314 @@
+// Training-image augmentation straight from JPEG bytes: crop-decode, resize, flip, colour jitter.
+//
+// Why: MindSpore 2.10's dataset engine links a libjpeg-turbo built without SIMD, and decoding is
+// most of the input pipeline's time. This file decodes with the SIMD libjpeg-turbo that Pillow
+// ships (loaded by core/jpeg_augment.py), and like MindSpore's RandomCropDecodeResize decodes
+// only the rows down to the bottom of the crop and only the iMCU columns under it. When the
+// crop is at least twice the output size, libjpeg's DCT scaling (1/2, 1/4, 1/8) decodes it
+// directly at a smaller size. The box and the random factors are chosen by the caller
+// (core/jpeg_augment.py), so the result is a pure function of (bytes, parameters).
+//
+// Resize is bilinear with half-pixel centres, clamped at the crop's edges: what OpenCV's
+// INTER_LINEAR (MindSpore's Resize) does after a crop. Colour jitter follows MindSpore's
+// RandomColorAdjust / torchvision's ColorJitter: brightness scales, contrast blends with the
+// mean grey level, saturation blends with each pixel's grey level, in the caller's order,
+// clamped to [0, 255] after each step and rounded once at the end.
+//
+// Build: see the Makefile (`make kernels`); headers in third_party/libjpeg-turbo.
+#include <dlfcn.h>
+#include <setjmp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "jpeglib.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MNV3_NO_MULTI_ISA)
+#define MULTI_ISA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MULTI_ISA
+#endif
+
+namespace {
+
+enum Status { kOk = 0, kError = 1, kUnsupported = 2 };
+
+struct ErrorManager {
+  jpeg_error_mgr pub;
+  jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void on_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<ErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  longjmp(err->jump, 1);
+}
+
+// Warnings (damage after the headers, which libjpeg decodes around) are not printed.
+void on_emit_message(j_common_ptr, int) {}
+
+void set_message(char* out, int out_len, const char* text) {
+  if (out && out_len > 0) std::snprintf(out, out_len, "%s", text);
+}
+
+// Where the output box lies in an image: left, top, width, height in that image's pixels.
+struct Box {
+  double x, y, w, h;
+};
+
+// One axis of a bilinear resize: for each output index the two source indices (relative to the
+// decoded region) and the weight of the second.
+struct Taps {
+  std::vector<int> first, second;
+  std::vector<float> weight;
+};
+
+// Half-pixel centres, clamped to the box's edge pixels, as OpenCV's INTER_LINEAR after a crop.
+Taps make_taps(double start, double length, int out_size, int region_start, int region_size) {
+  Taps taps;
+  taps.first.resize(out_size);
+  taps.second.resize(out_size);
+  taps.weight.resize(out_size);
+  const double scale = length / out_size;
+  const double lo = start, hi = start + std::max(length - 1.0, 0.0);
+  const int last = region_start + region_size - 1;
+  for (int i = 0; i < out_size; ++i) {
+    double pos = std::clamp(start + (i + 0.5) * scale - 0.5, lo, hi);
+    int index = static_cast<int>(std::floor(pos));
+    index = std::clamp(index, region_start, last);
+    const int next = std::min(index + 1, last);
+    taps.first[i] = index - region_start;
+    taps.second[i] = next - region_start;
+    taps.weight[i] = static_cast<float>(std::clamp(pos - index, 0.0, 1.0));
+  }
+  return taps;
+}
+
+// Per-thread scratch memory, kept between calls (no allocation or zeroing per image).
+template <typename T>
+T* scratch(std::vector<T>& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// Resize the box of an RGB region (`stride` bytes per row) into three float planes of
+// out_h x out_w: per output row, first blend the two source rows over the region's width
+// (contiguous, vectorised), then pick and blend columns (mirrored if flip).
+MULTI_ISA void resize_box(const uint8_t* region, int stride, const Taps& ys, const Taps& xs, bool flip,
+                int out_h, int out_w, float* planes) {
+  thread_local std::vector<float> row_buffer;
+  float* row = scratch(row_buffer, static_cast<size_t>(stride));
+  const size_t plane = static_cast<size_t>(out_h) * out_w;
+  for (int y = 0; y < out_h; ++y) {
+    const uint8_t* a = region + static_cast<size_t>(ys.first[y]) * stride;
+    const uint8_t* b = region + static_cast<size_t>(ys.second[y]) * stride;
+    const float w = ys.weight[y];
+    for (int i = 0; i < stride; ++i) row[i] = a[i] + w * (static_cast<float>(b[i]) - a[i]);
+    float* r = planes + static_cast<size_t>(y) * out_w;
+    float* g = r + plane;
+    float* bl = g + plane;
+    for (int x = 0; x < out_w; ++x) {
+      const int o = flip ? out_w - 1 - x : x;
+      const float* p = row + 3 * xs.first[x];
+      const float* q = row + 3 * xs.second[x];
+      const float wx = xs.weight[x];
+      r[o] = p[0] + wx * (q[0] - p[0]);
+      g[o] = p[1] + wx * (q[1] - p[1]);
+      bl[o] = p[2] + wx * (q[2] - p[2]);
+    }
+  }
+}
+
+inline float clamp255(float v) { return std::min(std::max(v, 0.0f), 255.0f); }
+
+// factors: brightness, contrast, saturation (1 = unchanged); order: a permutation of 0, 1, 2.
+// The image is three planes of n pixels.
+MULTI_ISA void colour_jitter(float* planes, size_t n, const float* factors, const int* order) {
+  float* r = planes;
+  float* g = planes + n;
+  float* b = planes + 2 * n;
+  for (int k = 0; k < 3; ++k) {
+    const int op = order[k];
+    const float f = factors[op];
+    if (f == 1.0f) continue;
+    if (op == 0) {
+      for (size_t i = 0; i < 3 * n; ++i) planes[i] = clamp255(planes[i] * f);
+    } else if (op == 1) {
+      // 16 independent partial sums (vectorised, and the same order on every ISA clone).
+      constexpr size_t kLanes = 16;
+      float lanes[kLanes] = {};
+      size_t i = 0;
+      for (; i + kLanes <= n; i += kLanes)
+        for (size_t k = 0; k < kLanes; ++k)
+          lanes[k] += 0.299f * r[i + k] + 0.587f * g[i + k] + 0.114f * b[i + k];
+      double total = 0;
+      for (size_t k = 0; k < kLanes; ++k) total += lanes[k];
+      for (; i < n; ++i) total += 0.299f * r[i] + 0.587f * g[i] + 0.114f * b[i];
+      const float mean_part = static_cast<float>(total / n) * (1.0f - f);
+      for (size_t i = 0; i < 3 * n; ++i) planes[i] = clamp255(planes[i] * f + mean_part);
+    } else {
+      for (size_t i = 0; i < n; ++i) {
+        const float grey = (0.299f * r[i] + 0.587f * g[i] + 0.114f * b[i]) * (1.0f - f);
+        r[i] = clamp255(r[i] * f + grey);
+        g[i] = clamp255(g[i] * f + grey);
+        b[i] = clamp255(b[i] * f + grey);
+      }
+    }
+  }
+}
+
+// Three float planes (already within [0, 255]) to interleaved uint8 RGB, rounded.
+MULTI_ISA void to_uint8(const float* planes, size_t n, uint8_t* out) {
+  const float* r = planes;
+  const float* g = planes + n;
+  const float* b = planes + 2 * n;
+  for (size_t i = 0; i < n; ++i) {
+    out[3 * i] = static_cast<uint8_t>(r[i] + 0.5f);
+    out[3 * i + 1] = static_cast<uint8_t>(g[i] + 0.5f);
+    out[3 * i + 2] = static_cast<uint8_t>(b[i] + 0.5f);
+  }
+}
+
+// The common tail: resize the box out of a decoded region, flip, jitter, round.
+void augment_region(const uint8_t* region, int stride, int region_x, int region_y, int region_w,
+                    int region_h, const Box& box, int flip, const float* factors,
+                    const int* order, int out_h, int out_w, uint8_t* out) {
+  const Taps xs = make_taps(box.x, box.w, out_w, region_x, region_w);
+  const Taps ys = make_taps(box.y, box.h, out_h, region_y, region_h);
+  const size_t n = static_cast<size_t>(out_h) * out_w;
+  thread_local std::vector<float> planes_buffer;
+  float* planes = scratch(planes_buffer, 3 * n);
+  resize_box(region, stride, ys, xs, flip != 0, out_h, out_w, planes);
+  if (factors && order) colour_jitter(planes, n, factors, order);
+  to_uint8(planes, n, out);
+}
+
+// The largest DCT reduction (8/8, 4/8, 2/8, 1/8) that keeps the box at least the output size.
+int dct_scale_num(const Box& box, int out_h, int out_w) {
+  for (int num = 1; num < 8; num *= 2)
+    if (box.w * num / 8.0 >= out_w && box.h * num / 8.0 >= out_h) return num;
+  return 8;
+}
+
+struct Decoder {
+  jpeg_decompress_struct cinfo;
+  ErrorManager err;
+  Decoder() {
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error_exit;
+    err.pub.emit_message = on_emit_message;
+    err.message[0] = '\0';
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// Image size from the headers. Returns kOk, or kError with a message.
+int mnv3_jpeg_size(const uint8_t* data, size_t size, int* width, int* height, char* message,
+                   int message_len) {
+  Decoder d;
+  if (setjmp(d.err.jump)) {
+    set_message(message, message_len, d.err.message);
+    jpeg_destroy_decompress(&d.cinfo);
+    return kError;
+  }
+  jpeg_create_decompress(&d.cinfo);
+  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&d.cinfo, TRUE);
+  *width = static_cast<int>(d.cinfo.image_width);
+  *height = static_cast<int>(d.cinfo.image_height);
+  jpeg_destroy_decompress(&d.cinfo);
+  return kOk;
+}
+
+// Decode the part of the JPEG under box = {x, y, w, h} (source pixels), resize it to
+// out_h x out_w, mirror it if flip, apply factors in order (both may be null: no jitter) and
+// write uint8 HWC RGB to out. allow_scaling=0 decodes at full size (for comparisons).
+// Returns kOk; kUnsupported for colour spaces other than grey/YCbCr/RGB (the caller decodes
+// those another way); kError with a message for a damaged file.
+int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, int flip,
+                      const float* factors, const int* order, int out_h, int out_w,
+                      int allow_scaling, uint8_t* out, char* message, int message_len) {
+  Decoder d;
+  thread_local std::vector<uint8_t> region_buffer;
+  uint8_t* region = nullptr;
+  if (setjmp(d.err.jump)) {
+    set_message(message, message_len, d.err.message);
+    jpeg_destroy_decompress(&d.cinfo);
+    return kError;
+  }
+  jpeg_create_decompress(&d.cinfo);
+  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&d.cinfo, TRUE);
+  const J_COLOR_SPACE space = d.cinfo.jpeg_color_space;
+  if (space == JCS_CMYK || space == JCS_YCCK || d.cinfo.num_components == 2 ||
+      d.cinfo.num_components > 4) {
+    set_message(message, message_len, "unsupported JPEG colour space");
+    jpeg_destroy_decompress(&d.cinfo);
+    return kUnsupported;
+  }
+  const int num = allow_scaling ? dct_scale_num({box_xywh[0], box_xywh[1], box_xywh[2], box_xywh[3]},
+                                                out_h, out_w) : 8;
+  const double s = num / 8.0;
+  const Box box{box_xywh[0] * s, box_xywh[1] * s, box_xywh[2] * s, box_xywh[3] * s};
+  d.cinfo.out_color_space = JCS_RGB;
+  d.cinfo.scale_num = num;
+  d.cinfo.scale_denom = 8;
+  jpeg_start_decompress(&d.cinfo);
+  const int full_w = static_cast<int>(d.cinfo.output_width);
+  const int full_h = static_cast<int>(d.cinfo.output_height);
+  // Pixels the resize reads: from the box's first to its last pixel, within the image.
+  const int x0 = std::clamp(static_cast<int>(std::floor(box.x)), 0, full_w - 1);
+  const int x1 = std::clamp(static_cast<int>(std::ceil(box.x + box.w - 1.0)), x0, full_w - 1);
+  const int y0 = std::clamp(static_cast<int>(std::floor(box.y)), 0, full_h - 1);
+  const int y1 = std::clamp(static_cast<int>(std::ceil(box.y + box.h - 1.0)), y0, full_h - 1);
+  // One more column each side: libjpeg starts the cropped region at an iMCU boundary and
+  // upsamples chroma at the region's edges as at the image's, so a needed pixel must not be
+  // the region's first or last column for the result to equal a full decode's.
+  JDIMENSION crop_x = static_cast<JDIMENSION>(std::max(x0 - 1, 0));
+  JDIMENSION crop_w = static_cast<JDIMENSION>(std::min(x1 + 1, full_w - 1)) - crop_x + 1;
+  if (crop_w < d.cinfo.output_width) {
+    jpeg_crop_scanline(&d.cinfo, &crop_x, &crop_w);  // widened to whole iMCU columns
+  } else {
+    crop_x = 0;
+  }
+  const int stride = static_cast<int>(d.cinfo.output_width) * 3;  // the cropped width
+  const int rows = y1 - y0 + 1;
+  region = scratch(region_buffer, static_cast<size_t>(rows) * stride);
+  if (y0 > 0) jpeg_skip_scanlines(&d.cinfo, static_cast<JDIMENSION>(y0));
+  for (int r = 0; r < rows;) {
+    JSAMPROW row = region + static_cast<size_t>(r) * stride;
+    r += static_cast<int>(jpeg_read_scanlines(&d.cinfo, &row, 1));
+  }
+  // Rows below the box are never decoded; abort instead of finishing.
+  jpeg_destroy_decompress(&d.cinfo);
+  augment_region(region, stride, static_cast<int>(crop_x), y0, static_cast<int>(crop_w),
+                 rows, box, flip, factors, order, out_h, out_w, out);
+  return kOk;
+}
+
+// The same augmentation for an image already decoded to RGB (PNG, BMP, CMYK JPEG).
+int mnv3_rgb_augment(const uint8_t* rgb, int height, int width, const double* box_xywh, int flip,
+                     const float* factors, const int* order, int out_h, int out_w, uint8_t* out) {
+  const Box box{box_xywh[0], box_xywh[1], box_xywh[2], box_xywh[3]};
+  augment_region(rgb, width * 3, 0, 0, width, height, box, flip, factors, order, out_h, out_w,
+                 out);
+  return kOk;
+}
+
+// The file that provides libjpeg to this library (to check it is the SIMD build).
+int mnv3_jpeg_library(char* path, int path_len) {
+  Dl_info info;
+  if (!dladdr(reinterpret_cast<void*>(&jpeg_CreateDecompress), &info) || !info.dli_fname) return kError;
+  set_message(path, path_len, info.dli_fname);
+  return kOk;
+}
+
+}  // extern "C"

@@ -49,6 +49,19 @@ COPY --chown=1000:100 launcher ./launcher
 COPY --chown=1000:100 configs ./configs
 COPY --chown=1000:100 requirements.txt ./requirements.txt
 
+# The native CPU libraries (core/kernels/build.sh): the training-image decoder speeds up the
+# host pipeline that feeds any accelerator; the CPU convolutions serve CPU jobs. g++ is
+# installed for the build only. Without apt or a compiler the build skips with a warning and
+# the runner uses MindSpore's own ops.
+# hadolint ignore=DL3008
+RUN if command -v apt-get >/dev/null && ! command -v g++ >/dev/null; then \
+        apt-get update \
+        && apt-get install -y --no-install-recommends g++ \
+        && sh core/kernels/build.sh python \
+        && apt-get purge -y g++ && apt-get autoremove -y \
+        && rm -rf /var/lib/apt/lists/*; \
+    else sh core/kernels/build.sh python; fi
+
 # ma-user (numeric, so that the runtime needs no passwd lookup)
 USER 1000:100
 # CMD, not ENTRYPOINT: ModelArts replaces the command with the job's boot command, and

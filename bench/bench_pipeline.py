@@ -1,11 +1,14 @@
 """Benchmark: training input pipeline, images/s with 1 and 2 workers, 224 px, batch 64.
 
-The project's pipeline (core.data.build_train_dataset: RandomCropDecodeResize, flip,
-RandomColorAdjust(0.4, 0.4, 0.4), Normalize, HWC2CHW) against torchvision ImageFolder +
-DataLoader with the same augmentations (RandomResizedCrop, flip, ColorJitter, ToTensor,
-Normalize; run in bench/.venv-peers), on a JPEG ImageFolder of photo-sized images (~500x375,
-~60-120 KB) generated deterministically: smooth random colour fields, gradients and shapes,
-encoded with mindspore.dataset.vision.encode_jpeg. Nothing is downloaded.
+The project's pipeline (core.data.build_train_dataset with data.decoder=auto, i.e. the native
+operator of core/jpeg_augment.py: random-resized crop decoded with Pillow's SIMD libjpeg-turbo,
+flip, colour jitter (0.4, 0.4, 0.4); uint8 HWC batches, normalised in the training graph) against
+torchvision ImageFolder + DataLoader with the same augmentations (RandomResizedCrop, flip,
+ColorJitter, ToTensor, Normalize; run in bench/.venv-peers), and against the project's
+MindSpore-ops pipeline (data.decoder=mindspore: RandomCropDecodeResize, RandomHorizontalFlip,
+RandomColorAdjust), on a JPEG ImageFolder of photo-sized images (~500x375, ~60-120 KB)
+generated deterministically: smooth random colour fields, gradients and shapes, encoded with
+mindspore.dataset.vision.encode_jpeg. Nothing is downloaded.
 Goal (not asserted): project >= 2.5x torchvision per worker count.
 
     python bench/bench_pipeline.py            # 2,000 images, 20 batches of 64 per run, 3 runs
@@ -60,13 +63,14 @@ def ensure_dataset(root: Path, images: int, classes: int = 10, seed: int = 0) ->
     return train
 
 
-def project_rate(train: Path, workers: int, batches: int, batch: int) -> float:
+def project_rate(train: Path, workers: int, batches: int, batch: int, decoder: str = "auto") -> float:
     from core.config import Config
     from core.data import build_train_dataset, scan_split
     cfg = Config()
     cfg.data.image_size = 224
     cfg.data.batch_size = batch
     cfg.data.workers = workers
+    cfg.data.decoder = decoder
     images = scan_split(train)
     ds = build_train_dataset(images, cfg.data, seed=1, epoch=0)
     it = ds.create_tuple_iterator(num_epochs=1, output_numpy=True)
@@ -98,22 +102,27 @@ def main():
     cfg_scale, cfg_ratio = "0.08,1.0", "0.75,1.333333"
     rows, raw = [], {}
     for workers in (int(w) for w in args.workers.split(",")):
-        ours, theirs = [], []
-        for _ in range(args.repeat):  # alternate so load changes hit both sides alike
+        ours, theirs, ops = [], [], []
+        for _ in range(args.repeat):  # alternate so load changes hit all sides alike
             ours.append(project_rate(train, workers, args.batches, args.batch))
+            ops.append(project_rate(train, workers, args.batches, args.batch, "mindspore"))
             if peers:
                 theirs.append(common.run_peer("torch_pipeline.py", [
                     train, "--workers", workers, "--batch", args.batch, "--batches", args.batches,
                     "--scale", cfg_scale, "--ratio", cfg_ratio])["images_per_s"])
-        raw[f"workers_{workers}"] = {"project": ours, "torchvision": theirs}
-        mine = common.median(ours)
+        raw[f"workers_{workers}"] = {"project": ours, "project_mindspore_ops": ops, "torchvision": theirs}
+        mine, with_ops = common.median(ours), common.median(ops)
         other = common.median(theirs) if theirs else None
-        rows.append({"what": f"train pipeline, {workers} worker(s), 224 px, batch {args.batch}",
-                     "unit": "images/s", "project": mine, "peer": "torchvision DataLoader",
+        what = f"train pipeline, {workers} worker(s), 224 px, batch {args.batch}"
+        rows.append({"what": what, "unit": "images/s", "project": mine, "peer": "torchvision DataLoader",
                      "peer_value": other, "ratio": common.ratio(mine, other)})
+        rows.append({"what": what, "unit": "images/s", "project": mine,
+                     "peer": "project with MindSpore's ops (data.decoder=mindspore)",
+                     "peer_value": with_ops, "ratio": common.ratio(mine, with_ops)})
         print(f"{workers} worker(s): project {mine:.1f} img/s, torchvision "
               f"{other if other is None else round(other, 1)} img/s, ratio "
-              f"{common.ratio(mine, other)} (goal >= 2.5)", flush=True)
+              f"{common.ratio(mine, other)} (goal >= 2.5); with MindSpore's ops {with_ops:.1f} img/s "
+              f"(ratio to torchvision {common.ratio(with_ops, other)})", flush=True)
     path = common.write_result("pipeline", {
         "title": "Input pipeline (training augmentations, 224 px)",
         "command": "python bench/bench_pipeline.py" + (" --quick" if args.quick else ""),

@@ -297,7 +297,8 @@ def test_s3_down_during_checkpoint_upload_and_back_training_goes_on_upload_retri
     during = [r["step"] for r in step_records(read_metrics(run_dir / "metrics.jsonl")) if down < r["time"] < up]
     assert len(during) >= 2, (down, up, during)
     # The paused upload was retried until it completed, after the outage.
-    line = next(l for l in out.splitlines() if "uploaded checkpoint" in l and paused in l)
+    line = next((l for l in out.splitlines() if "uploaded checkpoint" in l and paused in l), None)
+    assert line, (paused, out[-4000:])
     took = float(line.split(" in ")[1].split(" s;")[0])
     assert took >= up - down - 1, (line, up - down)
     assert "checkpoint upload of" not in out and " ERROR " not in out, out[-3000:]

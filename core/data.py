@@ -126,37 +126,29 @@ def guarded(iterator, corrupt: CorruptImages):
 
 class _FileSource:
     """Random-access source of (JPEG bytes, label) for GeneratorDataset, from position `start`
-    of the shard's order on (a resumed epoch starts at its first unseen batch). With `params`
-    (one row of augmentation draws per position), each row carries its draws as a third column.
+    of the shard's order on (a resumed epoch starts at its first unseen batch).
 
     A corrupt file is replaced by the next readable sample of the same shard (deterministic,
     so resume is unaffected) and reported to `corrupt`, never silently."""
 
     def __init__(self, images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages] = None,
-                 start: int = 0, params: Optional[np.ndarray] = None):
+                 start: int = 0):
         self.files = images.files
         self.labels = images.labels
         self.indices = indices
         self.corrupt = corrupt or CorruptImages()
         self.start = start
-        self.params = params
-
-    @property
-    def columns(self) -> list[str]:
-        return ["image", "label"] if self.params is None else ["image", "label", "aug"]
 
     def __len__(self) -> int:
         return len(self.indices) - self.start
 
     def __getitem__(self, i: int):
-        position = self.start + i
         for attempt in range(len(self.indices)):
-            j = int(self.indices[(position + attempt) % len(self.indices)])
+            j = int(self.indices[(self.start + i + attempt) % len(self.indices)])
             with open(self.files[j], "rb") as fh:
                 data = fh.read()
             if looks_like_image(data):
-                row = np.frombuffer(data, np.uint8), np.int32(self.labels[j])
-                return row if self.params is None else (*row, self.params[position])
+                return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
             self.corrupt.report(self.files[j])
         raise DatasetError(f"no readable image in this shard of {Path(self.files[0]).parent.parent}")
 
@@ -206,13 +198,14 @@ def native_augmentation(data_cfg) -> bool:
     return False
 
 
-def native_train_pipeline(rows, data_cfg, workers: int):
-    """Batches of natively augmented images from `rows` (image bytes, label, aug: the
-    sample's row of core.jpeg_augment.draw_params)."""
-    from core.jpeg_augment import TrainAugment
-    dataset = rows.map(operations=TrainAugment(data_cfg), input_columns=["image", "aug"],
-                       output_columns=["image"], num_parallel_workers=usable_workers(workers))
-    return dataset.project(["image", "label"]).batch(data_cfg.batch_size, drop_remainder=True)
+def native_train_pipeline(rows, params: np.ndarray, data_cfg, workers: int):
+    """Batches of natively augmented images from `rows` (image bytes, label), whose i-th row
+    gets params[i] (core.jpeg_augment.draw_params). Each batch is augmented by one call in
+    one of `workers` threads (the native decoder runs without the GIL)."""
+    from core.jpeg_augment import BatchAugment
+    return rows.batch(data_cfg.batch_size, drop_remainder=True, input_columns=["image"],
+                      per_batch_map=BatchAugment(data_cfg, params),
+                      num_parallel_workers=usable_workers(workers), python_multiprocessing=False)
 
 
 def eval_transforms(data_cfg) -> list:
@@ -229,11 +222,10 @@ def usable_workers(requested: int) -> int:
 
 
 def _source_dataset(images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages],
-                    start: int = 0, params: Optional[np.ndarray] = None):
+                    start: int = 0):
     import mindspore.dataset as ds
-    source = _FileSource(images, indices, corrupt, start, params)
-    return ds.GeneratorDataset(source, column_names=source.columns, shuffle=False,
-                               num_parallel_workers=1, python_multiprocessing=False)
+    return ds.GeneratorDataset(_FileSource(images, indices, corrupt, start), column_names=["image", "label"],
+                               shuffle=False, num_parallel_workers=1, python_multiprocessing=False)
 
 
 def _pipeline(images: ImageList, indices: np.ndarray, ops: list, batch_size: int, workers: int,
@@ -266,8 +258,8 @@ def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank
     if native_augmentation(data_cfg):
         from core.jpeg_augment import draw_params
         start = skip_batches * data_cfg.batch_size
-        params = draw_params(len(indices), seed, epoch, rank)
-        return native_train_pipeline(_source_dataset(images, indices, corrupt, start, params),
+        params = draw_params(len(indices), seed, epoch, rank)[start:]
+        return native_train_pipeline(_source_dataset(images, indices, corrupt, start), params,
                                      data_cfg, data_cfg.workers)
     import mindspore.dataset as ds
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))

@@ -142,10 +142,10 @@ class DecodeError(ValueError):
 
 
 class TrainAugment:
-    """map() operation: (JPEG/PNG/BMP bytes, params row) -> uint8 HWC image of image_size.
+    """One training image: (JPEG/PNG/BMP bytes, params row) -> uint8 HWC of image_size.
 
-    ctypes releases the GIL around the native call, so MindSpore's map threads decode in
-    parallel."""
+    ctypes releases the GIL around the native call, so the pipeline's worker threads decode
+    in parallel."""
 
     def __init__(self, data_cfg, allow_scaling: bool = True):
         lib = load()
@@ -157,19 +157,22 @@ class TrainAugment:
         self.ratio = tuple(data_cfg.crop_ratio)
         self.hflip = float(data_cfg.hflip)
         jitter = [float(j) for j in data_cfg.color_jitter]
-        self.jitter = jitter if any(jitter) else None
+        self.jitter = any(jitter)
+        # factor ranges [max(0, 1 - j), 1 + j], as MindSpore's RandomColorAdjust and ColorJitter
+        self.lowest = np.array([max(0.0, 1 - j) for j in jitter])
+        self.span = np.array([1 + j for j in jitter]) - self.lowest
         self.allow_scaling = int(allow_scaling)
 
     def factors(self, u: np.ndarray) -> Optional[np.ndarray]:
-        if self.jitter is None:
+        if not self.jitter:
             return None
-        lo = np.array([max(0.0, 1 - j) for j in self.jitter])
-        hi = np.array([1 + j for j in self.jitter])
-        return (lo + (hi - lo) * u[FACTORS]).astype(np.float32)
+        return (self.lowest + self.span * u[FACTORS]).astype(np.float32)
 
-    def __call__(self, data: np.ndarray, u: np.ndarray) -> np.ndarray:
+    def __call__(self, data: np.ndarray, u: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Into `out` (C-contiguous, size x size x 3 uint8) when given, else a new array."""
         data = as_uint8(data)
-        out = np.empty((self.size, self.size, 3), np.uint8)
+        if out is None:
+            out = np.empty((self.size, self.size, 3), np.uint8)
         flip = int(u[FLIP] < self.hflip)
         factors = self.factors(u)
         order = ORDERS[min(int(u[ORDER] * 6), 5)]
@@ -193,6 +196,24 @@ class TrainAugment:
             self.lib.mnv3_rgb_augment(rgb.ctypes.data, rgb.shape[0], rgb.shape[1], box.ctypes.data,
                                       flip, fptr, optr, self.size, self.size, out.ctypes.data)
         return out
+
+
+class BatchAugment:
+    """batch(per_batch_map=...) operation: a batch's image bytes -> uint8 NHWC. Batch k of the
+    epoch takes params[k * batch_size:] (the rows of its sample positions)."""
+
+    def __init__(self, data_cfg, params: np.ndarray):
+        self.augment = TrainAugment(data_cfg)
+        self.params = params
+        self.batch_size = int(data_cfg.batch_size)
+
+    def __call__(self, images, batch_info):
+        first = batch_info.get_batch_num() * self.batch_size
+        size = self.augment.size
+        out = np.empty((len(images), size, size, 3), np.uint8)
+        for i, data in enumerate(images):
+            self.augment(data, self.params[first + i], out[i])
+        return (out,)
 
 
 def as_uint8(data) -> np.ndarray:

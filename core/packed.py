@@ -510,9 +510,8 @@ def build_packed_train_dataset(split: PackedSplit, data_cfg, seed: int, epoch: i
         start = skip_batches * data_cfg.batch_size
         order = readable_order(split, indices, corrupt)[start:]
         params = draw_params(len(indices), seed, epoch, rank)[start:]
-        rows = ds.zip((_packed_rows(split, order, data_cfg.workers),
-                       ds.NumpySlicesDataset({"aug": params}, shuffle=False)))
-        return native_train_pipeline(rows, data_cfg, data_cfg.workers)
+        return native_train_pipeline(_packed_rows(split, order, data_cfg.workers), params,
+                                     data_cfg, data_cfg.workers)
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))
     dataset = _packed_pipeline(split, indices, train_transforms(data_cfg), data_cfg.batch_size,
                                data_cfg.workers, True, corrupt)

@@ -67,7 +67,7 @@ def check_num_classes(cfg: Config, found: int, where: str) -> int:
 
 class NetWithLoss(nn.Cell):
     """Loss of `net` on a batch. With `normalization` ((mean, std) on the 0-255 scale) the batch
-    is the training pipeline's uint8 NHWC (core.data.train_transforms) and is transposed and
+    is the training pipeline's uint8 NHWC (core.data.build_train_dataset) and is transposed and
     normalised here, in fp32, before the network; without it, float NCHW as the network takes."""
 
     def __init__(self, net, loss_fn, normalization=None):

@@ -73,6 +73,16 @@ def test_cropped_decode_equals_mindspores_full_decode(jpeg, decoded, left, top):
     np.testing.assert_array_equal(native(jpeg, (left, top, w, h), 96), decoded[top:top + h, left:left + w])
 
 
+@pytest.mark.parametrize("kind", [{"progressive": True}, {"subsampling": 0}, {"subsampling": 1}],
+                         ids=["progressive", "4:4:4", "4:2:2"])
+def test_other_jpeg_kinds_decode_like_mindspore(kind):
+    from mindspore.dataset import vision
+    data = encode(photo(5), quality=90, **kind)
+    full = vision.Decode()(data)
+    for left, top in [(37, 21), (100, 50), (224, 144)]:
+        np.testing.assert_array_equal(native(data, (left, top, 96, 96), 96), full[top:top + 96, left:left + 96])
+
+
 @pytest.mark.parametrize("box", [(0, 0, 320, 240), (37, 21, 200, 150), (3, 5, 60, 45), (250, 180, 70, 60)])
 def test_resize_equals_mindspores_resize(jpeg, decoded, box):
     from mindspore.dataset import vision

@@ -14,7 +14,7 @@ else nn.Conv2d).
 from __future__ import annotations
 
 import logging
-import os
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -30,10 +30,9 @@ IMPLS = ("auto", "native", "custom")
 _available: Optional[bool] = None
 
 
-def build_command(source: Path = SOURCE, library: Path = LIBRARY) -> list[str]:
-    """The compiler line (the Makefile's `kernels` target runs the same one)."""
-    cxx = os.environ.get("CXX", "g++")
-    return [cxx, "-O3", "-fopenmp", "-fPIC", "-shared", "-std=c++17", str(source), "-o", str(library)]
+def build_command() -> list[str]:
+    """The build (core/kernels/build.sh, as `make kernels` runs it) with this interpreter."""
+    return ["sh", str(KERNEL_DIR / "build.sh"), sys.executable]
 
 
 def library_path() -> Optional[Path]:

@@ -20,7 +20,7 @@ if ! command -v "$CXX" >/dev/null 2>&1; then
     exit 0
 fi
 
-fresh() { [ -f "$1" ] && [ ! "$1" -ot "$2" ]; }
+fresh() { [ -f "$1" ] && [ ! "$1" -ot "$2" ] && [ ! "$1" -ot "$HERE/multi_isa.h" ]; }
 
 # compile OUTPUT SOURCE [extra arguments...]: the multi-ISA build, else the plain one
 compile() {

@@ -27,11 +27,7 @@
 
 #include "jpeglib.h"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(MNV3_NO_MULTI_ISA)
-#define MULTI_ISA __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define MULTI_ISA
-#endif
+#include "multi_isa.h"
 
 namespace {
 
@@ -206,36 +202,22 @@ struct Decoder {
   }
 };
 
-}  // namespace
 
-extern "C" {
+// What to do with a JPEG beyond reading its headers.
+struct Request {
+  Box box;  // source pixels
+  int flip;
+  const float* factors;  // null: no colour jitter
+  const int* order;
+  int out_h, out_w;
+  int allow_scaling;
+  uint8_t* out;
+};
 
-// Image size from the headers. Returns kOk, or kError with a message.
-int mnv3_jpeg_size(const uint8_t* data, size_t size, int* width, int* height, char* message,
-                   int message_len) {
-  Decoder d;
-  if (setjmp(d.err.jump)) {
-    set_message(message, message_len, d.err.message);
-    jpeg_destroy_decompress(&d.cinfo);
-    return kError;
-  }
-  jpeg_create_decompress(&d.cinfo);
-  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
-  jpeg_read_header(&d.cinfo, TRUE);
-  *width = static_cast<int>(d.cinfo.image_width);
-  *height = static_cast<int>(d.cinfo.image_height);
-  jpeg_destroy_decompress(&d.cinfo);
-  return kOk;
-}
-
-// Decode the part of the JPEG under box = {x, y, w, h} (source pixels), resize it to
-// out_h x out_w, mirror it if flip, apply factors in order (both may be null: no jitter) and
-// write uint8 HWC RGB to out. allow_scaling=0 decodes at full size (for comparisons).
-// Returns kOk; kUnsupported for colour spaces other than grey/YCbCr/RGB (the caller decodes
-// those another way); kError with a message for a damaged file.
-int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, int flip,
-                      const float* factors, const int* order, int out_h, int out_w,
-                      int allow_scaling, uint8_t* out, char* message, int message_len) {
+// Read the headers (the size to width/height when given); with a request, decode the part of
+// the image under its box, resize, flip, jitter and write it. The one place with a setjmp.
+int decode(const uint8_t* data, size_t size, int* width, int* height, const Request* request,
+           char* message, int message_len) {
   Decoder d;
   thread_local std::vector<uint8_t> region_buffer;
   uint8_t* region = nullptr;
@@ -247,6 +229,12 @@ int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, 
   jpeg_create_decompress(&d.cinfo);
   jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&d.cinfo, TRUE);
+  if (width) *width = static_cast<int>(d.cinfo.image_width);
+  if (height) *height = static_cast<int>(d.cinfo.image_height);
+  if (!request) {
+    jpeg_destroy_decompress(&d.cinfo);
+    return kOk;
+  }
   const J_COLOR_SPACE space = d.cinfo.jpeg_color_space;
   if (space == JCS_CMYK || space == JCS_YCCK || d.cinfo.num_components == 2 ||
       d.cinfo.num_components > 4) {
@@ -254,10 +242,10 @@ int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, 
     jpeg_destroy_decompress(&d.cinfo);
     return kUnsupported;
   }
-  const int num = allow_scaling ? dct_scale_num({box_xywh[0], box_xywh[1], box_xywh[2], box_xywh[3]},
-                                                out_h, out_w) : 8;
+  const int out_h = request->out_h, out_w = request->out_w;
+  const int num = request->allow_scaling ? dct_scale_num(request->box, out_h, out_w) : 8;
   const double s = num / 8.0;
-  const Box box{box_xywh[0] * s, box_xywh[1] * s, box_xywh[2] * s, box_xywh[3] * s};
+  const Box box{request->box.x * s, request->box.y * s, request->box.w * s, request->box.h * s};
   d.cinfo.out_color_space = JCS_RGB;
   d.cinfo.scale_num = num;
   d.cinfo.scale_denom = 8;
@@ -290,8 +278,32 @@ int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, 
   // Rows below the box are never decoded; abort instead of finishing.
   jpeg_destroy_decompress(&d.cinfo);
   augment_region(region, stride, static_cast<int>(crop_x), y0, static_cast<int>(crop_w),
-                 rows, box, flip, factors, order, out_h, out_w, out);
+                 rows, box, request->flip, request->factors, request->order, out_h, out_w,
+                 request->out);
   return kOk;
+}
+
+}  // namespace
+
+extern "C" {
+
+// Image size from the headers. Returns kOk, or kError with a message.
+int mnv3_jpeg_size(const uint8_t* data, size_t size, int* width, int* height, char* message,
+                   int message_len) {
+  return decode(data, size, width, height, nullptr, message, message_len);
+}
+
+// Decode the part of the JPEG under box = {x, y, w, h} (source pixels), resize it to
+// out_h x out_w, mirror it if flip, apply factors in order (both may be null: no jitter) and
+// write uint8 HWC RGB to out. allow_scaling=0 decodes at full size (for comparisons).
+// Returns kOk; kUnsupported for colour spaces other than grey/YCbCr/RGB (the caller decodes
+// those another way); kError with a message for a damaged file.
+int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, int flip,
+                      const float* factors, const int* order, int out_h, int out_w,
+                      int allow_scaling, uint8_t* out, char* message, int message_len) {
+  const Request request{{box_xywh[0], box_xywh[1], box_xywh[2], box_xywh[3]}, flip, factors,
+                        order, out_h, out_w, allow_scaling, out};
+  return decode(data, size, nullptr, nullptr, &request, message, message_len);
 }
 
 // The same augmentation for an image already decoded to RGB (PNG, BMP, CMYK JPEG).

@@ -48,20 +48,11 @@ print(json.dumps(out))
 def ms_times(batch: int, reps: int) -> dict:
     import mindspore as ms
     import numpy as np
-    from mindspore import nn, ops
+    from mindspore import nn
     from core import fast_conv
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
-
-    class Grad(nn.Cell):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-            self.params = ms.ParameterTuple(net.trainable_params())
-
-        def construct(self, x, dy):
-            return grad(self.net, self.params)(x, dy)
+    from tests.grad_cell import Grad
 
     def med(fn, *a):
         out = fn(*a)

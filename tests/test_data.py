@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from core.config import load_config
 from core.data import (DatasetError, build_eval_dataset, build_train_dataset, eval_order, scan_split,
                        steps_per_epoch, train_order)
 from core.synthetic import CLASSES, generate

@@ -1,16 +1,15 @@
 """core.fast_conv: the custom CPU kxk convolution must match nn.Conv2d (forward, input and weight
 gradients within 1e-5), keep the parameter layout, train identically, and export as Conv2D."""
 import subprocess
-import sys
 
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
 import pytest
-from mindspore import ops
 
 from core import fast_conv
 from core import model as core_model
+from tests.grad_cell import Grad
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
@@ -21,18 +20,6 @@ pytestmark = pytest.mark.skipif(not fast_conv.available(),
                                 reason="custom conv library not built (make kernels needs g++)")
 
 TOL = 1e-5
-_grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
-
-
-class Grad(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.params = ms.ParameterTuple(net.trainable_params())
-
-    def construct(self, x, dy):
-        return _grad(self.net, self.params)(x, dy)
-
 
 def rel_err(a, b):
     a, b = np.asarray(a), np.asarray(b)

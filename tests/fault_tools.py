@@ -24,6 +24,28 @@ TINY = ["data.image_size=32", "data.eval_resize=36", "data.batch_size=8", "data.
         "data.workers=1", "optim.warmup_epochs=0", "train.log_interval=1", "--device_target", "CPU"]
 
 
+def run_spawned(target, args: tuple, count: int, timeout_s: float) -> list:
+    """Run target(*args, results_queue) in `count` spawned processes and return what each put on
+    the queue (arrival order). Every process is joined, or killed by pid, before this returns;
+    all must exit 0."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    processes = [ctx.Process(target=target, args=(*args, results)) for _ in range(count)]
+    for p in processes:
+        p.start()
+    try:
+        out = [results.get(timeout=timeout_s) for _ in processes]
+    finally:
+        for p in processes:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert all(p.exitcode == 0 for p in processes), [p.exitcode for p in processes]
+    return out
+
+
 def base_env(**extra) -> dict:
     env = dict(os.environ, PYTHONUNBUFFERED="1", GLOG_v="3")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "S3_ENDPOINT",

@@ -10,7 +10,6 @@ The figures (upload, staging, files/s, MB/s, GET requests) are printed.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import os
 import time
 
@@ -19,6 +18,7 @@ import pytest
 
 from cloud.storage import PART_MARK, open_storage
 from cloud.sync import STATE_NAME, download_tree, upload_tree
+from tests.fault_tools import run_spawned
 
 pytestmark = pytest.mark.load
 COUNT, WORKERS = 20_000, 16
@@ -103,23 +103,10 @@ def _stager(url, settings, cache, results):
 def test_four_processes_staging_the_same_prefix_download_it_once(bucket_of_small_objects, tmp_path):
     url, settings, digests = bucket_of_small_objects
     cache = str(tmp_path / "cache")
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_stager, args=(url, settings, cache, results)) for _ in range(4)]
     started = time.monotonic()
-    for p in procs:
-        p.start()
-    try:
-        out = [results.get(timeout=1800) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(30)
-            if p.is_alive():
-                p.kill()
-                p.join()
+    out = run_spawned(_stager, (url, settings, cache), 4, timeout_s=1800)
     print(f"\n4 processes, same prefix: {time.monotonic() - started:.1f} s; per process "
           f"(files, by peer, GETs, s): {[(n, peer, g, round(s, 1)) for _pid, n, peer, g, s in out]}")
-    assert all(p.exitcode == 0 for p in procs)
     assert sorted(n for _pid, n, *_ in out) == [0, 0, 0, COUNT]
     assert sum(peer for _pid, _n, peer, *_ in out) == 3
     assert sum(g for *_, g, _s in out) == COUNT  # one GET per object on the whole node

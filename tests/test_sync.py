@@ -20,6 +20,7 @@ from cloud.errors import StorageError, UnsafeKeyError
 from cloud.node_lock import lock_paths, run_once_per_node
 from cloud.storage import PART_MARK, ObjectInfo, open_storage
 from cloud.sync import STATE_NAME, download_tree, upload_tree
+from tests.fault_tools import run_spawned
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -287,22 +288,7 @@ def _stage_worker(url, settings, cache, job_id, results):
 
 
 def _run_stagers(count, url, settings, cache, job_id):
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_stage_worker, args=(url, settings, cache, job_id, results))
-             for _ in range(count)]
-    for p in procs:
-        p.start()
-    try:
-        out = [results.get(timeout=60) for _ in procs]
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    assert all(p.exitcode == 0 for p in procs)
-    return out
+    return run_spawned(_stage_worker, (url, settings, cache, job_id), count, timeout_s=60)
 
 
 def test_four_processes_stage_once(s3_server, tmp_path):

@@ -265,14 +265,21 @@ class ManifestWatch(threading.Thread):
                     self.bad.append((entry["key"], entry["size"], sizes))
 
 
-def test_s3_down_during_checkpoint_upload_and_back_training_goes_on_upload_retried(
-        outage_server, tiny_dataset, tmp_path, procs):
+def paused_upload_run(outage_server, tmp_path):
+    """Server, bucket, s3:// output URL, flags folder, cache and environment of a run whose first
+    checkpoint upload waits for the test (tests/fault_driver.py: pause_upload)."""
     server = alive(outage_server)
     bucket = server.make_bucket()
     url, flags = f"s3://{bucket}/run", tmp_path / "flags"
     flags.mkdir()
     cache = tmp_path / "cache"
     env = base_env(**server.env(), MNV3_CACHE_DIR=cache, FAULT_PLAN=json.dumps({"pause_upload": str(flags)}))
+    return server, bucket, url, flags, cache, env
+
+
+def test_s3_down_during_checkpoint_upload_and_back_training_goes_on_upload_retried(
+        outage_server, tiny_dataset, tmp_path, procs):
+    server, bucket, url, flags, cache, env = paused_upload_run(outage_server, tmp_path)
     watch = ManifestWatch(server, bucket, "run")
     watch.start()
     proc = procs([DRIVER, LOCAL, "train", "--dataset_path", tiny_dataset, "--output_dir", url, *TINY,
@@ -383,12 +390,7 @@ def test_s3_down_during_staging_then_back_staging_resumes_without_half_files(
 def test_s3_down_past_the_retry_budget_run_finishes_says_so_keeps_checkpoints(
         outage_server, tiny_dataset, tmp_path, procs):
     """The last outage test: it leaves the server down."""
-    server = alive(outage_server)
-    bucket = server.make_bucket()
-    url, flags = f"s3://{bucket}/run", tmp_path / "flags"
-    flags.mkdir()
-    cache = tmp_path / "cache"
-    env = base_env(**server.env(), MNV3_CACHE_DIR=cache, FAULT_PLAN=json.dumps({"pause_upload": str(flags)}))
+    server, bucket, url, flags, cache, env = paused_upload_run(outage_server, tmp_path)
     proc = procs([DRIVER, LOCAL, "train", "--dataset_path", tiny_dataset, "--output_dir", url, *TINY,
                   "train.epochs=2", "checkpoint.interval_steps=5", "storage.max_attempts=2",
                   "storage.upload_retry_delay_s=0.2"], env)

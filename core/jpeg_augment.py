@@ -78,7 +78,7 @@ def load():
         jpeg_library_file()  # its libjpeg must be in the process before ours resolves against it
         lib = ctypes.CDLL(str(path))
     except (OSError, ImportError) as exc:
-        _load_error = f"{path} does not load ({exc})"
+        _load_error = f"{path} does not load ({exc}); rebuild it with make kernels"
         log.warning("%s; training images are decoded with MindSpore's ops", _load_error)
         return None
     p, i, z = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t

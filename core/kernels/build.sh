@@ -37,7 +37,9 @@ lib=$HERE/libmnv3_depthwise.so
 fresh "$lib" "$HERE/depthwise_conv.cc" || compile "$lib" "$HERE/depthwise_conv.cc" -fopenmp || status=1
 
 lib=$HERE/libmnv3_jpeg.so
-if ! fresh "$lib" "$HERE/jpeg_augment.cc"; then
+# also rebuilt when it no longer loads, e.g. after a Pillow upgrade renamed its libjpeg
+loads() { (cd "$ROOT" && "$PY" -c "from core import jpeg_augment as j; raise SystemExit(not j.available())") 2>/dev/null; }
+if ! fresh "$lib" "$HERE/jpeg_augment.cc" || ! loads; then
     jpeg=$(cd "$ROOT" && "$PY" -c "from core.jpeg_augment import jpeg_library_file as f; print(f() or '')" 2>/dev/null)
     if [ -z "$jpeg" ]; then
         echo "warning: Pillow's libjpeg not found with $PY; $lib not built (MindSpore decodes instead)"

@@ -258,7 +258,7 @@ def build_train_dataset(images: ImageList, data_cfg, seed: int, epoch: int, rank
     if native_augmentation(data_cfg):
         from core.jpeg_augment import draw_params
         start = skip_batches * data_cfg.batch_size
-        params = draw_params(len(indices), seed, epoch, rank)[start:]
+        params = draw_params(len(indices), seed, epoch, rank, start)
         return native_train_pipeline(_source_dataset(images, indices, corrupt, start), params,
                                      data_cfg, data_cfg.workers)
     import mindspore.dataset as ds

@@ -20,9 +20,10 @@ from typing import Optional
 
 from mindspore import nn
 
+from core.native import KERNEL_DIR, built_library
+
 log = logging.getLogger("core.fast_conv")
 
-KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
 SOURCE = KERNEL_DIR / "depthwise_conv.cc"
 LIBRARY = KERNEL_DIR / "libmnv3_depthwise.so"
 IMPLS = ("auto", "native", "custom")
@@ -36,10 +37,8 @@ def build_command() -> list[str]:
 
 
 def library_path() -> Optional[Path]:
-    """The built library if it exists and is not older than its source."""
-    if LIBRARY.exists() and (not SOURCE.exists() or LIBRARY.stat().st_mtime >= SOURCE.stat().st_mtime):
-        return LIBRARY
-    return None
+    """The built library if it is current (core.native.built_library)."""
+    return built_library(LIBRARY, SOURCE)
 
 
 def available() -> bool:

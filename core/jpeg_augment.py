@@ -26,11 +26,12 @@ from typing import Optional
 
 import numpy as np
 
+from core.native import KERNEL_DIR, built_library
+
 log = logging.getLogger(__name__)
 
-KERNELS = Path(__file__).resolve().parent / "kernels"
-SOURCE = KERNELS / "jpeg_augment.cc"
-LIBRARY = KERNELS / "libmnv3_jpeg.so"
+SOURCE = KERNEL_DIR / "jpeg_augment.cc"
+LIBRARY = KERNEL_DIR / "libmnv3_jpeg.so"
 
 ATTEMPTS = 10  # RandomResizedCrop tries before its centre-crop fallback
 # Columns of one sample's parameter row.
@@ -52,21 +53,20 @@ def jpeg_library_file() -> Optional[str]:
     import PIL._imaging  # noqa: F401 - loads libjpeg
     with open("/proc/self/maps") as maps:
         for line in maps:
-            path = line.split()[-1] if len(line.split()) >= 6 else ""
-            if re.search(r"/libjpeg[^/]*\.so", path):
-                return path
+            fields = line.split()  # address perms offset dev inode [path]
+            if len(fields) >= 6 and re.search(r"/libjpeg[^/]*\.so", fields[-1]):
+                return fields[-1]
     return None
 
 
 def library_path() -> Optional[Path]:
-    """The built library if it exists and is not older than its source."""
-    if LIBRARY.exists() and (not SOURCE.exists() or LIBRARY.stat().st_mtime >= SOURCE.stat().st_mtime):
-        return LIBRARY
-    return None
+    """The built library if it is current (core.native.built_library)."""
+    return built_library(LIBRARY, SOURCE)
 
 
 def load():
-    """The native library (loaded once per process), or None with the reason logged once."""
+    """The native library (loaded once per process), or None; the reason is kept for
+    load_error() (and logged when a built library fails to load)."""
     global _lib, _load_error
     if _lib is not None or _load_error is not None:
         return _lib
@@ -108,9 +108,10 @@ def linked_jpeg_library() -> str:
     return buf.value.decode()
 
 
-def draw_params(count: int, seed: int, epoch: int, rank: int) -> np.ndarray:
-    """Uniform [0, 1) draws for `count` sample positions: float64 [count, PARAM_COLUMNS]."""
-    return np.random.default_rng([seed, epoch, rank, 11]).random((count, PARAM_COLUMNS))
+def draw_params(count: int, seed: int, epoch: int, rank: int, start: int = 0) -> np.ndarray:
+    """Uniform [0, 1) draws for sample positions start..count-1 of an epoch's shard: float64
+    [count - start, PARAM_COLUMNS], the same rows whatever `start` (a resume's first position)."""
+    return np.random.default_rng([seed, epoch, rank, 11]).random((count, PARAM_COLUMNS))[start:]
 
 
 def crop_box(width: int, height: int, u: np.ndarray, scale, ratio) -> tuple[int, int, int, int]:

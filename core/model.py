@@ -18,7 +18,7 @@ from mindspore import ops
 from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
-from core.fast_conv import PADDINGS, conv2d
+from core.fast_conv import conv2d
 
 ARCHS = ("mobilenet_v3_small", "modelzoo")
 
@@ -62,7 +62,7 @@ DEPTHWISE_IMPL = "auto"
 # Padding of the stride-2 depthwise convs (model.depthwise_padding): "symmetric" as torchvision,
 # "same" as MindCV (pad_mode="same": at even map sizes 0 before, 1 after for k=3), so MindCV
 # weights give MindCV's outputs. The stem pads symmetrically in both; stride-1 convs are equal.
-DEPTHWISE_PADDINGS = PADDINGS
+# core.fast_conv.conv2d checks the value (fast_conv.PADDINGS).
 
 
 def set_depthwise_impl(impl: str) -> None:
@@ -216,9 +216,6 @@ def build_model(arch: str, num_classes: int, width_mult: float = 1.0,
     ``depthwise_padding=None`` is "symmetric"; "same" is MindCV's (mobilenet_v3_small only).
     """
     padding = depthwise_padding or "symmetric"
-    if padding not in DEPTHWISE_PADDINGS:
-        raise ValueError(f"model.depthwise_padding must be one of "
-                         f"{', '.join(DEPTHWISE_PADDINGS)}, got {padding!r}")
     if arch == "mobilenet_v3_small":
         net = MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout, padding)
     elif arch == "modelzoo":

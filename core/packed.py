@@ -509,7 +509,7 @@ def build_packed_train_dataset(split: PackedSplit, data_cfg, seed: int, epoch: i
         from core.jpeg_augment import draw_params
         start = skip_batches * data_cfg.batch_size
         order = readable_order(split, indices, corrupt)[start:]
-        params = draw_params(len(indices), seed, epoch, rank)[start:]
+        params = draw_params(len(indices), seed, epoch, rank, start)
         return native_train_pipeline(_packed_rows(split, order, data_cfg.workers), params,
                                      data_cfg, data_cfg.workers)
     ds.config.set_seed(augmentation_seed(seed, epoch, rank))

@@ -559,6 +559,12 @@ void squeeze_excite_all(const float *x, const float *w1, const float *b1, const 
 
 bool is_f32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
 
+// Forward of either layout (bias and activation optional: b may be null, act kNone).
+void conv_fwd_all(const float *x, const float *w, const float *b, int act, float *y, const Geom &g) {
+  if (is_depthwise(g)) dw_fwd_all(x, w, b, act, y, g);
+  else grp_fwd_all(x, w, b, act, y, g);
+}
+
 }  // namespace
 
 extern "C" {
@@ -571,9 +577,7 @@ int DepthwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const 
   if (!infer_geom(shapes[0], shapes[2], shapes[1], &g)) return 3;
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
-  float *y = static_cast<float *>(params[2]);
-  if (is_depthwise(g)) dw_fwd_all(x, w, nullptr, kNone, y, g);
-  else grp_fwd_all(x, w, nullptr, kNone, y, g);
+  conv_fwd_all(x, w, nullptr, kNone, static_cast<float *>(params[2]), g);
   return 0;
 }
 
@@ -616,9 +620,7 @@ static int conv_bias_act(int nparam, void **params, int *ndims, int64_t **shapes
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
-  float *y = static_cast<float *>(params[3]);
-  if (is_depthwise(g)) dw_fwd_all(x, w, b, act, y, g);
-  else grp_fwd_all(x, w, b, act, y, g);
+  conv_fwd_all(x, w, b, act, static_cast<float *>(params[3]), g);
   return 0;
 }
 

@@ -14,7 +14,7 @@
 // mean grey level, saturation blends with each pixel's grey level, in the caller's order,
 // clamped to [0, 255] after each step and rounded once at the end.
 //
-// Build: see the Makefile (`make kernels`); headers in third_party/libjpeg-turbo.
+// Build: core/kernels/build.sh (`make kernels`); headers in third_party/libjpeg-turbo.
 #include <dlfcn.h>
 #include <setjmp.h>
 
@@ -140,10 +140,10 @@ MULTI_ISA void colour_jitter(float* planes, size_t n, const float* factors, cons
       float lanes[kLanes] = {};
       size_t i = 0;
       for (; i + kLanes <= n; i += kLanes)
-        for (size_t k = 0; k < kLanes; ++k)
-          lanes[k] += 0.299f * r[i + k] + 0.587f * g[i + k] + 0.114f * b[i + k];
+        for (size_t lane = 0; lane < kLanes; ++lane)
+          lanes[lane] += 0.299f * r[i + lane] + 0.587f * g[i + lane] + 0.114f * b[i + lane];
       double total = 0;
-      for (size_t k = 0; k < kLanes; ++k) total += lanes[k];
+      for (size_t lane = 0; lane < kLanes; ++lane) total += lanes[lane];
       for (; i < n; ++i) total += 0.299f * r[i] + 0.587f * g[i] + 0.114f * b[i];
       const float mean_part = static_cast<float>(total / n) * (1.0f - f);
       for (size_t i = 0; i < 3 * n; ++i) planes[i] = clamp255(planes[i] * f + mean_part);
@@ -201,7 +201,6 @@ struct Decoder {
     err.message[0] = '\0';
   }
 };
-
 
 // What to do with a JPEG beyond reading its headers.
 struct Request {

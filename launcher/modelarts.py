@@ -50,9 +50,6 @@ IGNORED_HYPERPARAMETERS = ("init_method", "num_gpus")
 # Variables of msrun's dynamic cluster: a rank-table process must not inherit them.
 DYNAMIC_CLUSTER_VARS = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
                         "MS_TOPO_TIMEOUT")
-CODE_DIR_IN_IMAGE = "/home/ma-user/mnv3"
-DEFAULT_FLAVORS = {"Ascend": "modelarts.kat1.8xlarge", "GPU": "modelarts.p3.4xlarge",
-                   "CPU": "modelarts.vm.cpu.8u"}
 
 
 # --- arguments -------------------------------------------------------------------------------
@@ -177,63 +174,6 @@ def resume_point(args) -> Optional[str]:
             return url
         return str(resolve_checkpoint_arg(url))
     return None if args.resume in ("none", "") else args.resume
-
-
-# --- the job definition ----------------------------------------------------------------------
-
-
-def obs_path(url: str) -> str:
-    """obs://bucket/dir -> /bucket/dir/, the form ModelArts' API takes."""
-    if url.startswith("obs://"):
-        url = "/" + url[len("obs://"):]
-    return url.rstrip("/") + "/"
-
-
-def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
-    """A training-job definition for POST /v2/{project_id}/training-jobs (or the console), and
-    the placeholders left in it for the user to fill."""
-    todo = []
-
-    def given(value: Optional[str], placeholder: str, what: str) -> str:
-        if value:
-            return value
-        todo.append(f"{what} ({placeholder})")
-        return placeholder
-
-    parameters = [{"name": "config", "value": args.config}] if args.config else []
-    parameters += [{"name": key, "value": str(value)} for key, value in overrides.items()
-                   if key not in ("data.path", "system.output_dir")]
-    if args.nproc:
-        parameters.append({"name": "nproc", "value": str(args.nproc)})
-    algorithm: dict = {"parameters": parameters}
-    if args.image:
-        algorithm["engine"] = {"image_url": args.image}
-        algorithm["command"] = f"python {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
-    else:
-        name, _, version = (args.engine or "MindSpore:").partition(":")
-        code_dir = obs_path(given(args.code_dir, "obs://YOUR-BUCKET/mnv3", "--code_dir"))
-        algorithm.update(code_dir=code_dir, boot_file=code_dir + "launcher/modelarts.py",
-                         engine={"engine_name": name,
-                                 "engine_version": given(version, "YOUR-ENGINE-VERSION",
-                                                         "--engine NAME:VERSION or --image")})
-    data_path = cfg.data.path if str(cfg.data.path or "").startswith("obs://") else None
-    data_url = given(args.data_url or data_path, "obs://YOUR-BUCKET/dataset", "--data_url")
-    train_url = given(args.train_url, "obs://YOUR-BUCKET/output", "--train_url")
-    algorithm["inputs"] = [{"name": "data_url", "remote": {"obs": {"obs_url": obs_path(data_url)}}}]
-    algorithm["outputs"] = [{"name": "train_url",
-                             "remote": {"obs": {"obs_url": obs_path(train_url)}}}]
-    target = cfg.system.device_target if cfg.system.device_target != "auto" else "Ascend"
-    flavor = args.flavor or DEFAULT_FLAVORS[target]
-    if not args.flavor:
-        todo.append(f"--flavor (default {flavor} for {target}; list your region's with "
-                    f"GET /v2/{{project_id}}/training-job-flavors)")
-    spec = {"kind": "job",
-            "metadata": {"name": args.job_name,
-                         "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
-                                        f"digest {cfg.digest()}"},
-            "algorithm": algorithm,
-            "spec": {"resource": {"flavor_id": flavor, "node_count": args.node_count}}}
-    return spec, todo
 
 
 # --- what this node starts -------------------------------------------------------------------
@@ -363,15 +303,24 @@ def run_ranks(plan: Plan, log_dir: Path, grace_s: float, secrets: dict) -> int:
 # --- main ------------------------------------------------------------------------------------
 
 
+# Subcommands run on the user's machine (not inside a job): launcher/modelarts_jobs.py.
+JOB_COMMANDS = ("submit", "status", "logs", "stop")
+
+
 def main(argv) -> int:
     from cloud.environment import detect_environment
     from core.device import resolve_target
 
+    argv = list(argv)
+    if argv and argv[0] in JOB_COMMANDS:
+        from launcher.modelarts_jobs import main as jobs_main
+        return jobs_main(argv)
     argv, hyper = split_hyperparameters(list(argv))
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.print_job_spec:
         cfg, _, overrides = build_config(args, hyper, args.data_url, args.train_url)
+        from launcher.modelarts_spec import job_spec
         spec, todo = job_spec(args, cfg, overrides)
         print(json.dumps(spec, indent=2))
         for item in todo:

@@ -77,9 +77,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", dest="dry_run", action="store_true",
                    help="print the processes this node would start, start nothing")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    spec = p.add_argument_group("--print-job-spec: a ModelArts training-job definition (API v2)")
+    spec = p.add_argument_group("--print-job-spec and submit: a ModelArts training-job definition "
+                                "(API v2)")
     spec.add_argument("--print-job-spec", dest="print_job_spec", action="store_true",
-                      help="print the job definition as JSON and exit")
+                      help="print the job definition (the body `submit` sends) as JSON and exit")
     spec.add_argument("--job_name", default="mobilenetv3-small")
     spec.add_argument("--code_dir", help="OBS folder holding this project (preset engines)")
     spec.add_argument("--image", help="SWR image built from the Dockerfile (custom-image jobs)")
@@ -87,6 +88,14 @@ def parser() -> argparse.ArgumentParser:
     spec.add_argument("--flavor", help="resource flavour id (see GET /v2/{project_id}/training-"
                                        "job-flavors)")
     spec.add_argument("--node_count", type=int, default=1)
+    spec.add_argument("--pool_id", help="dedicated resource pool to run in (default: the public pool)")
+    spec.add_argument("--log_url", help="OBS folder the job's logs are exported to")
+    spec.add_argument("--env", action="append", metavar="NAME=VALUE",
+                      help="environment variable for the job (repeatable; HCCL_CONNECT_TIMEOUT=1800 "
+                           "is set unless given)")
+    spec.add_argument("--max_retries", type=int, default=3,
+                      help="restarts on a detected fault (0: none); the restarted job resumes "
+                           "from train_url's checkpoints")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return p
 

@@ -1,15 +1,50 @@
 """The ModelArts training-job definition (API v2) built from the boot file's arguments.
 
 Printed by `launcher/modelarts.py --print-job-spec`; the body of POST
-/v2/{project_id}/training-jobs.
+/v2/{project_id}/training-jobs that `launcher/modelarts.py submit` sends.
+
+What it holds (field names from the API reference "Creating a Training Job" and the
+huaweicloudsdkmodelarts 3.1.219 models Job/JobMetadata/JobAlgorithm/Spec):
+* metadata.name, .description, .annotations["fault-tolerance/job-retry-num"] (--max_retries:
+  ModelArts restarts the job on a detected fault, up to N times);
+* algorithm: code_dir + boot_file + engine{engine_name, engine_version} for a preset engine, or
+  engine{image_url} + command for the custom image (absolute interpreter, no shell);
+  parameters (config keys as valid names: `train.epochs` -> `train_epochs`, which the boot
+  file maps back); inputs (data_url) and outputs (train_url) with their container folders;
+  environments (HCCL_CONNECT_TIMEOUT and --env K=V);
+* the train_url output has `prefetch_to_local: true` ("Predownload" in the console): on a
+  restart ModelArts first downloads what the job already wrote, so `--resume auto` finds the
+  checkpoints in the mounted output folder;
+* spec.resource{flavor_id, node_count, pool_id}, spec.log_export_path.obs_url (--log_url).
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
+from core.config import ConfigError
+
 CODE_DIR_IN_IMAGE = "/home/ma-user/mnv3"
+# The custom image's interpreter (fixed by the Dockerfile): ModelArts runs the command without a
+# shell, and appends the parameters as --name=value.
+IMAGE_PYTHON = "/opt/mnv3/venv/bin/python"
 DEFAULT_FLAVORS = {"Ascend": "modelarts.kat1.8xlarge", "GPU": "modelarts.p3.4xlarge",
                    "CPU": "modelarts.vm.cpu.8u"}
+# Where ModelArts mounts (or downloads) the input and output channels in the container.
+INPUT_DIR = "/home/ma-user/modelarts/inputs/data_url_0"
+OUTPUT_DIR = "/home/ma-user/modelarts/outputs/train_url_0"
+# Huawei's own launcher sets this; HCCL's default (120 s) is short for big clusters.
+DEFAULT_ENVIRONMENT = {"HCCL_CONNECT_TIMEOUT": "1800"}
+RETRY_ANNOTATION = "fault-tolerance/job-retry-num"
+
+PARAMETER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")      # what ModelArts accepts
+JOB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_ENVIRONMENT = 100
+# Never put these in a job definition: parameters and environments are shown in the console
+# and returned by the API. ModelArts gives the job its own OBS access.
+SECRET_KEYS = ("storage.access_key_id", "storage.secret_access_key", "storage.session_token")
+SECRET_NAME = re.compile(r"(SECRET|PASSWORD|TOKEN|(^|_)SK$|(^|_)AK$|ACCESS_KEY)", re.IGNORECASE)
 
 
 def obs_path(url: str) -> str:
@@ -17,6 +52,45 @@ def obs_path(url: str) -> str:
     if url.startswith("obs://"):
         url = "/" + url[len("obs://"):]
     return url.rstrip("/") + "/"
+
+
+def obs_url(url: str) -> str:
+    """/bucket/dir or obs://bucket/dir -> obs://bucket/dir/ (the log export path's form)."""
+    if url.startswith("/"):
+        url = "obs://" + url.lstrip("/")
+    return url.rstrip("/") + "/"
+
+
+def parameter_name(key: str) -> str:
+    """A config key as a ModelArts parameter name: the section's dot becomes `_`
+    (`train.epochs` -> `train_epochs`), the inverse of split_hyperparameters in the boot file."""
+    name = key.replace(".", "_", 1)
+    if not PARAMETER_NAME.match(name):
+        raise ConfigError(f"config key {key!r} cannot be a ModelArts parameter ({name!r}): names "
+                          f"may hold only letters, digits, '-' and '_'")
+    return name
+
+
+def environment(pairs: Optional[list]) -> dict:
+    """DEFAULT_ENVIRONMENT plus `--env K=V` (later ones win), validated as the API wants."""
+    env = dict(DEFAULT_ENVIRONMENT)
+    for text in pairs or ():
+        name, sep, value = text.partition("=")
+        if not sep or not ENV_NAME.match(name):
+            raise ConfigError(f"--env {text!r}: expected NAME=VALUE with NAME of letters, digits "
+                              f"and '_', not starting with a digit")
+        if SECRET_NAME.search(name):
+            raise ConfigError(f"--env {name}: looks like a credential; a job's environment is "
+                              f"shown in the console and the API. Jobs reach OBS with the access "
+                              f"ModelArts gives them: leave the keys out")
+        if "$" in value:
+            raise ConfigError(f"--env {name}: ModelArts does not expand '$' references; give "
+                              f"the value itself")
+        env[name] = value
+    if len(env) > MAX_ENVIRONMENT:
+        raise ConfigError(f"{len(env)} environment variables: ModelArts takes at most "
+                          f"{MAX_ENVIRONMENT}")
+    return env
 
 
 def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
@@ -30,15 +104,24 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
         todo.append(f"{what} ({placeholder})")
         return placeholder
 
+    if not JOB_NAME.match(args.job_name or ""):
+        raise ConfigError(f"--job_name {args.job_name!r}: 1-64 letters, digits, '-' or '_'")
+    secret = sorted(set(SECRET_KEYS) & set(overrides))
+    if secret:
+        raise ConfigError(f"{secret[0]} would be written into the job definition (shown in the "
+                          f"console): leave it out; the job gets OBS access from ModelArts")
     parameters = [{"name": "config", "value": args.config}] if args.config else []
-    parameters += [{"name": key, "value": str(value)} for key, value in overrides.items()
+    parameters += [{"name": parameter_name(key), "value": str(value)}
+                   for key, value in overrides.items()
                    if key not in ("data.path", "system.output_dir")]
     if args.nproc:
         parameters.append({"name": "nproc", "value": str(args.nproc)})
+    # Explicit: after a restart on fault the boot file continues from train_url's checkpoints.
+    parameters.append({"name": "resume", "value": args.resume or "auto"})
     algorithm: dict = {"parameters": parameters}
     if args.image:
         algorithm["engine"] = {"image_url": args.image}
-        algorithm["command"] = f"python {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
+        algorithm["command"] = f"{IMAGE_PYTHON} {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
     else:
         name, _, version = (args.engine or "MindSpore:").partition(":")
         code_dir = obs_path(given(args.code_dir, "obs://YOUR-BUCKET/mnv3", "--code_dir"))
@@ -49,18 +132,37 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
     data_path = cfg.data.path if str(cfg.data.path or "").startswith("obs://") else None
     data_url = given(args.data_url or data_path, "obs://YOUR-BUCKET/dataset", "--data_url")
     train_url = given(args.train_url, "obs://YOUR-BUCKET/output", "--train_url")
-    algorithm["inputs"] = [{"name": "data_url", "remote": {"obs": {"obs_url": obs_path(data_url)}}}]
-    algorithm["outputs"] = [{"name": "train_url",
+    algorithm["inputs"] = [{"name": "data_url", "local_dir": INPUT_DIR,
+                            "access_method": "parameter",
+                            "remote": {"obs": {"obs_url": obs_path(data_url)}}}]
+    algorithm["outputs"] = [{"name": "train_url", "local_dir": OUTPUT_DIR,
+                             "access_method": "parameter", "prefetch_to_local": True,
                              "remote": {"obs": {"obs_url": obs_path(train_url)}}}]
+    algorithm["environments"] = environment(getattr(args, "env", None))
+    for item in algorithm["parameters"]:
+        if not PARAMETER_NAME.match(item["name"]):
+            raise ConfigError(f"parameter name {item['name']!r}: ModelArts accepts only letters, "
+                              f"digits, '-' and '_'")
     target = cfg.system.device_target if cfg.system.device_target != "auto" else "Ascend"
     flavor = args.flavor or DEFAULT_FLAVORS[target]
     if not args.flavor:
         todo.append(f"--flavor (default {flavor} for {target}; list your region's with "
                     f"GET /v2/{{project_id}}/training-job-flavors)")
-    spec = {"kind": "job",
-            "metadata": {"name": args.job_name,
-                         "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
-                                        f"digest {cfg.digest()}"},
-            "algorithm": algorithm,
-            "spec": {"resource": {"flavor_id": flavor, "node_count": args.node_count}}}
+    if args.node_count < 1:
+        raise ConfigError(f"--node_count {args.node_count}: at least 1")
+    resource = {"flavor_id": flavor, "node_count": args.node_count}
+    if getattr(args, "pool_id", None):
+        resource["pool_id"] = args.pool_id
+    spec_part: dict = {"resource": resource}
+    if getattr(args, "log_url", None):
+        spec_part["log_export_path"] = {"obs_url": obs_url(args.log_url)}
+    retries = getattr(args, "max_retries", 0) or 0
+    if retries < 0:
+        raise ConfigError(f"--max_retries {retries}: 0 (no restart) or more")
+    metadata = {"name": args.job_name,
+                "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
+                               f"digest {cfg.digest()}"}
+    if retries:
+        metadata["annotations"] = {RETRY_ANNOTATION: str(retries)}
+    spec = {"kind": "job", "metadata": metadata, "algorithm": algorithm, "spec": spec_part}
     return spec, todo

@@ -171,19 +171,38 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
                            "--code_dir", "obs://bucket/code/mnv3", "--engine", "MindSpore:2.x",
                            "--data_url", "obs://bucket/imagenet", "--train_url", "obs://bucket/out",
                            "--flavor", "modelarts.kat1.8xlarge", "--node_count", "2",
-                           "--train.epochs=300"]) == 0
-    spec = json.loads(capsys.readouterr().out)
+                           "--pool_id", "pool-abc", "--log_url", "obs://bucket/logs",
+                           "--env", "HCCL_CONNECT_TIMEOUT=600", "--env", "MY_FLAG=1",
+                           "--max_retries", "2", "--train.epochs=300", "--optim.lr=0.4"]) == 0
+    captured = capsys.readouterr()
+    spec = json.loads(captured.out)
     algorithm = spec["algorithm"]
-    assert spec["kind"] == "job" and spec["metadata"]["name"]
+    assert spec["kind"] == "job" and spec["metadata"]["name"] == "mobilenetv3-small"
+    assert spec["metadata"]["annotations"] == {"fault-tolerance/job-retry-num": "2"}
     assert algorithm["code_dir"] == "/bucket/code/mnv3/"
     assert algorithm["boot_file"] == "/bucket/code/mnv3/launcher/modelarts.py"
     assert algorithm["engine"] == {"engine_name": "MindSpore", "engine_version": "2.x"}
-    assert algorithm["inputs"][0]["name"] == "data_url"
-    assert algorithm["inputs"][0]["remote"]["obs"]["obs_url"] == "/bucket/imagenet/"
-    assert algorithm["outputs"][0]["remote"]["obs"]["obs_url"] == "/bucket/out/"
-    assert {"name": "config", "value": "configs/ascend_8p.yaml"} in algorithm["parameters"]
-    assert {"name": "train.epochs", "value": "300"} in algorithm["parameters"]
-    assert spec["spec"]["resource"] == {"flavor_id": "modelarts.kat1.8xlarge", "node_count": 2}
+    assert algorithm["inputs"] == [{"name": "data_url", "access_method": "parameter",
+                                    "local_dir": "/home/ma-user/modelarts/inputs/data_url_0",
+                                    "remote": {"obs": {"obs_url": "/bucket/imagenet/"}}}]
+    # The output folder is downloaded before a (re)start, so --resume auto finds its checkpoints.
+    assert algorithm["outputs"] == [{"name": "train_url", "access_method": "parameter",
+                                     "local_dir": "/home/ma-user/modelarts/outputs/train_url_0",
+                                     "prefetch_to_local": True,
+                                     "remote": {"obs": {"obs_url": "/bucket/out/"}}}]
+    parameters = {p["name"]: p["value"] for p in algorithm["parameters"]}
+    assert parameters == {"config": "configs/ascend_8p.yaml", "train_epochs": "300",
+                          "optim_lr": "0.4", "resume": "auto"}
+    assert algorithm["environments"] == {"HCCL_CONNECT_TIMEOUT": "600", "MY_FLAG": "1"}
+    assert spec["spec"] == {"resource": {"flavor_id": "modelarts.kat1.8xlarge", "node_count": 2,
+                                         "pool_id": "pool-abc"},
+                            "log_export_path": {"obs_url": "obs://bucket/logs/"}}
+    assert captured.err == ""  # nothing left to fill in
+    # What ModelArts passes back (--name=value) is what the boot file turns into config again.
+    argv = [f"--{name}={value}" for name, value in parameters.items()]
+    rest, hyper = modelarts.split_hyperparameters(argv)
+    assert hyper == {"train.epochs": 300, "optim.lr": 0.4}
+    assert rest == ["--config=configs/ascend_8p.yaml", "--resume=auto"]
     assert (Path(modelarts.REPO_ROOT) / "launcher" / "modelarts.py").is_file()
 
 
@@ -191,7 +210,14 @@ def test_print_job_spec_for_a_custom_image(platform, capsys):
     assert modelarts.main(["--print-job-spec", "--image", "swr.example/org/mnv3:1",
                            "--device_target", "CPU"]) == 0
     captured = capsys.readouterr()
-    algorithm = json.loads(captured.out)["algorithm"]
+    spec = json.loads(captured.out)
+    algorithm = spec["algorithm"]
     assert algorithm["engine"] == {"image_url": "swr.example/org/mnv3:1"}
-    assert algorithm["command"].endswith("launcher/modelarts.py")
+    # The image's own interpreter, no shell: ModelArts appends the parameters to this command.
+    assert algorithm["command"] == ("/opt/mnv3/venv/bin/python "
+                                    "/home/ma-user/mnv3/launcher/modelarts.py")
+    assert "code_dir" not in algorithm and "boot_file" not in algorithm
+    assert algorithm["environments"] == {"HCCL_CONNECT_TIMEOUT": "1800"}
+    assert spec["metadata"]["annotations"] == {"fault-tolerance/job-retry-num": "3"}
+    assert spec["spec"] == {"resource": {"flavor_id": "modelarts.vm.cpu.8u", "node_count": 1}}
     assert "note: fill in --data_url" in captured.err and "note: fill in --flavor" in captured.err

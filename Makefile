@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DEMO_DIR ?= runs/cpu_demo
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: venv kernels demo demo-cloud test clean-demo
+.PHONY: venv kernels demo demo-cloud test clean-demo docker-image docker-gpu docker-test
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=python3 ...'"; exit 2; }
@@ -37,3 +37,32 @@ test: venv
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# --- Docker images (not part of `make test`) -----------------------------------------------------
+# docker-image / docker-gpu build with your Docker (BuildKit). EXTRA_CA_BUNDLE: a CA bundle pip
+# should also trust in the build (e.g. a TLS-intercepting proxy's CA), passed as the pip_ca build
+# secret, never stored in the image. DOCKER_BUILD_FLAGS: e.g. --network host.
+DOCKER ?= docker
+IMAGE ?= mnv3-runner
+BASE_IMAGE ?= python:3.11-slim
+INSTALL_REQUIREMENTS ?= 1
+CUDA_IMAGE ?= nvidia/cuda:11.6.2-cudnn8-runtime-ubuntu20.04
+EXTRA_CA_BUNDLE ?=
+DOCKER_BUILD_FLAGS ?=
+DOCKER_SECRET = $(if $(EXTRA_CA_BUNDLE),--secret id=pip_ca$(comma)src=$(EXTRA_CA_BUNDLE))
+comma := ,
+
+docker-image:
+	DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) $(DOCKER_SECRET) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg INSTALL_REQUIREMENTS=$(INSTALL_REQUIREMENTS) -t $(IMAGE) .
+
+# x86-64 GPU image: CUDA 11.6 + cuDNN 8 libraries from CUDA_IMAGE on the Python 3.11 base.
+docker-gpu:
+	DOCKER_BUILDKIT=1 $(DOCKER) build $(DOCKER_BUILD_FLAGS) $(DOCKER_SECRET) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		--build-arg CUDA_IMAGE=$(CUDA_IMAGE) --target gpu -t $(IMAGE):gpu .
+
+# Builds and runs the image in a private dockerd (root; installs docker.io and debootstrap with
+# apt when missing): see tests/docker/run_docker_test.sh. EXTRA_CA_BUNDLE defaults to the
+# machine's bundle there.
+docker-test:
+	bash tests/docker/run_docker_test.sh

@@ -23,9 +23,16 @@ Variables read, per platform (first match wins, in this order):
   ``DLS_TRAIN_URL``.
 * ``workstation``: none of the above; one node.
 
-On every platform: ``RANK_ID``, ``RANK_SIZE``, ``DEVICE_ID``, ``RANK_TABLE_FILE`` (Ascend
-per-process variables), ``MS_SCHED_HOST``/``MS_SCHED_PORT`` (master), ``JOB_ID``,
-``data_url``/``DATA_URL``, ``train_url``/``TRAIN_URL``.
+On every platform: ``RANK_ID``, ``RANK_SIZE``, ``ASCEND_DEVICE_ID`` / ``DEVICE_ID`` (Ascend
+per-process variables; ``ASCEND_DEVICE_ID`` is the logical id inside the container and wins),
+``RANK_TABLE_FILE``, ``MS_SCHED_HOST``/``MS_SCHED_PORT`` (master), ``JOB_ID``,
+``data_url``/``DATA_URL``, ``train_url``/``TRAIN_URL``, ``MA_CURRENT_HOST_IP`` (the host's IP,
+which is what a rank table's ``server_id`` holds; ``MA_CURRENT_IP`` is the container's) and
+``MA_RUN_METHOD`` (how an Ascend-Powered-Engine job starts its boot file).
+
+``launched_rank`` is true when something already started this process as one rank: the
+platform's preset engine (``RANK_ID`` set: ModelArts runs the boot file once per card,
+https://support.huaweicloud.com "Ascend-Powered-Engine框架启动原理"), msrun or mpirun.
 """
 
 from __future__ import annotations
@@ -69,9 +76,12 @@ class JobEnvironment:
     data_url: str | None = None
     train_url: str | None = None
     node_ip: str | None = None
+    host_ip: str | None = None
     instance_name: str | None = None
+    run_method: str | None = None
     on_modelarts: bool = False
     is_scheduler: bool = False
+    launched_rank: bool = False
 
     @property
     def is_distributed(self) -> bool:
@@ -100,8 +110,8 @@ FIELD_NAMES = tuple(f.name for f in dataclasses.fields(JobEnvironment))
 _INT_FIELDS = ("node_count", "node_rank", "devices_per_node", "rank", "local_rank", "world_size",
                "master_port", "device_id")
 _STR_FIELDS = ("platform", "master_addr", "job_id", "rank_table_file", "data_url", "train_url",
-               "node_ip", "instance_name")
-_BOOL_FIELDS = ("on_modelarts", "is_scheduler")
+               "node_ip", "host_ip", "instance_name", "run_method")
+_BOOL_FIELDS = ("on_modelarts", "is_scheduler", "launched_rank")
 
 
 def detect_environment(environ: Mapping[str, str] | None = None,
@@ -235,7 +245,12 @@ def _read_common(env: _Env, found: _Found) -> None:
     """Variables that mean the same on every platform."""
     found.read_int(env, "rank", "RANK_ID")
     found.read_int(env, "world_size", "RANK_SIZE")
-    found.read_int(env, "device_id", "DEVICE_ID")
+    for variable in ("ASCEND_DEVICE_ID", "DEVICE_ID"):  # the logical id first, no contradiction
+        if env.integer(variable) is not None:
+            found.set("device_id", env.integer(variable), variable)
+            break
+    found.read_text(env, "host_ip", "MA_CURRENT_HOST_IP")
+    found.read_text(env, "run_method", "MA_RUN_METHOD")
     found.read_text(env, "rank_table_file", "RANK_TABLE_FILE")
     found.read_text(env, "master_addr", "MS_SCHED_HOST")
     found.read_int(env, "master_port", "MS_SCHED_PORT")
@@ -244,6 +259,8 @@ def _read_common(env: _Env, found: _Found) -> None:
     found.read_text(env, "train_url", "train_url", "TRAIN_URL")
     found.set("on_modelarts", env.any_set(_MODELARTS_MARKERS + _LEGACY_MARKERS), "detected")
     found.set("is_scheduler", False, "default")
+    found.set("launched_rank", env.any_set(("RANK_ID", "OMPI_COMM_WORLD_RANK", "MS_ROLE")),
+              "detected")
 
 
 def _read_modelarts_nodes(env: _Env, found: _Found) -> None:

@@ -18,8 +18,9 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 MODELARTS_TABLE_NAME = "jobstart_hccl.json"
 _DEVICE_FIELDS = ("device_id", "device_ip", "rank_id")
@@ -127,9 +128,7 @@ def convert_modelarts_table(path_or_dir: str | os.PathLike, timeout_s: float = 6
         raise RankTableError(f"order={order!r}: use 'pod_index' or 'server_id'")
     if poll_s <= 0 or timeout_s < 0:
         raise RankTableError(f"poll_s={poll_s} must be > 0 and timeout_s={timeout_s} >= 0")
-    path = Path(path_or_dir)
-    if path.is_dir():
-        path = path / MODELARTS_TABLE_NAME
+    path = _table_path(path_or_dir)
     data = _wait_until_completed(path, timeout_s, poll_s)
     if "server_list" in data:
         table = _stringified(data)
@@ -175,11 +174,18 @@ def _read_if_completed(path: Path) -> tuple[dict | None, str]:
 
 
 def _from_group_list(data: dict, path: Path, order: str) -> dict:
-    """ModelArts template -> v1.0; pods sharing a server are merged into one server entry."""
+    """ModelArts template -> v1.0, the way Huawei's own launcher converts it
+    (mindspore-lab/mindone tools/modelarts/run_ascend/rank_table.py): pods in pod-index order
+    take consecutive ranks, and pods that share a host share that host's server entry."""
+    return _table_from_instances(_instances_from_group_list(data, path, order))
+
+
+def _instances_from_group_list(data: dict, path: Path, order: str) -> list["TableInstance"]:
+    """The pods that hold devices, in rank order, each with its devices (ranks not yet set)."""
     groups = data.get("group_list")
     if not isinstance(groups, list) or not groups:
         raise RankTableError(f"{path}: group_list is missing or empty")
-    servers: dict[str, dict] = {}
+    pods = []
     for g, group in enumerate(groups):
         instances = group.get("instance_list") if isinstance(group, dict) else None
         if not isinstance(instances, list):
@@ -194,34 +200,138 @@ def _from_group_list(data: dict, path: Path, order: str) -> dict:
             server_id = instance.get("server_id")
             if not server_id:
                 raise RankTableError(f"{where} has no server_id")
-            server = servers.setdefault(str(server_id), {"server_id": str(server_id),
-                                                         "device": [], "pod_index": None})
-            server["pod_index"] = _min_index(server["pod_index"], _pod_index(instance))
+            checked = []
             for d, device in enumerate(devices):
                 for field in ("device_id", "device_ip"):
                     if not isinstance(device, dict) or device.get(field) in (None, ""):
                         raise RankTableError(f"{where}.devices[{d}] has no {field}")
-                server["device"].append({"device_id": str(device["device_id"]),
-                                         "device_ip": str(device["device_ip"])})
-    if not servers:
+                checked.append({"device_id": str(device["device_id"]),
+                                "device_ip": str(device["device_ip"])})
+            checked.sort(key=lambda device: _int_or_text(device["device_id"]))
+            pod_name = str(instance["pod_name"]) if instance.get("pod_name") else None
+            pods.append(TableInstance(pod_name, str(server_id), tuple(checked)))
+    if not pods:
         raise RankTableError(f"{path}: no instance lists any devices")
-    ordered = sorted(servers.values(), key=lambda s: server_sort_key(s["server_id"]))
-    if order == "pod_index" and all(s["pod_index"] is not None for s in ordered):
-        ordered.sort(key=lambda s: s["pod_index"])
-    for server in ordered:
-        del server["pod_index"]
-        server["device"].sort(key=lambda device: _int_or_text(device["device_id"]))
-    return _numbered(ordered)
+    pods.sort(key=lambda pod: (server_sort_key(pod.server_id), pod.pod_name or ""))
+    if order == "pod_index" and all(pod.pod_index is not None for pod in pods):
+        pods.sort(key=lambda pod: pod.pod_index)
+    return pods
+
+
+def _table_from_instances(pods: list["TableInstance"]) -> dict:
+    servers: dict[str, dict] = {}
+    for pod in pods:
+        servers.setdefault(pod.server_id, {"server_id": pod.server_id, "device": []})
+        servers[pod.server_id]["device"].extend(pod.devices)
+    return _numbered(list(servers.values()))
+
+
+# --- this node's part ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableInstance:
+    """One pod of a ModelArts table (or one server of a v1.0 table) and the devices it runs.
+
+    ``devices`` keep the physical ``device_id`` and ``device_ip`` the table lists (HCCL reads
+    those); the process for the i-th device by physical id gets the logical id i, which is
+    what the container sees (``ASCEND_DEVICE_ID``: 0..n-1 whatever the physical ids).
+    """
+
+    pod_name: Optional[str]
+    server_id: str
+    devices: tuple  # ({"device_id", "device_ip"[, "rank_id"]}, ...)
+
+    @property
+    def pod_index(self) -> Optional[int]:
+        return _pod_index({"pod_name": self.pod_name or ""})
+
+    def label(self) -> str:
+        return f"pod {self.pod_name} on {self.server_id}" if self.pod_name else \
+            f"server {self.server_id}"
+
+
+@dataclass(frozen=True)
+class JobTable:
+    """A job's v1.0 table plus the pods (or servers) that run its ranks, in rank order."""
+
+    table: dict
+    instances: tuple
+
+    @property
+    def world(self) -> int:
+        return sum(len(server["device"]) for server in self.table["server_list"])
+
+
+def load_job_table(path_or_dir: str | os.PathLike, timeout_s: float = 600.0,
+                   poll_s: float = 1.0, order: str = "pod_index") -> JobTable:
+    """Like ``convert_modelarts_table``, keeping which pod runs which ranks."""
+    path = _table_path(path_or_dir)
+    table = convert_modelarts_table(path, timeout_s, poll_s, order)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ranks = {(s["server_id"], d["device_id"]): d["rank_id"]
+             for s in table["server_list"] for d in s["device"]}
+    if "group_list" in data:
+        pods = _instances_from_group_list(data, path, order)
+    else:
+        pods = [TableInstance(None, s["server_id"], tuple(s["device"])) for s in table["server_list"]]
+    ranked = [TableInstance(pod.pod_name, pod.server_id, tuple(
+        sorted((dict(d, rank_id=ranks[(pod.server_id, d["device_id"])]) for d in pod.devices),
+               key=lambda d: int(d["rank_id"])))) for pod in pods]
+    return JobTable(table, tuple(ranked))
+
+
+def find_own_instance(job_table: JobTable, *, instance_name: Optional[str] = None,
+                      host_ip: Optional[str] = None, task_index: Optional[int] = None,
+                      node_count: Optional[int] = None) -> tuple[TableInstance, str]:
+    """This node's pod and the rule that found it, tried in this order:
+
+    1. ``pod_name`` == the platform's instance name (``MA_CURRENT_INSTANCE_NAME``; legacy
+       ``BATCH_TASK_CURRENT_INSTANCE``), as Huawei's launcher does for new-style tables;
+    2. ``server_id`` == the host IP (``MA_CURRENT_HOST_IP``), when one pod alone is on it;
+    3. the task index (``VC_TASK_INDEX``) == the number ending the pod names, or the position
+       in a table that has exactly one entry per node, when that is unambiguous;
+    4. the table's only entry.
+    The container's own IP (``MA_CURRENT_IP``) is never compared: ``server_id`` is the host's.
+    """
+    pods = job_table.instances
+    tried = []
+    if instance_name:
+        named = [pod for pod in pods if pod.pod_name == instance_name]
+        if len(named) == 1:
+            return named[0], f"pod_name == instance name {instance_name!r}"
+        tried.append(f"no pod named {instance_name!r}")
+    if host_ip:
+        on_host = [pod for pod in pods if pod.server_id == host_ip]
+        if len(on_host) == 1:
+            return on_host[0], f"server_id == host IP {host_ip}"
+        tried.append(f"{len(on_host)} entries on host {host_ip}")
+    if task_index is not None:
+        indexed = [pod for pod in pods if pod.pod_index == task_index]
+        if len(indexed) == 1 and all(pod.pod_index is not None for pod in pods):
+            return indexed[0], f"pod index == task index {task_index}"
+        if all(pod.pod_name is None for pod in pods) and node_count == len(pods) \
+                and task_index < len(pods):
+            return pods[task_index], f"position {task_index} (task index) of {len(pods)} servers"
+        tried.append(f"task index {task_index} matches no single entry")
+    if len(pods) == 1:
+        return pods[0], "the table's only entry"
+    listed = ", ".join(pod.label() for pod in pods)
+    why = "; ".join(tried) or "no instance name, host IP or task index given"
+    raise RankTableError(
+        f"cannot tell which rank-table entry is this node ({why}; the table lists {listed}); "
+        f"set MA_CURRENT_INSTANCE_NAME or MA_CURRENT_HOST_IP, or check RANK_TABLE_FILE")
+
+
+def _table_path(path_or_dir: str | os.PathLike) -> Path:
+    path = Path(path_or_dir)
+    return path / MODELARTS_TABLE_NAME if path.is_dir() else path
 
 
 def _pod_index(instance: dict) -> int | None:
     """``job0f1c-job-trainjob-3`` -> 3; None when the pod name does not end in a number."""
     suffix = str(instance.get("pod_name", "")).rpartition("-")[2]
     return int(suffix) if suffix.isdigit() else None
-
-
-def _min_index(current: int | None, new: int | None) -> int | None:
-    return new if current is None else (current if new is None else min(current, new))
 
 
 def _int_or_text(value: str) -> tuple:
@@ -371,32 +481,21 @@ def write_table(table: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def server_device_ids(table: dict, server_id: str) -> list[int]:
-    """The device ids one server runs, in rank order (one training process each)."""
-    server = _find_server(table, server_id)
-    devices = sorted(server["device"], key=lambda device: int(device["rank_id"]))
-    return [int(device["device_id"]) for device in devices]
+def device_processes(instance: TableInstance, world: int,
+                     table_path: str | os.PathLike) -> list[tuple[dict, str]]:
+    """(variables, physical device id) for each device process of one pod, in rank order.
 
-
-def process_env_for_device(table: dict, server_id: str, device_id: int | str,
-                           table_path: str | os.PathLike) -> dict[str, str]:
-    """``DEVICE_ID``, ``RANK_ID``, ``RANK_SIZE`` and ``RANK_TABLE_FILE`` for one device process."""
-    validate_table(table)
-    server = _find_server(table, server_id)
-    for device in server["device"]:
-        if device["device_id"] == str(device_id):
-            rank_size = sum(len(s["device"]) for s in table["server_list"])
-            return {"DEVICE_ID": device["device_id"], "RANK_ID": device["rank_id"],
-                    "RANK_SIZE": str(rank_size), "RANK_TABLE_FILE": str(table_path)}
-    listed = [device["device_id"] for device in server["device"]]
-    raise RankTableError(f"server {server_id} has no device {device_id} in the rank table "
-                         f"(it lists {listed})")
-
-
-def _find_server(table: dict, server_id: str) -> dict:
-    for server in table["server_list"]:
-        if server["server_id"] == str(server_id):
-            return server
-    known = [server["server_id"] for server in table["server_list"]]
-    raise RankTableError(f"server {server_id} is not in the rank table (it lists {known}); "
-                         f"check the node IP (MA_CURRENT_IP) or the table")
+    The table keeps the physical ids (HCCL reads them); the process gets the logical one, the
+    device's position among the pod's physical ids, as ``DEVICE_ID`` and ``ASCEND_DEVICE_ID``:
+    a container sees its devices as 0..n-1 even when the table lists 4 and 5 (Huawei's docs:
+    "ASCEND_DEVICE_ID: 逻辑device_id"; its launcher sets both to the index).
+    """
+    by_physical = sorted(instance.devices, key=lambda device: _int_or_text(device["device_id"]))
+    logical = {device["device_id"]: str(i) for i, device in enumerate(by_physical)}
+    processes = []
+    for device in instance.devices:
+        index = logical[device["device_id"]]
+        processes.append(({"DEVICE_ID": index, "ASCEND_DEVICE_ID": index,
+                           "RANK_ID": device["rank_id"], "RANK_SIZE": str(world),
+                           "RANK_TABLE_FILE": str(table_path)}, device["device_id"]))
+    return processes

@@ -28,9 +28,7 @@ import argparse
 import json
 import logging
 import os
-import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +41,7 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 from core.config import ConfigError, known_keys, parse_override  # noqa: E402
 from launcher.common import run_main  # noqa: E402
 from launcher import distributed as dist  # noqa: E402
+from launcher.modelarts_plan import DEFAULT_CONNECT_TIMEOUT_S, PlanInputs, plan_for  # noqa: E402
 
 log = logging.getLogger("launcher.modelarts")
 # Arguments some ModelArts engines add on their own; they mean nothing here.
@@ -68,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--launch", choices=("auto", "rank_table", "msrun"), default="auto",
                    help="Ascend: per-device processes with a rank table (auto) or msrun")
     p.add_argument("--hccn_conf", default="/etc/hccn.conf", help="device IPs of a bare server")
+    p.add_argument("--connect_timeout", type=int, default=DEFAULT_CONNECT_TIMEOUT_S,
+                   help="seconds ranks wait for each other at start-up (HCCL_CONNECT_TIMEOUT, "
+                        "msrun's cluster timeout): nodes stage data at different speeds")
     p.add_argument("--rank_table_timeout", type=float, default=600.0,
                    help="seconds to wait for ModelArts' rank table to be completed")
     p.add_argument("--cache_dir", help="node-local cache (default $MNV3_CACHE_DIR, /cache/mnv3 "
@@ -185,118 +187,10 @@ def resume_point(args) -> Optional[str]:
     return None if args.resume in ("none", "") else args.resume
 
 
-# --- what this node starts -------------------------------------------------------------------
+# --- starting it -----------------------------------------------------------------------------
 
 
-@dataclass
-class Plan:
-    """The processes this node runs: msrun (`msrun_argv`) or ranks with their own variables."""
-
-    kind: str                                   # "single", "rank_table" or "msrun"
-    ranks: list = field(default_factory=list)   # [{"rank", "env", "argv"}]
-    msrun: dict = field(default_factory=dict)   # keyword arguments of dist.launch_msrun
-    rank_table: Optional[str] = None
-
-    def describe(self) -> dict:
-        shown = {"launch": self.kind, "rank_table": self.rank_table}
-        if self.ranks:
-            shown["processes"] = [{"rank": r["rank"], "env": r["env"], "argv": r["argv"]}
-                                  for r in self.ranks]
-        if self.msrun:
-            shown["msrun"] = {k: str(v) for k, v in self.msrun.items()}
-        return shown
-
-
-def local_ip(master: str) -> str:
-    """This host's address on the route to the master (no packet is sent)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.connect((master, 9))
-            return sock.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-
-
-@dataclass
-class AscendTable:
-    table: dict
-    path: Path
-    server_id: str
-    node_index: int           # this server's place in the table (its ranks come in that order)
-    devices: list             # this server's device ids, in rank order
-
-    @property
-    def world(self) -> int:
-        return sum(len(server["device"]) for server in self.table["server_list"])
-
-
-def ascend_rank_table(args, env, nproc: int, launch_dir: Path) -> AscendTable:
-    """The job's v1.0 table (converted from RANK_TABLE_FILE, or generated for this one server
-    from hccn.conf), written to the run directory, and this node's part of it."""
-    from cloud import rank_table as rt
-    if env.rank_table_file:
-        table = rt.convert_modelarts_table(env.rank_table_file, timeout_s=args.rank_table_timeout)
-    elif env.node_count == 1:
-        server = env.node_ip or local_ip(env.master_addr)
-        table = rt.generate_server_table(server, list(range(nproc)), args.hccn_conf)
-    else:
-        raise ConfigError("several Ascend nodes but no RANK_TABLE_FILE: merge the servers' "
-                          "tables (cloud.rank_table.merge_tables) and set RANK_TABLE_FILE")
-    servers = [s["server_id"] for s in table["server_list"]]
-    if env.node_ip in servers:
-        server_id = env.node_ip
-        if servers.index(server_id) != env.node_rank:
-            log.warning("the rank table puts this node (%s) at position %d, VC_TASK_INDEX says "
-                        "%d: the table decides the ranks", server_id, servers.index(server_id),
-                        env.node_rank)
-    elif env.node_rank < len(servers):
-        server_id = servers[env.node_rank]  # conversion orders servers by pod index = node index
-    else:
-        raise ConfigError(f"node {env.node_rank} ({env.node_ip}) is not in the rank table "
-                          f"(servers {servers})")
-    rt.validate_table(table)
-    devices = rt.server_device_ids(table, server_id)
-    if args.nproc and args.nproc != len(devices):
-        raise ConfigError(f"--nproc {args.nproc} but the rank table gives this node "
-                          f"{len(devices)} devices; drop --nproc or fix the table")
-    path = rt.write_table(table, launch_dir / "rank_table.json")
-    return AscendTable(table, path, server_id, servers.index(server_id), devices)
-
-
-def plan_for(args, env, target: str, nproc: int, config_path: Path, run_dir: Path, *,
-             resume: Optional[str], pretrained: Optional[str], cache_dir: Path) -> Plan:
-    common = dict(resume=resume, pretrained=pretrained, job_id=env.job_id,
-                  cache_dir=str(cache_dir), nnodes=env.node_count, node_rank=env.node_rank)
-    launch = args.launch if args.launch != "auto" else ("rank_table" if target == "Ascend" else "msrun")
-    table = None
-    if target == "Ascend" and (env.rank_table_file or env.node_count * nproc > 1):
-        table = ascend_rank_table(args, env, nproc, run_dir / "launch")
-        nproc = len(table.devices)
-    world = table.world if table else env.node_count * nproc
-    if world == 1:
-        argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=1, grace_s=args.grace_s,
-                                                   **common)
-        return Plan("single", ranks=[{"rank": 0, "env": {}, "argv": argv}])
-    if table and launch == "rank_table":
-        from cloud.rank_table import process_env_for_device
-        ranks = []
-        nodes = dict(common, nnodes=len(table.table["server_list"]), node_rank=table.node_index)
-        for device_id in table.devices:
-            variables = process_env_for_device(table.table, table.server_id, device_id, table.path)
-            argv = [sys.executable] + dist.worker_argv(config_path, nproc_per_node=nproc,
-                                                       grace_s=args.grace_s, **nodes)
-            ranks.append({"rank": int(variables["RANK_ID"]), "env": variables, "argv": argv})
-        return Plan("rank_table", ranks=ranks, rank_table=str(table.path))
-    several = env.node_count > 1
-    table_path = str(table.path) if table else None
-    return Plan("msrun", rank_table=table_path, msrun=dict(
-        nproc=nproc, log_dir=run_dir / "msrun_logs" / (f"node{env.node_rank}" if several else ""),
-        master_addr=env.master_addr if several else "127.0.0.1",
-        master_port=env.master_port if several else dist.free_port(),
-        rank_table_file=table_path, **common))
-
-
-def run_ranks(plan: Plan, log_dir: Path, grace_s: float, secrets: dict) -> int:
+def run_ranks(plan, log_dir: Path, grace_s: float, secrets: dict) -> int:
     """Single and rank-table plans: our own processes, supervised like msrun's."""
     log_dir.mkdir(parents=True, exist_ok=True)
     supervisor = dist.Supervisor(grace_s=grace_s)
@@ -307,6 +201,20 @@ def run_ranks(plan: Plan, log_dir: Path, grace_s: float, secrets: dict) -> int:
     code = supervisor.wait()
     supervisor.console.line("launcher", f"job {supervisor.outcome()}; rank logs: {log_dir}")
     return code
+
+
+def become_rank(plan, secrets: dict) -> None:
+    """A platform-started rank: this process becomes the rank (exec), so the platform's
+    signals, exit code and process accounting apply to it directly. Rank 0 of a CPU/GPU job
+    that no msrun started also runs MindSpore's scheduler, in this process group."""
+    import subprocess
+    if plan.scheduler:
+        subprocess.Popen(plan.scheduler["argv"], env=dist.child_environ(
+            {**secrets, **plan.scheduler["env"]}), stdin=subprocess.DEVNULL)
+    rank = plan.ranks[0]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, rank["argv"], dist.child_environ({**secrets, **rank["env"]}))
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -339,9 +247,8 @@ def main(argv) -> int:
     cfg, settings, _ = build_config(args, hyper, args.data_url or env.data_url,
                                     args.train_url or env.train_url)
     target = resolve_target(cfg.system.device_target)
-    nproc = args.nproc or env.devices_per_node
     cache_dir = cache_root(args.cache_dir)
-    log.info("%s; %d rank(s) on this node, %s", env.describe(), nproc, target)
+    log.info("%s; %s", env.describe(), target)
     if not cfg.data.path:
         from launcher.local import demo_dataset_path
         cfg.data.path = demo_dataset_path()
@@ -354,14 +261,19 @@ def main(argv) -> int:
                                      settings=settings, pretrained=args.pre_trained)
     run_dir = launch.run_dir
     config_path = dist.write_launch_config(launch.ranks_cfg, run_dir, env.node_rank, settings)
-    plan = plan_for(args, env, target, nproc, config_path, run_dir, resume=launch.resume,
-                    pretrained=launch.pretrained, cache_dir=cache_dir)
+    plan = plan_for(env, target, PlanInputs(
+        config_path, run_dir, cache_dir, launch.resume, launch.pretrained, args.grace_s,
+        args.connect_timeout, args.rank_table_timeout, args.hccn_conf, args.nproc, args.launch))
+    log.info("launch %s (%s)", plan.kind, plan.rule)
     if args.dry_run:
         print(json.dumps(plan.describe(), indent=2))
         return 0
     secrets = dist.secret_environ(settings)
+    if plan.kind == "platform":
+        become_rank(plan, secrets)  # does not return
     if plan.kind == "msrun":
-        code = dist.launch_msrun(config_path, grace_s=args.grace_s, extra_env=secrets, **plan.msrun)
+        msrun = dict(plan.msrun, extra_env={**secrets, **plan.msrun["extra_env"]})
+        code = dist.launch_msrun(config_path, grace_s=args.grace_s, **msrun)
     else:
         code = run_ranks(plan, run_dir / "rank_logs" / f"node{env.node_rank}", args.grace_s, secrets)
     return dist.publish(launch.job, code)

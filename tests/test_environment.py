@@ -295,3 +295,16 @@ def test_environment_is_frozen():
 def test_explicit_data_url_wins_over_legacy_variables():
     env = detect_environment({**LEGACY_2_NODES_NODE0, "data_url": "/cache/data"})
     assert (env.data_url, env.train_url) == ("/cache/data", "s3://bucket/output/")
+
+
+def test_preset_engine_process_takes_the_logical_device_id():
+    """Ascend-Powered-Engine: ASCEND_DEVICE_ID is the logical id inside the container (Huawei
+    Cloud docs, "Ascend-Powered-Engine框架启动原理"); a DEVICE_ID naming the physical one does
+    not override it."""
+    environ = dict(MODELARTS_2X8_NODE1, ASCEND_DEVICE_ID="3", DEVICE_ID="7", RANK_ID="11",
+                   RANK_SIZE="16", RANK_TABLE_FILE="/user/config", MA_CURRENT_HOST_IP="10.0.4.12",
+                   MA_RUN_METHOD="msrun")
+    env = detect_environment(environ)
+    assert (env.device_id, env.rank, env.local_rank) == (3, 11, 3)
+    assert env.launched_rank and (env.host_ip, env.run_method) == ("10.0.4.12", "msrun")
+    assert not detect_environment(MODELARTS_2X8_NODE1).launched_rank  # one boot per node

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from cloud.rank_table import (RankTableError, convert_modelarts_table, generate_server_table,
-                              merge_tables, process_env_for_device, read_hccn_conf, read_table,
-                              server_device_ids, server_sort_key, validate_table, write_table)
+                              device_processes, find_own_instance, load_job_table, merge_tables,
+                              read_hccn_conf, read_table, server_sort_key, validate_table,
+                              write_table)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rank_tables"
 
@@ -336,22 +337,28 @@ def test_write_table_leaves_no_temporary_file_on_failure(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_process_env_for_device():
-    table = fixture("v1_2servers_16dev.json")
-    env = process_env_for_device(table, "10.0.0.10", 3, "/cache/rank_table.json")
-    assert env == {"DEVICE_ID": "3", "RANK_ID": "11", "RANK_SIZE": "16",
-                   "RANK_TABLE_FILE": "/cache/rank_table.json"}
-    assert process_env_for_device(table, "10.0.0.9", "0", Path("/t.json"))["RANK_ID"] == "0"
-    assert server_device_ids(table, "10.0.0.10") == list(range(8))
+def test_device_processes_keep_physical_ids_in_the_table_and_give_logical_ones(tmp_path):
+    """A 2-card pod listed with devices 5 and 4 (physical): ranks follow the table, the
+    processes see the container's numbering 0..n-1 by physical id."""
+    data = fixture("modelarts_jobstart_1server.json")
+    instance = data["group_list"][0]["instance_list"][0]
+    instance["devices"] = [instance["devices"][5], instance["devices"][4]]
+    (tmp_path / "jobstart_hccl.json").write_text(json.dumps(data))
+    job = load_job_table(tmp_path, timeout_s=0)
+    own, rule = find_own_instance(job, instance_name=instance["pod_name"])
+    assert rule == f"pod_name == instance name {instance['pod_name']!r}"
+    processes = device_processes(own, job.world, "/cache/rank_table.json")
+    assert [(env["RANK_ID"], env["DEVICE_ID"], env["ASCEND_DEVICE_ID"], physical)
+            for env, physical in processes] == [("0", "0", "0", "4"), ("1", "1", "1", "5")]
+    assert {env["RANK_SIZE"] for env, _ in processes} == {"2"}
+    assert [d["device_id"] for d in job.table["server_list"][0]["device"]] == ["4", "5"]
 
 
-def test_process_env_for_unknown_server_or_device():
-    table = fixture("v1_1server_8dev.json")
-    with pytest.raises(RankTableError, match=r"server 10.0.0.1 is not in the rank table .*\.9"):
-        process_env_for_device(table, "10.0.0.1", 0, "/t.json")
-    with pytest.raises(RankTableError, match="server 10.0.0.9 has no device 8"):
-        process_env_for_device(table, "10.0.0.9", 8, "/t.json")
-    broken = copy.deepcopy(table)
-    broken["status"] = "initializing"
-    with pytest.raises(RankTableError, match="status"):
-        process_env_for_device(broken, "10.0.0.9", 0, "/t.json")
+def test_v1_tables_are_one_entry_per_server():
+    job = load_job_table(FIXTURES / "v1_2servers_16dev.json", timeout_s=0)
+    assert [pod.pod_name for pod in job.instances] == [None, None] and job.world == 16
+    own, rule = find_own_instance(job, host_ip="10.0.0.10")
+    assert rule == "server_id == host IP 10.0.0.10"
+    assert [d["rank_id"] for d in own.devices] == [str(r) for r in range(8, 16)]
+    with pytest.raises(RankTableError, match="cannot tell which rank-table entry"):
+        find_own_instance(job, host_ip="172.16.0.3")  # a container IP matches nothing

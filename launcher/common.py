@@ -19,7 +19,8 @@ def user_error_types() -> tuple:
     from cloud.environment import EnvironmentConfigError
     from cloud.errors import StorageError
     from cloud.rank_table import RankTableError
-    return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError)
+    from cloud.modelarts_api import ModelArtsApiError
+    return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError, ModelArtsApiError)
 
 
 def load_job_config(path, overrides: dict):

@@ -18,9 +18,11 @@ def user_error_types() -> tuple:
     """Errors the user can fix; cloud adds its own when it is importable."""
     from cloud.environment import EnvironmentConfigError
     from cloud.errors import StorageError
+    from cloud.gpu_check import GpuRuntimeError
     from cloud.rank_table import RankTableError
     from cloud.modelarts_api import ModelArtsApiError
-    return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError, ModelArtsApiError)
+    return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError, ModelArtsApiError,
+                          GpuRuntimeError)
 
 
 def load_job_config(path, overrides: dict):

@@ -93,8 +93,7 @@ def parser() -> argparse.ArgumentParser:
     spec.add_argument("--pool_id", help="dedicated resource pool to run in (default: the public pool)")
     spec.add_argument("--log_url", help="OBS folder the job's logs are exported to")
     spec.add_argument("--env", action="append", metavar="NAME=VALUE",
-                      help="environment variable for the job (repeatable; HCCL_CONNECT_TIMEOUT=1800 "
-                           "is set unless given)")
+                      help="environment variable for the job (repeatable)")
     spec.add_argument("--max_retries", type=int, default=3,
                       help="restarts on a detected fault (0: none); the restarted job resumes "
                            "from train_url's checkpoints")

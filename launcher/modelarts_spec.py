@@ -11,7 +11,8 @@ huaweicloudsdkmodelarts 3.1.219 models Job/JobMetadata/JobAlgorithm/Spec):
   engine{image_url} + command for the custom image (absolute interpreter, no shell);
   parameters (config keys as valid names: `train.epochs` -> `train_epochs`, which the boot
   file maps back); inputs (data_url) and outputs (train_url) with their container folders;
-  environments (HCCL_CONNECT_TIMEOUT and --env K=V);
+  environments (--env K=V; e.g. HCCL_CONNECT_TIMEOUT, which the boot file otherwise sets from
+  its connect_timeout parameter);
 * the train_url output has `prefetch_to_local: true` ("Predownload" in the console): on a
   restart ModelArts first downloads what the job already wrote, so `--resume auto` finds the
   checkpoints in the mounted output folder;
@@ -33,8 +34,9 @@ DEFAULT_FLAVORS = {"Ascend": "modelarts.kat1.8xlarge", "GPU": "modelarts.p3.4xla
 # Where ModelArts mounts (or downloads) the input and output channels in the container.
 INPUT_DIR = "/home/ma-user/modelarts/inputs/data_url_0"
 OUTPUT_DIR = "/home/ma-user/modelarts/outputs/train_url_0"
-# Huawei's own launcher sets this; HCCL's default (120 s) is short for big clusters.
-DEFAULT_ENVIRONMENT = {"HCCL_CONNECT_TIMEOUT": "1800"}
+# Variables every job gets (none: the boot file sets HCCL_CONNECT_TIMEOUT from --connect_timeout,
+# which the job receives as a parameter, unless the job's environment already has it).
+DEFAULT_ENVIRONMENT: dict = {}
 RETRY_ANNOTATION = "fault-tolerance/job-retry-num"
 
 PARAMETER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")      # what ModelArts accepts
@@ -116,6 +118,11 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
                    if key not in ("data.path", "system.output_dir")]
     if args.nproc:
         parameters.append({"name": "nproc", "value": str(args.nproc)})
+    for option in ("pre_trained", "checkpoint_url"):  # URLs the boot file fetches itself
+        if getattr(args, option, None):
+            parameters.append({"name": option, "value": getattr(args, option)})
+    if getattr(args, "connect_timeout", None):
+        parameters.append({"name": "connect_timeout", "value": str(args.connect_timeout)})
     # Explicit: after a restart on fault the boot file continues from train_url's checkpoints.
     parameters.append({"name": "resume", "value": args.resume or "auto"})
     algorithm: dict = {"parameters": parameters}

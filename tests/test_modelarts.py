@@ -173,7 +173,8 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
                            "--flavor", "modelarts.kat1.8xlarge", "--node_count", "2",
                            "--pool_id", "pool-abc", "--log_url", "obs://bucket/logs",
                            "--env", "HCCL_CONNECT_TIMEOUT=600", "--env", "MY_FLAG=1",
-                           "--max_retries", "2", "--train.epochs=300", "--optim.lr=0.4"]) == 0
+                           "--max_retries", "2", "--pre_trained", "obs://bucket/w.ckpt",
+                           "--train.epochs=300", "--optim.lr=0.4"]) == 0
     captured = capsys.readouterr()
     spec = json.loads(captured.out)
     algorithm = spec["algorithm"]
@@ -192,7 +193,8 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
                                      "remote": {"obs": {"obs_url": "/bucket/out/"}}}]
     parameters = {p["name"]: p["value"] for p in algorithm["parameters"]}
     assert parameters == {"config": "configs/ascend_8p.yaml", "train_epochs": "300",
-                          "optim_lr": "0.4", "resume": "auto"}
+                          "optim_lr": "0.4", "pre_trained": "obs://bucket/w.ckpt",
+                          "connect_timeout": "1800", "resume": "auto"}
     assert algorithm["environments"] == {"HCCL_CONNECT_TIMEOUT": "600", "MY_FLAG": "1"}
     assert spec["spec"] == {"resource": {"flavor_id": "modelarts.kat1.8xlarge", "node_count": 2,
                                          "pool_id": "pool-abc"},
@@ -202,7 +204,10 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
     argv = [f"--{name}={value}" for name, value in parameters.items()]
     rest, hyper = modelarts.split_hyperparameters(argv)
     assert hyper == {"train.epochs": 300, "optim.lr": 0.4}
-    assert rest == ["--config=configs/ascend_8p.yaml", "--resume=auto"]
+    assert rest == ["--config=configs/ascend_8p.yaml", "--pre_trained=obs://bucket/w.ckpt",
+                    "--connect_timeout=1800", "--resume=auto"]
+    boot = modelarts.parser().parse_args(rest)
+    assert (boot.connect_timeout, boot.pre_trained) == (1800, "obs://bucket/w.ckpt")
     assert (Path(modelarts.REPO_ROOT) / "launcher" / "modelarts.py").is_file()
 
 
@@ -217,7 +222,7 @@ def test_print_job_spec_for_a_custom_image(platform, capsys):
     assert algorithm["command"] == ("/opt/mnv3/venv/bin/python "
                                     "/home/ma-user/mnv3/launcher/modelarts.py")
     assert "code_dir" not in algorithm and "boot_file" not in algorithm
-    assert algorithm["environments"] == {"HCCL_CONNECT_TIMEOUT": "1800"}
+    assert algorithm["environments"] == {}
     assert spec["metadata"]["annotations"] == {"fault-tolerance/job-retry-num": "3"}
     assert spec["spec"] == {"resource": {"flavor_id": "modelarts.vm.cpu.8u", "node_count": 1}}
     assert "note: fill in --data_url" in captured.err and "note: fill in --flavor" in captured.err

@@ -56,6 +56,13 @@ def obs_path(url: str) -> str:
     return url.rstrip("/") + "/"
 
 
+def check_obs(url: Optional[str], option: str) -> None:
+    """ModelArts reads and writes OBS only: obs://bucket/path (or the API's /bucket/path)."""
+    if url and not url.startswith(("obs://", "/")):
+        raise ConfigError(f"{option} {url}: a ModelArts job reads and writes OBS; give "
+                          f"obs://BUCKET/PATH")
+
+
 def obs_url(url: str) -> str:
     """/bucket/dir or obs://bucket/dir -> obs://bucket/dir/ (the log export path's form)."""
     if url.startswith("/"):
@@ -136,6 +143,8 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
                          engine={"engine_name": name,
                                  "engine_version": given(version, "YOUR-ENGINE-VERSION",
                                                          "--engine NAME:VERSION or --image")})
+    for option in ("code_dir", "data_url", "train_url", "log_url"):
+        check_obs(getattr(args, option, None), f"--{option}")
     data_path = cfg.data.path if str(cfg.data.path or "").startswith("obs://") else None
     data_url = given(args.data_url or data_path, "obs://YOUR-BUCKET/dataset", "--data_url")
     train_url = given(args.train_url, "obs://YOUR-BUCKET/output", "--train_url")

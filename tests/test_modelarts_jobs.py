@@ -272,7 +272,8 @@ def test_bad_job_options_are_one_error_line(job_env, capsys):
     for option, expected in ((["--env", "OBS_SECRET_ACCESS_KEY=x"], "looks like a credential"),
                              (["--env", "1BAD=x"], "expected NAME=VALUE"),
                              (["--job_name", "my job"], "--job_name 'my job'"),
-                             (["--storage.secret_access_key=abc"], "leave it out")):
+                             (["--storage.secret_access_key=abc"], "leave it out"),
+                             (["--train_url", "s3://b/out"], "give obs://BUCKET/PATH")):
         code, _, err = run(capsys, "--print-job-spec", "--image", "i", "--device_target", "CPU",
                            *option)
         [line] = error_lines(err)

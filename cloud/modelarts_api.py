@@ -1,14 +1,14 @@
 """A small client of ModelArts' v2 training-job API, through Huawei Cloud's official Python SDK.
 
-Calls (all in huaweicloudsdkmodelarts.v1's ModelArtsClient, SDK 3.1.219):
+Calls (all in huaweicloudsdkmodelarts.v1's ModelArtsClient, SDK 3.1.219), paths under
+/v2/{project_id}:
 
-  create   POST   /v2/{project_id}/training-jobs                         CreateTrainingJobRequest
-  show     GET    /v2/{project_id}/training-jobs/{id}                    ShowTrainingJobDetailsRequest
-  logs     GET    /v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/preview
-                                                                        ShowTrainingJobLogsPreviewRequest
-  stop     POST   /v2/{project_id}/training-jobs/{id}/actions           StopTrainingJobRequest
-                  {"action_type": "terminate"}
-  flavors  GET    /v2/{project_id}/training-job-flavors                  ShowTrainingJobFlavorsRequest
+  create   POST  /training-jobs                                   CreateTrainingJobRequest
+  show     GET   /training-jobs/{id}                              ShowTrainingJobDetailsRequest
+  logs     GET   /training-jobs/{id}/tasks/{task}/logs/preview    ShowTrainingJobLogsPreviewRequest
+  stop     POST  /training-jobs/{id}/actions                      StopTrainingJobRequest
+                 {"action_type": "terminate"}
+  flavors  GET   /training-job-flavors                            ShowTrainingJobFlavorsRequest
 
 Requests are signed with the SDK's AK/SK signer (SDK-HMAC-SHA256: X-Sdk-Date, Authorization
 "SDK-HMAC-SHA256 Access=..., SignedHeaders=..., Signature=..."). The job definition is sent as
@@ -161,8 +161,8 @@ class LogPreview:
 _HINTS = {
     401: "check HUAWEICLOUD_SDK_AK/HUAWEICLOUD_SDK_SK (a valid access key pair) and the machine's "
          "clock",
-    403: "the key's IAM user lacks ModelArts permissions in this project (or the project id belongs "
-         "to another account/region)",
+    403: "the key's IAM user lacks ModelArts permissions in this project (or the project id "
+         "belongs to another account/region)",
     404: "check the job id, the project id and the region",
     429: "too many requests: wait and retry",
 }

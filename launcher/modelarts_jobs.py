@@ -324,5 +324,6 @@ def main(argv) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: launcher/modelarts.py {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return COMMANDS[argv[0]](argv[1:])

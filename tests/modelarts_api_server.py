@@ -17,9 +17,9 @@ malformed body, unknown job) are this stand-in's own, in the same JSON shape.
 A job follows `script`: each status read moves it one step, (phase, text appended to its log).
 
 Sources:
-* Signing: https://support.huaweicloud.com/devg-apisign/api-sign-algorithm-001.md (API签名认证机制:
-  CanonicalRequest = method, URI ending in "/", sorted query, "name:value" lines of the signed
-  headers in lower case, SignedHeaders, hex SHA-256 of the body; StringToSign =
+* Signing: https://support.huaweicloud.com/devg-apisign/api-sign-algorithm-001.md
+  (API签名认证机制: CanonicalRequest = method, URI ending in "/", sorted query, "name:value"
+  lines of the signed headers in lower case, SignedHeaders, hex SHA-256 of the body; StringToSign =
   "SDK-HMAC-SHA256" + X-Sdk-Date + hex SHA-256 of CanonicalRequest; signature = hex
   HMAC-SHA256(SK, StringToSign); header "SDK-HMAC-SHA256 Access=AK, SignedHeaders=..,
   Signature=.."), and the gateway's 401 {"error_code": "APIGW.0301", "error_msg": "Incorrect IAM
@@ -46,7 +46,8 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-AUTH = re.compile(r"^SDK-HMAC-SHA256 Access=([^,]+), SignedHeaders=([^,]+), Signature=([0-9a-f]{64})$")
+AUTH = re.compile(r"^SDK-HMAC-SHA256 Access=([^,]+), SignedHeaders=([^,]+), "
+                  r"Signature=([0-9a-f]{64})$")
 MAX_SKEW = dt.timedelta(minutes=15)
 
 COMPLETED = [("Creating", ""), ("Pending", ""), ("Running", "step 1 loss 6.9\nstep 2 lo"),
@@ -229,7 +230,8 @@ class ModelArtsStandIn:
             def _serve(self):
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, *payload = stand_in.handle(self.command, self.path, dict(self.headers), body)
+                status, *payload = stand_in.handle(self.command, self.path, dict(self.headers),
+                                                   body)
                 if len(payload) == 2:   # an error: (status, code, message)
                     code, message = payload
                     answer = {"error_code": code, "error_msg": message}

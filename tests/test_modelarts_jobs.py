@@ -154,7 +154,8 @@ def test_submit_uploads_code_creates_the_job_and_follows_it_to_completion(
 
     # The job created is exactly what --print-job-spec prints for the same options.
     [(_, _, headers, sent, _)] = calls(stand_in, "POST", f"/v2/{PROJECT_ID}/training-jobs")
-    assert run(capsys, "--print-job-spec", *job_args(bucket))[1] == json.dumps(sent, indent=2) + "\n"
+    printed = run(capsys, "--print-job-spec", *job_args(bucket))[1]
+    assert printed == json.dumps(sent, indent=2) + "\n"
     assert sent["algorithm"]["boot_file"] == f"/{bucket}/code/mnv3/launcher/modelarts.py"
     assert {"name": "train_epochs", "value": "5"} in sent["algorithm"]["parameters"]
     assert headers["Authorization"].startswith(f"SDK-HMAC-SHA256 Access={API_AK}, ")

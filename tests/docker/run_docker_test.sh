@@ -73,6 +73,9 @@ cleanup() {
         wait "$DOCKERD_PID" 2>/dev/null
     fi
     [ "$code" = 0 ] || { echo "--- last lines of the dockerd log:"; tail -n 15 "$RUN_DIR/dockerd.log"; } >&2
+    # dockerd leaves its exec root's network-namespace mount behind
+    awk -v dir="$RUN_DIR/" 'index($2, dir) == 1 {print $2}' /proc/mounts | sort -r \
+        | while read -r mnt; do umount "$mnt" || umount -l "$mnt"; done
     rm -rf "$RUN_DIR"
     say "done (exit $code)"
     exit "$code"

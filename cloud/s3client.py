@@ -21,10 +21,14 @@ Credentials, first complete pair wins:
        ``OBS_ACCESS_KEY_ID`` / ``OBS_SECRET_ACCESS_KEY`` / ``OBS_SECURITY_TOKEN``
          (the names of Huawei's OBS SDK environment provider)
        ``ACCESS_KEY_ID`` / ``SECRET_ACCESS_KEY`` / ``SECURITY_TOKEN``
-         (the names ModelArts/MoXing jobs set)
+         (generic names some S3 tools read; no platform sets them for you)
   3. the rest of botocore's chain: ``settings.profile`` / ``AWS_PROFILE``,
      ~/.aws/credentials, container and instance metadata.
   Half a pair (an id without its secret) is an error naming the missing variable.
+  ``settings.metadata_url`` (e.g. Huawei Cloud's
+  ``http://169.254.169.254/openstack/latest/securitykey``) comes second, before the
+  environment: the temporary keys of the node's IAM agency, refreshed before they expire
+  (:mod:`cloud.metadata_credentials`).
 
 OBS gets virtual-hosted addressing and SigV4. All clients send and check
 checksums only when an operation requires them (OBS and most S3-compatible
@@ -94,6 +98,7 @@ class _Credentials:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    metadata_url: str | None = None
 
 
 def _fast_timestamp(value: Any) -> datetime:
@@ -116,18 +121,23 @@ _session_lock = threading.Lock()
 _sessions: dict[str | None, botocore.session.Session] = {}
 
 
-def _botocore_session(profile: str | None) -> botocore.session.Session:
-    """One shared botocore session per profile: creating one reloads the
-    service models (~0.2 s), and create_client is not thread-safe."""
+def _botocore_session(profile: str | None,
+                      metadata_url: str | None = None) -> botocore.session.Session:
+    """One shared botocore session per profile (or metadata service): creating one reloads
+    the service models (~0.2 s), and create_client is not thread-safe."""
     with _session_lock:
-        session = _sessions.get(profile)
+        session = _sessions.get(metadata_url or profile)
         if session is None:
             session = botocore.session.get_session()
             if profile:
                 session.set_config_variable("profile", profile)
+            if metadata_url:  # first in the chain: refreshable temporary keys
+                from cloud.metadata_credentials import MetadataCredentialProvider
+                session.get_component("credential_provider").insert_before(
+                    "env", MetadataCredentialProvider(metadata_url))
             session.get_component("response_parser_factory").set_parser_defaults(
                 timestamp_parser=_fast_timestamp)
-            _sessions[profile] = session
+            _sessions[metadata_url or profile] = session
         return session
 
 
@@ -172,6 +182,9 @@ def resolve_credentials(scheme: str, settings: StorageSettings,
                                "access_key_id and secret_access_key")
         return _Credentials("storage settings", settings.access_key_id,
                             settings.secret_access_key, settings.session_token)
+    if settings.metadata_url:
+        return _Credentials(f"the metadata service at {settings.metadata_url} (temporary keys)",
+                            metadata_url=settings.metadata_url)
     order = ("obs", "modelarts", "aws") if scheme == "obs" else ("aws", "obs", "modelarts")
     for name in order:
         id_var, secret_var, token_var = CREDENTIAL_ENV[name]
@@ -188,10 +201,12 @@ def resolve_credentials(scheme: str, settings: StorageSettings,
 def connect(url: StorageURL, settings: StorageSettings | Mapping | None = None) -> S3Connection:
     """A configured client for the store behind ``url`` (bucket not contacted)."""
     settings = to_settings(settings)
-    session = _botocore_session(settings.profile)
+    creds = resolve_credentials(url.scheme, settings)
+    session = _botocore_session(settings.profile, creds.metadata_url)
     endpoint = resolve_endpoint(url.scheme, settings)
     region = resolve_region(url.scheme, endpoint, settings, session)
-    creds = resolve_credentials(url.scheme, settings)
+    if creds.metadata_url:
+        session.get_credentials()  # fetched now: an unreachable service is one clear error
     style = settings.addressing_style or (
         "virtual" if url.scheme == "obs" else "path" if endpoint else "auto")
     config = Config(

@@ -26,6 +26,9 @@ class StorageSettings:
     access_key_id, secret_access_key, session_token
                         explicit credentials; None: the credential chain.
     profile             a profile of ~/.aws/config to use instead of the default.
+    metadata_url        temporary keys of the node's IAM agency from this instance-metadata
+                        URL (Huawei Cloud: http://169.254.169.254/openstack/latest/securitykey),
+                        refreshed before they expire; None: not used.
     addressing_style    "virtual", "path" or "auto"; None: virtual for obs://,
                         path for s3:// with a custom endpoint, auto on AWS.
     retry_mode          botocore retry mode, "standard" or "adaptive".
@@ -48,6 +51,7 @@ class StorageSettings:
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
     profile: str | None = None
+    metadata_url: str | None = None
     addressing_style: str | None = None
     retry_mode: str = "standard"
     max_attempts: int = 5

@@ -86,10 +86,11 @@ def plan_for(env, target: str, inputs: PlanInputs) -> Plan:
         table = node_table(env, nproc, inputs)
         nproc = len(table.own.devices)
     world = table.world if table else env.node_count * nproc
-    if world == 1:
+    if world == 1:  # a 1-card pod still gets the logical id: its table may say device 3
         argv = inputs.worker_argv(env, nnodes=env.node_count, node_rank=env.node_rank,
                                   nproc_per_node=1)
-        return Plan("single", ranks=[{"rank": 0, "env": {}, "argv": argv}],
+        variables = {"DEVICE_ID": "0", "ASCEND_DEVICE_ID": "0"} if table else {}
+        return Plan("single", ranks=[{"rank": 0, "env": variables, "argv": argv}],
                     rule=table.rule if table else "one rank")
     launch = inputs.launch if inputs.launch != "auto" else (
         "rank_table" if target == "Ascend" else "msrun")

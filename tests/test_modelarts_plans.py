@@ -94,8 +94,9 @@ def test_each_flavour_starts_its_cards_with_logical_device_ids(clean, tmp_path, 
     processes = plan["processes"]
     assert plan["launch"] == ("single" if cards == 1 else "rank_table")
     assert "pod_name == instance name" in plan["rule"]
-    if cards == 1:  # one process; the worker binds logical device 0 (its local rank)
-        assert processes[0]["env"] == {} and flag(processes[0]["argv"], "--nproc_per_node") == "1"
+    if cards == 1:  # one process, bound to logical device 0 whatever the table's id
+        assert processes[0]["env"] == {"DEVICE_ID": "0", "ASCEND_DEVICE_ID": "0"}
+        assert flag(processes[0]["argv"], "--nproc_per_node") == "1"
         return
     assert [p["env"]["DEVICE_ID"] for p in processes] == [str(i) for i in range(cards)]
     assert [p["env"]["ASCEND_DEVICE_ID"] for p in processes] == [str(i) for i in range(cards)]
@@ -283,3 +284,21 @@ def test_preset_engine_simulation_trains_two_ranks_checkpoints_once_and_resumes(
     second = json.loads((train_url / "summary.json").read_text())
     assert second["start_step"] == first["step"] and second["step"] == 2 * first["step"]
     assert len(checkpoint_files(train_url)) == 2
+
+
+# --- hyperparameter names --------------------------------------------------------------------
+
+
+def test_every_config_key_has_a_valid_modelarts_parameter_name_that_maps_back():
+    """ModelArts allows only letters, digits, '-' and '_' in parameter names: `train_epochs`
+    is how `train.epochs` travels, and the boot file must map each such name to one key."""
+    import re
+    keys = sorted(set(modelarts.known_keys()) |
+                  {f"storage.{name}" for name in modelarts.storage_fields()})
+    names = {key: key.replace(".", "_", 1) for key in keys}
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", name) for name in names.values())
+    assert len(set(names.values())) == len(keys)  # no two keys share a name
+    argv = [a for i, name in enumerate(names.values()) for a in
+            ([f"--{name}=7"] if i % 2 else [f"--{name}", "7"])]
+    rest, found = modelarts.split_hyperparameters(argv)
+    assert rest == [] and sorted(found) == keys

@@ -97,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
     spec.add_argument("--max_retries", type=int, default=3,
                       help="restarts on a detected fault (0: none); the restarted job resumes "
                            "from train_url's checkpoints")
+    spec.add_argument("--no_prefetch_output", dest="prefetch_output", action="store_false",
+                      help="do not ask ModelArts to download train_url into the job before it "
+                           "starts (then a restarted job cannot resume from a mounted output)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return p
 

@@ -252,8 +252,8 @@ def submit(argv: list[str]) -> int:
         raise ConfigError(f"the job definition is incomplete: give {'; '.join(missing)}")
     api = open_api(args)  # credentials and endpoint before anything is uploaded
     try:
-        flavor = spec["spec"]["resource"]["flavor_id"]
-        if not args.skip_flavor_check and not args.pool_id:
+        flavor = spec["spec"]["resource"].get("flavor_id")
+        if flavor and not args.skip_flavor_check and not args.pool_id:
             offered = [f["flavor_id"] for f in api.flavors()]
             if flavor not in offered:
                 shown = ", ".join(offered[:12]) + (" ..." if len(offered) > 12 else "")

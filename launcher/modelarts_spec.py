@@ -15,7 +15,8 @@ huaweicloudsdkmodelarts 3.1.219 models Job/JobMetadata/JobAlgorithm/Spec):
   its connect_timeout parameter);
 * the train_url output has `prefetch_to_local: true` ("Predownload" in the console): on a
   restart ModelArts first downloads what the job already wrote, so `--resume auto` finds the
-  checkpoints in the mounted output folder;
+  checkpoints in the mounted output folder. The field is in Huawei's algorithm examples and the
+  console, not in the SDK 3.1.219 models; `--no_prefetch_output` leaves it out;
 * spec.resource{flavor_id, node_count, pool_id}, spec.log_export_path.obs_url (--log_url).
 """
 from __future__ import annotations
@@ -151,24 +152,29 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
     algorithm["inputs"] = [{"name": "data_url", "local_dir": INPUT_DIR,
                             "access_method": "parameter",
                             "remote": {"obs": {"obs_url": obs_path(data_url)}}}]
-    algorithm["outputs"] = [{"name": "train_url", "local_dir": OUTPUT_DIR,
-                             "access_method": "parameter", "prefetch_to_local": True,
-                             "remote": {"obs": {"obs_url": obs_path(train_url)}}}]
+    output = {"name": "train_url", "local_dir": OUTPUT_DIR, "access_method": "parameter",
+              "prefetch_to_local": True, "remote": {"obs": {"obs_url": obs_path(train_url)}}}
+    if not getattr(args, "prefetch_output", True):
+        del output["prefetch_to_local"]
+    algorithm["outputs"] = [output]
     algorithm["environments"] = environment(getattr(args, "env", None))
     for item in algorithm["parameters"]:
         if not PARAMETER_NAME.match(item["name"]):
             raise ConfigError(f"parameter name {item['name']!r}: ModelArts accepts only letters, "
                               f"digits, '-' and '_'")
     target = cfg.system.device_target if cfg.system.device_target != "auto" else "Ascend"
-    flavor = args.flavor or DEFAULT_FLAVORS[target]
-    if not args.flavor:
+    pool = getattr(args, "pool_id", None)
+    flavor = args.flavor or (None if pool else DEFAULT_FLAVORS[target])
+    if not args.flavor and not pool:
         todo.append(f"--flavor (default {flavor} for {target}; list your region's with "
                     f"GET /v2/{{project_id}}/training-job-flavors)")
     if args.node_count < 1:
         raise ConfigError(f"--node_count {args.node_count}: at least 1")
-    resource = {"flavor_id": flavor, "node_count": args.node_count}
-    if getattr(args, "pool_id", None):
-        resource["pool_id"] = args.pool_id
+    # A dedicated pool takes the pool's own flavours (a CPU pool takes none): no default there.
+    resource = {"flavor_id": flavor} if flavor else {}
+    resource["node_count"] = args.node_count
+    if pool:
+        resource["pool_id"] = pool
     spec_part: dict = {"resource": resource}
     if getattr(args, "log_url", None):
         spec_part["log_export_path"] = {"obs_url": obs_url(args.log_url)}

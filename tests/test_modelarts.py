@@ -226,3 +226,12 @@ def test_print_job_spec_for_a_custom_image(platform, capsys):
     assert spec["metadata"]["annotations"] == {"fault-tolerance/job-retry-num": "3"}
     assert spec["spec"] == {"resource": {"flavor_id": "modelarts.vm.cpu.8u", "node_count": 1}}
     assert "note: fill in --data_url" in captured.err and "note: fill in --flavor" in captured.err
+    # A dedicated pool brings its own flavours: no default one; prefetch can be turned off.
+    assert modelarts.main(["--print-job-spec", "--image", "swr.example/org/mnv3:1",
+                           "--device_target", "CPU", "--pool_id", "pool-1",
+                           "--no_prefetch_output"]) == 0
+    captured = capsys.readouterr()
+    spec = json.loads(captured.out)
+    assert spec["spec"]["resource"] == {"node_count": 1, "pool_id": "pool-1"}
+    assert "prefetch_to_local" not in spec["algorithm"]["outputs"][0]
+    assert "--flavor" not in captured.err

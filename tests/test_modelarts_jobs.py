@@ -310,6 +310,29 @@ def test_status_logs_and_stop(stand_in, job_env, s3_server, capsys):
     assert stand_in.rejected == []
 
 
+def test_watching_rides_out_transient_api_errors(stand_in, job_env, s3_server, capsys):
+    code, out, err = run(capsys, "submit", *job_args(s3_server.make_bucket()), "--no-wait")
+    job_id = out.split()[1]
+    stand_in.fail_next = [(503, "APIGW.0201", "Service temporarily unavailable")] * 2
+    code, out, err = run(capsys, "logs", job_id, "--follow", "--poll_s", "0.01")
+    assert code == 0, err
+    assert out.splitlines()[-1] == "training done"
+    assert err.count("HTTP 503 APIGW.0201") == 2 and "still watching" in err
+    assert error_lines(err) == []
+    # Not transient (403), or transient for too long: one error line.
+    code, out, err = run(capsys, "submit", *job_args(s3_server.make_bucket()), "--no-wait")
+    job_id = out.split()[1]
+    stand_in.fail_next = [(403, "ModelArts.0203", "no permission")]
+    code, _, err = run(capsys, "logs", job_id, "--follow", "--poll_s", "0.01")
+    [line] = error_lines(err)
+    assert code == 2 and "HTTP 403 ModelArts.0203: no permission" in line
+    assert "lacks ModelArts permissions" in line
+    stand_in.fail_next = [(500, "ModelArts.0010", "internal error")] * 20
+    code, _, err = run(capsys, "logs", job_id, "--follow", "--poll_s", "0.001")
+    [line] = error_lines(err)
+    assert code == 2 and "HTTP 500 ModelArts.0010" in line and err.count("still watching") == 8
+
+
 def test_log_follower_prints_new_lines_once(capsys):
     follower = modelarts_jobs.LogFollower()
     follower.feed("a\nb", 3, 3)

@@ -30,6 +30,10 @@ CODE_DIR_IN_IMAGE = "/home/ma-user/mnv3"
 # The custom image's interpreter (fixed by the Dockerfile): ModelArts runs the command without a
 # shell, and appends the parameters as --name=value.
 IMAGE_PYTHON = "/opt/mnv3/venv/bin/python"
+# Preset engines that run MindSpore (ModelArts docs, "Starting Training Using a Preset Image's
+# Boot File"): Ascend-Powered-Engine starts the boot file once per NPU (or via MA_RUN_METHOD=
+# msrun); MPI and MindSpore-GPU start it once per GPU through mpirun.
+PRESET_ENGINES = ("Ascend-Powered-Engine", "MPI", "MindSpore-GPU")
 DEFAULT_FLAVORS = {"Ascend": "modelarts.kat1.8xlarge", "GPU": "modelarts.p3.4xlarge",
                    "CPU": "modelarts.vm.cpu.8u"}
 # Where ModelArts mounts (or downloads) the input and output channels in the container.
@@ -134,11 +138,21 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
     # Explicit: after a restart on fault the boot file continues from train_url's checkpoints.
     parameters.append({"name": "resume", "value": args.resume or "auto"})
     algorithm: dict = {"parameters": parameters}
-    if args.image:
-        algorithm["engine"] = {"image_url": args.image}
+    if not args.engine:  # the default: the custom image built from this project's Dockerfile
+        image = given(args.image, "swr.REGION.myhuaweicloud.com/ORG/mnv3-runner:TAG",
+                      "--image (the image built from the Dockerfile, pushed to SWR)")
+        algorithm["engine"] = {"image_url": image}
         algorithm["command"] = f"{IMAGE_PYTHON} {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
     else:
-        name, _, version = (args.engine or "MindSpore:").partition(":")
+        if args.image:
+            raise ConfigError("--image and --engine: a job runs either the custom image or a "
+                              "preset engine; give one")
+        name, _, version = args.engine.partition(":")
+        if name not in PRESET_ENGINES:
+            raise ConfigError(f"--engine {name!r} is not a ModelArts preset engine that runs "
+                              f"MindSpore; use one of {', '.join(PRESET_ENGINES)} "
+                              f"(NAME:VERSION, versions from GET /v2/{{project_id}}/training-job-"
+                              f"engines), or the custom image (--image)")
         code_dir = obs_path(given(args.code_dir, "obs://YOUR-BUCKET/mnv3", "--code_dir"))
         algorithm.update(code_dir=code_dir, boot_file=code_dir + "launcher/modelarts.py",
                          engine={"engine_name": name,

@@ -168,7 +168,7 @@ def test_hyperparameters_become_config_overrides():
 
 def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
     assert modelarts.main(["--print-job-spec", "--config", "configs/ascend_8p.yaml",
-                           "--code_dir", "obs://bucket/code/mnv3", "--engine", "MindSpore:2.x",
+                           "--code_dir", "obs://bucket/code/mnv3", "--engine", "Ascend-Powered-Engine:mindspore_2.x",
                            "--data_url", "obs://bucket/imagenet", "--train_url", "obs://bucket/out",
                            "--flavor", "modelarts.kat1.8xlarge", "--node_count", "2",
                            "--pool_id", "pool-abc", "--log_url", "obs://bucket/logs",
@@ -182,7 +182,8 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
     assert spec["metadata"]["annotations"] == {"fault-tolerance/job-retry-num": "2"}
     assert algorithm["code_dir"] == "/bucket/code/mnv3/"
     assert algorithm["boot_file"] == "/bucket/code/mnv3/launcher/modelarts.py"
-    assert algorithm["engine"] == {"engine_name": "MindSpore", "engine_version": "2.x"}
+    assert algorithm["engine"] == {"engine_name": "Ascend-Powered-Engine",
+                                   "engine_version": "mindspore_2.x"}
     assert algorithm["inputs"] == [{"name": "data_url", "access_method": "parameter",
                                     "local_dir": "/home/ma-user/modelarts/inputs/data_url_0",
                                     "remote": {"obs": {"obs_url": "/bucket/imagenet/"}}}]

@@ -93,7 +93,7 @@ def code_tree(tmp_path, monkeypatch) -> Path:
 
 def job_args(bucket: str, *extra: str) -> list[str]:
     """A preset-engine job; SeaweedFS on an IP address needs path-style addressing."""
-    return ["--code_dir", f"obs://{bucket}/code/mnv3", "--engine", "MindSpore:2.10.0",
+    return ["--code_dir", f"obs://{bucket}/code/mnv3", "--engine", "MPI:mindspore_2.10.0",
             "--data_url", f"obs://{bucket}/imagenet", "--train_url", f"obs://{bucket}/out",
             "--flavor", "modelarts.vm.cpu.8u", "--device_target", "CPU",
             "--storage.addressing_style=path", "--train_epochs=5", "--data_batch_size=32", *extra]

@@ -318,3 +318,14 @@ def test_gpu_job_without_cuda_11_is_one_error_line(tmp_path):
     assert done.returncode != 0 and len(errors) == 1, done.stderr[-3000:]
     assert "device_target=GPU cannot run: missing libcudart.so.11.0" in errors[0]
     assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
+def test_job_spec_defaults_to_the_custom_image_and_knows_the_preset_engines(clean, capsys):
+    assert modelarts.main(["--print-job-spec", "--device_target", "Ascend"]) == 0
+    captured = capsys.readouterr()
+    algorithm = json.loads(captured.out)["algorithm"]
+    assert "image_url" in algorithm["engine"] and "boot_file" not in algorithm
+    assert "note: fill in --image" in captured.err
+    with pytest.raises(ConfigError, match="'MindSpore' is not a ModelArts preset engine .* "
+                                          "Ascend-Powered-Engine, MPI, MindSpore-GPU"):
+        modelarts.main(["--print-job-spec", "--engine", "MindSpore:2.x"])

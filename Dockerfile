@@ -2,10 +2,12 @@
 # Needs BuildKit (Docker 23+ uses it by default; Docker 20.10: DOCKER_BUILDKIT=1).
 #
 #   docker build -t mnv3-runner .                                        # CPU (the default target)
-#   docker run --rm mnv3-runner                    # boot file with no inputs: embedded demo dataset
+#   docker run --rm mnv3-runner /opt/mnv3/venv/bin/python launcher/local.py train \
+#       --config configs/cpu_demo.yaml                                # CPU demo (embedded dataset)
 #   docker run --rm -v /data:/data mnv3-runner /opt/mnv3/venv/bin/python \
 #       /home/ma-user/mnv3/launcher/modelarts.py --data_url=/data/imagenet --train_url=/data/out \
-#       --config=configs/cpu_demo.yaml
+#       --config=<recipe>
+#   docker run --rm --gpus all mnv3-runner:gpu ...                      # gpu target, NVIDIA runtime
 #
 # The runner's interpreter is the venv /opt/mnv3/venv, made from the base image's python3 (or
 # --build-arg PYTHON=<interpreter>) with --system-site-packages:
@@ -31,7 +33,9 @@ ARG BASE_IMAGE=python:3.11-slim
 ARG CUDA_IMAGE=nvidia/cuda:11.6.2-cudnn8-runtime-ubuntu20.04
 
 # Only the gpu target uses this stage; BuildKit neither pulls nor builds it for the others.
+# cuDNN is gathered with its symlinks (a wildcard COPY would turn each into a full copy).
 FROM ${CUDA_IMAGE} AS cuda
+RUN mkdir -p /opt/cudnn-8/lib && cp -a /usr/lib/x86_64-linux-gnu/libcudnn* /opt/cudnn-8/lib/
 
 FROM ${BASE_IMAGE} AS runner
 ARG INSTALL_REQUIREMENTS=1
@@ -49,8 +53,10 @@ RUN if command -v apt-get >/dev/null; then \
         && apt-get install -y --no-install-recommends "${packages[@]}" \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
-    && if ! command -v "${PYTHON}" >/dev/null; then \
-        echo "error: ${PYTHON} not found in the base image; build with --build-arg PYTHON=<path of its Python 3.11>" >&2; \
+    && if ! "${PYTHON}" -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 12))' 2>/dev/null; then \
+        echo "error: the runner needs Python 3.11 or 3.12 (its pinned requirements, MindSpore 2.10);" \
+             "the base image's ${PYTHON} is $("${PYTHON}" --version 2>/dev/null || echo missing):" \
+             "build with --build-arg PYTHON=<its Python 3.11>, or on another base" >&2; \
         exit 1; \
     fi
 
@@ -118,7 +124,7 @@ CMD ["/opt/mnv3/venv/bin/python", "/home/ma-user/mnv3/launcher/modelarts.py"]
 FROM runner AS gpu
 USER 0
 COPY --from=cuda /usr/local/cuda-11.6/ /usr/local/cuda-11.6/
-COPY --from=cuda /usr/lib/x86_64-linux-gnu/libcudnn* /usr/local/cudnn-8/lib/
+COPY --from=cuda /opt/cudnn-8/lib/ /usr/local/cudnn-8/lib/
 # No CUDA_HOME: with it MindSpore picks its GPU plugin by running $CUDA_HOME/bin/nvcc, which a
 # runtime image lacks (then no GPU plugin loads). The NVIDIA container runtime mounts the driver.
 ENV LD_LIBRARY_PATH=/usr/local/cuda-11.6/lib64:/usr/local/cudnn-8/lib:/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \

@@ -133,7 +133,9 @@ def test_gpu_target_brings_cuda_11_6_and_cudnn_8_without_cuda_home():
     assert gpu[0] == ("FROM", "runner AS gpu")
     copies = [rest for word, rest in gpu if word == "COPY"]
     assert "--from=cuda /usr/local/cuda-11.6/ /usr/local/cuda-11.6/" in copies
-    assert any(c.startswith("--from=cuda /usr/lib/x86_64-linux-gnu/libcudnn") for c in copies)
+    assert "--from=cuda /opt/cudnn-8/lib/ /usr/local/cudnn-8/lib/" in copies  # a directory: symlinks kept
+    assert ("RUN", "mkdir -p /opt/cudnn-8/lib && cp -a /usr/lib/x86_64-linux-gnu/libcudnn* /opt/cudnn-8/lib/") \
+        in stages()["cuda"]
     env = " ".join(rest for word, rest in gpu if word == "ENV")
     assert "LD_LIBRARY_PATH=/usr/local/cuda-11.6/lib64:/usr/local/cudnn-8/lib" in env
     assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in env

@@ -13,7 +13,10 @@
 #  5. runs as uid 1000:100: the CPU demo (train + eval), and a ModelArts-shaped job (boot command,
 #     VC_*/MA_* variables, data at /home/ma-user/modelarts/inputs/data_url_0, outputs at
 #     /home/ma-user/modelarts/outputs/train_url_0) stopped with SIGTERM after its first
-#     checkpoint and started again: the second run must resume (summary.json start_step > 0).
+#     checkpoint and started again: the second run must resume (summary.json start_step > 0);
+#  6. builds the gpu target on a stand-in for the CUDA image (tests/docker/fake-cuda.Dockerfile:
+#     its layout, empty library files) and runs cloud.gpu_check in it: no driver, a stand-in
+#     V100 (passes), a stand-in H100 (refused). Real CUDA is not exercised here.
 #
 # Variables: DOCKER_TEST_STATE (data root + base tarball, kept between runs for the layer cache;
 # default ~/.cache/mnv3-docker-test), EXTRA_CA_BUNDLE (CA bundle for pip in the build; default
@@ -30,6 +33,8 @@ BASE=local/debian-py311:bookworm
 IMAGE=mnv3-runner:docker-test
 IMAGE_MS_BASE=local/debian-py311-mindspore:docker-test
 IMAGE_ASCEND=mnv3-runner:docker-test-system-mindspore
+IMAGE_FAKE_CUDA=local/fake-cuda:11.6.2-cudnn8-docker-test
+IMAGE_GPU=mnv3-runner:docker-test-gpu
 PY=/opt/mnv3/venv/bin/python
 BOOT=/home/ma-user/mnv3/launcher/modelarts.py
 INPUT=/home/ma-user/modelarts/inputs/data_url_0
@@ -63,8 +68,13 @@ cleanup() {
     for name in "${CONTAINERS[@]}"; do
         "$DOCKER" rm -f "$name" >/dev/null 2>&1
     done
-    if [ "${KEEP_IMAGES:-1}" = 0 ] && [ -n "$DOCKERD_PID" ]; then
-        "$DOCKER" rmi "$IMAGE" "$IMAGE_ASCEND" "$IMAGE_MS_BASE" >/dev/null 2>&1
+    if [ -n "$DOCKERD_PID" ]; then
+        if [ "${KEEP_IMAGES:-1}" = 0 ]; then
+            "$DOCKER" rmi "$IMAGE" "$IMAGE_ASCEND" "$IMAGE_MS_BASE" "$IMAGE_GPU" "$IMAGE_FAKE_CUDA" >/dev/null 2>&1
+        fi
+        # earlier runs' images (untagged by rebuilds) and old build cache: the data root stays ~10 GB
+        "$DOCKER" image prune -f >/dev/null 2>&1
+        "$DOCKER" builder prune -f --keep-storage 3gb >/dev/null 2>&1
     fi
     if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
         kill -TERM "$DOCKERD_PID"
@@ -133,6 +143,15 @@ build() {  # build LOG ARGS... (BuildKit, host network, the CA secret)
     say "built ($(($(date +%s) - t0)) s): ${*: -3}"
 }
 build build-cpu.log --build-arg BASE_IMAGE="$BASE" -t "$IMAGE" "$ROOT"
+
+# A base without a usable Python: one error line, not a failure deep in pip.
+if DOCKER_BUILDKIT=1 "$DOCKER" build --progress plain --network host --build-arg BASE_IMAGE="$BASE" \
+        --build-arg PYTHON=python3.9 "$ROOT" >"$RUN_DIR/build-bad-python.log" 2>&1; then
+    fail "a build with PYTHON=python3.9 (absent) succeeded"
+fi
+grep -q "error: the runner needs Python 3.11 or 3.12 (its pinned requirements, MindSpore 2.10); the base image's python3.9 is missing" \
+    "$RUN_DIR/build-bad-python.log" || { tail -n 20 "$RUN_DIR/build-bad-python.log" >&2; fail "no clear error for a bad PYTHON"; }
+say "a base without Python 3.11 is refused with one error line"
 
 # An Ascend/CANN-shaped base: MindSpore in the system Python, nothing else of the runner's.
 ms_pin=$(grep -i -E '^mindspore==' "$ROOT/requirements.txt")
@@ -229,4 +248,36 @@ print(f"[docker-test] resumed at step {s['start_step']}, completed step {s['step
       f"checkpoints: {', '.join(ckpts)}")
 EOF
 grep -q -i "resumed from" "$RUN_DIR/job-2.log" || fail "the second run's log does not say it resumed"
+# --- 6. the gpu target, on a stand-in for the CUDA image (no registry here) --------------------
+build build-fake-cuda.log --build-arg BASE_IMAGE="$BASE" -t "$IMAGE_FAKE_CUDA" \
+    -f "$ROOT/tests/docker/fake-cuda.Dockerfile" "$ROOT/tests/docker"
+build build-gpu.log --build-arg BASE_IMAGE="$BASE" --build-arg CUDA_IMAGE="$IMAGE_FAKE_CUDA" --target gpu \
+    -t "$IMAGE_GPU" "$ROOT"
+[ "$("$DOCKER" image inspect -f '{{json .Config.Cmd}} {{.Config.User}}' "$IMAGE_GPU")" = "[\"$PY\",\"$BOOT\"] 1000:100" ] \
+    || fail "gpu image: unexpected CMD or user"
+# A stand-in driver where the NVIDIA container runtime puts it (/usr/local/nvidia).
+mkdir -p "$RUN_DIR/nvidia/lib64" "$RUN_DIR/nvidia/bin"
+touch "$RUN_DIR/nvidia/lib64/libcuda.so.1"
+printf '#!/bin/sh\necho "0, $FAKE_GPU, 535.104.05"\n' >"$RUN_DIR/nvidia/bin/nvidia-smi"
+chmod 755 "$RUN_DIR/nvidia/bin/nvidia-smi"
+gpu_check() {  # gpu_check [docker run options]: the check as the launchers report it
+    run --rm "$@" "$IMAGE_GPU" "$PY" -c "import sys
+from launcher.common import run_main
+from cloud.gpu_check import check_gpu_runtime
+sys.exit(run_main(lambda argv: print(check_gpu_runtime().summary())))" 2>&1
+}
+out=$(gpu_check) && fail "gpu check passed without a driver: $out"
+[ "$(printf '%s\n' "$out" | wc -l)" = 1 ] && [[ $out == "error: device_target=GPU cannot run: no NVIDIA driver in the container"* ]] \
+    || fail "gpu check without a driver: $out"
+say "gpu image, no driver: $out"
+out=$(gpu_check -v "$RUN_DIR/nvidia:/usr/local/nvidia:ro" -e "FAKE_GPU=Tesla V100-SXM2-32GB, 7.0") \
+    || fail "gpu check with a V100: $out"
+[[ $out == "GPU runtime: CUDA 11.6, cuDNN 8.4.0, driver 535.104.05, 1 GPU(s): 0: Tesla V100-SXM2-32GB (sm_70)" ]] \
+    || fail "gpu check with a V100: $out"
+say "gpu image, stand-in V100: $out"
+out=$(gpu_check -v "$RUN_DIR/nvidia:/usr/local/nvidia:ro" -e "FAKE_GPU=NVIDIA H100 80GB HBM3, 9.0") \
+    && fail "gpu check passed with an H100: $out"
+[[ $out == *"GPU 0 NVIDIA H100 80GB HBM3 (sm_90) is not supported"* ]] || fail "gpu check with an H100: $out"
+say "gpu image, stand-in H100: $out"
+"$DOCKER" image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -E 'mnv3|local/' | sed 's/^/  image /'
 say "all passed"

@@ -35,8 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cloud.storage import open_storage  # noqa: E402
 from cloud.sync import download_tree, upload_tree  # noqa: E402
-from core.packed import pack_imagefolder, verify_packed  # noqa: E402
-from tests.s3_server import start_s3_server, stop_s3_server  # noqa: E402
+from core.packed import verify_packed  # noqa: E402
+from core.packing import pack_imagefolder  # noqa: E402
+from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402
 
 MB = 1024 * 1024
 
@@ -173,8 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       "results", "packed.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    from core.data import build_train_dataset, scan_split
-    from core.packed import build_packed_train_dataset, load_packed_split
+    from core.data import open_dataset
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-packed-")
     owns = not args.workdir
@@ -227,14 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         stop_s3_server(server)
         server = None
 
-        images = scan_split(os.path.join(cache, "stage_imagefolder", "train"))
-        split = load_packed_split(os.path.join(cache, "stage_packed"), "train")
+        images = open_dataset(os.path.join(cache, "stage_imagefolder")).split("train")
+        split = open_dataset(os.path.join(cache, "stage_packed")).split("train")
         for workers in (int(w) for w in args.pipeline_workers.split(",")):
             cfg = data_config(workers, args.batch_size)
-            for name, build, source in (("imagefolder", build_train_dataset, images),
-                                        ("packed", build_packed_train_dataset, split)):
+            for name, source in (("imagefolder", images), ("packed", split)):
                 started = time.perf_counter()
-                dataset = build(source, cfg, seed=0, epoch=0)
+                dataset = source.train_pipeline(cfg, seed=0, epoch=0)
                 built = time.perf_counter() - started
                 rate = dict(pipeline_rate(dataset, args.batch_size, args.batches), build_s=round(built, 2))
                 results[f"pipeline_{name}_{workers}w"] = rate

@@ -1,6 +1,6 @@
 """Benchmark: training input pipeline, images/s with 1 and 2 workers, 224 px, batch 64.
 
-The project's pipeline (core.data.build_train_dataset with data.decoder=auto, i.e. the native
+The project's pipeline (an ImageFolder split's train_pipeline, data.decoder=auto, i.e. the native
 operator of core/jpeg_augment.py: random-resized crop decoded with Pillow's SIMD libjpeg-turbo,
 flip, colour jitter (0.4, 0.4, 0.4); uint8 HWC batches, normalised in the training graph) against
 torchvision ImageFolder + DataLoader with the same augmentations (RandomResizedCrop, flip,
@@ -65,14 +65,14 @@ def ensure_dataset(root: Path, images: int, classes: int = 10, seed: int = 0) ->
 
 def project_rate(train: Path, workers: int, batches: int, batch: int, decoder: str = "auto") -> float:
     from core.config import Config
-    from core.data import build_train_dataset, scan_split
+    from core.imagefolder import scan_split
     cfg = Config()
     cfg.data.image_size = 224
     cfg.data.batch_size = batch
     cfg.data.workers = workers
     cfg.data.decoder = decoder
     images = scan_split(train)
-    ds = build_train_dataset(images, cfg.data, seed=1, epoch=0)
+    ds = images.train_pipeline(cfg.data, seed=1, epoch=0)
     it = ds.create_tuple_iterator(num_epochs=1, output_numpy=True)
     next(it)  # start-up and the first batch are not timed
     n = 0

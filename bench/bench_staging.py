@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from cloud.storage import open_storage  # noqa: E402
 from cloud.sync import download_tree  # noqa: E402
-from tests.s3_server import start_s3_server, stop_s3_server  # noqa: E402
+from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402
 
 MB = 1024 * 1024
 

@@ -20,9 +20,9 @@ def build(model: str, num_classes: int):
     import mindspore as ms
     from core import model as core_model
     if model in ("project", "project-unfused", "project-native", "project-custom"):
-        core_model.set_depthwise_impl({"project": "auto", "project-unfused": "auto",
-                                       "project-native": "native", "project-custom": "custom"}[model])
-        return core_model.build_model("mobilenet_v3_small", num_classes)
+        impl = {"project": "auto", "project-unfused": "auto", "project-native": "native",
+                "project-custom": "custom"}[model]
+        return core_model.build_model("mobilenet_v3_small", num_classes, depthwise_impl=impl)
     if model == "mindcv":
         import mindcv
         return mindcv.create_model("mobilenet_v3_small_100", num_classes=num_classes, pretrained=False)
@@ -50,7 +50,7 @@ def train(args) -> dict:
     from core.config import Config
     from core.loss import LabelSmoothingCrossEntropy
     from core.optim import build_optimizer
-    from core.train import NetWithLoss
+    from core.run import NetWithLoss
 
     setup(args)
     cfg = Config()
@@ -59,7 +59,7 @@ def train(args) -> dict:
     lr = ms.Tensor(np.full(1000, 0.01, np.float32))
     optimizer = build_optimizer(net.trainable_params(), cfg.optim, lr)
     # as core.train feeds it: uint8 NHWC batches, normalised and transposed in the graph
-    from core.data import pixel_normalization
+    from core.pipeline import pixel_normalization
     step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)), optimizer)
     step.set_train(True)
     rng = np.random.default_rng(0)

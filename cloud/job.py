@@ -24,7 +24,7 @@ from cloud.storage import open_storage
 from cloud.sync import download_tree, upload_tree
 from cloud.urls import parse_url
 from core.callbacks import Callback
-from core.packed import is_packed, verify_packed
+from core.data import open_dataset
 
 log = logging.getLogger("cloud.job")
 CHECKPOINT_PREFIX = "checkpoints"
@@ -100,9 +100,9 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
         local = cache_path(cache_dir, "data", cfg.data.path)
         stats = download_tree(storage, "", str(local), job_id=job_id)
         log.info("dataset %s staged in %s (%s)", cfg.data.path, local, stats)
-        if is_packed(local):  # every shard against the index, once per node
-            run_once_per_node(str(local), job_id, lambda: verify_packed(local, reuse=True),
-                              name="verify", source=cfg.data.path)
+        dataset = open_dataset(local)  # e.g. every packed shard against its index, once per node
+        run_once_per_node(str(local), job_id, lambda: dataset.verify(reuse=True),
+                          name="verify", source=cfg.data.path)
         cfg.data.path = str(local)
 
     output_storage = None

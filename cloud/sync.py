@@ -20,8 +20,8 @@ remote copy has the same size and is not older than the local file. Object
 times have one-second resolution, so when the remote looks older but the size
 matches, the local file's MD5 (or multipart ETag) decides.
 
-Both log a progress line (files, bytes, MB/s) every ``progress_interval_s``
-and a summary, and return :class:`SyncStats`.
+Both show their progress (bytes, files, MB/s: a bar at a terminal, else a log
+line every ``progress_interval_s``), log a summary, and return :class:`SyncStats`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from cloud.node_lock import run_once_per_node
 from cloud.storage import (INTERNAL_PREFIX, PART_MARK, ObjectInfo, Storage, remove_stale_parts,
                            walk_files)
 from cloud.urls import safe_local_path
+from core.progress import Progress
 
 log = logging.getLogger("cloud.sync")
 
@@ -73,42 +74,29 @@ class SyncStats:
                 f"({self.mb_per_s:.1f} MB/s)")
 
 
-class Progress:
-    """Thread-safe counters that log a line at most every ``interval_s``."""
+class TransferProgress:
+    """Bytes and files of one transfer, from the transfer's worker threads: a bar at a
+    terminal, else a log line at most every ``interval_s`` (core.progress)."""
 
     def __init__(self, label: str, total_files: int, total_bytes: int, interval_s: float):
-        self.label = label
         self.total_files = total_files
-        self.total_bytes = total_bytes
-        self.interval_s = interval_s
         self.files = 0
-        self.bytes = 0
-        self.started = time.monotonic()
-        self._last = self.started
-        self._lock = threading.Lock()
+        self.bar = Progress(total_bytes, label, interval_s=interval_s, unit="B", write=log.info)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.bar.done)
 
     def add_bytes(self, n: int) -> None:
-        with self._lock:
-            self.bytes += n
-        self._maybe_log()
+        self.bar.add(n)
 
     def file_done(self) -> None:
-        with self._lock:
+        with self.bar.lock:
             self.files += 1
-        self._maybe_log()
+            self.bar.add(0, f"{self.files}/{self.total_files} files")
 
-    def _maybe_log(self) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval_s:
-            return
-        with self._lock:
-            if now - self._last < self.interval_s:
-                return
-            self._last = now
-            files, done = self.files, self.bytes
-        elapsed = max(now - self.started, 1e-9)
-        log.info("%s: %d/%d files, %.1f/%.1f MB, %.1f MB/s", self.label, files, self.total_files,
-                 done / MB, self.total_bytes / MB, done / MB / elapsed)
+    def close(self) -> None:
+        self.bar.close()
 
 
 # --------------------------------------------------------------------------- state
@@ -266,7 +254,8 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
         except OSError as exc:
             raise StorageError(f"cannot create {directory} for {source}: {exc}") from exc
 
-    progress = Progress(f"download {source}", len(todo), sum(i.size for _, i, _ in todo), interval)
+    progress = TransferProgress(f"download {source}", len(todo), sum(i.size for _, i, _ in todo),
+                                interval)
     errors: list[str] = []
     errors_lock = threading.Lock()
 
@@ -297,6 +286,7 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
                                    on_done=finished(rel, info, local))
     finally:
         state.flush()
+        progress.close()
     _record(stats, len(todo), errors, progress, started)
     if errors:
         log.error("download %s: %d of %d files failed; first: %s", source, len(errors), len(todo), errors[0])
@@ -373,7 +363,8 @@ def upload_tree(src_dir: str, storage: Storage, prefix: str = "", *, workers: in
         else:
             todo.append((rel, path, st.st_size))
 
-    progress = Progress(f"upload {target}", len(todo), sum(size for *_, size in todo), interval)
+    progress = TransferProgress(f"upload {target}", len(todo), sum(size for *_, size in todo),
+                                interval)
     errors: list[str] = []
     errors_lock = threading.Lock()
 
@@ -386,10 +377,13 @@ def upload_tree(src_dir: str, storage: Storage, prefix: str = "", *, workers: in
                 errors.append(f"{rel}: {error}")
         return on_done
 
-    if todo:
-        with storage.batch(workers) as batch:
-            for rel, path, _size in todo:
-                batch.upload(path, base + rel, on_bytes=progress.add_bytes, on_done=finished(rel))
+    try:
+        if todo:
+            with storage.batch(workers) as batch:
+                for rel, path, _size in todo:
+                    batch.upload(path, base + rel, on_bytes=progress.add_bytes, on_done=finished(rel))
+    finally:
+        progress.close()
     _record(stats, len(todo), errors, progress, started)
     if errors:
         log.error("upload %s: %d of %d files failed; first: %s", target, len(errors), len(todo), errors[0])

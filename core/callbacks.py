@@ -10,7 +10,8 @@ from pathlib import Path
 
 class Callback:
     def on_train_begin(self, info: dict) -> None:
-        """info: run_dir, rank, world, steps_per_epoch, start_step, total_steps, classes."""
+        """info: run_dir, rank, world, steps_per_epoch, start_step, total_steps, classes, and
+        config (the run's Config as resolved, e.g. model.depthwise_padding)."""
 
     def on_step_end(self, info: dict) -> None:
         """Called at each log interval with step, epoch, loss, lr, images_per_sec."""
@@ -61,4 +62,7 @@ class CallbackList(Callback):
             c.on_train_end(summary)
 
     def stop_requested(self):
-        return any(c.stop_requested() for c in self.callbacks)
+        # every callback is asked, also after one said yes: some take part in a collective on
+        # every call, and every rank must make the same calls whatever the list order
+        answers = [c.stop_requested() for c in self.callbacks]
+        return any(answers)

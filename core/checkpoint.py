@@ -130,14 +130,15 @@ def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
 
 
 class CheckpointManager:
-    """Periodic checkpoints in one folder, keeping the newest K (best.ckpt is kept apart)."""
+    """The periodic checkpoints of one prefix in one folder (core.checkpoint_saver writes and
+    prunes them; best.ckpt is kept apart)."""
 
     def __init__(self, folder: str | os.PathLike, prefix: str, keep: int):
         self.folder = Path(folder)
         self.prefix = prefix
         self.keep = keep
 
-    def periodic(self) -> list[Path]:
+    def files(self) -> list[Path]:
         """Checkpoints of this prefix, oldest first by global step."""
         if not self.folder.is_dir():
             return []
@@ -149,15 +150,5 @@ class CheckpointManager:
         return [f for _, f in sorted(found)]
 
     def latest(self) -> Optional[Path]:
-        files = self.periodic()
+        files = self.files()
         return files[-1] if files else None
-
-    def save(self, params, meta: dict) -> Path:
-        path = save(self.folder / checkpoint_name(self.prefix, meta["epoch"], meta["step"]),
-                    params, meta)
-        for old in self.periodic()[:-self.keep]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def save_best(self, params, meta: dict) -> Path:
-        return save(self.folder / "best.ckpt", params, meta)

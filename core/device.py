@@ -26,8 +26,6 @@ def configure(system_cfg) -> str:
     target = resolve_target(system_cfg.device_target)
     mode = ms.GRAPH_MODE if system_cfg.mode == "graph" else ms.PYNATIVE_MODE
     ms.set_context(mode=mode)
-    from core.model import set_depthwise_impl
-    set_depthwise_impl(getattr(system_cfg, "depthwise_impl", "auto"))
     if getattr(system_cfg, "cpu_threads", None):
         set_cpu_threads(system_cfg.cpu_threads)
     if target == "CPU":

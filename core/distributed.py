@@ -32,7 +32,9 @@ _REDUCER: list = []  # one compiled cell per process, built on first use
 
 
 def all_reduce_sum(values: np.ndarray, world: int) -> np.ndarray:
-    """Sum a small float64 vector over ranks (eval counts); identity when not distributed."""
+    """Sum a small vector over ranks (eval counts, stop requests, resume steps: the ranks'
+    one way to agree); identity when not distributed. Float32 on the wire (exact for counts
+    below 2**24), float64 out."""
     if world == 1:
         return values
     if not _REDUCER:

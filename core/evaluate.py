@@ -12,7 +12,7 @@ import time
 import mindspore as ms
 import numpy as np
 
-from core.data import CorruptImages, build_eval_dataset, guarded
+from core.pipeline import CorruptImages, guarded
 from core.distributed import all_reduce_sum
 
 log = logging.getLogger("core.evaluate")
@@ -36,12 +36,13 @@ def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
 
 
 def evaluate(net, images, data_cfg, smoothing: float = 0.1, rank: int = 0, world: int = 1) -> dict:
-    """{'Loss', 'Top_1_Acc', 'Top_5_Acc', 'images', 'seconds'} over the whole split."""
+    """{'Loss', 'Top_1_Acc', 'Top_5_Acc', 'images', 'seconds'} over the whole split `images`
+    (a core.data.DataSplit)."""
     start = time.time()
     net.set_train(False)
     batch = data_cfg.eval_batch_size or data_cfg.batch_size
     corrupt = CorruptImages(fail_fast=True)
-    dataset = build_eval_dataset(images, data_cfg, rank, world, corrupt)
+    dataset = images.eval_pipeline(data_cfg, rank, world, corrupt)
     sums = np.zeros(4, dtype=np.float64)  # loss sum, top1, top5, count
     for image, label in guarded(dataset.create_tuple_iterator(num_epochs=1, output_numpy=True), corrupt):
         n = image.shape[0]

@@ -28,7 +28,8 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from core import fast_conv
-from core.model import HSwish, InvertedResidual, MobileNetV3Small, SqueezeExcitation
+from core.layers import HSwish
+from core.model import InvertedResidual, MobileNetV3Small, SqueezeExcitation
 
 log = logging.getLogger("core.fuse")
 

@@ -37,7 +37,8 @@ def network_from_checkpoint(checkpoint: ckpt.Checkpoint, cfg: Config, path: str 
         raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but checkpoint {path} "
                           f"has {len(names)} classes; set model.num_classes={len(names)} or null")
     net = build_model(cfg.model.arch, len(names), cfg.model.width_mult, cfg.model.dropout,
-                      depthwise_padding=cfg.model.depthwise_padding)
+                      depthwise_padding=cfg.model.depthwise_padding,
+                      depthwise_impl=cfg.system.depthwise_impl)
     ckpt.restore([net], checkpoint)
     net.set_train(False)
     return net, names

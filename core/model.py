@@ -19,6 +19,8 @@ from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
 from core.fast_conv import conv2d
+from core.layers import HSigmoid, HSwish, conv_init
+from core.modelzoo import ModelZooMobileNetV3Small
 
 ARCHS = ("mobilenet_v3_small", "modelzoo")
 
@@ -54,20 +56,10 @@ HIDDEN_CHANNELS = 1024
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.99
 
-# kxk conv implementation (depthwise convs and the stem): "auto" (core.fast_conv's custom CPU
-# operator on CPU when its library is built, else nn.Conv2d), "native" or "custom". Set from
-# system.depthwise_impl by core.device.configure; results are equal, only the speed differs.
-DEPTHWISE_IMPL = "auto"
-
 # Padding of the stride-2 depthwise convs (model.depthwise_padding): "symmetric" as torchvision,
 # "same" as MindCV (pad_mode="same": at even map sizes 0 before, 1 after for k=3), so MindCV
 # weights give MindCV's outputs. The stem pads symmetrically in both; stride-1 convs are equal.
 # core.fast_conv.conv2d checks the value (fast_conv.PADDINGS).
-
-
-def set_depthwise_impl(impl: str) -> None:
-    global DEPTHWISE_IMPL
-    DEPTHWISE_IMPL = impl
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = None) -> int:
@@ -80,28 +72,6 @@ def make_divisible(value: float, divisor: int = 8, min_value: Optional[int] = No
     return new_value
 
 
-class HSwish(nn.Cell):
-    """x * relu6(x + 3) / 6 from primitives: nn.HSwish does not export to ONNX."""
-
-    def __init__(self):
-        super().__init__()
-        self.relu6 = nn.ReLU6()
-
-    def construct(self, x):
-        return x * self.relu6(x + 3.0) / 6.0
-
-
-class HSigmoid(nn.Cell):
-    """relu6(x + 3) / 6 from primitives: nn.HSigmoid does not export to ONNX."""
-
-    def __init__(self):
-        super().__init__()
-        self.relu6 = nn.ReLU6()
-
-    def construct(self, x):
-        return self.relu6(x + 3.0) / 6.0
-
-
 def activation(name: str) -> nn.Cell:
     if name == "RE":
         return nn.ReLU()
@@ -110,17 +80,12 @@ def activation(name: str) -> nn.Cell:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def conv_init() -> init.Initializer:
-    """Kaiming normal, fan_out, ReLU gain: torchvision's MobileNetV3 conv init."""
-    return init.HeNormal(mode="fan_out", nonlinearity="relu")
-
-
 def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1,
-                act: Optional[str] = None, eps: float = BN_EPS,
-                momentum: float = BN_MOMENTUM, padding: str = "symmetric") -> nn.SequentialCell:
+                act: Optional[str] = None, eps: float = BN_EPS, momentum: float = BN_MOMENTUM,
+                padding: str = "symmetric", impl: str = "auto") -> nn.SequentialCell:
     """Conv (no bias) + BN [+ activation]: torchvision's Conv2dNormActivation (.0 conv, .1 BN)."""
     layers = [
-        conv2d(in_ch, out_ch, kernel, stride, groups, conv_init(), DEPTHWISE_IMPL, padding),
+        conv2d(in_ch, out_ch, kernel, stride, groups, conv_init(), impl, padding),
         nn.BatchNorm2d(out_ch, eps=eps, momentum=momentum, gamma_init="ones", beta_init="zeros"),
     ]
     if act is not None:
@@ -150,7 +115,7 @@ class InvertedResidual(nn.Cell):
     """[expand 1x1] -> depthwise kxk -> [SE] -> project 1x1 (linear), residual when shapes match."""
 
     def __init__(self, in_ch: int, cfg: BlockConfig, width_mult: float = 1.0,
-                 depthwise_padding: str = "symmetric"):
+                 depthwise_padding: str = "symmetric", depthwise_impl: str = "auto"):
         super().__init__()
         expanded = make_divisible(cfg.expanded * width_mult)
         out_ch = make_divisible(cfg.out * width_mult)
@@ -159,7 +124,8 @@ class InvertedResidual(nn.Cell):
         if expanded != in_ch:
             layers.append(conv_bn_act(in_ch, expanded, 1, act=cfg.activation))
         layers.append(conv_bn_act(expanded, expanded, cfg.kernel, stride=cfg.stride,
-                                  groups=expanded, act=cfg.activation, padding=depthwise_padding))
+                                  groups=expanded, act=cfg.activation, padding=depthwise_padding,
+                                  impl=depthwise_impl))
         if cfg.use_se:
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
         layers.append(conv_bn_act(expanded, out_ch, 1, act=None))
@@ -178,13 +144,13 @@ class MobileNetV3Small(nn.Cell):
     CLASSIFIER_PREFIXES = ("classifier.3.",)
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
-                 depthwise_padding: str = "symmetric"):
+                 depthwise_padding: str = "symmetric", depthwise_impl: str = "auto"):
         super().__init__()
         stem = make_divisible(STEM_CHANNELS * width_mult)
-        layers = [conv_bn_act(3, stem, 3, stride=2, act="HS")]
+        layers = [conv_bn_act(3, stem, 3, stride=2, act="HS", impl=depthwise_impl)]
         in_ch = stem
         for cfg in SMALL_BLOCKS:
-            block = InvertedResidual(in_ch, cfg, width_mult, depthwise_padding)
+            block = InvertedResidual(in_ch, cfg, width_mult, depthwise_padding, depthwise_impl)
             layers.append(block)
             in_ch = block.out_channels
         last_conv = 6 * in_ch  # 576 at width 1.0, as torchvision derives it
@@ -207,23 +173,26 @@ class MobileNetV3Small(nn.Cell):
 
 def build_model(arch: str, num_classes: int, width_mult: float = 1.0,
                 dropout: Optional[float] = None, bn_momentum: Optional[float] = None,
-                depthwise_padding: Optional[str] = None) -> nn.Cell:
+                depthwise_padding: Optional[str] = None, depthwise_impl: str = "auto") -> nn.Cell:
     """Return the network named by ``arch`` (one of ARCHS).
 
     ``dropout=None`` means the architecture's own default: 0.2 for mobilenet_v3_small,
     none for the model-zoo variant (which was trained without it). ``bn_momentum=None`` keeps
     the architecture's BN momentum (0.99 and 0.9, MindSpore convention).
     ``depthwise_padding=None`` is "symmetric"; "same" is MindCV's (mobilenet_v3_small only).
+    ``depthwise_impl`` (system.depthwise_impl) runs the kxk convs of mobilenet_v3_small (the
+    depthwise convs and the stem): "auto" (core.fast_conv's CPU operator on CPU when its
+    library is built, else nn.Conv2d), "native" or "custom"; outputs are equal, only the
+    speed differs.
     """
     padding = depthwise_padding or "symmetric"
     if arch == "mobilenet_v3_small":
-        net = MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout, padding)
+        net = MobileNetV3Small(num_classes, width_mult, 0.2 if dropout is None else dropout, padding,
+                               depthwise_impl)
     elif arch == "modelzoo":
         if padding != "symmetric":
             raise ValueError("model.depthwise_padding=same is for mobilenet_v3_small (MindCV "
                              "weights); the model-zoo variant pads symmetrically")
-        from core.modelzoo import ModelZooMobileNetV3Small
-
         net = ModelZooMobileNetV3Small(num_classes, width_mult,
                                        0.0 if dropout is None else dropout)
     else:

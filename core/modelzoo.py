@@ -19,7 +19,7 @@ cell for cell, so its checkpoints load by name with ``load_param_into_net``:
 Differences from torchvision's network (core/model.py): 1280-wide hidden head as a conv,
 no dropout by default, classifier is a conv, BN eps 1e-5 / momentum 0.9 (MindSpore
 defaults), and channel rounding is ceil-to-8. 2,945,288 trainable parameters at 1000 classes.
-Activations are the ONNX-exportable primitives from core.model (the zoo used the same
+Activations are the ONNX-exportable primitives from core.layers (the zoo used the same
 formula). Its init (numpy draws after construction) is replaced by the same distributions
 drawn through mindspore.common.initializer: same statistics, different values per seed.
 """
@@ -32,7 +32,7 @@ import mindspore.nn as nn
 from mindspore import ops
 
 from core.dropout import ReplayableDropout
-from core.model import HSigmoid, HSwish, conv_init
+from core.layers import HSigmoid, HSwish, conv_init
 
 # k, exp, out, SE, activation, stride -- the model zoo's "small" cfg (same as the paper's).
 ZOO_SMALL_BLOCKS = (

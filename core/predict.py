@@ -14,7 +14,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from core.data import DatasetError, eval_transforms
+from core.pipeline import DatasetError, eval_transforms
 from core.jpeg_check import jpeg_header_problem
 
 CHECKPOINT_BATCH = 16

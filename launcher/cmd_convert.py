@@ -1,6 +1,8 @@
 """`convert`: torchvision / MindCV MobileNetV3-Small weights -> a checkpoint of this project."""
 from __future__ import annotations
 
+from launcher.cli import add_debug_flag
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,7 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--width_mult", type=float, default=1.0, help="width of the source model")
     p.add_argument("--classes", help="class names (one per line, or a JSON list) to store, "
                                      "e.g. the 1000 ImageNet names for predict")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    add_debug_flag(p)
     p.set_defaults(func=run)
 
 

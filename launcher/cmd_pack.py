@@ -15,8 +15,9 @@ import re
 import shutil
 from pathlib import Path
 
+from launcher.cli import DEFAULT_CACHE, add_config_flags, add_debug_flag
+
 log = logging.getLogger("launcher.pack")
-DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
 
 
 def add_parser(subparsers) -> None:
@@ -30,11 +31,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--splits", default="train,val",
                    help="split folders to pack, the first naming the classes (data.train_dir, "
                         "data.val_dir); a missing later one is skipped")
-    p.add_argument("--config", help="YAML recipe whose storage: section reaches the bucket")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="storage.KEY=VALUE",
-                   help="override a storage setting")
+    add_config_flags(p, config_help="YAML recipe whose storage: section reaches the bucket",
+                     set_help="override a storage setting", set_metavar="storage.KEY=VALUE")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="staging cache for URLs")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    add_debug_flag(p)
     p.set_defaults(func=cmd_pack)
 
 
@@ -54,8 +54,8 @@ def cmd_pack(args) -> int:
     from cloud.storage import open_storage
     from cloud.sync import download_tree
     from core.config import parse_override
-    from core.data import DatasetError
-    from core.packed import pack_imagefolder
+    from core.packing import pack_imagefolder
+    from core.pipeline import DatasetError
     from launcher.common import load_job_config, setup_logging
 
     setup_logging()

@@ -1,6 +1,9 @@
 """`predict`: top-k classes for image files from a checkpoint or an exported MINDIR."""
 from __future__ import annotations
 
+from launcher.cli import (add_config_flags, add_debug_flag, add_device_flags, config_for_checkpoint,
+                          overrides_from, resolve_checkpoint_arg)
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -16,12 +19,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", help="class names (one per line, or a JSON list) to show instead "
                                      "of those stored with the model")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    p.add_argument("--config", help="YAML recipe (checkpoints only; the saved config is the base)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (checkpoints only)")
-    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"))
-    p.add_argument("--device_id", type=int)
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    add_config_flags(p, config_help="YAML recipe (checkpoints only; the saved config is the base)",
+                     set_help="override a config key (checkpoints only)")
+    add_device_flags(p)
+    add_debug_flag(p)
     p.set_defaults(func=run, overrides=[])
 
 
@@ -36,7 +37,6 @@ def predictor_for(args):
     from core.fuse import fuse_for_inference
     from core.inference import network_from_checkpoint
     from launcher.convert import read_class_names
-    from launcher.local import _config_for_checkpoint, overrides_from, resolve_checkpoint_arg
     classes = read_class_names(args.classes) if args.classes else None
     if Path(args.checkpoint_path).suffix.lower() == ".mindir":
         system = {k: v for k, v in overrides_from(args).items() if k.startswith("system.device")}
@@ -44,7 +44,7 @@ def predictor_for(args):
         return predict.from_mindir(args.checkpoint_path, classes)
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
-    cfg = _config_for_checkpoint(args, checkpoint)
+    cfg = config_for_checkpoint(args, checkpoint)
     configure(cfg.system)
     if classes and not checkpoint.meta.get("classes"):
         checkpoint.meta["classes"] = classes  # a converted ImageNet checkpoint, say

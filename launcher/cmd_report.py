@@ -1,6 +1,8 @@
 """`report`: plots and a Markdown summary of a run directory or an s3:// / obs:// output URL."""
 from __future__ import annotations
 
+from launcher.cli import add_debug_flag
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -14,7 +16,7 @@ def add_parser(subparsers) -> None:
                                     "endpoint and credentials from the environment)")
     p.add_argument("--no-plots", dest="plots", action="store_false",
                    help="Markdown summary only (no matplotlib needed)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    add_debug_flag(p)
     p.set_defaults(func=run)
 
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from cloud.storage import open_storage  # noqa: E402
 from cloud.sync import upload_tree  # noqa: E402
-from launcher.local import demo_dataset_path  # noqa: E402
-from tests.s3_server import start_s3_server, stop_s3_server  # noqa: E402
+from launcher.cli import demo_dataset_path  # noqa: E402
+from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402
 
 BUCKET = "demo"
 RUN = f"s3://{BUCKET}/runs/cpu_demo"

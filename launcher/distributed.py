@@ -446,7 +446,7 @@ def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
     """`launcher/local.py train --nproc N`: N ranks on this machine. cfg may name remote data
     and outputs: they are staged and resolved here once, rank 0 uploads checkpoints in the
     background, and the run directory is published at the end."""
-    from launcher.local import DEFAULT_CACHE
+    from launcher.cli import DEFAULT_CACHE
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
     job_id = f"local-{os.getpid()}-{int(time.time())}"
     launch = prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=job_id, settings=settings,
@@ -463,7 +463,7 @@ def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
 
 
 def parser() -> argparse.ArgumentParser:
-    from launcher.local import add_common
+    from launcher.cli import add_common
     p = argparse.ArgumentParser(prog="launcher/distributed.py", description=__doc__.splitlines()[0])
     add_common(p)
     p.add_argument("--nproc", type=int, required=True, help="ranks on this node")
@@ -513,7 +513,7 @@ def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str, 
     import copy
 
     from cloud.job import prepare_job
-    from launcher.local import resolve_local_resume
+    from launcher.cli import resolve_local_resume
     job = prepare_job(cfg, resume=resume, cache_dir=cache_dir, job_id=job_id, writer=False,
                       settings=settings, pretrained=pretrained)
     if job.resume == "auto" or (job.resume is None and not job.output_url):
@@ -529,7 +529,7 @@ def main(argv) -> int:
     from cloud.environment import detect_environment
     from core.config import ConfigError
     from launcher.common import load_job_config
-    from launcher.local import DEFAULT_CACHE, demo_dataset_path, overrides_from
+    from launcher.cli import DEFAULT_CACHE, demo_dataset_path, overrides_from
 
     args = parser().parse_args(argv)
     if args.nproc < 1 or args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:

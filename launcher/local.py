@@ -22,30 +22,14 @@ if str(REPO_ROOT) not in sys.path:
 import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
 
 from core import checkpoint as ckpt  # noqa: E402
-from core.config import ConfigError, load_config, parse_override  # noqa: E402
+from core.config import ConfigError  # noqa: E402
+from launcher.cli import (DEFAULT_CACHE, add_common, config_for_checkpoint,  # noqa: E402
+                          demo_dataset_path, overrides_from, resolve_checkpoint_arg,
+                          resolve_local_resume)
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
 from launcher.signals import DEFAULT_GRACE_S  # noqa: E402
 
 log = logging.getLogger("launcher.local")
-DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
-
-
-def demo_dataset_path() -> str:
-    from core.synthetic import ensure_demo_dataset
-    return str(ensure_demo_dataset(DEFAULT_CACHE / "demo_dataset_v1"))
-
-
-def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML recipe (configs/*.yaml)")
-    p.add_argument("--dataset_path", "--data", dest="dataset_path",
-                   help="ImageFolder root with train/ and val/ (default: embedded demo dataset)")
-    p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"))
-    p.add_argument("--device_id", type=int)
-    p.add_argument("--output_dir", help="run directory (system.output_dir)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (also accepted as bare KEY=VALUE arguments)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,31 +52,6 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint_path", "--checkpoint", dest="checkpoint_path", required=True)
     sub.choices["export"].add_argument("--format", choices=("MINDIR", "ONNX", "AIR"))
     return top
-
-
-def overrides_from(args) -> dict:
-    pairs = dict(parse_override(text) for text in list(args.sets) + list(args.overrides))
-    for flag, key in (("dataset_path", "data.path"), ("device_target", "system.device_target"),
-                      ("device_id", "system.device_id"), ("output_dir", "system.output_dir"),
-                      ("format", "export.format")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            pairs[key] = value
-    return pairs
-
-
-def resolve_local_resume(cfg, resume: str | None) -> str | None:
-    """'auto' -> newest checkpoint in the run directory (or None); refuse to train over a
-    directory that already holds a run unless asked to resume it."""
-    run_dir = Path(cfg.system.output_dir)
-    manager = ckpt.CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.prefix, cfg.checkpoint.keep)
-    if resume == "auto":
-        latest = manager.latest()
-        return str(latest) if latest else None
-    if not resume and manager.latest() is not None:
-        raise ConfigError(f"run directory {run_dir} already holds checkpoints; pass --resume auto "
-                          f"to continue that run or choose another --output_dir")
-    return resume
 
 
 def cmd_train(args) -> int:
@@ -128,26 +87,6 @@ def cmd_train(args) -> int:
     return 0
 
 
-def resolve_checkpoint_arg(text: str) -> Path:
-    """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint."""
-    path = Path(text)
-    if path.is_dir():
-        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
-        periodic = [f for f in found if f.name != "best.ckpt" and ".tmp." not in f.name]
-        if not periodic:
-            raise ckpt.CheckpointError(f"no checkpoint in {folder} (pass a .ckpt file or a run "
-                                       f"directory that holds checkpoints/)")
-        return max(periodic, key=lambda f: (ckpt.step_of(f), f.stat().st_mtime))
-    return path
-
-
-def _config_for_checkpoint(args, checkpoint: ckpt.Checkpoint):
-    """Saved training config <- user recipe <- CLI, so eval/export see the trained input size."""
-    saved = checkpoint.meta.get("config")
-    return load_config(args.config, overrides_from(args), base=saved)
-
-
 def _output_dir(args, checkpoint_path: Path) -> Path:
     if args.output_dir:
         return Path(args.output_dir)
@@ -158,21 +97,21 @@ def _output_dir(args, checkpoint_path: Path) -> Path:
 def cmd_eval(args) -> int:
     from core.device import configure
     from core.evaluate import evaluate, format_result
+    from core.data import open_dataset
     from core.fuse import fuse_for_inference
-    from core.packed import has_split, split_for
     from core.inference import classes_of, network_from_checkpoint
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
-    cfg = _config_for_checkpoint(args, checkpoint)
+    cfg = config_for_checkpoint(args, checkpoint)
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
     setup_logging()
     configure(cfg.system)
     classes = classes_of(checkpoint)
-    if classes is None:  # a foreign checkpoint: the training split names the classes
-        classes = split_for(cfg.data.path, cfg.data.train_dir).classes \
-            if has_split(cfg.data.path, cfg.data.train_dir) else None
-    val = split_for(cfg.data.path, cfg.data.val_dir, classes)
+    dataset = open_dataset(cfg.data.path)
+    if classes is None and dataset.has_split(cfg.data.train_dir):
+        classes = dataset.split(cfg.data.train_dir).classes  # a foreign checkpoint: train names them
+    val = dataset.split(cfg.data.val_dir, classes)
     net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes)
     net = fuse_for_inference(net, cfg.system.depthwise_impl)
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
@@ -191,7 +130,7 @@ def cmd_export(args) -> int:
     from core.inference import network_from_checkpoint
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
-    cfg = _config_for_checkpoint(args, checkpoint)
+    cfg = config_for_checkpoint(args, checkpoint)
     setup_logging()
     target = configure(cfg.system)
     net, names = network_from_checkpoint(checkpoint, cfg, path)

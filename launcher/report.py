@@ -314,7 +314,7 @@ def make_report(source: str, out_dir: Optional[str | Path] = None, plots: bool =
     """Write report.md (and PNGs) for a run directory or output URL; returns report.md."""
     if is_url(source):
         if cache_root is None:
-            from launcher.local import DEFAULT_CACHE
+            from launcher.cli import DEFAULT_CACHE
             cache_root = DEFAULT_CACHE / "reports"
         run_dir = fetch_run(source, cache_dir_for(source, cache_root), settings)
         default_out = Path("reports") / cache_dir_for(source, Path(".")).name

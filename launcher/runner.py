@@ -27,7 +27,7 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
     setup_logging(run_dir / log_name, rank_prefix=f"[rank {rank}] " if world > 1 else "")
     if rank == 0:  # once the data, model and resume point passed their checks: a run that
         # fails on bad input leaves the config.yaml of the run it was asked to continue alone
-        callbacks = [*callbacks, _SaveConfig(run_dir / "config.yaml", cfg)]
+        callbacks = [*callbacks, _SaveConfig(run_dir / "config.yaml")]
     summary = train(cfg, run_dir, resume=resume, pretrained=pretrained, callbacks=tuple(callbacks))
     if rank == 0:
         best = summary.get("best_eval")
@@ -40,11 +40,11 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
 
 
 class _SaveConfig(Callback):
-    """Writes the config as training starts: train() resolves values the run inherits
-    (model.depthwise_padding from the pre-trained or resumed checkpoint) before then."""
+    """Writes the run's config as training starts, as train() resolved it (values the run
+    inherits, e.g. model.depthwise_padding from the pre-trained or resumed checkpoint)."""
 
-    def __init__(self, path: Path, cfg: Config):
-        self.path, self.cfg = path, cfg
+    def __init__(self, path: Path):
+        self.path = path
 
     def on_train_begin(self, info: dict) -> None:
-        self.path.write_text(self.cfg.to_yaml())
+        self.path.write_text(info["config"].to_yaml())

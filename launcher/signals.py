@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 
@@ -31,46 +31,17 @@ log = logging.getLogger("launcher.signals")
 DEFAULT_GRACE_S = float(os.environ.get("MNV3_STOP_GRACE_S", "30"))
 
 
-class RankAgreement:
-    """Element-wise sum of a small vector over all ranks; the identity with one rank."""
-
-    def __init__(self, world: int):
-        self.world = world
-        self._cell = None
-
-    def sum(self, values: Sequence[float]) -> np.ndarray:
-        vector = np.asarray(values, np.float32)
-        if self.world <= 1:
-            return vector
-        import mindspore as ms
-        if self._cell is None:  # one Cell, compiled once, reused every step
-            self._cell = _all_reduce_sum_cell()
-        return self._cell(ms.Tensor(vector)).asnumpy()
-
-
-def _all_reduce_sum_cell():
-    from mindspore import nn, ops
-
-    class AllReduceSum(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.all_reduce = ops.AllReduce(ops.ReduceOp.SUM)
-
-        def construct(self, x):
-            return self.all_reduce(x)
-
-    return AllReduceSum()
-
-
 class StopOnSignal(Callback):
     """Turns SIGTERM (and the other `signals`) into `stop_requested() == True` on every rank.
 
     Use `install()` before training and `uninstall()` after; `request()` asks for a stop
-    without a signal. Put it first in the callback list: `stop_requested` takes part in a
-    collective every `sync_every` steps, so every rank must call it at every step.
+    without a signal. `stop_requested` takes part in a collective every `sync_every` steps,
+    so every rank must call it at every step (core.callbacks.CallbackList asks every callback).
     """
 
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), sync_every: int = 10):
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), sync_every: int = 10,
+                 all_reduce: Optional[Callable[[np.ndarray, int], np.ndarray]] = None):
+        """`all_reduce(values, world)` sums over ranks (default core.distributed's)."""
         if sync_every < 1:
             raise ValueError("sync_every must be at least 1")
         self.signals = tuple(signals)
@@ -80,7 +51,8 @@ class StopOnSignal(Callback):
         self.agreed = False
         self._previous: dict = {}
         self._calls = 0
-        self._agreement = RankAgreement(1)
+        self.world = 1
+        self.all_reduce = all_reduce
 
     def install(self) -> "StopOnSignal":
         for signum in self.signals:
@@ -105,21 +77,27 @@ class StopOnSignal(Callback):
             return None
         return max(0.0, grace_s - margin_s - (time.monotonic() - self.requested_at))
 
+    def _sum(self, values: list) -> np.ndarray:
+        if self.all_reduce is None:
+            from core.distributed import all_reduce_sum  # MindSpore only once ranks must agree
+            self.all_reduce = all_reduce_sum
+        return self.all_reduce(np.asarray(values, np.float64), self.world)
+
     def _handle(self, signum, frame) -> None:  # runs in the main thread, between bytecodes
         self.request(f"on {signal.Signals(signum).name}")
 
     def on_train_begin(self, info: dict) -> None:
-        self._agreement = RankAgreement(int(info.get("world", 1)))
+        self.world = int(info.get("world", 1))
         self._calls = 0
 
     def stop_requested(self) -> bool:
         if self.agreed:
             return True
         self._calls += 1
-        if self._agreement.world <= 1:
+        if self.world <= 1:
             self.agreed = self.requested
         elif self._calls % self.sync_every == 0:
-            self.agreed = bool(self._agreement.sum([float(self.requested)])[0] > 0)
+            self.agreed = bool(self._sum([float(self.requested)])[0] > 0)
             if self.agreed and not self.requested:
                 log.warning("stop requested on another rank: checkpointing now")
         return self.agreed

@@ -42,11 +42,11 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 
 from core.callbacks import Callback  # noqa: E402
 from core.config import ConfigError  # noqa: E402
+from launcher.cli import DEFAULT_CACHE, add_debug_flag  # noqa: E402
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
-from launcher.signals import DEFAULT_GRACE_S, RankAgreement, StopOnSignal  # noqa: E402
+from launcher.signals import DEFAULT_GRACE_S, StopOnSignal  # noqa: E402
 
 log = logging.getLogger("launcher.worker")
-DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc_per_node", type=int, help="processes per node")
     p.add_argument("--grace_s", type=float, default=DEFAULT_GRACE_S,
                    help="seconds from SIGTERM until the launcher kills this rank")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    add_debug_flag(p)
     return p
 
 
@@ -106,7 +106,7 @@ def local_checkpoint(cfg, resume: Optional[str]) -> Optional[str]:
     """'auto' with a local run directory: its newest checkpoint (or None)."""
     if resume != "auto":
         return resume
-    from launcher.local import resolve_local_resume
+    from launcher.cli import resolve_local_resume
     return resolve_local_resume(cfg, "auto")
 
 
@@ -126,8 +126,11 @@ class ResumeAgreement(Callback):
         world = int(info.get("world", 1))
         if world <= 1:
             return
+        import numpy as np
+
+        from core.distributed import all_reduce_sum
         start = int(info["start_step"])
-        total = int(RankAgreement(world).sum([float(start)])[0])
+        total = int(round(all_reduce_sum(np.array([float(start)]), world)[0]))
         if total != start * world:  # all equal <=> every rank sees world x its own step
             raise ConfigError(
                 f"rank {info['rank']} resumes at step {start} but the ranks' steps add up to "
@@ -171,8 +174,8 @@ class DebugDump(Callback):
     """MNV3_DEBUG_DUMP_DIR: per-rank trainable weights and the image files actually read.
 
     The trainer hands callbacks no network and the input pipeline reports no files, so while
-    `recording()` is active this wraps core.train.build_model (keeping the first network) and
-    core.data._FileSource.__getitem__ (noting each file read). Test instrumentation only.
+    `recording()` is active this wraps core.run.build_model (keeping the first network) and
+    core.imagefolder._FileSource.__getitem__ (noting each file read). Test instrumentation only.
     """
 
     def __init__(self, folder: str):
@@ -183,9 +186,9 @@ class DebugDump(Callback):
 
     @contextlib.contextmanager
     def recording(self):
-        import core.data
-        import core.train
-        build, getitem = core.train.build_model, core.data._FileSource.__getitem__
+        import core.imagefolder
+        import core.run
+        build, getitem = core.run.build_model, core.imagefolder._FileSource.__getitem__
         dump = self
 
         def recording_build(*args, **kwargs):
@@ -199,11 +202,11 @@ class DebugDump(Callback):
             dump.reads.setdefault(str(Path(source.files[j]).parent.parent), set()).add(source.files[j])
             return getitem(source, i)
 
-        core.train.build_model, core.data._FileSource.__getitem__ = recording_build, recording_getitem
+        core.run.build_model, core.imagefolder._FileSource.__getitem__ = recording_build, recording_getitem
         try:
             yield self
         finally:
-            core.train.build_model, core.data._FileSource.__getitem__ = build, getitem
+            core.run.build_model, core.imagefolder._FileSource.__getitem__ = build, getitem
 
     def on_train_begin(self, info):
         self.rank, self.world = info["rank"], info["world"]

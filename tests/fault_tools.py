@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3_server import _wait_ready, start_s3_server, stop_s3_server
+from launcher.seaweedfs import _wait_ready, start_s3_server, stop_s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL = str(REPO / "launcher" / "local.py")

@@ -353,13 +353,14 @@ def test_converted_mindcv_checkpoint_evaluates_like_mindcv(mindcv_10_classes, ti
 
     from core.config import load_config
     from core.evaluate import evaluate
-    from core.packed import split_for
+    from core.data import open_dataset
     from launcher.local import main
     source, converted = mindcv_10_classes
     size = {"data.image_size": 128, "data.eval_resize": 146}
     cfg = load_config(None, {"data.path": str(tiny_dataset), **size},
                       base=ckpt.load(converted).meta["config"])
-    val = split_for(str(tiny_dataset), "val", split_for(str(tiny_dataset), "train").classes)
+    dataset = open_dataset(tiny_dataset)
+    val = dataset.split("val", dataset.split("train").classes)
     expected = evaluate(source, val, cfg.data, cfg.train.label_smoothing)
     assert main(["eval", "--checkpoint", str(converted), "--dataset_path", str(tiny_dataset),
                  "--output_dir", str(tmp_path), *(f"{k}={v}" for k, v in size.items())]) == 0

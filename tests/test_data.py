@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from core.data import (DatasetError, build_eval_dataset, build_train_dataset, eval_order, scan_split,
-                       steps_per_epoch, train_order)
+from core.imagefolder import scan_split
+from core.pipeline import CorruptImages, DatasetError, eval_order, steps_per_epoch, train_order
 from core.synthetic import CLASSES, generate
 from tests.core_fixtures import tiny_config
 
@@ -73,7 +73,7 @@ def test_train_pipeline_shapes_and_determinism(tiny_dataset, tmp_path, decoder):
     train = scan_split(tiny_dataset / "train")
 
     def batches(**kw):
-        ds = build_train_dataset(train, cfg.data, seed=1, epoch=0, **kw)
+        ds = train.train_pipeline(cfg.data, seed=1, epoch=0, **kw)
         return [(i.copy(), l.copy()) for i, l in ds.create_tuple_iterator(num_epochs=1, output_numpy=True)]
 
     first, again = batches(), batches()
@@ -98,10 +98,10 @@ def test_train_pipeline_shapes_and_determinism(tiny_dataset, tmp_path, decoder):
 def test_eval_pipeline_keeps_partial_batch(tiny_dataset, tmp_path):
     cfg = tiny_config(tiny_dataset, tmp_path)
     val = scan_split(tiny_dataset / "val")
-    sizes = [i.shape[0] for i, _ in build_eval_dataset(val, cfg.data).create_tuple_iterator(
+    sizes = [i.shape[0] for i, _ in val.eval_pipeline(cfg.data).create_tuple_iterator(
         num_epochs=1, output_numpy=True)]
     assert sum(sizes) == 30 and sizes[-1] == 30 % 7
-    image = next(build_eval_dataset(val, cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
+    image = next(val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True))[0]
     assert image.shape[1:] == (3, 32, 32)
 
 
@@ -121,13 +121,12 @@ def _plant_corrupt(root):
 
 @DECODERS
 def test_corrupt_training_images_are_counted_and_replaced(tmp_path, decoder):
-    from core.data import CorruptImages
     root = generate(tmp_path, train_per_class=2, val_per_class=1, size=24)
     _plant_corrupt(root)
     cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2, "data.decoder": decoder})
     train = scan_split(root / "train")
     corrupt = CorruptImages()
-    batches = list(build_train_dataset(train, cfg.data, seed=1, epoch=0, corrupt=corrupt)
+    batches = list(train.train_pipeline(cfg.data, seed=1, epoch=0, corrupt=corrupt)
                    .create_tuple_iterator(num_epochs=1, output_numpy=True))
     assert len(batches) == 11  # 22 files, 2 per batch: every step still runs
     assert sorted(f.rsplit("/", 1)[-1] for f in corrupt.files) == ["zz_notes.jpg", "zz_truncated.jpg"]
@@ -135,11 +134,10 @@ def test_corrupt_training_images_are_counted_and_replaced(tmp_path, decoder):
 
 @DECODERS
 def test_corrupt_image_fails_fast_when_asked(tmp_path, decoder):
-    from core.data import CorruptImages
     root = generate(tmp_path, train_per_class=2, val_per_class=1, size=24)
     _plant_corrupt(root)
     cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2, "data.decoder": decoder})
     train = scan_split(root / "train")
     with pytest.raises(Exception, match="corrupt or non-image file .*zz_"):
-        list(build_train_dataset(train, cfg.data, seed=1, epoch=0, corrupt=CorruptImages(fail_fast=True))
+        list(train.train_pipeline(cfg.data, seed=1, epoch=0, corrupt=CorruptImages(fail_fast=True))
              .create_tuple_iterator(num_epochs=1, output_numpy=True))

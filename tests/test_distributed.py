@@ -243,22 +243,16 @@ def test_sigterm_handler_turns_into_stop_requested():
     assert signal.getsignal(signal.SIGTERM) is previous
 
 
-class FakeAgreement:
-    """Two ranks, the other of which has been asked to stop."""
-    world = 2
-
-    def __init__(self):
-        self.calls = 0
-
-    def sum(self, values):
-        self.calls += 1
-        return np.asarray(values, np.float32) + 1.0
-
-
 def test_ranks_stop_together_at_a_sync_step():
     from launcher.signals import StopOnSignal
-    stop = StopOnSignal(sync_every=3)
-    stop._agreement = agreement = FakeAgreement()
+    calls = []
+
+    def other_rank_asked(values, world):  # two ranks, the other of which was asked to stop
+        calls.append(world)
+        return np.asarray(values, np.float64) + 1.0
+
+    stop = StopOnSignal(sync_every=3, all_reduce=other_rank_asked)
+    stop.on_train_begin({"world": 2})
     assert [stop.stop_requested() for _ in range(2)] == [False, False]  # no collective yet
-    assert stop.stop_requested() and agreement.calls == 1  # step 3: the other rank's request
-    assert stop.stop_requested() and agreement.calls == 1
+    assert stop.stop_requested() and calls == [2]  # step 3: the other rank's request
+    assert stop.stop_requested() and calls == [2]

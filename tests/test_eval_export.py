@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from core import checkpoint as ckpt
-from core.data import build_eval_dataset, scan_split
+from core.imagefolder import scan_split
 from core.evaluate import evaluate
 from core.export import ExportError, export_model
 from core.inference import network_from_checkpoint
@@ -34,7 +34,7 @@ def test_eval_scores_every_image_once_with_a_partial_batch(trained, tiny_dataset
     assert result["images"] == 30
     # reference: every image on its own, same transform, counted by hand
     correct1 = 0
-    for image, label in build_eval_dataset(val, cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True):
+    for image, label in val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True):
         for i in range(image.shape[0]):
             padded = np.zeros((cfg.data.eval_batch_size,) + image.shape[1:], np.float32)
             padded[0] = image[i]
@@ -67,7 +67,7 @@ def test_onnx_logits_match_mindspore(trained, tiny_dataset, tmp_path):
     cfg.export.format, cfg.export.batch_size = "ONNX", 4
     path = export_model(net, cfg, tmp_path, classes, "CPU")
     val = scan_split(tiny_dataset / "val", classes)
-    image = next(build_eval_dataset(val, cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True))[0][:4]
+    image = next(val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True))[0][:4]
     expected = net(ms.Tensor(image)).asnumpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: image})[0]

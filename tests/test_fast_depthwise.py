@@ -52,13 +52,8 @@ def test_matches_nn_conv2d(n, cin, cout, groups, size, k, stride):
 
 
 def build(impl, classes=10):
-    previous = core_model.DEPTHWISE_IMPL
-    core_model.set_depthwise_impl(impl)
-    try:
-        ms.set_seed(3)
-        return core_model.build_model("mobilenet_v3_small", classes)
-    finally:
-        core_model.set_depthwise_impl(previous)
+    ms.set_seed(3)
+    return core_model.build_model("mobilenet_v3_small", classes, depthwise_impl=impl)
 
 
 def test_auto_picks_custom_on_cpu_and_keeps_parameters():
@@ -77,7 +72,7 @@ def test_train_steps_match_native():
     from core.config import Config
     from core.loss import LabelSmoothingCrossEntropy
     from core.optim import build_optimizer
-    from core.train import NetWithLoss
+    from core.run import NetWithLoss
     cfg = Config()
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))

@@ -11,7 +11,8 @@ from PIL import Image
 
 from core import jpeg_augment
 from core.config import Config
-from core.data import DatasetError, build_train_dataset, scan_split
+from core.imagefolder import scan_split
+from core.pipeline import DatasetError
 from tests.core_fixtures import tiny_config
 
 pytestmark = pytest.mark.skipif(not jpeg_augment.available(),
@@ -219,7 +220,7 @@ def test_pipeline_batches_do_not_depend_on_the_worker_count(tiny_dataset, tmp_pa
 
     def batches(workers):
         cfg = tiny_config(tiny_dataset, tmp_path, **{"data.decoder": "native", "data.workers": workers})
-        return [i.copy() for i, _ in build_train_dataset(train, cfg.data, seed=4, epoch=1)
+        return [i.copy() for i, _ in train.train_pipeline(cfg.data, seed=4, epoch=1)
                 .create_tuple_iterator(num_epochs=1, output_numpy=True)]
 
     for a, b in zip(batches(1), batches(2)):
@@ -232,9 +233,9 @@ def test_native_decoder_asked_for_but_not_built_is_one_line(tiny_dataset, tmp_pa
     cfg = tiny_config(tiny_dataset, tmp_path, **{"data.decoder": "native"})
     with pytest.raises(DatasetError, match=r"^data\.decoder=native but libmnv3_jpeg\.so is not built "
                                            r"\(make kernels\); run `make kernels` or set data\.decoder=auto$"):
-        build_train_dataset(scan_split(tiny_dataset / "train"), cfg.data, seed=1, epoch=0)
+        scan_split(tiny_dataset / "train").train_pipeline(cfg.data, seed=1, epoch=0)
     cfg = tiny_config(tiny_dataset, tmp_path)  # auto falls back to MindSpore's ops
-    assert build_train_dataset(scan_split(tiny_dataset / "train"), cfg.data, seed=1, epoch=0) is not None
+    assert scan_split(tiny_dataset / "train").train_pipeline(cfg.data, seed=1, epoch=0) is not None
 
 
 def test_hflip_and_jitter_draws_follow_the_config():

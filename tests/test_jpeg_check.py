@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data import looks_like_image
+from core.pipeline import looks_like_image
 from core.jpeg_check import jpeg_header_problem
 
 Image = pytest.importorskip("PIL.Image")  # Pillow comes with MindSpore

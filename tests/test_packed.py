@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data import DatasetError, build_eval_dataset, build_train_dataset, scan_split
-from core.packed import (INDEX_NAME, STATE_DIR, build_packed_eval_dataset, build_packed_train_dataset,
-                         has_split, is_packed, load_packed_split, pack_imagefolder, split_for,
-                         verify_packed)
+from core.data import open_dataset
+from core.imagefolder import ImageFolder, scan_split
+from core.packed import INDEX_NAME, PackedDataset, is_packed, load_packed_split, verify_packed
+from core.packing import STATE_DIR, pack_imagefolder
+from core.pipeline import CorruptImages, DatasetError
 from tests.core_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,19 +79,23 @@ def test_round_trip_bytes_labels_and_names(tiny_dataset, packed):
     assert verify_packed(packed)["files"] == 18
 
 
-def test_split_for_dispatches_on_the_layout(tiny_dataset, packed):
-    assert split_for(tiny_dataset, "val").files == scan_split(tiny_dataset / "val").files
-    assert split_for(packed, "val").shards == load_packed_split(packed, "val").shards
-    assert has_split(packed, "val") and not has_split(packed, "test")
+def test_open_dataset_chooses_the_source_by_the_layout(tiny_dataset, packed):
+    folder, shards = open_dataset(tiny_dataset), open_dataset(packed)
+    assert isinstance(folder, ImageFolder) and isinstance(shards, PackedDataset)
+    assert folder.split("val").files == scan_split(tiny_dataset / "val").files
+    assert shards.split("val").shards == load_packed_split(packed, "val").shards
+    assert shards.has_split("val") and not shards.has_split("test")
+    assert folder.has_split("val") and not folder.has_split("test")
     with pytest.raises(DatasetError, match=r"no split 'test' \(it has \['train', 'val'\]\)"):
-        split_for(packed, "test")
+        shards.split("test")
+    assert shards.verify()["files"] == 18 and folder.verify()["files"] == 0
 
 
 def test_interrupted_pack_resumes_to_the_clean_index(tiny_dataset, packed, tmp_path):
     dst = tmp_path / "dst"
     # A pack process that dies (SIGKILL, no clean-up) right after its second shard.
     code = (f"import os, signal, sys; sys.path.insert(0, {str(REPO)!r})\n"
-            f"from core.packed import pack_imagefolder\n"
+            f"from core.packing import pack_imagefolder\n"
             f"def die(done, total, entry):\n"
             f"    if done >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"pack_imagefolder({str(tiny_dataset)!r}, {str(dst)!r}, {SHARD_MB}, 2, progress=die)\n")
@@ -148,12 +153,12 @@ def test_train_pipeline_matches_the_imagefolder(tiny_dataset, packed, tmp_path, 
     cfg = tiny_config(tiny_dataset, tmp_path, **{"data.decoder": decoder})
     folder, split = scan_split(tiny_dataset / "train"), load_packed_split(packed, "train")
     for kwargs in ({"seed": 1, "epoch": 0}, {"seed": 1, "epoch": 3, "rank": 1, "world": 2}):
-        expected = batches(build_train_dataset(folder, cfg.data, **kwargs))
-        got = batches(build_packed_train_dataset(split, cfg.data, **kwargs))
+        expected = batches(folder.train_pipeline(cfg.data, **kwargs))
+        got = batches(split.train_pipeline(cfg.data, **kwargs))
         assert_same_batches(expected, got)
     # skip_batches: the remaining batches of a resumed epoch, augmentations included
-    full = batches(build_packed_train_dataset(split, cfg.data, seed=1, epoch=0))
-    resumed = batches(build_packed_train_dataset(split, cfg.data, seed=1, epoch=0, skip_batches=3))
+    full = batches(split.train_pipeline(cfg.data, seed=1, epoch=0))
+    resumed = batches(split.train_pipeline(cfg.data, seed=1, epoch=0, skip_batches=3))
     assert_same_batches(full[3:], resumed)
 
 
@@ -162,9 +167,9 @@ def test_eval_pipeline_covers_every_sample_once(tiny_dataset, packed, tmp_path):
     train = scan_split(tiny_dataset / "train")
     folder = scan_split(tiny_dataset / "val", train.classes)
     split = load_packed_split(packed, "val", train.classes)
-    assert_same_batches(batches(build_eval_dataset(folder, cfg.data)),
-                        batches(build_packed_eval_dataset(split, cfg.data)))
-    labels = [np.concatenate([b[1] for b in batches(build_packed_eval_dataset(split, cfg.data, r, 3))])
+    assert_same_batches(batches(folder.eval_pipeline(cfg.data)),
+                        batches(split.eval_pipeline(cfg.data)))
+    labels = [np.concatenate([b[1] for b in batches(split.eval_pipeline(cfg.data, r, 3))])
               for r in range(3)]
     assert sum(map(len, labels)) == len(folder)
     assert sorted(np.concatenate(labels).tolist()) == sorted(folder.labels)
@@ -177,7 +182,7 @@ def test_labels_follow_a_different_class_list(tiny_dataset, packed, tmp_path):
     split = load_packed_split(packed, "val", classes)
     folder = scan_split(tiny_dataset / "val", classes)
     assert split.labels.tolist() == list(folder.labels)
-    got = np.concatenate([b[1] for b in batches(build_packed_eval_dataset(split, cfg.data))])
+    got = np.concatenate([b[1] for b in batches(split.eval_pipeline(cfg.data))])
     assert got.tolist() == list(folder.labels)
     with pytest.raises(DatasetError, match=r"class\(es\) \['checkerboard'\] that the training set lacks"):
         load_packed_split(packed, "val", stored[1:])
@@ -185,7 +190,6 @@ def test_labels_follow_a_different_class_list(tiny_dataset, packed, tmp_path):
 
 @pytest.mark.parametrize("decoder", ["native", "mindspore"])
 def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path, decoder):
-    from core.data import CorruptImages
     from core.synthetic import generate
     root = generate(tmp_path / "folder", train_per_class=2, val_per_class=1, size=24)
     good = (root / "train" / "circle" / "circle_0000.jpg").read_bytes()
@@ -198,13 +202,13 @@ def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path, decoder):
     assert sorted(name.rsplit("/", 1)[-1] for name in split.corrupt.values()) == [
         "zz_notes.jpg", "zz_truncated.jpg"]
     seen_folder, seen_packed = CorruptImages(), CorruptImages()
-    assert_same_batches(batches(build_train_dataset(folder, cfg.data, 1, 0, corrupt=seen_folder)),
-                        batches(build_packed_train_dataset(split, cfg.data, 1, 0, corrupt=seen_packed)))
+    assert_same_batches(batches(folder.train_pipeline(cfg.data, 1, 0, corrupt=seen_folder)),
+                        batches(split.train_pipeline(cfg.data, 1, 0, corrupt=seen_packed)))
     assert len(seen_packed.files) == len(seen_folder.files) == 2
     with pytest.raises(DatasetError, match=r"corrupt or non-image file .*:square/zz_notes\.jpg"):
-        build_packed_train_dataset(split, cfg.data, 1, 0, corrupt=CorruptImages(fail_fast=True))
+        split.train_pipeline(cfg.data, 1, 0, corrupt=CorruptImages(fail_fast=True))
     with pytest.raises(DatasetError, match=r"corrupt or non-image file .*:ring/zz_empty\.jpg"):
-        build_packed_eval_dataset(load_packed_split(tmp_path / "packed", "val"), cfg.data)
+        load_packed_split(tmp_path / "packed", "val").eval_pipeline(cfg.data)
 
 
 def test_verify_names_a_flipped_byte_and_a_truncated_shard(packed, tmp_path):

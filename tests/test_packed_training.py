@@ -1,6 +1,6 @@
 """Training and evaluation accept a packed dataset wherever they accept an ImageFolder."""
 from core.metrics import read_metrics
-from core.packed import pack_imagefolder
+from core.packing import pack_imagefolder
 from core.train import train
 from tests.core_fixtures import tiny_config
 

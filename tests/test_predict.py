@@ -2,7 +2,7 @@
 
 Nothing is trained: a seeded network is saved as a runner checkpoint, then its predictions on
 the synthetic val images are compared with the logits of the eval pipeline
-(core.data.build_eval_dataset, as core.evaluate.evaluate runs it), through the checkpoint and
+(the split's eval_pipeline, as core.evaluate.evaluate runs it), through the checkpoint and
 through an exported MINDIR.
 """
 from __future__ import annotations
@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from core import checkpoint as ckpt
-from core.data import DatasetError, build_eval_dataset, scan_split
+from core.imagefolder import scan_split
+from core.pipeline import DatasetError
 from core.export import export_model
 from core.model import build_model
 from core.predict import preprocess, read_image, softmax, top_k
@@ -37,7 +38,7 @@ def setup(tiny_dataset, tmp_path_factory):
                      net.get_parameters(), {"classes": list(val.classes), "config": cfg.to_dict(),
                                             "epoch": 1, "step": 10})
     images, logits = [], []
-    for image, _ in build_eval_dataset(val, cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True):
+    for image, _ in val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True):
         images.append(image)
         logits.append(net(ms.Tensor(image)).asnumpy())
     return cfg, val, path, np.concatenate(images), np.concatenate(logits), out

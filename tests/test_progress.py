@@ -1,11 +1,13 @@
-"""launcher.progress: a redrawn bar at a terminal, plain periodic lines in log files."""
+"""core.progress and launcher.progress: a tqdm bar at a terminal, plain periodic lines in files."""
 from __future__ import annotations
 
 import io
 import logging
+import sys
 import threading
 
-from launcher.progress import CLEAR_LINE, EpochProgress, ProgressBar, format_duration, staging_hook
+from core.progress import Progress, format_duration
+from launcher.progress import EpochProgress
 
 
 class FakeTTY(io.StringIO):
@@ -26,63 +28,61 @@ def lines(stream):
 
 
 def test_tty_bar_redraws_in_place_and_ends_its_line():
-    out, clock = FakeTTY(), Clock()
-    bar = ProgressBar(10, "stage", out, width=10, clock=clock)
+    out = FakeTTY()
+    bar = Progress(10, "stage", out, redraw_s=0)
     for i in range(1, 11):
-        clock.now += 1
         bar.update(i, extra=f"item {i}")
     bar.close()
     text = out.getvalue()
     assert text.count("\n") == 1 and text.endswith("\n")  # one line, rewritten in place
-    assert text.count(CLEAR_LINE) == 10
-    last = text.rsplit(CLEAR_LINE, 1)[1]
-    assert last.startswith("stage [##########] 100% 10/10 00:10 item 10")
-    middle = text.split(CLEAR_LINE)[5]
-    assert "[#####.....]  50% 5/10 00:05<00:05 item 5" in middle  # elapsed<remaining
-
-
-def test_tty_redraws_are_throttled():
-    out, clock = FakeTTY(), Clock()
-    bar = ProgressBar(1000, "x", out, clock=clock, redraw_s=0.5)
-    for i in range(100):
-        clock.now += 0.01
-        bar.update(i)
-    assert out.getvalue().count(CLEAR_LINE) == 2  # t=0.01 and t=0.51
+    assert text.count("\r") >= 10
+    last = text.rsplit("\r", 1)[1]
+    assert last.startswith("stage 100%|") and "10/10" in last and "item 10" in last
+    assert any("50%|" in part and "5/10" in part for part in text.split("\r"))
 
 
 def test_file_output_is_periodic_plain_lines():
     out, clock = io.StringIO(), Clock()
-    bar = ProgressBar(100, "download", out, interval_s=30, clock=clock)
+    bar = Progress(100, "download", out, interval_s=30, clock=clock)
     for i in range(1, 101):
         clock.now += 1
         bar.update(i)
     bar.close()
     got = lines(out)
-    assert "\r" not in out.getvalue() and "[" not in out.getvalue()
+    assert "\r" not in out.getvalue() and "|" not in out.getvalue()
     assert got[0] == "download   1% 1/100 00:01<01:39"
     assert len(got) == 5  # at 1, 31, 61, 91 s, and the final line
     assert got[-1] == "download 100% 100/100 01:40"
 
 
-def test_log_records_clear_the_bar_first():
+def test_plain_lines_can_go_to_a_logger_and_count_bytes():
+    got, clock = [], Clock()
+    bar = Progress(8_000_000, "upload s3://b/x", io.StringIO(), interval_s=0, unit="B",
+                   write=got.append, clock=clock)
+    clock.now += 2
+    bar.add(4_000_000, "4/8 files")
+    assert got == ["upload s3://b/x  50% 4.00M/8.00M 00:02<00:02, 2.00MB/s, 4/8 files"]
+
+
+def test_log_records_at_a_terminal_get_their_own_line(monkeypatch):
     out = FakeTTY()
+    monkeypatch.setattr(sys, "stdout", out)
     root = logging.getLogger()
-    handler = logging.StreamHandler(out)
+    handler = logging.StreamHandler(sys.stdout)  # a console handler, as launcher.common sets up
     root.addHandler(handler)
     try:
-        bar = ProgressBar(4, "epoch 1/1", out, clock=Clock())
+        bar = Progress(4, "epoch 1/1", redraw_s=0)
         bar.update(1)
         logging.getLogger("core.train").warning("a log line")
-        bar.update(2)  # drawn again at once, although within the redraw interval
+        bar.update(2)
         bar.close()
-        assert not handler.filters  # released at close
+        assert handler in root.handlers  # the redirect ends with the bar
     finally:
         root.removeHandler(handler)
     text = out.getvalue()
     before, after = text.split("a log line\n")
-    assert before.endswith(CLEAR_LINE) and "epoch 1/1" in before
-    assert after.startswith(CLEAR_LINE + "epoch 1/1")
-    assert "1/4" not in after.split("\n")[0].split(CLEAR_LINE)[-1]
+    assert "epoch 1/1" in before and before.endswith("\r")  # the bar was wiped first
+    assert after.startswith("\repoch 1/1")  # and drawn again below the log line
 
 
 def run_callback(stream, clock):
@@ -104,9 +104,9 @@ def test_epoch_callback_at_a_terminal_draws_one_bar_per_epoch():
     run_callback(out, Clock())
     finished = out.getvalue().split("\n")
     assert len(finished) == 3 and finished[2] == ""  # two completed epoch lines
-    assert finished[0].rsplit(CLEAR_LINE, 1)[1].startswith("epoch 1/2 [" + "#" * 28 + "] 100% 4/4")
+    assert finished[0].rsplit("\r", 1)[1].startswith("epoch 1/2 100%|")
+    assert "4/4" in finished[0] and "avg loss 1.0000, 40.0 s" in finished[0]
     assert "avg loss 1.0000, 40.0 s" in finished[1]
-    assert "loss 0.6667 lr 0.01000 12.5 img/s" in finished[0]  # step 3's report
 
 
 def test_epoch_callback_in_a_log_file_writes_lines_with_time_left():
@@ -114,7 +114,7 @@ def test_epoch_callback_in_a_log_file_writes_lines_with_time_left():
     run_callback(out, Clock())
     got = lines(out)
     assert "\r" not in out.getvalue()
-    assert got[0] == ("epoch 1/2  25% 1/4 00:00<00:00 loss 2.0000 lr 0.01000 12.5 img/s"
+    assert got[0] == ("epoch 1/2  25% 1/4 00:00<?, loss 2.0000 lr 0.01000 12.5 img/s"
                       " | run 1/8 steps, 01:10 left")
     assert got[1].startswith("epoch 1/2 100% 4/4") and got[1].endswith("avg loss 1.0000, 40.0 s")
     assert len(got) == 4
@@ -129,30 +129,16 @@ def test_other_ranks_stay_quiet():
     assert out.getvalue() == ""
 
 
-def test_staging_hook_from_threads():
+def test_updates_from_threads_are_all_counted():
     out, clock = io.StringIO(), Clock()
-    hook = staging_hook("stage s3://b/data", out, interval_s=0, clock=clock)
-    total = 8 * 1024 * 1024
-    done = {"bytes": 0, "files": 0}
-    lock = threading.Lock()
-
-    def worker():
-        for _ in range(4):
-            with lock:
-                clock.now += 0.5
-                done["bytes"] += 1024 * 1024
-                done["files"] += 1
-                hook(done["files"], 8, done["bytes"], total)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
+    bar = Progress(800, "stage", out, interval_s=0, clock=clock)
+    threads = [threading.Thread(target=lambda: [bar.add(1) for _ in range(100)]) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    hook.close()
-    got = lines(out)
-    assert got[-1].startswith("stage s3://b/data 100% 8.0/8.0 00:04 MB, 8/8 files, 2.0 MB/s")
-    assert len(got) == 8  # interval 0: every call; close adds nothing new
+    bar.close()
+    assert bar.done == 800 and lines(out)[-1].startswith("stage 100% 800/800")
 
 
 def test_format_duration():

@@ -15,18 +15,32 @@ from core.train import train
 from tests.core_fixtures import tiny_config
 
 
+class SeenConfig(Callback):
+    def on_train_begin(self, info):
+        self.config = info["config"]
+
+
 @pytest.fixture(scope="module")
 def full_run(tiny_dataset, tmp_path_factory):
     """Two epochs uninterrupted: the reference for resume and the loss check."""
     out = tmp_path_factory.mktemp("full")
     cfg = tiny_config(tiny_dataset, out, **{"train.epochs": 3, "optim.lr": 0.02,
                                             "checkpoint.interval_steps": 5})
-    summary = train(cfg, out)
-    return cfg, out, summary
+    seen = SeenConfig()
+    summary = train(cfg, out, callbacks=(seen,))
+    return cfg, out, summary, seen.config
+
+
+def test_train_resolves_its_own_copy_of_the_config(full_run):
+    cfg, out, _, seen = full_run
+    assert cfg.model.depthwise_padding is None  # the caller's config is left as it was
+    assert seen.model.depthwise_padding == "symmetric"  # callbacks see the run's
+    saved = ckpt.load(out / "checkpoints" / "best.ckpt").meta["config"]
+    assert saved["model"]["depthwise_padding"] == "symmetric"
 
 
 def test_training_lowers_the_loss_and_writes_outputs(full_run):
-    cfg, out, summary = full_run
+    cfg, out, summary, _ = full_run
     assert summary["status"] == "completed" and summary["step"] == 21
     records = read_metrics(out / "metrics.jsonl")
     steps = [r for r in records if r["type"] == "step"]
@@ -46,7 +60,7 @@ def test_training_lowers_the_loss_and_writes_outputs(full_run):
 
 
 def test_checkpoint_holds_everything_to_resume(full_run):
-    cfg, out, _ = full_run
+    cfg, out, _, _ = full_run
     state = ckpt.load(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt")
     assert state.meta["step"] == 21 and state.meta["epoch"] == 3
     assert state.meta["classes"][0] == "checkerboard" and len(state.meta["classes"]) == 10
@@ -139,7 +153,7 @@ def test_batch_larger_than_dataset_is_refused(tiny_dataset, tmp_path):
 
 
 def test_resume_with_other_steps_per_epoch_is_refused(full_run, tiny_dataset, tmp_path):
-    _, out, _ = full_run
+    _, out, _, _ = full_run
     with pytest.raises(ConfigError, match="written with 7 steps per epoch, this run has 15"):
         train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 4, "train.epochs": 3}), tmp_path,
               resume=str(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt"))
@@ -152,9 +166,9 @@ def test_training_graph_normalises_the_uint8_batch_as_the_eval_pipeline_does(tin
     import mindspore as ms
     from mindspore.dataset import vision
 
-    from core.data import pixel_normalization
+    from core.pipeline import pixel_normalization
     from core.loss import LabelSmoothingCrossEntropy
-    from core.train import NetWithLoss
+    from core.run import NetWithLoss
     cfg = tiny_config(tiny_dataset, tmp_path)
     mean, std = pixel_normalization(cfg.data)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

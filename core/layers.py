@@ -1,0 +1,34 @@
+"""Layers both architectures build from (core.model, core.modelzoo): hard-swish, hard-sigmoid
+and torchvision's conv init. A module of its own so neither network imports the other."""
+from __future__ import annotations
+
+import mindspore.nn as nn
+from mindspore.common import initializer as init
+
+
+class HSwish(nn.Cell):
+    """x * relu6(x + 3) / 6 from primitives: nn.HSwish does not export to ONNX."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu6 = nn.ReLU6()
+
+    def construct(self, x):
+        return x * self.relu6(x + 3.0) / 6.0
+
+
+class HSigmoid(nn.Cell):
+    """relu6(x + 3) / 6 from primitives: nn.HSigmoid does not export to ONNX."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu6 = nn.ReLU6()
+
+    def construct(self, x):
+        return self.relu6(x + 3.0) / 6.0
+
+
+def conv_init() -> init.Initializer:
+    """Kaiming normal, fan_out, ReLU gain: torchvision's MobileNetV3 conv init (the model zoo
+    drew the same distribution)."""
+    return init.HeNormal(mode="fan_out", nonlinearity="relu")

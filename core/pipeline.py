@@ -1,0 +1,197 @@
+"""What every dataset source shares: sample order, transforms, and the MindSpore pipelines.
+
+The sample order is decided here, in numpy, from (seed, epoch): every rank can compute its
+own shard, a resumed run can rebuild the order of the epoch it stopped in, and evaluation can
+cover every image exactly once however the set divides into ranks and batches. A source
+(core.imagefolder, core.packed) only supplies rows of (image bytes, label) in a given order;
+`train_pipeline` and `eval_pipeline` turn them into batches the same way for every source.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import numpy as np
+
+from core.jpeg_check import jpeg_header_problem
+
+
+class DatasetError(ValueError):
+    """A problem with the dataset on disk: one line naming the path and the fix."""
+
+
+# rows(indices, start, corrupt, workers): a MindSpore dataset of (image bytes, label) for the
+# samples indices[start:], unreadable ones replaced and reported (CorruptImages), read with up to
+# `workers` threads; what a source supplies.
+Rows = Callable[[np.ndarray, int, "CorruptImages", int], object]
+
+
+def train_order(num_samples: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's sample indices for one epoch: a seeded shuffle, cut to a multiple of the
+    world size so every rank takes the same number of steps, then strided by rank."""
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    usable = num_samples - num_samples % world
+    return order[:usable][rank::world]
+
+
+def eval_order(num_samples: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """Every image exactly once across ranks, in file order (shards may differ by one)."""
+    return np.arange(num_samples)[rank::world]
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, world: int = 1) -> int:
+    return (num_samples - num_samples % world) // world // batch_size
+
+
+def looks_like_image(data: bytes) -> bool:
+    """Cheap structural check (no decode): JPEG start and end markers and sound JPEG headers
+    (core/jpeg_check.py: a damaged header crashes MindSpore's decoder), PNG/BMP signatures.
+    Catches truncated JPEGs and non-image files before they reach the decoder."""
+    if data[:2] == b"\xff\xd8":
+        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9" and jpeg_header_problem(data) is None
+    return data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"BM"
+
+
+class CorruptImages:
+    """Counts unreadable images met by the pipelines; with fail_fast, the first one stops the run."""
+
+    def __init__(self, fail_fast: bool = False):
+        self.fail_fast = fail_fast
+        self.files: list[str] = []
+        self.fatal: Optional[str] = None  # the message, once a fail-fast error was raised
+
+    def report(self, path: str) -> None:
+        if self.fail_fast:
+            self.fatal = (f"corrupt or non-image file {path}; remove or replace it, or set "
+                          f"data.on_corrupt=skip to skip such files")
+            raise DatasetError(self.fatal)
+        self.files.append(path)
+
+    def reraise(self) -> None:
+        """The pipeline wraps errors raised in its source; restore the user's one-liner."""
+        if self.fatal:
+            raise DatasetError(self.fatal) from None
+
+
+def guarded(iterator, corrupt: CorruptImages):
+    """Iterate batches; a fail-fast corrupt image surfaces as the user's DatasetError."""
+    try:
+        yield from iterator
+    except Exception:
+        corrupt.reraise()
+        raise
+
+
+def pixel_normalization(data_cfg) -> tuple[list[float], list[float]]:
+    """Per-channel (mean, std) on the 0-255 pixel scale."""
+    return [m * 255 for m in data_cfg.mean], [s * 255 for s in data_cfg.std]
+
+
+def train_transforms(data_cfg) -> list:
+    """RandomCropDecodeResize, flip, colour jitter (the reference recipe); uint8 HWC out.
+
+    Normalisation and the HWC->CHW transpose of training batches run in the training graph
+    (core.run.NetWithLoss): on the host they cost about 17% of the pipeline's images/s on
+    CPU, and uint8 batches are 4x smaller to hand to the device. Eval batches are normalised
+    here (eval, predict and exported graphs take float NCHW)."""
+    from mindspore.dataset import vision
+    ops = [vision.RandomCropDecodeResize(data_cfg.image_size, scale=tuple(data_cfg.crop_scale),
+                                         ratio=tuple(data_cfg.crop_ratio))]
+    if data_cfg.hflip > 0:
+        ops.append(vision.RandomHorizontalFlip(prob=data_cfg.hflip))
+    brightness, contrast, saturation = data_cfg.color_jitter
+    if brightness or contrast or saturation:
+        ops.append(vision.RandomColorAdjust(brightness=brightness, contrast=contrast,
+                                            saturation=saturation))
+    return ops
+
+
+def eval_transforms(data_cfg) -> list:
+    """Decode, resize the shorter side, centre crop, normalise, CHW."""
+    from mindspore.dataset import vision
+    mean, std = pixel_normalization(data_cfg)
+    return [vision.Decode(), vision.Resize(data_cfg.eval_resize),
+            vision.CenterCrop(data_cfg.image_size), vision.Normalize(mean=mean, std=std),
+            vision.HWC2CHW()]
+
+
+def native_augmentation(data_cfg) -> bool:
+    """Whether training images go through the project's native operator (core.jpeg_augment):
+    data.decoder=native, or auto when `make kernels` built it; else MindSpore's ops."""
+    choice = data_cfg.decoder
+    if choice == "mindspore":
+        return False
+    from core import jpeg_augment
+    if jpeg_augment.available():
+        return True
+    if choice == "native":
+        raise DatasetError(f"data.decoder=native but {jpeg_augment.load_error()}; run `make kernels` "
+                           f"or set data.decoder=auto")
+    return False
+
+
+def usable_workers(requested: int) -> int:
+    """MindSpore refuses more parallel workers than CPUs; a recipe written for a 192-core
+    Ascend server must still run on a laptop."""
+    return max(1, min(requested, os.cpu_count() or 1))
+
+
+def augmentation_seed(seed: int, epoch: int, rank: int) -> int:
+    """Distinct per (epoch, rank) and reproducible, so a resumed epoch sees the same crops."""
+    return int(np.random.default_rng([seed, epoch, rank, 7]).integers(0, 2 ** 31 - 1))
+
+
+def _mapped_batches(rows, ops: list, data_cfg, batch_size: int, drop_remainder: bool):
+    dataset = rows.map(operations=ops, input_columns="image",
+                       num_parallel_workers=usable_workers(data_cfg.workers))
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def train_pipeline(rows: Rows, num_samples: int, data_cfg, seed: int, epoch: int, rank: int = 0,
+                   world: int = 1, skip_batches: int = 0, corrupt: Optional[CorruptImages] = None):
+    """The training pipeline of one epoch for one rank: uint8 NHWC image batches and labels.
+
+    A resumed epoch sees exactly the augmentations of an uninterrupted run. With the native
+    operator every draw belongs to a sample position, so the pipeline starts at the first
+    unseen batch; with MindSpore's ops (which draw per row in pipeline order) the consumed
+    batches are decoded again and skipped.
+    """
+    corrupt = corrupt or CorruptImages()
+    indices = train_order(num_samples, seed, epoch, rank, world)
+    if native_augmentation(data_cfg):
+        from core.jpeg_augment import BatchAugment, draw_params
+        start = skip_batches * data_cfg.batch_size
+        # each batch is one call in one of data.workers threads (the decoder runs without the GIL)
+        return rows(indices, start, corrupt, data_cfg.workers).batch(
+            data_cfg.batch_size, drop_remainder=True, input_columns=["image"],
+            per_batch_map=BatchAugment(data_cfg, draw_params(len(indices), seed, epoch, rank, start)),
+            num_parallel_workers=usable_workers(data_cfg.workers), python_multiprocessing=False)
+    import mindspore.dataset as ds
+    ds.config.set_seed(augmentation_seed(seed, epoch, rank))
+    dataset = _mapped_batches(rows(indices, 0, corrupt, data_cfg.workers), train_transforms(data_cfg), data_cfg,
+                              data_cfg.batch_size, drop_remainder=True)
+    return dataset.skip(skip_batches) if skip_batches else dataset
+
+
+def eval_pipeline(rows: Rows, num_samples: int, data_cfg, rank: int = 0, world: int = 1,
+                  corrupt: Optional[CorruptImages] = None):
+    """Every image of this rank's shard once; the last batch may be partial. An unreadable
+    image fails evaluation (a score over a silently different set would mislead)."""
+    corrupt = corrupt or CorruptImages(fail_fast=True)
+    return _mapped_batches(rows(eval_order(num_samples, rank, world), 0, corrupt, data_cfg.workers),
+                           eval_transforms(data_cfg), data_cfg,
+                           data_cfg.eval_batch_size or data_cfg.batch_size, drop_remainder=False)
+
+
+class RowSplit:
+    """Base of a split (core.data.DataSplit) that supplies `rows` (see Rows) and `__len__`:
+    its pipelines are the shared ones above."""
+
+    def train_pipeline(self, data_cfg, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                       skip_batches: int = 0, corrupt: Optional[CorruptImages] = None):
+        return train_pipeline(self.rows, len(self), data_cfg, seed, epoch, rank, world,
+                              skip_batches, corrupt)
+
+    def eval_pipeline(self, data_cfg, rank: int = 0, world: int = 1,
+                      corrupt: Optional[CorruptImages] = None):
+        return eval_pipeline(self.rows, len(self), data_cfg, rank, world, corrupt)

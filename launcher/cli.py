@@ -1,0 +1,98 @@
+"""Command-line pieces the entry points share: flags, overrides, the cache folder, and how a
+checkpoint or a resume point given on the command line is found."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Optional
+
+# The node-local cache for staged data, run directories of URL outputs, the demo dataset.
+DEFAULT_CACHE = Path(os.environ.get("MNV3_CACHE_DIR", Path.home() / ".cache" / "mnv3_runner"))
+DEVICE_TARGETS = ("auto", "CPU", "GPU", "Ascend")
+
+# flag -> config key, for the flags that set one
+FLAG_KEYS = (("dataset_path", "data.path"), ("device_target", "system.device_target"),
+             ("device_id", "system.device_id"), ("output_dir", "system.output_dir"),
+             ("format", "export.format"))
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+
+
+def add_config_flags(p: argparse.ArgumentParser, config_help: str = "YAML recipe (configs/*.yaml)",
+                     set_help: str = "override a config key (also accepted as bare KEY=VALUE "
+                                     "arguments)", set_metavar: str = "KEY=VALUE") -> None:
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar=set_metavar,
+                   help=set_help)
+
+
+def add_device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device_target", choices=DEVICE_TARGETS)
+    p.add_argument("--device_id", type=int)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The flags of train, eval, export and the distributed launcher (model-zoo names kept)."""
+    add_config_flags(p)
+    p.add_argument("--dataset_path", "--data", dest="dataset_path",
+                   help="ImageFolder root with train/ and val/ (default: embedded demo dataset)")
+    add_device_flags(p)
+    p.add_argument("--output_dir", help="run directory (system.output_dir)")
+    add_debug_flag(p)
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+def overrides_from(args) -> dict:
+    """Config overrides from --set, bare KEY=VALUE arguments and the flags that name a key."""
+    from core.config import parse_override
+    pairs = dict(parse_override(text) for text in list(args.sets) + list(getattr(args, "overrides", ())))
+    for flag, key in FLAG_KEYS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            pairs[key] = value
+    return pairs
+
+
+def demo_dataset_path() -> str:
+    from core.synthetic import ensure_demo_dataset
+    return str(ensure_demo_dataset(DEFAULT_CACHE / "demo_dataset_v1"))
+
+
+def resolve_local_resume(cfg, resume: Optional[str]) -> Optional[str]:
+    """'auto' -> newest checkpoint in the run directory (or None); refuse to train over a
+    directory that already holds a run unless asked to resume it."""
+    from core.checkpoint import CheckpointManager
+    from core.config import ConfigError
+    run_dir = Path(cfg.system.output_dir)
+    latest = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.prefix, cfg.checkpoint.keep).latest()
+    if resume == "auto":
+        return str(latest) if latest else None
+    if not resume and latest is not None:
+        raise ConfigError(f"run directory {run_dir} already holds checkpoints; pass --resume auto "
+                          f"to continue that run or choose another --output_dir")
+    return resume
+
+
+def resolve_checkpoint_arg(text: str) -> Path:
+    """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint."""
+    from core import checkpoint as ckpt
+    path = Path(text)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
+        periodic = [f for f in found if f.name != "best.ckpt" and ".tmp." not in f.name]
+        if not periodic:
+            raise ckpt.CheckpointError(f"no checkpoint in {folder} (pass a .ckpt file or a run "
+                                       f"directory that holds checkpoints/)")
+        return max(periodic, key=lambda f: (ckpt.step_of(f), f.stat().st_mtime))
+    return path
+
+
+def config_for_checkpoint(args, checkpoint):
+    """Saved training config <- user recipe <- command line, so eval, export and predict see
+    the network and input size the checkpoint was trained with."""
+    from core.config import load_config
+    return load_config(args.config, overrides_from(args), base=checkpoint.meta.get("config"))

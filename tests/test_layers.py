@@ -1,0 +1,57 @@
+"""The layers, checked: import-linter's contracts in .importlinter hold for the tree, and each
+kind of forbidden import breaks them (shown on a copy of the tree)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("core", "cloud", "launcher", "bench", "tests")
+LINT_IMPORTS = str(Path(sys.executable).parent / "lint-imports")
+
+
+def lint_imports(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([LINT_IMPORTS, "--no-cache"], cwd=root, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, PYTHONPATH=str(root)))
+
+
+def test_the_tree_keeps_every_contract():
+    result = lint_imports(REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 kept, 0 broken" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def tree_copy(tmp_path_factory) -> Path:
+    """The Python sources and the contracts, without data, caches or the venv."""
+    root = tmp_path_factory.mktemp("tree")
+    for package in PACKAGES:
+        shutil.copytree(REPO / package, root / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "results", "fixtures", "*.so"))
+    shutil.copy(REPO / ".importlinter", root / ".importlinter")
+    return root
+
+
+@pytest.mark.parametrize("module, line, broken", [
+    ("core/model.py", "import cloud.storage", "core knows neither cloud nor launcher"),
+    ("core/train.py", "from launcher import runner", "Layers: launcher above cloud above core"),
+    ("cloud/sync.py", "import launcher.common", "Layers: launcher above cloud above core"),
+    ("launcher/runner.py", "import tests.core_fixtures", "Product code imports neither bench nor tests"),
+    ("core/pipeline.py", "import core.train", "No import cycles between the modules of a package"),
+], ids=["core-imports-cloud", "core-imports-launcher", "cloud-imports-launcher",
+        "product-imports-tests", "cycle-in-core"])
+def test_a_forbidden_import_breaks_a_contract(tree_copy, module, line, broken):
+    path = tree_copy / module
+    original = path.read_text()
+    path.write_text(original + f"\n{line}  # added by the test\n")
+    try:
+        result = lint_imports(tree_copy)
+    finally:
+        path.write_text(original)
+    assert result.returncode != 0
+    assert f"{broken} BROKEN" in result.stdout, result.stdout

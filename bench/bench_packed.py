@@ -2,7 +2,7 @@
 
 On one dataset (default 20,000 JPEGs of ~110 KB, 500x375, in 100 classes):
 
-* pack: time of core.packed.pack_imagefolder;
+* pack: time of core.packing.pack_imagefolder;
 * staging from a local SeaweedFS into an empty cache with cloud.sync.download_tree, each
   timed with its request count (HTTP requests, and objects): the ImageFolder (one object per
   image), the packed dataset (shards, .db files, index.json; then verify_packed), and the

@@ -1,6 +1,6 @@
 """Top-k classes for image files, from a checkpoint or an exported MINDIR graph.
 
-Images go through exactly the eval transform (core.data.eval_transforms: the same MindSpore
+Images go through exactly the eval transform (core.pipeline.eval_transforms: the same MindSpore
 ops, run eagerly on the file's bytes), so a prediction here is what evaluation scores. An
 exported graph has a fixed batch size; its model card (written beside it by export) supplies
 the preprocessing and the class names.

@@ -2,7 +2,7 @@
 
     launcher/local.py pack --src s3://bucket/imagenet --dst s3://bucket/imagenet-packed
 
-core.packed knows local folders only, so URLs end here: a remote source is staged into the
+core.packing knows local folders only, so URLs end here: a remote source is staged into the
 cache first (cloud.sync, resumable); a remote destination is packed into the cache and then
 uploaded, shards first and index.json last, so a reader never sees an index whose shards
 are not all there. Re-running after an interruption resumes every step.

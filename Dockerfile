@@ -69,6 +69,7 @@ RUN if ! getent group 100 >/dev/null; then groupadd -g 100 ma-group; fi \
     && chown 1000:100 /home/ma-user/mnv3
 
 # The venv; with INSTALL_REQUIREMENTS=0 every requirement but MindSpore (the base image's).
+# MindSpore is only located at build time, not imported: an Ascend base may lack the driver.
 # --ignore-installed: the venv gets its own pinned copies even of packages the base's Python
 # already has (e.g. MindSpore's numpy and Pillow), so only MindSpore comes from the base.
 COPY requirements.txt /tmp/requirements.txt
@@ -87,7 +88,10 @@ RUN --mount=type=secret,id=pip_ca \
     fi \
     && "${pip[@]}" install --ignore-installed -r /tmp/install.txt \
     && rm -f /tmp/pip-ca.pem /tmp/install.txt \
-    && /opt/mnv3/venv/bin/python -c "import mindspore, numpy, yaml, boto3, PIL; print('mindspore', mindspore.__version__, 'from', mindspore.__file__)"
+    && /opt/mnv3/venv/bin/python -c "import importlib.util as u, sys, numpy, yaml, boto3, PIL; \
+spec = u.find_spec('mindspore'); \
+print('mindspore at', spec.origin) if spec else \
+sys.exit('error: MindSpore is not importable from the venv; with INSTALL_REQUIREMENTS=0 the base image must have it')"
 
 # PATH: msrun starts its workers with the first `python` on PATH.
 ENV PATH=/opt/mnv3/venv/bin:${PATH} \

@@ -8,8 +8,9 @@
 #  3. builds the base once with debootstrap (Debian bookworm, Python 3.11 as `python3` only,
 #     externally managed) and imports it as local/debian-py311:bookworm (tarball cached);
 #  4. builds the image (INSTALL_REQUIREMENTS=1) with BuildKit, host network and the CA bundle as
-#     the pip_ca build secret; then an Ascend-shaped build (INSTALL_REQUIREMENTS=0) on a base that
-#     holds MindSpore in its system Python;
+#     the pip_ca build secret; checks that a base without Python 3.11, and INSTALL_REQUIREMENTS=0
+#     on a base without MindSpore, fail with one error line; then an Ascend-shaped build
+#     (INSTALL_REQUIREMENTS=0) on a base that holds MindSpore in its system Python;
 #  5. runs as uid 1000:100: the CPU demo (train + eval), and a ModelArts-shaped job (boot command,
 #     VC_*/MA_* variables, data at /home/ma-user/modelarts/inputs/data_url_0, outputs at
 #     /home/ma-user/modelarts/outputs/train_url_0) stopped with SIGTERM after its first
@@ -152,6 +153,15 @@ fi
 grep -q "error: the runner needs Python 3.11 or 3.12 (its pinned requirements, MindSpore 2.10); the base image's python3.9 is missing" \
     "$RUN_DIR/build-bad-python.log" || { tail -n 20 "$RUN_DIR/build-bad-python.log" >&2; fail "no clear error for a bad PYTHON"; }
 say "a base without Python 3.11 is refused with one error line"
+secret=()
+[ -n "$EXTRA_CA_BUNDLE" ] && secret=(--secret "id=pip_ca,src=$EXTRA_CA_BUNDLE")
+if DOCKER_BUILDKIT=1 "$DOCKER" build --progress plain --network host "${secret[@]}" --build-arg BASE_IMAGE="$BASE" \
+        --build-arg INSTALL_REQUIREMENTS=0 "$ROOT" >"$RUN_DIR/build-no-mindspore.log" 2>&1; then
+    fail "INSTALL_REQUIREMENTS=0 on a base without MindSpore built"
+fi
+grep -q "error: MindSpore is not importable from the venv; with INSTALL_REQUIREMENTS=0 the base image must have it" \
+    "$RUN_DIR/build-no-mindspore.log" || { tail -n 20 "$RUN_DIR/build-no-mindspore.log" >&2; fail "no clear error without MindSpore"; }
+say "INSTALL_REQUIREMENTS=0 on a base without MindSpore is refused with one error line"
 
 # An Ascend/CANN-shaped base: MindSpore in the system Python, nothing else of the runner's.
 ms_pin=$(grep -i -E '^mindspore==' "$ROOT/requirements.txt")

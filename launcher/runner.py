@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from core.callbacks import Callback
 from core.config import Config
+from core.native import startup_warning
 from core.train import train
 from launcher.common import setup_logging
 
@@ -25,6 +26,9 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
     run_dir.mkdir(parents=True, exist_ok=True)
     log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     setup_logging(run_dir / log_name, rank_prefix=f"[rank {rank}] " if world > 1 else "")
+    native = startup_warning() if rank == 0 else None
+    if native:  # e.g. an image whose base had no compiler: said at start-up, not silent
+        log.warning("%s", native)
     if rank == 0:  # once the data, model and resume point passed their checks: a run that
         # fails on bad input leaves the config.yaml of the run it was asked to continue alone
         callbacks = [*callbacks, _SaveConfig(run_dir / "config.yaml")]

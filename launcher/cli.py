@@ -96,3 +96,18 @@ def config_for_checkpoint(args, checkpoint):
     the network and input size the checkpoint was trained with."""
     from core.config import load_config
     return load_config(args.config, overrides_from(args), base=checkpoint.meta.get("config"))
+
+
+def gpu_preflight(device_target: str) -> None:
+    """device_target=GPU: check that MindSpore 2.10's GPU plugin can load here before anything
+    starts (raises cloud.gpu_check.GpuRuntimeError, one line naming what is missing)."""
+    if device_target != "GPU":
+        return
+    import logging
+
+    from cloud.gpu_check import check_gpu_runtime
+    log = logging.getLogger("launcher")
+    runtime = check_gpu_runtime()
+    log.info("%s", runtime.summary())
+    for warning in runtime.warnings:
+        log.warning("%s", warning)

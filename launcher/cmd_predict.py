@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from launcher.cli import (add_config_flags, add_debug_flag, add_device_flags, config_for_checkpoint,
-                          overrides_from, resolve_checkpoint_arg)
+                          gpu_preflight, overrides_from, resolve_checkpoint_arg)
 
 
 def add_parser(subparsers) -> None:
@@ -40,11 +40,14 @@ def predictor_for(args):
     classes = read_class_names(args.classes) if args.classes else None
     if Path(args.checkpoint_path).suffix.lower() == ".mindir":
         system = {k: v for k, v in overrides_from(args).items() if k.startswith("system.device")}
-        configure(load_config(None, system).system)
+        system_cfg = load_config(None, system).system
+        gpu_preflight(system_cfg.device_target)
+        configure(system_cfg)
         return predict.from_mindir(args.checkpoint_path, classes)
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
     cfg = config_for_checkpoint(args, checkpoint)
+    gpu_preflight(cfg.system.device_target)
     configure(cfg.system)
     if classes and not checkpoint.meta.get("classes"):
         checkpoint.meta["classes"] = classes  # a converted ImageNet checkpoint, say

@@ -529,7 +529,7 @@ def main(argv) -> int:
     from cloud.environment import detect_environment
     from core.config import ConfigError
     from launcher.common import load_job_config
-    from launcher.cli import DEFAULT_CACHE, demo_dataset_path, overrides_from
+    from launcher.cli import DEFAULT_CACHE, demo_dataset_path, gpu_preflight, overrides_from
 
     args = parser().parse_args(argv)
     if args.nproc < 1 or args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
@@ -537,6 +537,7 @@ def main(argv) -> int:
                           f"0..{args.nnodes - 1}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg, settings = load_job_config(args.config, overrides_from(args))
+    gpu_preflight(cfg.system.device_target)
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
     port = args.master_port or (free_port() if args.nnodes == 1 else DEFAULT_MASTER_PORT)

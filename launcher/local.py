@@ -24,8 +24,8 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import ConfigError  # noqa: E402
 from launcher.cli import (DEFAULT_CACHE, add_common, config_for_checkpoint,  # noqa: E402
-                          demo_dataset_path, overrides_from, resolve_checkpoint_arg,
-                          resolve_local_resume)
+                          demo_dataset_path, gpu_preflight, overrides_from,
+                          resolve_checkpoint_arg, resolve_local_resume)
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
 from launcher.signals import DEFAULT_GRACE_S  # noqa: E402
 
@@ -66,6 +66,7 @@ def cmd_train(args) -> int:
     if args.grace_s <= 0:
         raise ConfigError(f"--grace_s must be greater than 0 (got {args.grace_s:g})")
     setup_logging()  # staging progress and resume warnings come before the run's own log exists
+    gpu_preflight(cfg.system.device_target)
     if args.nproc > 1:
         from launcher.distributed import launch_local
         return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained,
@@ -106,6 +107,7 @@ def cmd_eval(args) -> int:
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
     setup_logging()
+    gpu_preflight(cfg.system.device_target)
     configure(cfg.system)
     classes = classes_of(checkpoint)
     dataset = open_dataset(cfg.data.path)
@@ -132,6 +134,7 @@ def cmd_export(args) -> int:
     checkpoint = ckpt.load(path)
     cfg = config_for_checkpoint(args, checkpoint)
     setup_logging()
+    gpu_preflight(cfg.system.device_target)
     target = configure(cfg.system)
     net, names = network_from_checkpoint(checkpoint, cfg, path)
     out = _output_dir(args, path) / "export"

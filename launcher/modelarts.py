@@ -251,12 +251,9 @@ def main(argv) -> int:
     target = resolve_target(cfg.system.device_target)
     cache_dir = cache_root(args.cache_dir)
     log.info("%s; %s", env.describe(), target)
-    if target == "GPU" and not args.dry_run:  # one line on what is missing, not a stack trace
-        from cloud.gpu_check import check_gpu_runtime
-        runtime = check_gpu_runtime()
-        log.info("%s", runtime.summary())
-        for warning in runtime.warnings:
-            log.warning("%s", warning)
+    if not args.dry_run:  # GPU: one line on what is missing, not MindSpore's stack trace
+        from launcher.cli import gpu_preflight
+        gpu_preflight(target)
     if not cfg.data.path:
         from launcher.local import demo_dataset_path
         cfg.data.path = demo_dataset_path()

@@ -304,15 +304,18 @@ def test_every_config_key_has_a_valid_modelarts_parameter_name_that_maps_back():
     assert rest == [] and sorted(found) == keys
 
 
-def test_gpu_job_without_cuda_11_is_one_error_line(tmp_path):
-    """This machine has no CUDA 11 / cuDNN 8 and no NVIDIA driver: the boot file says so in one
-    line before staging anything, instead of MindSpore's plugin stack trace."""
+@pytest.mark.parametrize("command", [
+    ["launcher/modelarts.py", "--data_url", "{tmp}/data", "--train_url", "{tmp}/out"],
+    ["launcher/local.py", "train", "--dataset_path", "{tmp}/data", "--output_dir", "{tmp}/out"]],
+    ids=["boot-file", "local-train"])
+def test_gpu_job_without_cuda_11_is_one_error_line(tmp_path, command):
+    """This machine has no CUDA 11 / cuDNN 8 and no NVIDIA driver: the entry points say so in
+    one line before staging anything, instead of MindSpore's plugin stack trace."""
     import subprocess
     import sys
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LD_LIBRARY_PATH": str(tmp_path)}
-    done = subprocess.run([sys.executable, "launcher/modelarts.py", "--device_target", "GPU",
-                           "--data_url", str(tmp_path / "data"), "--train_url",
-                           str(tmp_path / "out")], cwd=Path(__file__).resolve().parent.parent,
+    argv = [part.format(tmp=tmp_path) for part in command] + ["--device_target", "GPU"]
+    done = subprocess.run([sys.executable, *argv], cwd=Path(__file__).resolve().parent.parent,
                           env=env, capture_output=True, text=True, timeout=120)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode != 0 and len(errors) == 1, done.stderr[-3000:]

@@ -62,7 +62,7 @@ def watch_options(p: argparse.ArgumentParser) -> None:
 
 
 def submit_parser() -> argparse.ArgumentParser:
-    from launcher.modelarts import parser
+    from launcher.modelarts_args import parser
     p = parser()
     p.prog = "launcher/modelarts.py submit"
     p.description = "Upload the code, create the ModelArts training job, follow it to its end."
@@ -238,7 +238,7 @@ def follow(api: ModelArtsApi, job_id: str, args) -> int:
 
 
 def submit(argv: list[str]) -> int:
-    from launcher.modelarts import build_config, split_hyperparameters
+    from launcher.modelarts_args import build_config, split_hyperparameters
     from launcher.modelarts_spec import job_spec
 
     argv, hyper = split_hyperparameters(argv)

@@ -26,7 +26,7 @@ import pytest
 
 from cloud.rank_table import RankTableError, read_table
 from core.config import ConfigError
-from launcher import modelarts
+from launcher import modelarts, modelarts_args
 from launcher.distributed import free_port
 from tests.test_distributed import checkpoint_files, launched  # noqa: F401 (fixture)
 from tests.test_modelarts import HYPER, PLATFORM_VARS, dry_run, flag, platform  # noqa: F401
@@ -293,8 +293,8 @@ def test_every_config_key_has_a_valid_modelarts_parameter_name_that_maps_back():
     """ModelArts allows only letters, digits, '-' and '_' in parameter names: `train_epochs`
     is how `train.epochs` travels, and the boot file must map each such name to one key."""
     import re
-    keys = sorted(set(modelarts.known_keys()) |
-                  {f"storage.{name}" for name in modelarts.storage_fields()})
+    keys = sorted(set(modelarts_args.known_keys()) |
+                  {f"storage.{name}" for name in modelarts_args.storage_fields()})
     names = {key: key.replace(".", "_", 1) for key in keys}
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", name) for name in names.values())
     assert len(set(names.values())) == len(keys)  # no two keys share a name

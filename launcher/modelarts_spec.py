@@ -107,81 +107,105 @@ def environment(pairs: Optional[list]) -> dict:
     return env
 
 
+class Placeholders:
+    """Values the user did not give: a placeholder goes into the definition and a note to stderr."""
+
+    def __init__(self):
+        self.todo: list[str] = []
+
+    def given(self, value: Optional[str], placeholder: str, what: str) -> str:
+        if value:
+            return value
+        self.todo.append(f"{what} ({placeholder})")
+        return placeholder
+
+
 def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
     """A training-job definition for POST /v2/{project_id}/training-jobs (or the console), and
     the placeholders left in it for the user to fill."""
-    todo = []
+    missing = Placeholders()
+    algorithm = {"parameters": parameters(args, overrides), **engine_part(args, missing),
+                 **channels(args, cfg, missing),
+                 "environments": environment(getattr(args, "env", None))}
+    spec = {"kind": "job", "metadata": metadata_part(args, cfg), "algorithm": algorithm,
+            "spec": resource_part(args, cfg, missing)}
+    return spec, missing.todo
 
-    def given(value: Optional[str], placeholder: str, what: str) -> str:
-        if value:
-            return value
-        todo.append(f"{what} ({placeholder})")
-        return placeholder
 
-    if not JOB_NAME.match(args.job_name or ""):
-        raise ConfigError(f"--job_name {args.job_name!r}: 1-64 letters, digits, '-' or '_'")
+def parameters(args, overrides: dict) -> list[dict]:
+    """The boot file's arguments: config keys under valid names, then its own options."""
     secret = sorted(set(SECRET_KEYS) & set(overrides))
     if secret:
         raise ConfigError(f"{secret[0]} would be written into the job definition (shown in the "
                           f"console): leave it out; the job gets OBS access from ModelArts")
-    parameters = [{"name": "config", "value": args.config}] if args.config else []
-    parameters += [{"name": parameter_name(key), "value": str(value)}
-                   for key, value in overrides.items()
-                   if key not in ("data.path", "system.output_dir")]
+    found = [{"name": "config", "value": args.config}] if args.config else []
+    found += [{"name": parameter_name(key), "value": str(value)}
+              for key, value in overrides.items()
+              if key not in ("data.path", "system.output_dir")]
     if args.nproc:
-        parameters.append({"name": "nproc", "value": str(args.nproc)})
+        found.append({"name": "nproc", "value": str(args.nproc)})
     for option in ("pre_trained", "checkpoint_url"):  # URLs the boot file fetches itself
         if getattr(args, option, None):
-            parameters.append({"name": option, "value": getattr(args, option)})
+            found.append({"name": option, "value": getattr(args, option)})
     if getattr(args, "connect_timeout", None):
-        parameters.append({"name": "connect_timeout", "value": str(args.connect_timeout)})
+        found.append({"name": "connect_timeout", "value": str(args.connect_timeout)})
     # Explicit: after a restart on fault the boot file continues from train_url's checkpoints.
-    parameters.append({"name": "resume", "value": args.resume or "auto"})
-    algorithm: dict = {"parameters": parameters}
-    if not args.engine:  # the default: the custom image built from this project's Dockerfile
-        image = given(args.image, "swr.REGION.myhuaweicloud.com/ORG/mnv3-runner:TAG",
-                      "--image (the image built from the Dockerfile, pushed to SWR)")
-        algorithm["engine"] = {"image_url": image}
-        algorithm["command"] = f"{IMAGE_PYTHON} {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
-    else:
-        if args.image:
-            raise ConfigError("--image and --engine: a job runs either the custom image or a "
-                              "preset engine; give one")
-        name, _, version = args.engine.partition(":")
-        if name not in PRESET_ENGINES:
-            raise ConfigError(f"--engine {name!r} is not a ModelArts preset engine that runs "
-                              f"MindSpore; use one of {', '.join(PRESET_ENGINES)} "
-                              f"(NAME:VERSION, versions from GET /v2/{{project_id}}/training-job-"
-                              f"engines), or the custom image (--image)")
-        code_dir = obs_path(given(args.code_dir, "obs://YOUR-BUCKET/mnv3", "--code_dir"))
-        algorithm.update(code_dir=code_dir, boot_file=code_dir + "launcher/modelarts.py",
-                         engine={"engine_name": name,
-                                 "engine_version": given(version, "YOUR-ENGINE-VERSION",
-                                                         "--engine NAME:VERSION or --image")})
-    for option in ("code_dir", "data_url", "train_url", "log_url"):
+    found.append({"name": "resume", "value": args.resume or "auto"})
+    for item in found:
+        if not PARAMETER_NAME.match(item["name"]):
+            raise ConfigError(f"parameter name {item['name']!r}: ModelArts accepts only letters, "
+                              f"digits, '-' and '_'")
+    return found
+
+
+def engine_part(args, missing: Placeholders) -> dict:
+    """The custom image (the default) or a preset engine with the code uploaded to OBS."""
+    if not args.engine:
+        image = missing.given(args.image, "swr.REGION.myhuaweicloud.com/ORG/mnv3-runner:TAG",
+                              "--image (the image built from the Dockerfile, pushed to SWR)")
+        return {"engine": {"image_url": image},
+                "command": f"{IMAGE_PYTHON} {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"}
+    if args.image:
+        raise ConfigError("--image and --engine: a job runs either the custom image or a "
+                          "preset engine; give one")
+    name, _, version = args.engine.partition(":")
+    if name not in PRESET_ENGINES:
+        raise ConfigError(f"--engine {name!r} is not a ModelArts preset engine that runs "
+                          f"MindSpore; use one of {', '.join(PRESET_ENGINES)} "
+                          f"(NAME:VERSION, versions from GET /v2/{{project_id}}/training-job-"
+                          f"engines), or the custom image (--image)")
+    check_obs(args.code_dir, "--code_dir")
+    code_dir = obs_path(missing.given(args.code_dir, "obs://YOUR-BUCKET/mnv3", "--code_dir"))
+    version = missing.given(version, "YOUR-ENGINE-VERSION", "--engine NAME:VERSION or --image")
+    return {"code_dir": code_dir, "boot_file": code_dir + "launcher/modelarts.py",
+            "engine": {"engine_name": name, "engine_version": version}}
+
+
+def channels(args, cfg, missing: Placeholders) -> dict:
+    """data_url in, train_url out, each with the container folder ModelArts uses; the output is
+    downloaded before a (re)start so that `--resume auto` finds its checkpoints."""
+    for option in ("data_url", "train_url", "log_url"):
         check_obs(getattr(args, option, None), f"--{option}")
     data_path = cfg.data.path if str(cfg.data.path or "").startswith("obs://") else None
-    data_url = given(args.data_url or data_path, "obs://YOUR-BUCKET/dataset", "--data_url")
-    train_url = given(args.train_url, "obs://YOUR-BUCKET/output", "--train_url")
-    algorithm["inputs"] = [{"name": "data_url", "local_dir": INPUT_DIR,
-                            "access_method": "parameter",
-                            "remote": {"obs": {"obs_url": obs_path(data_url)}}}]
+    data_url = missing.given(args.data_url or data_path, "obs://YOUR-BUCKET/dataset", "--data_url")
+    train_url = missing.given(args.train_url, "obs://YOUR-BUCKET/output", "--train_url")
     output = {"name": "train_url", "local_dir": OUTPUT_DIR, "access_method": "parameter",
               "prefetch_to_local": True, "remote": {"obs": {"obs_url": obs_path(train_url)}}}
     if not getattr(args, "prefetch_output", True):
         del output["prefetch_to_local"]
-    algorithm["outputs"] = [output]
-    algorithm["environments"] = environment(getattr(args, "env", None))
-    for item in algorithm["parameters"]:
-        if not PARAMETER_NAME.match(item["name"]):
-            raise ConfigError(f"parameter name {item['name']!r}: ModelArts accepts only letters, "
-                              f"digits, '-' and '_'")
+    return {"inputs": [{"name": "data_url", "local_dir": INPUT_DIR, "access_method": "parameter",
+                        "remote": {"obs": {"obs_url": obs_path(data_url)}}}],
+            "outputs": [output]}
+
+
+def resource_part(args, cfg, missing: Placeholders) -> dict:
+    """Flavour, node count, dedicated pool and log export path."""
     target = cfg.system.device_target if cfg.system.device_target != "auto" else "Ascend"
     pool = getattr(args, "pool_id", None)
     flavor = args.flavor or (None if pool else DEFAULT_FLAVORS[target])
     if not args.flavor and not pool:
-        todo.append(f"--flavor (default {flavor} for {target}; list your region's with "
-                    f"GET /v2/{{project_id}}/training-job-flavors)")
+        missing.todo.append(f"--flavor (default {flavor} for {target}; list your region's with "
+                            f"GET /v2/{{project_id}}/training-job-flavors)")
     if args.node_count < 1:
         raise ConfigError(f"--node_count {args.node_count}: at least 1")
     # A dedicated pool takes the pool's own flavours (a CPU pool takes none): no default there.
@@ -189,16 +213,22 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
     resource["node_count"] = args.node_count
     if pool:
         resource["pool_id"] = pool
-    spec_part: dict = {"resource": resource}
+    found: dict = {"resource": resource}
     if getattr(args, "log_url", None):
-        spec_part["log_export_path"] = {"obs_url": obs_url(args.log_url)}
+        found["log_export_path"] = {"obs_url": obs_url(args.log_url)}
+    return found
+
+
+def metadata_part(args, cfg) -> dict:
+    """Name, description, and the fault-tolerance annotation (restart on a detected fault)."""
+    if not JOB_NAME.match(args.job_name or ""):
+        raise ConfigError(f"--job_name {args.job_name!r}: 1-64 letters, digits, '-' or '_'")
     retries = getattr(args, "max_retries", 0) or 0
     if retries < 0:
         raise ConfigError(f"--max_retries {retries}: 0 (no restart) or more")
-    metadata = {"name": args.job_name,
-                "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
-                               f"digest {cfg.digest()}"}
+    found = {"name": args.job_name,
+             "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
+                            f"digest {cfg.digest()}"}
     if retries:
-        metadata["annotations"] = {RETRY_ANNOTATION: str(retries)}
-    spec = {"kind": "job", "metadata": metadata, "algorithm": algorithm, "spec": spec_part}
-    return spec, todo
+        found["annotations"] = {RETRY_ANNOTATION: str(retries)}
+    return found

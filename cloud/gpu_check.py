@@ -260,6 +260,67 @@ def nvcc_problem(cuda_home: str) -> Optional[str]:
 # --- the check ---------------------------------------------------------------------------------
 
 
+def cuda_libraries(finder: LibraryFinder, problems: list) -> tuple[dict, list]:
+    """The CUDA 11 / cuDNN 8 user-space libraries: soname -> path (or None), and the missing."""
+    found = {name: finder.find(name) for name in CUDA_LIBRARIES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        wrong = []
+        if found["libcudart.so.11.0"] is None:
+            wrong += finder.others("libcudart.so")
+        if found["libcudnn.so.8"] is None:
+            wrong += finder.others("libcudnn.so")
+        seen = f" (found {', '.join(wrong)} instead)" if wrong else ""
+        problems.append(f"missing {', '.join(missing)}{seen}: MindSpore 2.10's GPU plugin needs "
+                        f"CUDA {' or '.join(PLUGIN_CUDA)} with cuDNN 8")
+    return found, missing
+
+
+def visible_gpus(finder: LibraryFinder, list_gpus, environ: Mapping[str, str], problems: list,
+                 warnings: list) -> list:
+    """The driver and the GPUs it shows ([] when there is none or they cannot be listed)."""
+    driver = finder.find(DRIVER_LIBRARY)
+    if list_gpus is None:
+        def list_gpus():
+            gpus = gpus_from_nvidia_smi(environ)
+            return gpus if gpus is not None else gpus_from_libcuda(driver)
+    if driver is None:
+        problems.append(f"no NVIDIA driver in the container ({DRIVER_LIBRARY} not found): run it with "
+                        f"the NVIDIA container runtime (docker run --gpus all) on a GPU node")
+        return []
+    try:
+        gpus = list_gpus()
+    except GpuRuntimeError as exc:
+        problems.append(str(exc))
+        return []
+    if gpus is None:
+        warnings.append("could not list the GPUs (no nvidia-smi, libcuda does not load): "
+                        "GPU models not checked")
+        return []
+    if not gpus:
+        problems.append("no GPU visible to the container: check the job's GPU flavour and "
+                        "NVIDIA_VISIBLE_DEVICES")
+    return gpus
+
+
+def check_gpu(gpu: Gpu, problems: list, warnings: list) -> None:
+    """One GPU against the architectures MindSpore 2.10's kernels cover, and its driver."""
+    if gpu.capability >= UNSUPPORTED_FROM:
+        problems.append(f"GPU {gpu.index} {gpu.name} ({gpu.arch}) is not supported: MindSpore "
+                        f"2.10's GPU kernels stop at sm_86 (CUDA 11.6 cannot build for sm_90+); "
+                        f"use {GPUS_THAT_WORK}, or Ascend")
+    elif gpu.capability < MIN_CAPABILITY:
+        problems.append(f"GPU {gpu.index} {gpu.name} ({gpu.arch}) is too old: MindSpore 2.10's "
+                        f"GPU kernels start at sm_60; use {GPUS_THAT_WORK}")
+    elif gpu.capability > NEWEST_NATIVE:
+        warnings.append(f"GPU {gpu.index} {gpu.name} ({gpu.arch}) has no native MindSpore "
+                        f"kernels: they are JIT-compiled from sm_86 PTX (untested; slower start)")
+    version = driver_tuple(gpu.driver)
+    if version is not None and version < MIN_DRIVER:
+        problems.append(f"NVIDIA driver {gpu.driver} is too old for CUDA 11 (needs "
+                        f"{'.'.join(str(v) for v in MIN_DRIVER)} or newer): update the node's driver")
+
+
 def check_gpu_runtime(*, library_dirs: Optional[Iterable] = None,
                       ldconfig: Optional[Callable[[], Mapping[str, Path]]] = None,
                       list_gpus: Optional[Callable[[], Optional[list]]] = None,
@@ -282,71 +343,21 @@ def check_gpu_runtime(*, library_dirs: Optional[Iterable] = None,
     finder = LibraryFinder(dirs, cache)
     problems: list[str] = []
     warnings: list[str] = []
-
-    # CUDA 11 / cuDNN 8 user-space libraries
-    found = {name: finder.find(name) for name in CUDA_LIBRARIES}
-    missing = [name for name, path in found.items() if path is None]
-    if missing:
-        wrong = []
-        if found["libcudart.so.11.0"] is None:
-            wrong += finder.others("libcudart.so")
-        if found["libcudnn.so.8"] is None:
-            wrong += finder.others("libcudnn.so")
-        seen = f" (found {', '.join(wrong)} instead)" if wrong else ""
-        problems.append(f"missing {', '.join(missing)}{seen}: MindSpore 2.10's GPU plugin needs "
-                        f"CUDA {' or '.join(PLUGIN_CUDA)} with cuDNN 8")
-    cuda_version = file_version(found["libcudart.so.11.0"], "libcudart.so")
-    cuda_version = ".".join(cuda_version.split(".")[:2]) if cuda_version else None
-    cudnn_version = file_version(found["libcudnn.so.8"], "libcudnn.so")
-
+    found, missing = cuda_libraries(finder, problems)
     cuda_home = environ.get("CUDA_HOME")
     if cuda_home:
         problem = nvcc_problem(cuda_home)
         if problem:
             problems.append(problem)
-
-    # the driver and the GPUs
-    driver = finder.find(DRIVER_LIBRARY)
-    if list_gpus is None:
-        def list_gpus():
-            gpus = gpus_from_nvidia_smi(environ)
-            return gpus if gpus is not None else gpus_from_libcuda(driver)
-    if driver is None:
-        problems.append(f"no NVIDIA driver in the container ({DRIVER_LIBRARY} not found): run it with "
-                        f"the NVIDIA container runtime (docker run --gpus all) on a GPU node")
-        gpus = []
-    else:
-        try:
-            gpus = list_gpus()
-        except GpuRuntimeError as exc:
-            problems.append(str(exc))
-            gpus = []
-        else:
-            if gpus is None:
-                warnings.append("could not list the GPUs (no nvidia-smi, libcuda does not load): "
-                                "GPU models not checked")
-                gpus = []
-            elif not gpus:
-                problems.append("no GPU visible to the container: check the job's GPU flavour and "
-                                "NVIDIA_VISIBLE_DEVICES")
+    gpus = visible_gpus(finder, list_gpus, environ, problems, warnings)
     for gpu in gpus:
-        if gpu.capability >= UNSUPPORTED_FROM:
-            problems.append(f"GPU {gpu.index} {gpu.name} ({gpu.arch}) is not supported: MindSpore "
-                            f"2.10's GPU kernels stop at sm_86 (CUDA 11.6 cannot build for sm_90+); "
-                            f"use {GPUS_THAT_WORK}, or Ascend")
-        elif gpu.capability < MIN_CAPABILITY:
-            problems.append(f"GPU {gpu.index} {gpu.name} ({gpu.arch}) is too old: MindSpore 2.10's "
-                            f"GPU kernels start at sm_60; use {GPUS_THAT_WORK}")
-        elif gpu.capability > NEWEST_NATIVE:
-            warnings.append(f"GPU {gpu.index} {gpu.name} ({gpu.arch}) has no native MindSpore "
-                            f"kernels: they are JIT-compiled from sm_86 PTX (untested; slower start)")
-        version = driver_tuple(gpu.driver)
-        if version is not None and version < MIN_DRIVER:
-            problems.append(f"NVIDIA driver {gpu.driver} is too old for CUDA 11 (needs "
-                            f"{'.'.join(str(v) for v in MIN_DRIVER)} or newer): update the node's driver")
+        check_gpu(gpu, problems, warnings)
     if problems:
         unique = list(dict.fromkeys(problems))
         fix = f"; fix: {FIX}" if missing else ""
         raise GpuRuntimeError("device_target=GPU cannot run: " + "; ".join(unique) + fix)
+    cuda_version = file_version(found["libcudart.so.11.0"], "libcudart.so")
+    cuda_version = ".".join(cuda_version.split(".")[:2]) if cuda_version else None
+    cudnn_version = file_version(found["libcudnn.so.8"], "libcudnn.so")
     return GpuRuntime({k: v for k, v in found.items() if v is not None}, gpus, cuda_version,
                       cudnn_version, warnings)

@@ -5,7 +5,8 @@ The API side is tests/modelarts_api_server.py: a real HTTP server on 127.0.0.1 t
 ModelArts' v2 training-job API (it is not ModelArts; no real account was used). It recomputes
 every request's SDK-HMAC-SHA256 signature itself from Huawei's signing guide and refuses bad ones
 with the gateway's error JSON, validates the job body, and plays a job through its phases while
-its log grows. The code upload goes to SeaweedFS (tests/s3_server.py) through cloud.storage.
+its log grows. The code upload goes to SeaweedFS (launcher/seaweedfs.py, started by the
+tests/s3_server.py fixtures) through cloud.storage.
 
 Sources used for the calls, fields and signing (also listed in tests/modelarts_api_server.py):
 * https://support.huaweicloud.com/intl/en-us/api-modelarts/CreateTrainingJob.html

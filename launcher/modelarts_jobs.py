@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -275,11 +276,8 @@ def submit(argv: list[str]) -> int:
 
 def status_command(argv: list[str]) -> int:
     args = job_parser("status").parse_args(argv)
-    api = open_api(args)
-    try:
+    with closing(open_api(args)) as api:
         status = api.show_job(args.job_id)
-    finally:
-        api.close()
     tasks = f"; tasks {', '.join(status.tasks)}" if status.tasks else ""
     print(f"job {status.id} ({status.name}): {status.describe()}{tasks}")
     return 0
@@ -287,8 +285,7 @@ def status_command(argv: list[str]) -> int:
 
 def logs_command(argv: list[str]) -> int:
     args = job_parser("logs").parse_args(argv)
-    api = open_api(args)
-    try:
+    with closing(open_api(args)) as api:
         if args.follow:
             return follow(api, args.job_id, args)
         status = api.show_job(args.job_id)
@@ -299,17 +296,12 @@ def logs_command(argv: list[str]) -> int:
         preview = api.log_preview(args.job_id, name)
         LogFollower().feed(preview.content, preview.current_size, preview.full_size, final=True)
         return 0
-    finally:
-        api.close()
 
 
 def stop_command(argv: list[str]) -> int:
     args = job_parser("stop").parse_args(argv)
-    api = open_api(args)
-    try:
+    with closing(open_api(args)) as api:
         status = api.stop_job(args.job_id)
-    finally:
-        api.close()
     print(f"job {status.id}: {status.describe()}")
     return 0
 

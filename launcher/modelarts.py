@@ -2,25 +2,23 @@
 """ModelArts boot file: one command for one- and multi-node jobs on Ascend, GPU or CPU.
 
     python launcher/modelarts.py [--data_url=D] [--train_url=T] [--checkpoint_url=C]
-        [--config=configs/ascend_8p.yaml] [--nproc=N] [--resume=auto] [KEY=VALUE ...]
-    python launcher/modelarts.py --print-job-spec [--config ...] [--flavor F] [--node_count M] ...
+        [--config=configs/ascend_8p.yaml] [--nproc=N] [--resume=auto] [--train_epochs=370 ...]
+    python launcher/modelarts.py --print-job-spec|submit|status|logs|stop ...   (your machine)
 
 Inputs and outputs: `--data_url`, `--train_url`, `--checkpoint_url` (or environment variables of
 those names) are OBS URLs on legacy ModelArts (staged into the node's cache, outputs published
 back) or local mounted folders on new ModelArts (used as they are). `--checkpoint_url` names a
 checkpoint to resume from (a .ckpt, or a folder: its newest); without it, `--resume auto`
-continues from the newest checkpoint in the output. Config keys also come as ModelArts
-hyperparameters: `--train.epochs=3` or `--train_epochs=3`.
+continues from the newest checkpoint in the output. Config keys come as ModelArts parameters,
+whose names allow only letters, digits, '-' and '_': `--train_epochs=370` is `train.epochs`
+(launcher/modelarts_args.py).
 
-The node's place in the job comes from the environment (cloud.environment). Then:
-* Ascend, several ranks: the rank table (ModelArts' jobstart_hccl.json converted to v1.0, or
-  one generated from /etc/hccn.conf on a bare server) and one process per device with
-  DEVICE_ID, RANK_ID, RANK_SIZE, RANK_TABLE_FILE (`--launch msrun` uses msrun instead);
-* GPU/CPU, several ranks: msrun across the nodes, master = the first of VC_WORKER_HOSTS;
-* one rank: one process.
-Every rank's output is printed as `[rank N] ...` and kept in the run directory; the job fails
-if a rank fails. On SIGTERM the ranks checkpoint and stop within the grace period, and the
-outputs are published either way. `--dry-run` prints what would be started and exits.
+What this invocation starts (launcher/modelarts_plan.py): one process per card of this node's
+pod on Ascend (rank table), msrun on GPU/CPU, or, when the platform already started it as one
+rank (preset engines), exactly that rank. Every rank's output is printed as `[rank N] ...` and
+kept in the run directory; the job fails if a rank fails. On SIGTERM the ranks checkpoint and
+stop within the grace period, and the outputs are published either way. `--dry-run` prints
+what would be started, and the rule that placed this node, and exits.
 """
 from __future__ import annotations
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from cloud.errors import StorageError
+from cloud.lease import LeaseError
 from cloud.storage import Storage, open_storage
 from cloud.urls import StorageURL, check_relative_key, parse_url
 
@@ -102,10 +103,15 @@ class CheckpointUploader:
     (the newer one is what a resume needs; the older one is then dropped).
     What still failed is collected for :meth:`wait`; nothing raises in the
     caller. Local files are never deleted.
+
+    With a ``lease`` (cloud.lease), ownership is confirmed before each object
+    and each manifest write: a writer that lost the output URL to another run
+    writes nothing more there (reported as failed, not retried).
     """
 
     def __init__(self, storage: Storage, prefix: str = "", keep: int = 5, *,
-                 manifest_name: str = MANIFEST_NAME, retries: int = 3, retry_delay_s: float = 10.0):
+                 manifest_name: str = MANIFEST_NAME, retries: int = 3, retry_delay_s: float = 10.0,
+                 lease: Any = None):
         if keep < 1:
             raise ValueError("keep must be at least 1 (the manifest needs its checkpoint)")
         self.retries = max(0, int(retries))
@@ -114,6 +120,7 @@ class CheckpointUploader:
         self.prefix = prefix.strip("/")
         self.keep = keep
         self.manifest_name = manifest_name
+        self.lease = lease
         self._queue: queue.Queue = queue.Queue()
         self._report = UploadReport()
         self._lock = threading.Lock()
@@ -197,7 +204,7 @@ class CheckpointUploader:
         try:
             key = self._upload(pinned or local_path, os.path.basename(local_path), meta)
         except BaseException as exc:  # never kill the thread: report instead
-            failures += 1
+            failures += 1 if not isinstance(exc, LeaseError) else self.retries + 1
             message = (f"checkpoint upload of {local_path} to {self.storage.describe(self.prefix)} "
                        f"failed: {exc}")
             if failures <= self.retries:
@@ -229,6 +236,10 @@ class CheckpointUploader:
             self._pending -= 1
             self._idle.notify_all()
 
+    def _confirm_owner(self) -> None:
+        if self.lease is not None:
+            self.lease.confirm()
+
     def _load_manifest(self) -> dict | None:
         if not self._manifest_loaded:
             try:
@@ -244,6 +255,7 @@ class CheckpointUploader:
         started = time.monotonic()
         size = os.path.getsize(path)
         digest = sha256_file(path)
+        self._confirm_owner()
         self.storage.upload_file(path, _join(self.prefix, name))
         entry = {"key": name, "epoch": meta.get("epoch"), "step": meta.get("step"), "size": size,
                  "sha256": digest, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -254,6 +266,7 @@ class CheckpointUploader:
         manifest = {"format": MANIFEST_FORMAT, **entry,
                     "meta": {k: v for k, v in meta.items() if k not in ENTRY_FIELDS},
                     "checkpoints": kept}
+        self._confirm_owner()
         self.storage.write_bytes(_join(self.prefix, self.manifest_name),
                                  json.dumps(manifest, indent=1, default=str).encode())
         self._manifest = manifest

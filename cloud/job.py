@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from cloud.branches import resume_from_cache, supersede_remote
 from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
 from cloud.errors import StorageError
+from cloud.lease import Lease
 from cloud.node_lock import run_once_per_node
 from cloud.settings import to_settings
 from cloud.storage import open_storage
@@ -62,11 +64,23 @@ class PreparedJob:
     output_url: Optional[str] = None        # where finish() publishes the run directory
     settings: Any = None
     uploader: Optional[CheckpointUploader] = None
+    lease: Optional[Lease] = None           # the writer's ownership of output_url (cloud.lease)
 
     def finish(self, timeout_s: Optional[float] = None) -> None:
-        """Wait for checkpoint uploads, then mirror the run directory to the output URL."""
+        """Wait for checkpoint uploads, mirror the run directory to the output URL, release
+        the lease."""
         if not self.output_url:
             return
+        try:
+            self._publish(timeout_s)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
+
+    def _publish(self, timeout_s: Optional[float]) -> None:
         if self.uploader:
             report = self.uploader.wait(timeout_s)
             if report.failed or report.pending:
@@ -111,13 +125,27 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
         output_storage = open_storage(job.output_url, settings)
         output_storage.check()
         cfg.system.output_dir = str(cache_path(cache_dir, "output", job.output_url))
-        if writer:
+        if writer:  # owns the output URL before writing anything there
+            job.lease = Lease(output_storage, job_id).acquire().start_renewing()
             retry = to_settings(settings)
             job.uploader = CheckpointUploader(output_storage, CHECKPOINT_PREFIX, keep=cfg.checkpoint.keep,
                                               retries=retry.upload_retries,
-                                              retry_delay_s=retry.upload_retry_delay_s)
+                                              retry_delay_s=retry.upload_retry_delay_s, lease=job.lease)
             job.callbacks.append(CheckpointUpload(job.uploader))
+    try:
+        _resolve(job, cfg, output_storage, resume, pretrained, cache_dir, job_id, settings)
+    except BaseException:
+        if job.uploader:
+            job.uploader.close(timeout=5)
+        job.release()
+        raise
+    return job
 
+
+def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_dir: Path, job_id,
+             settings) -> None:
+    """The resume point (and pre-trained weights) as local paths; the store's side of the
+    branch rule (cloud.branches) for an explicit older checkpoint."""
     resume_cache = cache_dir / "resume" / job_id
     if pretrained:
         job.pretrained = (fetch_checkpoint(pretrained, str(cache_dir / "pretrained"), settings)
@@ -125,6 +153,9 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
     if resume == "auto":
         if output_storage is not None:
             job.resume = resolve_resume(output_storage, CHECKPOINT_PREFIX, str(resume_cache))
+            if job.resume is None:  # killed before its first upload: this node's cache has them
+                job.resume = resume_from_cache(Path(cfg.system.output_dir), cfg.checkpoint.prefix,
+                                               cfg.checkpoint.keep, job.uploader, job.output_url)
         else:
             job.resume = "auto"  # the local launcher resolves it in the run directory
     elif is_remote(resume):
@@ -137,4 +168,6 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
     elif output_storage is not None and read_manifest(output_storage, CHECKPOINT_PREFIX):
         raise StorageError(f"{job.output_url} already holds checkpoints; pass --resume auto to "
                            f"continue that run or choose another output URL")
-    return job
+    if resume and resume != "auto" and output_storage is not None and job.uploader is not None:
+        from core.checkpoint import step_of_checkpoint
+        supersede_remote(output_storage, CHECKPOINT_PREFIX, step_of_checkpoint(job.resume), job.lease)

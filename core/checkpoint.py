@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -152,3 +153,36 @@ class CheckpointManager:
     def latest(self) -> Optional[Path]:
         files = self.files()
         return files[-1] if files else None
+
+    def supersede_after(self, step: int) -> Optional[Path]:
+        """The branch rule: continuing from step `step` moves the checkpoints after it into
+        `superseded-<step>-<UTC time>/` (kept, named in one log line), so keep-K and
+        `--resume auto` see only the live branch. Returns that folder, or None if none was later."""
+        later = [f for f in self.files() if step_of(f) > step]
+        if not later:
+            return None
+        aside = self.folder / f"superseded-{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        aside.mkdir(exist_ok=True)
+        for f in later:
+            os.replace(f, aside / f.name)
+        log.warning("continuing from step %d: moved %d later checkpoint(s) of the earlier branch "
+                    "(up to step %d) to %s", step, len(later), step_of(later[-1]), aside)
+        return aside
+
+    def newest_loadable(self) -> list[Path]:
+        """Checkpoints that load (CRC-checked), oldest first; a damaged one (e.g. cut short by
+        a kill) is named in a warning and left out."""
+        good = []
+        for f in self.files():
+            try:
+                load(f)
+                good.append(f)
+            except CheckpointError as exc:
+                log.warning("skipping %s", exc)
+        return good
+
+
+def step_of_checkpoint(path: str | os.PathLike) -> int:
+    """Global step of a checkpoint: from its runner name, else from its metadata."""
+    step = step_of(path)
+    return step if step >= 0 else load(path).step

@@ -43,7 +43,8 @@ class CheckpointSaver:
         path = ckpt.save(manager.folder / ckpt.checkpoint_name(manager.prefix, epoch, step),
                          self.state(), meta)
         for old in manager.files()[:-manager.keep]:
-            old.unlink(missing_ok=True)
+            if old != path:  # never the one just written, even if newer files sort after it
+                old.unlink(missing_ok=True)
         self.metrics.write("checkpoint", path=path.name, epoch=epoch, step=step, kind=kind)
         self.events.on_checkpoint(path, meta)
         return path

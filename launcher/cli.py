@@ -63,7 +63,8 @@ def demo_dataset_path() -> str:
 
 def resolve_local_resume(cfg, resume: Optional[str]) -> Optional[str]:
     """'auto' -> newest checkpoint in the run directory (or None); refuse to train over a
-    directory that already holds a run unless asked to resume it."""
+    directory that already holds a run unless asked to resume it. Reads only: the run that
+    owns the directory applies the branch rule (launcher.runner.claim_run_dir)."""
     from core.checkpoint import CheckpointManager
     from core.config import ConfigError
     run_dir = Path(cfg.system.output_dir)

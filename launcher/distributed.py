@@ -448,14 +448,16 @@ def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
     background, and the run directory is published at the end."""
     from launcher.cli import DEFAULT_CACHE
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
+    from core.run_lock import RunLock
     job_id = f"local-{os.getpid()}-{int(time.time())}"
-    launch = prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=job_id, settings=settings,
-                            pretrained=pretrained)
-    config_path = write_launch_config(launch.ranks_cfg, launch.run_dir, 0, settings)
-    code = launch_msrun(config_path, nproc=nproc, log_dir=launch.run_dir / "msrun_logs",
-                        resume=launch.resume, pretrained=launch.pretrained, job_id=job_id,
-                        cache_dir=str(cache_dir), grace_s=grace_s,
-                        extra_env=secret_environ(settings))
+    with RunLock(local_run_dir(cfg, cache_dir), job_id):  # rank 0 shares it (same job id)
+        launch = prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=job_id, settings=settings,
+                                pretrained=pretrained)
+        config_path = write_launch_config(launch.ranks_cfg, launch.run_dir, 0, settings)
+        code = launch_msrun(config_path, nproc=nproc, log_dir=launch.run_dir / "msrun_logs",
+                            resume=launch.resume, pretrained=launch.pretrained, job_id=job_id,
+                            cache_dir=str(cache_dir), grace_s=grace_s,
+                            extra_env=secret_environ(settings))
     return publish(launch.job, code)
 
 
@@ -544,17 +546,19 @@ def main(argv) -> int:
     env = detect_environment(environ={}, overrides={
         "node_count": args.nnodes, "node_rank": args.node_rank, "devices_per_node": args.nproc,
         "master_addr": args.master_addr, "master_port": port, "job_id": args.job_id})
+    from core.run_lock import RunLock
     cache_dir = Path(args.cache_dir or DEFAULT_CACHE)
-    launch = prepare_launch(cfg, args.resume, cache_dir=cache_dir, job_id=env.job_id,
-                            settings=settings, pretrained=args.pre_trained)
-    log_dir = launch.run_dir / "msrun_logs" / (f"node{args.node_rank}" if args.nnodes > 1 else "")
-    config_path = write_launch_config(launch.ranks_cfg, launch.run_dir, args.node_rank, settings)
-    code = launch_msrun(config_path, nproc=args.nproc, log_dir=log_dir, nnodes=args.nnodes,
-                        node_rank=args.node_rank, master_addr=args.master_addr, master_port=port,
-                        resume=launch.resume, pretrained=launch.pretrained, job_id=env.job_id,
-                        cache_dir=str(cache_dir), grace_s=args.grace_s,
-                        cluster_timeout_s=args.cluster_timeout,
-                        extra_env=secret_environ(settings))
+    with RunLock(local_run_dir(cfg, cache_dir), env.job_id):  # every node's launcher and rank 0
+        launch = prepare_launch(cfg, args.resume, cache_dir=cache_dir, job_id=env.job_id,
+                                settings=settings, pretrained=args.pre_trained)
+        log_dir = launch.run_dir / "msrun_logs" / (f"node{args.node_rank}" if args.nnodes > 1 else "")
+        config_path = write_launch_config(launch.ranks_cfg, launch.run_dir, args.node_rank, settings)
+        code = launch_msrun(config_path, nproc=args.nproc, log_dir=log_dir, nnodes=args.nnodes,
+                            node_rank=args.node_rank, master_addr=args.master_addr, master_port=port,
+                            resume=launch.resume, pretrained=launch.pretrained, job_id=env.job_id,
+                            cache_dir=str(cache_dir), grace_s=args.grace_s,
+                            cluster_timeout_s=args.cluster_timeout,
+                            extra_env=secret_environ(settings))
     return publish(launch.job, code)
 
 

@@ -6,12 +6,15 @@ run directory looks the same wherever the job ran.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
 from core.callbacks import Callback
+from core.checkpoint import CheckpointManager, step_of_checkpoint
 from core.config import Config
 from core.native import startup_warning
+from core.run_lock import RunLock
 from core.train import train
 from launcher.common import setup_logging
 
@@ -19,10 +22,38 @@ log = logging.getLogger("launcher.runner")
 
 
 def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional[str] = None,
-                 callbacks: Sequence[Callback] = (), rank: int = 0, world: int = 1) -> dict:
+                 callbacks: Sequence[Callback] = (), rank: int = 0, world: int = 1,
+                 job_id: Optional[str] = None) -> dict:
     """Train in cfg.system.output_dir (a local path). Rank 0 owns train.log and config.yaml;
-    other ranks log to train.rank<N>.log, with a rank prefix on every line."""
+    other ranks log to train.rank<N>.log, with a rank prefix on every line. Rank 0 first takes
+    the directory's run lock (core.run_lock): a second run into it is refused before it writes."""
     run_dir = Path(cfg.system.output_dir)
+    lock = claim_run_dir(cfg, resume, job_id or f"pid-{os.getpid()}") if rank == 0 else None
+    try:
+        return _run(cfg, run_dir, resume, pretrained, callbacks, rank, world)
+    finally:
+        if lock:
+            lock.release()
+
+
+def claim_run_dir(cfg: Config, resume: Optional[str], job_id: str) -> RunLock:
+    """Rank 0's claim on its run directory before anything is written there: the run lock
+    (refuses a second writer), then the branch rule: continuing from an explicit checkpoint at
+    step S moves the directory's checkpoints after S aside (CheckpointManager.supersede_after),
+    so keep-K and `--resume auto` only see the live branch."""
+    lock = RunLock(cfg.system.output_dir, job_id).acquire()
+    try:
+        manager = CheckpointManager(Path(cfg.system.output_dir) / "checkpoints",
+                                    cfg.checkpoint.prefix, cfg.checkpoint.keep)
+        if resume and Path(resume).is_file() and manager.latest() is not None:
+            manager.supersede_after(step_of_checkpoint(resume))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _run(cfg: Config, run_dir: Path, resume, pretrained, callbacks, rank: int, world: int) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
     log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
     setup_logging(run_dir / log_name, rank_prefix=f"[rank {rank}] " if world > 1 else "")

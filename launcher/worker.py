@@ -253,7 +253,8 @@ def train_rank(args) -> int:
         dump = next((c for c in debug if isinstance(c, DebugDump)), None)
         with dump.recording() if dump else contextlib.nullcontext():
             summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
-                                   callbacks=callbacks, rank=env.rank, world=env.world_size)
+                                   callbacks=callbacks, rank=env.rank, world=env.world_size,
+                                   job_id=job_id)
         if env.is_primary:  # after SIGTERM, uploads may take what is left of the grace period
             job.finish(timeout_s=stop.time_left(args.grace_s))
     finally:

@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from core.imagefolder import ImageList, scan_split
 from core.packed import (FORMAT, INDEX_NAME, MB, SCHEMA, VERSION, read_json, sha256_file,
@@ -136,9 +136,10 @@ def _shard_paths(dst: str, name: str) -> list[str]:
     return [os.path.join(dst, f) for f in os.listdir(dst) if f == name or f.startswith(name + ".")]
 
 
-def write_shard(dst: str, plan: ShardPlan) -> dict:
+def write_shard(dst: str, plan: ShardPlan, blobs: Optional[Iterator[bytes]] = None) -> dict:
     """Write one shard from scratch, then its done-marker; returns its index entry.
-    Runs in a worker process."""
+    Runs in a worker process. `blobs` yields the items' bytes in order when they come from
+    somewhere other than the items' paths (an archive: core.stream_packing)."""
     from mindspore.mindrecord import FileWriter
     for leftover in _shard_paths(dst, plan.name):
         os.remove(leftover)
@@ -150,8 +151,11 @@ def write_shard(dst: str, plan: ShardPlan) -> dict:
     rows, pending, corrupt = [], 0, []
     for number, (source, name, label, _) in enumerate(plan.items, plan.first):
         try:
-            with open(source, "rb") as fh:
-                data = fh.read()
+            if blobs is not None:
+                data = next(blobs)
+            else:
+                with open(source, "rb") as fh:
+                    data = fh.read()
         except OSError as exc:
             raise DatasetError(f"cannot read {source} while packing {plan.name}: {exc}") from None
         if not looks_like_image(data):

@@ -1,6 +1,10 @@
 """`launcher/local.py pack`: an ImageFolder (local, s3:// or obs://) to packed MindRecord shards.
 
     launcher/local.py pack --src s3://bucket/imagenet --dst s3://bucket/imagenet-packed
+    launcher/local.py pack --imagenet obs://bucket/ilsvrc2012 --dst obs://bucket/imagenet-packed
+
+(--imagenet: the official archives read as streams by core.imagenet_pack; see
+`pack_imagenet_command`.)
 
 core.packing knows local folders only, so URLs end here: a remote source is staged into the
 cache first (cloud.sync, resumable); a remote destination is packed into the cache and then
@@ -23,8 +27,17 @@ log = logging.getLogger("launcher.pack")
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("pack", help="convert an ImageFolder into MindRecord shards",
                               description=__doc__.splitlines()[0])
-    p.add_argument("--src", required=True, help="ImageFolder root with train/ (and val/): a "
-                                                "folder, s3://bucket/prefix or obs://bucket/prefix")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--src", help="ImageFolder root with train/ (and val/): a "
+                                      "folder, s3://bucket/prefix or obs://bucket/prefix")
+    source.add_argument("--imagenet", metavar="SRC",
+                        help="folder or URL holding ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar "
+                             "and ILSVRC2012_devkit_t12.tar.gz as downloaded (or Kaggle's "
+                             "LOC_*.txt/csv and ILSVRC/): read as streams, never unpacked")
+    p.add_argument("--layout", choices=("packed", "imagefolder"), default="packed",
+                   help="with --imagenet: packed shards (default) or an extracted ImageFolder")
+    p.add_argument("--max-image-mb", type=float, default=16,
+                   help="with --imagenet: the largest image the shards hold (sets their page size)")
     p.add_argument("--dst", required=True, help="where the shards and index.json go (folder or URL)")
     p.add_argument("--shard-size-mb", type=float, default=256, help="payload per shard (MB)")
     p.add_argument("--workers", type=int, default=None, help="pack processes (default: CPUs)")
@@ -61,6 +74,8 @@ def cmd_pack(args) -> int:
     setup_logging()
     _, settings = load_job_config(args.config, dict(parse_override(t) for t in args.sets))
     cache = Path(args.cache_dir)
+    if args.imagenet:
+        return pack_imagenet_command(args, settings, cache)
     src_url, src_remote = _location(args.src)
     dst_url, dst_remote = _location(args.dst)
 
@@ -83,15 +98,65 @@ def cmd_pack(args) -> int:
     if dst_remote:
         publish_packed(dst, open_storage(dst_url, settings), cache)
 
-    for split, entry in index["splits"].items():
-        size = sum(f["size"] for shard in entry["shards"] for f in shard["files"])
-        print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards "
-              f"({size / 2 ** 20:.1f} MB)")
+    _print_index(index)
     print(f"packed dataset: {args.dst}")
     staged = [path for path, remote in ((src, src_remote), (dst, dst_remote)) if remote]
     if staged:
         print(f"local copies (kept so a re-run resumes; delete when done): {', '.join(staged)}")
     return 0
+
+
+def pack_imagenet_command(args, settings, cache: Path) -> int:
+    """`pack --imagenet SRC`: a local source is read in place, a remote one streamed (ranged
+    GETs, cloud.stream); a remote destination is packed in the cache, then published."""
+    from cloud.errors import StorageError
+    from cloud.job import cache_path
+    from cloud.storage import open_storage
+    from cloud.stream import StorageFiles
+    from cloud.sync import upload_tree
+    from core.imagenet_archives import LocalFiles
+    from core.imagenet_pack import damaged_images, pack_imagenet
+
+    src_url, src_remote = _location(args.imagenet)
+    dst_url, dst_remote = _location(args.dst)
+    if src_remote:
+        storage = open_storage(src_url, settings)
+        storage.check()
+        files = StorageFiles(storage)
+    elif os.path.isdir(src_url.path):
+        files = LocalFiles(src_url.path)
+    else:
+        raise StorageError(f"--imagenet {args.imagenet}: no such folder; give the folder that "
+                           f"holds the downloaded ILSVRC2012 archives")
+    dst = str(cache_path(cache, "pack-dst", args.dst)) if dst_remote else dst_url.path
+    result = pack_imagenet(files, dst, args.layout, args.shard_size_mb, args.max_image_mb,
+                           args.workers)
+    if args.layout == "imagefolder":
+        if dst_remote:
+            stats = upload_tree(dst, open_storage(dst_url, settings), "")
+            log.info("ImageFolder uploaded to %s (%s)", args.dst, stats.summary())
+        damaged = result["damaged"]
+        for split, count in result["splits"].items():
+            print(f"{split}: {count} images")
+    else:
+        if dst_remote:
+            publish_packed(dst, open_storage(dst_url, settings), cache)
+        damaged = damaged_images(result)
+        _print_index(result)
+    if damaged:
+        print(f"{len(damaged)} damaged image(s) kept out of training: {', '.join(damaged[:20])}"
+              f"{' ...' if len(damaged) > 20 else ''}")
+    print(f"{'packed dataset' if args.layout == 'packed' else 'ImageFolder'}: {args.dst}")
+    if dst_remote:
+        print(f"local copy (kept so a re-run resumes; delete when done): {dst}")
+    return 0
+
+
+def _print_index(index: dict) -> None:
+    for split, entry in index["splits"].items():
+        size = sum(f["size"] for shard in entry["shards"] for f in shard["files"])
+        print(f"{split}: {entry['samples']} samples in {len(entry['shards'])} shards "
+              f"({size / 2 ** 20:.1f} MB)")
 
 
 def publish_packed(local: str, storage, cache: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from cloud.checkpoint_store import MANIFEST_NAME, ENTRY_FIELDS, read_manifest
+from cloud.errors import StorageError
 from cloud.storage import S3Storage, Storage
 from cloud.urls import check_relative_key
 
@@ -73,9 +74,13 @@ def resume_from_cache(run_dir: Path, ckpt_prefix: str, keep: int, uploader, wher
     """No manifest on the store, but the cached run directory holds checkpoints (killed before
     the first upload): the newest that loads, after queueing the loadable ones for upload."""
     from core.checkpoint import CheckpointManager, load
-    good = CheckpointManager(run_dir / "checkpoints", ckpt_prefix, keep).newest_loadable()[-keep:]
-    if not good:
+    manager = CheckpointManager(run_dir / "checkpoints", ckpt_prefix, keep)
+    if not manager.files():
         return None
+    good = manager.newest_loadable()[-keep:]
+    if not good:
+        raise StorageError(f"no checkpoint manifest at {where}, and none of the checkpoints in "
+                           f"{manager.folder} loads: move them away to start afresh")
     log.warning("no checkpoint manifest at %s, but this node's run directory %s holds %d verified "
                 "checkpoint(s): resuming from %s%s", where, run_dir, len(good), good[-1].name,
                 " and publishing them" if uploader is not None else

@@ -3,7 +3,9 @@
 Periodic checkpoints every N epochs and/or N steps, of which the newest K are kept; `best.ckpt`,
 the best validation so far; and a final one (kind "stop" after a stop request) unless the last
 step was just saved. Only the writing rank (rank 0) touches files; every rank keeps the same
-bookkeeping so that all of them agree on what was saved when.
+bookkeeping so that all of them agree on what was saved when. Keep-K prunes by step but never
+the checkpoint just written; a resume from an older step has already moved the later branch
+aside (launcher.runner.claim_run_dir), so this is a guard, not the rule.
 """
 from __future__ import annotations
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import mindspore as ms
 import numpy as np
+import pytest
 
 from cloud.checkpoint_store import CheckpointUploader, read_manifest
+from cloud.errors import StorageError
 from cloud.job import cache_path, prepare_job
 from cloud.storage import open_storage
 from core import checkpoint as ckpt
@@ -98,3 +100,15 @@ def test_remote_run_killed_before_its_first_upload_resumes_from_its_cache(s3_ser
     finally:
         job.uploader.close(10)
         job.lease.release()
+
+
+def test_a_cache_whose_checkpoints_are_all_damaged_is_one_error_and_frees_the_url(s3_server, tmp_path):
+    url = f"s3://{s3_server.make_bucket()}/runs/r8"
+    cfg = tiny_config("unused", url)
+    run_dir = cache_path(tmp_path / "cache", "output", url)
+    (path,) = fake_checkpoints(run_dir / "checkpoints", [2], cfg.checkpoint.prefix)
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(StorageError, match="none of the checkpoints .* loads: move them away"):
+        prepare_job(cfg, resume="auto", cache_dir=tmp_path / "cache", job_id="j4",
+                    settings=s3_server.settings())
+    assert open_storage(url, s3_server.settings()).stat(".lease.json") is None  # lease released

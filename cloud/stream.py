@@ -56,7 +56,7 @@ class S3ReadStream(io.RawIOBase):
                                        f"{self.position} of {self.size} after {RETRIES} retries "
                                        f"({exc}); check the network and rerun") from None
                 log.warning("reading %s: %s at byte %d; resuming", self.key, exc, self.position)
-                time.sleep(min(2 ** attempt, 30))
+                time.sleep(min(2 ** attempt - 1, 30))  # at once, then 1, 3, 7, 15 s
                 self.body.close()
                 self.body = self._get()
         buffer[:len(data)] = data

@@ -180,27 +180,31 @@ def _cut(dst: str, split: str, records: Iterable[Record], shard_bytes: int, larg
         marker = _marker_path(dst, plan.name)
         if not _entry_is_complete(dst, read_json(marker), plan):
             os.remove(marker)
-            raise DatasetError(f"shard {plan.name} in {dst} was packed from other images than "
-                               f"the source gives now (the source changed); run the pack again "
-                               f"to rewrite it")
+            raise DatasetError(f"shard {plan.name} in {dst} is damaged or was packed from other "
+                               f"images than the source gives now; run the pack again to "
+                               f"rewrite it")
         return plan, False
 
-    for label, name, data in records:
-        if len(data) > largest:
-            raise DatasetError(f"{name} is {len(data) / MB:.3f} MB, above the largest image the "
-                               f"shards hold ({largest / MB:.3f} MB): rerun with a larger "
-                               f"--max-image-mb")
-        if items and total + len(data) > shard_bytes:
+    try:
+        for label, name, data in records:
+            if len(data) > largest:
+                raise DatasetError(f"{name} is {len(data) / MB:.3f} MB, above the largest image the "
+                                   f"shards hold ({largest / MB:.3f} MB): rerun with a larger "
+                                   f"--max-image-mb")
+            if items and total + len(data) > shard_bytes:
+                yield close_shard()
+                first, items, total, spool = first + len(items), [], 0, None
+                number += 1
+            if not items:
+                shard = f"{split}-{number:05d}.mindrecord"
+                if not os.path.exists(_marker_path(dst, shard)):
+                    spool = open(_spool_path(dst, shard), "wb")
+            items.append((name, name, label, len(data)))
+            total += len(data)
+            if spool is not None:
+                spool.write(data)
+        if items:
             yield close_shard()
-            first, items, total, spool = first + len(items), [], 0, None
-            number += 1
-        if not items:
-            shard = f"{split}-{number:05d}.mindrecord"
-            if not os.path.exists(_marker_path(dst, shard)):
-                spool = open(_spool_path(dst, shard), "wb")
-        items.append((name, name, label, len(data)))
-        total += len(data)
-        if spool is not None:
-            spool.write(data)
-    if items:
-        yield close_shard()
+    finally:
+        if spool is not None and not spool.closed:
+            spool.close()  # a stream that failed mid-shard: the spool is removed on rerun

@@ -94,13 +94,14 @@ def meta_mat(wnids=WNIDS, words=WORDS, ids=IDS) -> bytes:
     return out.getvalue()
 
 
-def devkit(ground_truth_ids: list[int], with_meta: bool = True) -> bytes:
+def devkit(ground_truth_ids: list[int], with_meta: bool = True, wnids=WNIDS, words=WORDS,
+           ids=IDS) -> bytes:
     top = "ILSVRC2012_devkit_t12"
     members = [(f"{top}/COPYING", b"licence\n"),
                (f"{top}/data/ILSVRC2012_validation_ground_truth.txt",
                 "".join(f"{i}\n" for i in ground_truth_ids).encode())]
     if with_meta:
-        members.insert(1, (f"{top}/data/meta.mat", meta_mat()))
+        members.insert(1, (f"{top}/data/meta.mat", meta_mat(wnids, words, ids)))
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w:gz") as tar:
         for name, data in members:

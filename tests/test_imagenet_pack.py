@@ -200,3 +200,27 @@ def test_bad_sources_are_one_line(mini, tmp_path):
     with pytest.raises(DatasetError, match=r"ILSVRC2012_val_00000001.JPEG is 0.00\d MB, above the largest image the shards hold "
                                            r"\(0.001 MB\): rerun with a larger --max-image-mb"):
         pack_imagenet(LocalFiles(mini.root), tmp_path / "small", max_image_mb=0.001, workers=1)
+
+
+def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
+    """A connection lost mid-archive: the read goes on from that byte with a ranged GET."""
+    from cloud.storage import open_storage
+    from cloud.stream import open_stream
+    bucket = s3_server.make_bucket()
+    blob = os.urandom(3 * 2 ** 20 + 123)
+    s3_server.client().put_object(Bucket=bucket, Key="a/big.tar", Body=blob)
+    stream = open_stream(open_storage(f"s3://{bucket}/a", s3_server.settings()), "big.tar")
+    raw, gets = stream.raw, []
+    first_body, get = raw.body, raw._get
+
+    class Drops:
+        def read(self, n):
+            if raw.position >= 2 ** 20:
+                raise ConnectionResetError("connection reset by peer")
+            return first_body.read(min(n, 2 ** 20 - raw.position))
+
+        def close(self):
+            first_body.close()
+
+    raw.body, raw._get = Drops(), lambda: gets.append(raw.position) or get()
+    assert stream.read() == blob and gets == [2 ** 20]

@@ -1,8 +1,10 @@
 """Packing from record streams (an archive read once, front to back) into core.packing's shards.
 
 An archive cannot be planned ahead like a folder: shards are cut as (label, name, bytes)
-records arrive, by the same rule as core.packing.plan_split (a shard ends before the record
-that would take it past `shard_size_mb`). Each shard's records are spooled to
+records arrive. The page size must cover the largest image, which is not known before the
+end, so pages are large (`max_image_mb`) and a shard ends on a full page: it holds as many
+records as fill ceil(shard_size_mb / page) pages, so no shard ends in a padded, mostly empty
+page. Each shard's records are spooled to
 `.pack-state/<shard>.spool` and written by core.packing.write_shard (in a worker process when
 `workers` > 1, while the stream reads on), so memory holds one image and disk a few shards.
 
@@ -37,6 +39,10 @@ log = logging.getLogger("core.stream_packing")
 
 Record = tuple[int, str, bytes]
 SETTINGS_NAME = "settings.json"
+# MindRecord fills blob pages in order (a row that does not fit starts the next page) and pads
+# a shard's last page to the full page size; a row costs its bytes plus a few (measured: under
+# 15). Allowing more here can only end a shard early, never spill it onto a new page.
+_ROW_SLACK = 64
 
 
 def _spool_path(dst: str, name: str) -> str:
@@ -169,7 +175,7 @@ def _cut(dst: str, split: str, records: Iterable[Record], shard_bytes: int, larg
     """Yield (plan, spooled) per shard as its last record is read; a shard with a
     done-marker is not spooled, and must turn out to hold what the marker says."""
     items: list[tuple[str, str, int, int]] = []
-    first = total = number = 0
+    first = number = 0
     spool = None
 
     def close_shard() -> tuple[ShardPlan, bool]:
@@ -185,22 +191,31 @@ def _cut(dst: str, split: str, records: Iterable[Record], shard_bytes: int, larg
                                f"rewrite it")
         return plan, False
 
+    pages = page_used = 0
+    target_pages = max(1, -(-shard_bytes // page))
+
+    def fill(size: int) -> tuple[int, int]:
+        """(pages, bytes used in the last) once a row of `size` is added."""
+        need = size + _ROW_SLACK
+        return (pages, page_used + need) if pages and page_used + need <= page else (pages + 1, need)
+
     try:
         for label, name, data in records:
             if len(data) > largest:
                 raise DatasetError(f"{name} is {len(data) / MB:.3f} MB, above the largest image the "
                                    f"shards hold ({largest / MB:.3f} MB): rerun with a larger "
                                    f"--max-image-mb")
-            if items and total + len(data) > shard_bytes:
+            if items and fill(len(data))[0] > target_pages:
                 yield close_shard()
-                first, items, total, spool = first + len(items), [], 0, None
+                first, items, spool = first + len(items), [], None
                 number += 1
+                pages = page_used = 0
+            pages, page_used = fill(len(data))
             if not items:
                 shard = f"{split}-{number:05d}.mindrecord"
                 if not os.path.exists(_marker_path(dst, shard)):
                     spool = open(_spool_path(dst, shard), "wb")
             items.append((name, name, label, len(data)))
-            total += len(data)
             if spool is not None:
                 spool.write(data)
         if items:

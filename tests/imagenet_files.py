@@ -109,7 +109,7 @@ def devkit(ground_truth_ids: list[int], with_meta: bool = True, wnids=WNIDS, wor
     return out.getvalue()
 
 
-def make_mini_imagenet(root: Path, per_class: int = 4, val_images: int = 10, size: int = 40,
+def make_mini_imagenet(root: Path, per_class: int = 6, val_images: int = 10, size: int = 64,
                        seed: int = 0, specials: bool = True) -> MiniImageNet:
     """The three official files in `root`; train holds one CMYK JPEG, one PNG named .JPEG and
     one damaged (truncated) JPEG when `specials`."""

@@ -28,7 +28,7 @@ from tests.imagenet_files import IDS, WNIDS, WORDS, devkit, make_kaggle, make_mi
 from tests.test_packed import run_pack
 
 REPO = Path(__file__).resolve().parent.parent
-SHARD_MB, MAX_MB = 0.01, 0.05   # 3 train shards, 2 val shards; 64 KB pages
+SHARD_MB, MAX_MB = 0.01, 0.02   # 32 KB pages, a shard fills one: 3 train shards, 1 val shard
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +75,7 @@ def test_packs_every_image_with_the_devkit_label_and_trains(mini, packed, tmp_pa
     from tests.core_fixtures import tiny_config
     index = index_of(packed)
     assert index["classes"] == sorted(WNIDS) and index["class_words"] == list(WORDS)
-    assert [len(index["splits"][s]["shards"]) for s in ("train", "val")] == [3, 2]
+    assert [len(index["splits"][s]["shards"]) for s in ("train", "val")] == [3, 1]
     verify_packed(packed)
     val = rows(packed, "val")
     assert sorted(n for _, _, n in val) == sorted(f"{w}/{f}" for f, w in mini.val.items())
@@ -149,7 +149,7 @@ def test_killed_pack_resumes_to_identical_shards(mini, packed, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     markers = sorted(m for m in os.listdir(dst / STATE_DIR) if m.endswith(".mindrecord.json"))
-    assert markers == ["val-00000.mindrecord.json", "val-00001.mindrecord.json"]
+    assert markers == ["train-00000.mindrecord.json", "val-00000.mindrecord.json"]
     kept = {m[:-5]: (dst / m[:-5]).stat().st_mtime_ns for m in markers}
     index = pack_imagenet(LocalFiles(mini.root), dst, shard_size_mb=SHARD_MB, max_image_mb=MAX_MB,
                           workers=1)
@@ -167,7 +167,7 @@ def _broken_copy(mini, tmp_path, name, data) -> Path:
 
 def test_truncated_train_tar_is_one_error_and_a_rerun_resumes(mini, packed, tmp_path):
     full = (mini.root / "ILSVRC2012_img_train.tar").read_bytes()
-    src = _broken_copy(mini, tmp_path, "ILSVRC2012_img_train.tar", full[:len(full) * 3 // 5])
+    src = _broken_copy(mini, tmp_path, "ILSVRC2012_img_train.tar", full[:len(full) * 3 // 4])
     dst = tmp_path / "dst"
     with pytest.raises(DatasetError, match=r"ILSVRC2012_img_train.tar ends early or is damaged "
                                            r"\(.*\) after \d+ images, [\d.]+ of [\d.]+ MB read: "
@@ -224,3 +224,16 @@ def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
 
     raw.body, raw._get = Drops(), lambda: gets.append(raw.position) or get()
     assert stream.read() == blob and gets == [2 ** 20]
+
+
+def test_stream_shards_end_on_a_full_page(tmp_path):
+    """MindRecord pads a shard's last page: cut shards so that page is full, not 1/3 used."""
+    from core.stream_packing import pack_records
+    blobs = [bytes([i]) * 3000 for i in range(100)]
+    index = pack_records(tmp_path, {"train": lambda: ((i % 2, f"c/{i}.JPEG", b) for i, b in enumerate(blobs))},
+                         ["a", "b"], shard_size_mb=0.04, max_image_mb=0.02, workers=1)
+    layout, shards = index["packed_from"], index["splits"]["train"]["shards"]
+    assert layout["page_size"] == 32768  # 10 rows of 3000 bytes a page, 2 pages a shard
+    assert [s["samples"] for s in shards] == [20] * 5
+    assert all(s["files"][0]["size"] < layout["header_size"] + 2 * layout["page_size"] + 16384
+               for s in shards)

@@ -61,11 +61,16 @@ class Splits:
 
 def load_splits(cfg: Config, need_val: bool = True) -> Splits:
     """The training split (and the validation split, when there is one) of cfg.data, with
-    model.num_classes checked against the training classes."""
+    model.num_classes checked against the training classes, of which there must be two or
+    more (label smoothing divides by classes - 1; one class has nothing to learn)."""
     if not cfg.data.path:
         raise DatasetError("no dataset given: set data.path (or --dataset_path) to an ImageFolder root")
     source = open_dataset(cfg.data.path)
     train = source.split(cfg.data.train_dir)
+    if len(train.classes) < 2:
+        raise DatasetError(f"{Path(cfg.data.path) / cfg.data.train_dir} has one class folder "
+                           f"({train.classes[0]!r}); classification needs at least 2: add a folder "
+                           f"per class")
     val = None
     if need_val and source.has_split(cfg.data.val_dir):
         val = source.split(cfg.data.val_dir, train.classes)

@@ -1,16 +1,24 @@
-"""The ImageFolder source: `<root>/<split>/<class>/*.jpg`, labels by sorted class name."""
+"""The ImageFolder source: `<root>/<split>/<class>/*.jpg`, labels by sorted class name.
+
+Image files are named as torchvision's ImageFolder names them, in any case
+(core.image_formats); everything else in a split is left alone and reported once per split
+(how many entries and why), so a photo nobody meant to drop is not dropped in silence.
+"""
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from core.pipeline import CorruptImages, DatasetError, RowSplit, looks_like_image
+from core.image_formats import IMAGE_EXTENSIONS, has_image_extension, image_problem
+from core.pipeline import CorruptImages, DatasetError, RowSplit
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".JPEG", ".JPG", ".PNG")
+log = logging.getLogger("core.imagefolder")
 
 
 @dataclass(frozen=True)
@@ -59,17 +67,81 @@ def scan_split(split_dir: str | os.PathLike, classes: Optional[Sequence[str]] = 
             raise DatasetError(f"{split_dir} has class folder(s) {extra[:5]} that the training set "
                                f"lacks; remove them or add them to the training set")
     index = {name: i for i, name in enumerate(classes)}
-    files, labels = [], []
+    files, labels, ignored = [], [], Ignored()
+    ignored.split_level(split_dir)
     for name in found:
         folder = split_dir / name
-        images = sorted(e.name for e in os.scandir(folder)
-                        if e.is_file() and e.name.endswith(IMAGE_EXTENSIONS))
+        images = ignored.class_folder(folder)
         if not images:
-            raise DatasetError(f"class folder {folder} holds no images (.jpg/.jpeg/.png/.bmp); "
-                               f"add images or remove the folder")
+            raise DatasetError(f"class folder {folder} holds no images{ignored.in_folder(folder)}; "
+                               f"add images or remove the folder (images end in "
+                               f"{', '.join(IMAGE_EXTENSIONS)}, in any case)")
         files.extend(str(folder / f) for f in images)
         labels.extend([index[name]] * len(images))
+    if ignored.total():
+        log.warning("%s: ignored %s", split_dir, ignored.summary())
     return ImageList(str(split_dir), tuple(files), tuple(labels), tuple(classes))
+
+
+class Ignored:
+    """What a split holds besides its images, counted by reason, for one line per split."""
+
+    def __init__(self):
+        self.extensions: Counter = Counter()  # unsupported extension -> files
+        self.hidden = self.outside = self.folders = self.not_files = 0
+        self.by_folder: dict[Path, Counter] = {}
+
+    def split_level(self, split_dir: Path) -> None:
+        """Files beside the class folders (a README, say) are not in any class."""
+        for entry in os.scandir(split_dir):
+            if entry.name.startswith("."):
+                self.hidden += 1
+            elif not entry.is_dir():
+                self.outside += 1
+
+    def class_folder(self, folder: Path) -> list[str]:
+        """The image file names of a class folder, sorted; the rest is counted."""
+        images, other = [], Counter()
+        for entry in os.scandir(folder):
+            if entry.name.startswith("."):  # .DS_Store, AppleDouble ._IMG.jpg, editors' files
+                self.hidden += 1
+            elif entry.is_dir():
+                self.folders += 1
+            elif not entry.is_file():  # a broken link, a socket
+                self.not_files += 1
+            elif has_image_extension(entry.name):
+                images.append(entry.name)
+            else:
+                other[Path(entry.name).suffix.lower() or "(none)"] += 1
+        self.extensions.update(other)
+        self.by_folder[folder] = other
+        return sorted(images)
+
+    def in_folder(self, folder: Path) -> str:
+        other = self.by_folder.get(folder)
+        if not other:
+            return ""
+        count = sum(other.values())
+        return f" ({count} file{'s' * (count > 1)} with other extensions: {', '.join(sorted(other))})"
+
+    def total(self) -> int:
+        return sum(self.extensions.values()) + self.hidden + self.outside + self.folders + self.not_files
+
+    def summary(self) -> str:
+        count = self.total()
+        parts = []
+        if self.extensions:
+            unsupported = sum(self.extensions.values())
+            parts.append(f"{unsupported} with unsupported extensions ({', '.join(sorted(self.extensions))})")
+        if self.hidden:
+            parts.append(f"{self.hidden} hidden (name starts with '.')")
+        if self.outside:
+            parts.append(f"{self.outside} outside the class folders")
+        if self.folders:
+            parts.append(f"{self.folders} folder{'s' * (self.folders > 1)} inside a class folder (not searched)")
+        if self.not_files:
+            parts.append(f"{self.not_files} not a regular file (a broken link?)")
+        return f"{count} entr{'ies' if count > 1 else 'y'}: {', '.join(parts)}"
 
 
 class ImageFolder:
@@ -113,7 +185,8 @@ class _FileSource:
             j = int(self.indices[(self.start + i + attempt) % len(self.indices)])
             with open(self.files[j], "rb") as fh:
                 data = fh.read()
-            if looks_like_image(data):
+            problem = image_problem(data)
+            if problem is None:
                 return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
-            self.corrupt.report(self.files[j])
+            self.corrupt.report(self.files[j], problem)
         raise DatasetError(f"no readable image in this shard of {Path(self.files[0]).parent.parent}")

@@ -7,15 +7,24 @@ run without a word. Damage in the entropy-coded data after the scan header only 
 warn, and it decodes. So the headers are parsed here, with the checks libjpeg makes, in pure
 Python on a few hundred bytes per image (tens of microseconds); the first problem found is
 returned as text.
+
+`jpeg_problem` also finds where the image ends: its end-of-image marker, reached by walking the
+markers between scans. Bytes after it (a phone's second image, MPF data, a motion photo's video)
+are never read by a decoder, so they do not make a file unreadable; a file that stops before its
+end marker is truncated.
 """
 from __future__ import annotations
 
+import re
 from typing import Optional
 
 SOF_SUPPORTED = {0xC0, 0xC1, 0xC2}  # baseline, extended sequential, progressive (Huffman, 8-bit)
 SOF_OTHER = {0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # lossless, hierarchical, arithmetic
 STANDALONE = set(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
 DHT, DQT, DRI, SOS, EOI, SOI = 0xC4, 0xDB, 0xDD, 0xDA, 0xD9, 0xD8
+# In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), RSTn or more 0xFF fill
+# bytes; anything else is a marker.
+MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 class _Header:
@@ -116,8 +125,34 @@ def _sos(seg: bytes, h: _Header, defined_huffman: bool) -> Optional[str]:
 
 def jpeg_header_problem(data: bytes) -> Optional[str]:
     """None when the headers up to the first scan are sound, else what is wrong."""
+    return _first_scan(data)[0]
+
+
+def jpeg_problem(data: bytes) -> Optional[str]:
+    """None when a decoder reads the whole image: sound headers and an end-of-image marker
+    after the scans (whatever follows it); else what is wrong."""
+    problem, i = _first_scan(data)
+    if problem:
+        return f"damaged JPEG header: {problem}"
+    while match := MARKER_IN_SCAN.search(data, i):
+        marker, i = data[match.end() - 1], match.end()
+        if marker == EOI:
+            return None
+        if marker == SOI:
+            return "truncated JPEG: another image starts before this one ends"
+        if marker in STANDALONE:
+            continue
+        length = int.from_bytes(data[i:i + 2], "big")  # DHT, SOS, DRI, ... of the next scan
+        if length < 2 or i + length > len(data):
+            return "truncated JPEG: a header between scans is cut short or damaged"
+        i += length
+    return "truncated JPEG: no end-of-image marker"
+
+
+def _first_scan(data: bytes) -> tuple[Optional[str], int]:
+    """(what is wrong with the headers up to the first scan or None, offset of its data)."""
     if data[:2] != b"\xff\xd8":
-        return "no JPEG start marker"
+        return "no JPEG start marker", 0
     h, i, n, huffman_seen = _Header(), 2, len(data), False
     while True:
         while i < n and data[i] != 0xFF:  # libjpeg skips (and warns about) stray bytes
@@ -125,18 +160,18 @@ def jpeg_header_problem(data: bytes) -> Optional[str]:
         while i < n and data[i] == 0xFF:  # fill bytes
             i += 1
         if i >= n:
-            return "no scan before the end of the file"
+            return "no scan before the end of the file", i
         marker = data[i]
         i += 1
         if marker in STANDALONE:
             continue
         if marker in (SOI, EOI, 0x00):
-            return f"unexpected marker 0x{marker:02x} before the first scan"
+            return f"unexpected marker 0x{marker:02x} before the first scan", i
         if i + 2 > n:
-            return "truncated header"
+            return "truncated header", i
         length = int.from_bytes(data[i:i + 2], "big")
         if length < 2 or i + length > n:
-            return f"bad segment length for marker 0x{marker:02x}"
+            return f"bad segment length for marker 0x{marker:02x}", i
         seg = data[i + 2:i + length]
         i += length
         if marker == DQT:
@@ -149,10 +184,10 @@ def jpeg_header_problem(data: bytes) -> Optional[str]:
         elif marker == DRI:
             problem = None if len(seg) == 2 else "bad restart interval segment"
         elif marker == SOS:
-            return _sos(seg, h, huffman_seen)
+            return _sos(seg, h, huffman_seen), i
         elif 0xC0 <= marker <= 0xFE:  # APPn, COM, DNL, DAC, JPGn, ...: skipped by length
             problem = None
         else:
-            return f"invalid marker 0x{marker:02x}"
+            return f"invalid marker 0x{marker:02x}", i
         if problem:
-            return problem
+            return problem, i

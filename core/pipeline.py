@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from core.jpeg_check import jpeg_header_problem
+from core.image_formats import for_mindspore, image_problem
 
 
 class DatasetError(ValueError):
@@ -44,12 +44,10 @@ def steps_per_epoch(num_samples: int, batch_size: int, world: int = 1) -> int:
 
 
 def looks_like_image(data: bytes) -> bool:
-    """Cheap structural check (no decode): JPEG start and end markers and sound JPEG headers
-    (core/jpeg_check.py: a damaged header crashes MindSpore's decoder), PNG/BMP signatures.
-    Catches truncated JPEGs and non-image files before they reach the decoder."""
-    if data[:2] == b"\xff\xd8":
-        return data.rstrip(b"\x00")[-2:] == b"\xff\xd9" and jpeg_header_problem(data) is None
-    return data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"BM"
+    """Whether a decoder reads the file (core.image_formats.image_problem): damaged JPEG headers
+    (which crash MindSpore's decoder), truncated files and non-image files are caught here,
+    before the decoder."""
+    return image_problem(data) is None
 
 
 class CorruptImages:
@@ -60,9 +58,10 @@ class CorruptImages:
         self.files: list[str] = []
         self.fatal: Optional[str] = None  # the message, once a fail-fast error was raised
 
-    def report(self, path: str) -> None:
+    def report(self, path: str, problem: Optional[str] = None) -> None:
         if self.fail_fast:
-            self.fatal = (f"corrupt or non-image file {path}; remove or replace it, or set "
+            detail = f" ({problem})" if problem else ""
+            self.fatal = (f"corrupt or non-image file {path}{detail}; remove or replace it, or set "
                           f"data.on_corrupt=skip to skip such files")
             raise DatasetError(self.fatal)
         self.files.append(path)
@@ -89,13 +88,14 @@ def pixel_normalization(data_cfg) -> tuple[list[float], list[float]]:
 
 def train_transforms(data_cfg) -> list:
     """RandomCropDecodeResize, flip, colour jitter (the reference recipe); uint8 HWC out.
+    Formats MindSpore cannot decode reach it as BMP (core.image_formats.for_mindspore).
 
     Normalisation and the HWC->CHW transpose of training batches run in the training graph
     (core.run.NetWithLoss): on the host they cost about 17% of the pipeline's images/s on
     CPU, and uint8 batches are 4x smaller to hand to the device. Eval batches are normalised
     here (eval, predict and exported graphs take float NCHW)."""
     from mindspore.dataset import vision
-    ops = [vision.RandomCropDecodeResize(data_cfg.image_size, scale=tuple(data_cfg.crop_scale),
+    ops = [for_mindspore, vision.RandomCropDecodeResize(data_cfg.image_size, scale=tuple(data_cfg.crop_scale),
                                          ratio=tuple(data_cfg.crop_ratio))]
     if data_cfg.hflip > 0:
         ops.append(vision.RandomHorizontalFlip(prob=data_cfg.hflip))
@@ -107,10 +107,11 @@ def train_transforms(data_cfg) -> list:
 
 
 def eval_transforms(data_cfg) -> list:
-    """Decode, resize the shorter side, centre crop, normalise, CHW."""
+    """Decode (formats MindSpore lacks through Pillow), resize the shorter side, centre crop,
+    normalise, CHW."""
     from mindspore.dataset import vision
     mean, std = pixel_normalization(data_cfg)
-    return [vision.Decode(), vision.Resize(data_cfg.eval_resize),
+    return [for_mindspore, vision.Decode(), vision.Resize(data_cfg.eval_resize),
             vision.CenterCrop(data_cfg.image_size), vision.Normalize(mean=mean, std=std),
             vision.HWC2CHW()]
 

@@ -14,8 +14,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from core.image_formats import image_problem
 from core.pipeline import DatasetError, eval_transforms
-from core.jpeg_check import jpeg_header_problem
 
 CHECKPOINT_BATCH = 16
 
@@ -28,17 +28,19 @@ class Prediction:
 
 
 def preprocess(data: bytes, data_cfg, name: str = "image") -> np.ndarray:
-    """(3, S, S) float32: the eval pipeline's ops applied to the encoded image bytes."""
-    problem = jpeg_header_problem(data) if data[:2] == b"\xff\xd8" else None
-    if problem:  # MindSpore's decoder would take the process down (core/jpeg_check.py)
-        raise DatasetError(f"cannot decode {name}: damaged JPEG ({problem}); pass an intact "
-                           f"JPEG, PNG or BMP file")
+    """(3, S, S) float32: the eval pipeline's ops applied to the encoded image bytes. Checked
+    first as the pipelines check: a damaged JPEG header would take the process down inside
+    MindSpore's decoder (core/jpeg_check.py)."""
+    problem = image_problem(data)
+    if problem:
+        raise DatasetError(f"cannot decode {name}: {problem}; pass an intact image file "
+                           f"(JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM)")
     image = np.frombuffer(data, np.uint8)
     try:
         for op in eval_transforms(data_cfg):
             image = op(image)
     except (RuntimeError, ValueError):  # MindSpore's message names its pipeline, not the file
-        raise DatasetError(f"cannot decode {name} as an image; pass JPEG, PNG or BMP files") from None
+        raise DatasetError(f"cannot decode {name} as an image; pass an intact image file") from None
     return np.ascontiguousarray(image, dtype=np.float32)
 
 

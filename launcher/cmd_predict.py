@@ -14,7 +14,7 @@ def add_parser(subparsers) -> None:
                    help="a .ckpt, a run directory (its newest checkpoint), or an exported "
                         ".mindir with its .card.json beside it")
     p.add_argument("--image", dest="images", nargs="+", required=True, metavar="IMAGE",
-                   help="image files (JPEG, PNG, BMP)")
+                   help="image files (JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM)")
     p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--classes", help="class names (one per line, or a JSON list) to show instead "
                                      "of those stored with the model")

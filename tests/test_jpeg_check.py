@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.pipeline import looks_like_image
-from core.jpeg_check import jpeg_header_problem
+from core.jpeg_check import jpeg_header_problem, jpeg_problem
 
 Image = pytest.importorskip("PIL.Image")  # Pillow comes with MindSpore
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +60,19 @@ def test_valid_jpegs_pass(name):
 def test_grayscale_and_cmyk_pass(mode):
     for progressive in (False, True):
         assert jpeg_header_problem(jpeg(mode, progressive=progressive)) is None
+
+
+def test_the_image_ends_at_its_end_marker_whatever_follows():
+    """A progressive JPEG's later scans are walked through to the end marker; bytes after it
+    (a second image, as phones append) are fine; a file cut anywhere before it is truncated."""
+    data = jpeg(progressive=True)
+    assert data.count(b"\xff\xda") > 3
+    assert jpeg_problem(data) is None and jpeg_problem(data + jpeg() + b"\x00MPF") is None
+    assert jpeg_problem(data[:-2]) == "truncated JPEG: no end-of-image marker"
+    last_scan = data.rindex(b"\xff\xda")
+    assert jpeg_problem(data[:last_scan + 4]) == "truncated JPEG: a header between scans is cut short or damaged"
+    assert jpeg_problem(data[:last_scan] + jpeg()) == "truncated JPEG: another image starts before this one ends"
+    assert jpeg_problem(damaged("frame size")) == "damaged JPEG header: zero image size"
 
 
 def segment(data: bytes, marker: int) -> int:

@@ -165,41 +165,44 @@ class Lease:
         """Create (etag None) or replace the version `etag`; _Conflict if the store has another."""
         body = json.dumps(record).encode()
         if self.conditional:
-            from botocore.exceptions import ClientError
-            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
-            try:
-                self.storage.client.put_object(Bucket=self.storage.bucket,
-                                               Key=self.storage._key(self.key), Body=body, **condition)
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
-                                                                 "ConditionalRequestConflict"):
-                    raise _Conflict() from None
-                raise self.storage._explain(exc, self.key) from exc
-        else:
-            if self._read()[1] != etag:
-                raise _Conflict()
-            self.storage.write_bytes(self.key, body)
+            self._put(self.key, body, **({"IfMatch": etag} if etag else {"IfNoneMatch": "*"}))
+            return
+        if self._read()[1] != etag:
+            raise _Conflict()
+        self.storage.write_bytes(self.key, body)
+
+    def _put(self, key: str, body: bytes, **condition) -> None:
+        """A conditional PutObject; _Conflict on 412/409, else an explained StorageError."""
+        from botocore.exceptions import ClientError
+        try:
+            with self.storage._explained(key):
+                self.storage.client.put_object(Bucket=self.storage.bucket, Key=self.storage._key(key),
+                                               Body=body, **condition)
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
+                    "PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise _Conflict() from None
+            raise
 
     def _probe_conditional(self) -> bool:
-        """Does the store refuse a second `If-None-Match: *` create? (Some ignore the header.)"""
+        """Does the store refuse a second `If-None-Match: *` create? (Some ignore the header,
+        some reject it: both mean read-compare-write.)"""
         if not isinstance(self.storage, S3Storage):
             return False
         from botocore.exceptions import ClientError
-        client, bucket = self.storage.client, self.storage.bucket
-        key = self.storage._key(f"{self.key}.probe-{self.owner}")
+        probe = f"{self.key}.probe-{self.owner}"
         try:
-            client.put_object(Bucket=bucket, Key=key, Body=b"", IfNoneMatch="*")
-            try:
-                client.put_object(Bucket=bucket, Key=key, Body=b"", IfNoneMatch="*")
-                supported = False
-            except ClientError as exc:
-                supported = exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
-        except ClientError:
+            self._put(probe, b"", IfNoneMatch="*")
+            self._put(probe, b"", IfNoneMatch="*")
             supported = False
-        try:
-            client.delete_object(Bucket=bucket, Key=key)
-        except ClientError:
-            pass
+        except _Conflict:
+            supported = True
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, ClientError):
+                raise  # unreachable store: say so, not "unsupported"
+            supported = False
+        self.storage.delete(probe)
         if not supported:
             log.warning("%s does not honour conditional writes: the lease is read-compare-write",
                         self.storage.describe())

@@ -67,12 +67,18 @@ def test_a_lock_recorded_by_another_host_is_not_taken_over(tmp_path):
         RunLock(run, "job-mine").acquire()
 
 
-def test_run_training_refuses_a_directory_in_use_before_writing_anything(tmp_path, holder, tiny_dataset):
-    from launcher.runner import run_training
+def test_a_second_train_into_a_directory_in_use_is_one_error_line_and_writes_nothing(
+        tmp_path, holder, tiny_dataset):
     run = tmp_path / "run"
     before = sorted(p.name for p in run.iterdir())
-    with pytest.raises(RunLockError, match="is in use by pid"):
-        run_training(tiny_config(tiny_dataset, run))
+    done = subprocess.run([sys.executable, str(REPO / "launcher" / "local.py"), "train", "--resume",
+                           "auto", "--output_dir", str(run), "--dataset_path", str(tiny_dataset),
+                           "--device_target", "CPU"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, MNV3_CACHE_DIR=str(tmp_path / "cache")))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {RunLock(run, 'x')._refusal(json.loads((run / LOCK_NAME).read_text()))}")
+    assert "Traceback" not in done.stderr
     assert sorted(p.name for p in run.iterdir()) == before  # no train.log, config, metrics
 
 
@@ -137,3 +143,13 @@ def test_a_lease_left_by_a_dead_process_on_this_host_is_taken_over_at_once(s3_se
     lease = Lease(storage, "new", wait_s=0).acquire()
     assert json.loads(storage.read_bytes(".lease.json"))["owner"] == lease.owner
     lease.release()
+
+
+def test_a_store_without_conditional_writes_still_refuses_a_second_writer(tmp_path):
+    storage = open_storage(str(tmp_path / "out"))
+    first = Lease(storage, "job-a").acquire()
+    assert not first.conditional  # a local folder: read-compare-write
+    with pytest.raises(LeaseError, match="in use by pid .* \\(job job-a\\)"):
+        Lease(storage, "job-b", wait_s=0).acquire()
+    first.release()
+    Lease(storage, "job-b", wait_s=0).acquire().release()

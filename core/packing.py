@@ -293,8 +293,20 @@ def pack_imagefolder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
                                 "shards": [entries[p.name] for p in plans if p.split == split]}
                         for split, images in sources.items()}}
     write_json_atomic(os.path.join(dst, INDEX_NAME), index, indent=1)
+    _report_unreadable(index)
     shutil.rmtree(os.path.join(dst, STATE_DIR), ignore_errors=True)
     return index
+
+
+def _report_unreadable(index: dict) -> None:
+    """Once per split: how many files no decoder can read (kept in the shards so numbering
+    stays scan_split's, skipped or refused when read, as in the folder)."""
+    for split, entry in index["splits"].items():
+        names = [name for shard in entry["shards"] for _, name in shard.get("corrupt", ())]
+        if names:
+            log.warning("%s: %d unreadable file(s) (truncated, damaged or not images), skipped when "
+                        "training, refused by evaluation: %s%s", split, len(names),
+                        ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
 
 
 def _write_all(dst: str, todo: list[ShardPlan], workers: Optional[int]):

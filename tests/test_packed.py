@@ -189,14 +189,19 @@ def test_labels_follow_a_different_class_list(tiny_dataset, packed, tmp_path):
 
 
 @pytest.mark.parametrize("decoder", ["native", "mindspore"])
-def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path, decoder):
+def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path, decoder, caplog):
     from core.synthetic import generate
     root = generate(tmp_path / "folder", train_per_class=2, val_per_class=1, size=24)
     good = (root / "train" / "circle" / "circle_0000.jpg").read_bytes()
     (root / "train" / "circle" / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "train" / "square" / "zz_notes.jpg").write_text("not an image at all")
     (root / "val" / "ring" / "zz_empty.jpg").write_bytes(b"")
-    pack_imagefolder(root, tmp_path / "packed", shard_size_mb=SHARD_MB, workers=1)
+    with caplog.at_level("WARNING", logger="core.packing"):
+        pack_imagefolder(root, tmp_path / "packed", shard_size_mb=SHARD_MB, workers=1)
+    train_line, val_line = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert train_line.startswith("train: 2 unreadable file(s)")  # said once per split, by name
+    assert train_line.endswith(": circle/zz_truncated.jpg, square/zz_notes.jpg")
+    assert val_line.startswith("val: 1 unreadable") and val_line.endswith(": ring/zz_empty.jpg")
     cfg = tiny_config(root, tmp_path, **{"data.batch_size": 2, "data.decoder": decoder})
     folder, split = scan_split(root / "train"), load_packed_split(tmp_path / "packed", "train")
     assert sorted(name.rsplit("/", 1)[-1] for name in split.corrupt.values()) == [

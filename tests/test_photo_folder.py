@@ -192,11 +192,23 @@ def test_predict_reads_what_evaluation_reads(photos, tmp_path):
 
 
 def test_packed_photo_folder_reads_like_the_folder(photos, tmp_path):
+    """Pack stores every readable file as it is; both decoders train on it as on the folder."""
     pack_imagefolder(photos, tmp_path / "packed", shard_size_mb=0.05, workers=1)
-    cfg = small_config(photos, tmp_path, **{"data.decoder": "mindspore"})
-    folder, packed = scan_split(photos / "val"), load_packed_split(tmp_path / "packed", "val")
-    assert packed.corrupt == {} and len(packed) == len(folder)
-    for a, b in zip(every_batch(folder.eval_pipeline(cfg.data)), every_batch(packed.eval_pipeline(cfg.data))):
+    splits = {name: (scan_split(photos / name), load_packed_split(tmp_path / "packed", name))
+              for name in ("train", "val")}
+    for folder, packed in splits.values():
+        assert packed.corrupt == {} and len(packed) == len(folder) == 2 * READABLE
+    folder, packed = splits["train"]
+    for decoder in ("native", "mindspore"):
+        cfg = small_config(photos, tmp_path, **{"data.decoder": decoder})
+        expected, got = every_batch(folder.train_pipeline(cfg.data, 1, 0)), every_batch(packed.train_pipeline(cfg.data, 1, 0))
+        assert len(expected) == len(got) == len(folder) // 4
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a[0], b[0])
+    folder, packed = splits["val"]
+    expected, got = every_batch(folder.eval_pipeline(cfg.data)), every_batch(packed.eval_pipeline(cfg.data))
+    assert sum(len(labels) for _, labels in got) == len(folder)
+    for a, b in zip(expected, got):
         np.testing.assert_array_equal(a[0], b[0])
 
 

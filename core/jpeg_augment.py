@@ -10,8 +10,8 @@ position, from (seed, epoch, rank): an image's augmentation depends only on its 
 on thread timing, and a resumed epoch starts at its first unseen batch without decoding the
 ones before it. The crop follows torchvision's / MindSpore's RandomResizedCrop (10 tries, then
 a centre crop); colour jitter applies brightness, contrast and saturation in a random order.
-Images that are not plain JPEGs (PNG, BMP, CMYK) are decoded by Pillow and get the same
-augmentation. Without the built library, core.data falls back to MindSpore's own ops.
+Images that are not plain JPEGs (PNG, BMP, WebP, TIFF, GIF, PPM/PGM, CMYK JPEGs) are decoded
+by Pillow and get the same augmentation; bytes after a JPEG's end marker are never read. Without the built library, core.data falls back to MindSpore's own ops.
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class DecodeError(ValueError):
 
 
 class TrainAugment:
-    """One training image: (JPEG/PNG/BMP bytes, params row) -> uint8 HWC of image_size.
+    """One training image: (encoded image bytes, params row) -> uint8 HWC of image_size.
 
     ctypes releases the GIL around the native call, so the pipeline's worker threads decode
     in parallel."""
@@ -191,7 +191,7 @@ class TrainAugment:
                                                 fptr, optr, self.size, self.size,
                                                 self.allow_scaling, out.ctypes.data, message,
                                                 len(message))
-        if status != _OK:  # PNG, BMP, CMYK JPEG, or a JPEG libjpeg refuses: try Pillow
+        if status != _OK:  # another format, a CMYK JPEG, or a JPEG libjpeg refuses: try Pillow
             rgb = decode_with_pillow(data, message.value.decode(errors="replace"))
             box = np.array(crop_box(rgb.shape[1], rgb.shape[0], u, self.scale, self.ratio), np.float64)
             self.lib.mnv3_rgb_augment(rgb.ctypes.data, rgb.shape[0], rgb.shape[1], box.ctypes.data,

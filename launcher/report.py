@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.config import ConfigError
+from core.metrics import read_metrics_counted
 
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "eval.json")
 PLOTS = ("loss", "lr", "throughput", "accuracy")
@@ -31,26 +32,13 @@ class Run:
     summary: dict = field(default_factory=dict)
     records: list = field(default_factory=list)
     eval_file: Optional[dict] = None
+    skipped_lines: int = 0          # partial metrics.jsonl lines (a kill mid-write), skipped
 
     def of(self, kind: str) -> list[dict]:
         return [r for r in self.records if r.get("type") == kind]
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def read_metrics_lenient(path: Path) -> list[dict]:
-    """metrics.jsonl of a live or killed run may end in a half-written line: skip it."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def latest_per_step(records: list[dict]) -> list[dict]:
@@ -69,7 +57,8 @@ def load_run(run_dir: str | Path) -> Run:
     if not metrics.is_file():
         raise ReportError(f"no metrics.jsonl in {run_dir} (pass a run directory: the trainer's "
                           f"system.output_dir)")
-    run = Run(name=run_dir.resolve().name, records=read_metrics_lenient(metrics))
+    records, skipped = read_metrics_counted(metrics)
+    run = Run(name=run_dir.resolve().name, records=records, skipped_lines=skipped)
     if (run_dir / "config.yaml").is_file():
         run.config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     if (run_dir / "summary.json").is_file():
@@ -132,6 +121,11 @@ def format_seconds(seconds: float) -> str:
     return f"{h}h {m:02d}m {s:02d}s" if h else f"{m}m {s:02d}s"
 
 
+def _number(value) -> str:
+    """A metric for the summary; null is how metrics.jsonl writes a non-finite value."""
+    return "non-finite" if value is None else f"{value:.4f}"
+
+
 def _get(tree: dict, dotted: str, default="?"):
     node = tree
     for part in dotted.split("."):
@@ -154,6 +148,9 @@ def summary_markdown(run: Run, plots: dict[str, str]) -> str:
     last_step = s.get("step", steps[-1]["step"] if steps else 0)
     lines.append(f"Status: **{status}**, step {last_step}, epoch {s.get('epoch', len(epochs))} "
                  f"of {_get(c, 'train.epochs')}.")
+    if run.skipped_lines:
+        lines.append(f"metrics.jsonl: {run.skipped_lines} partial line(s) skipped (cut short by "
+                     f"a kill mid-write).")
     lines += ["", "## Configuration", "", "| key | value |", "|---|---|"]
     classes = s.get("classes")
     rows = [
@@ -192,8 +189,9 @@ def summary_markdown(run: Run, plots: dict[str, str]) -> str:
     if not (best or final or run.eval_file):
         lines.append("- No evaluation yet.")
     if steps:
-        lines.append(f"- Last logged loss {steps[-1]['loss']:.4f} (mean of its interval "
-                     f"{steps[-1].get('loss_mean', steps[-1]['loss']):.4f}).")
+        last = steps[-1]
+        lines.append(f"- Last logged loss {_number(last['loss'])} (mean of its interval "
+                     f"{_number(last.get('loss_mean', last['loss']))}).")
 
     lines += ["", "## Time and throughput", ""]
     if "seconds" in s:

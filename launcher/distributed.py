@@ -22,7 +22,7 @@ What msrun (MindSpore 2.10) does, as measured on CPU, and what this module adds:
   msrun words it differently, msrun's own timeout still ends the job). Ranks on other nodes
   fail when their next collective times out (about 30-40 s later).
 * msrun has no SIGTERM handler (it dies; scheduler and workers run on, orphaned) and answers
-  SIGINT by SIGKILLing the workers and exiting 0. So msrun runs in a session of its own, and the supervisor sends SIGTERM to the
+  SIGINT by SIGKILLing the workers and exiting 0. So msrun runs in a session of its own, and the supervisor forwards the signal (SIGTERM or SIGINT) to the
   workers themselves, which checkpoint and exit 0 (launcher/signals.py); whatever still runs
   after the grace period is SIGKILLed, process group by process group.
 """
@@ -218,7 +218,7 @@ class Child:
 class Supervisor:
     """Starts processes in sessions of their own, prints their output with a label, and treats
     them as one job: the exit code is the first failure's, a failed rank takes the others down,
-    SIGTERM/SIGINT become SIGTERM to every rank, and nothing outlives the grace period."""
+    SIGTERM/SIGINT are forwarded to every rank, and nothing outlives the grace period."""
 
     grace_s: float = DEFAULT_GRACE_S
     console: Console = field(default_factory=Console)
@@ -267,8 +267,8 @@ class Supervisor:
         try:
             while True:
                 self._refresh()
-                if self.stop_signal is not None:
-                    self._forward(signal.SIGTERM)
+                if self.stop_signal is not None:  # the ranks log the signal that arrived
+                    self._forward(self.stop_signal)
                 self._check_exits()
                 self._end_failed_msrun()
                 if all(c.process.poll() is not None for c in self.children):

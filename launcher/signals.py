@@ -1,4 +1,5 @@
-"""Graceful stop on SIGTERM: a Callback that asks the trainer to checkpoint and return.
+"""Graceful stop on SIGTERM or SIGINT (Ctrl-C): a Callback that asks the trainer to checkpoint
+and return. The log names the signal that arrived; a second SIGINT interrupts at once.
 
 Cloud schedulers (ModelArts, Kubernetes, Slurm) send SIGTERM and kill the job a grace period
 later. The handler only sets a flag; the trainer polls `stop_requested()` after every step and,
@@ -32,14 +33,14 @@ DEFAULT_GRACE_S = float(os.environ.get("MNV3_STOP_GRACE_S", "30"))
 
 
 class StopOnSignal(Callback):
-    """Turns SIGTERM (and the other `signals`) into `stop_requested() == True` on every rank.
+    """Turns SIGTERM, SIGINT (or the given `signals`) into `stop_requested() == True` on every rank.
 
     Use `install()` before training and `uninstall()` after; `request()` asks for a stop
     without a signal. `stop_requested` takes part in a collective every `sync_every` steps,
     so every rank must call it at every step (core.callbacks.CallbackList asks every callback).
     """
 
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM,), sync_every: int = 10,
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT), sync_every: int = 10,
                  all_reduce: Optional[Callable[[np.ndarray, int], np.ndarray]] = None):
         """`all_reduce(values, world)` sums over ranks (default core.distributed's)."""
         if sync_every < 1:
@@ -84,6 +85,8 @@ class StopOnSignal(Callback):
         return self.all_reduce(np.asarray(values, np.float64), self.world)
 
     def _handle(self, signum, frame) -> None:  # runs in the main thread, between bytecodes
+        if signum == signal.SIGINT and self.requested:  # Ctrl-C twice: stop now, no checkpoint
+            raise KeyboardInterrupt
         self.request(f"on {signal.Signals(signum).name}")
 
     def on_train_begin(self, info: dict) -> None:

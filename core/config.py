@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -201,12 +202,14 @@ def _coerce(key: str, value: Any, annotation) -> Any:
             return value
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(key, float(value))
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+            else:
+                return _finite(key, number)
     elif base is str:
         if isinstance(value, str):
             return value
@@ -216,10 +219,18 @@ def _coerce(key: str, value: Any, annotation) -> Any:
             want = _LIST_LENGTHS.get(key)
             if want is not None and len(value) != want:
                 raise ConfigError(f"config key '{key}' needs {want} numbers, got {len(value)}")
-            return [float(v) for v in value]
+            return [_finite(key, float(v)) for v in value]
     type_name = getattr(base, "__name__", str(base))
     raise ConfigError(f"config key '{key}' expects {type_name}, got {type(value).__name__} "
                       f"{value!r}")
+
+
+def _finite(key: str, value: float) -> float:
+    """NaN and infinities (YAML .nan/.inf, or 'nan'/'inf' read as floats) would train on NaN."""
+    if not math.isfinite(value):
+        raise ConfigError(f"config key '{key}' must be a finite number; got {value!r} "
+                          f"(set a real value, e.g. the default from the config reference)")
+    return value
 
 
 def _check_range(key: str, value: Any, meta: dict) -> None:

@@ -29,6 +29,7 @@ from typing import Optional
 
 from cloud.errors import StorageError
 from cloud.storage import S3Storage, Storage
+from core.run_lock import pid_alive
 
 log = logging.getLogger("cloud.lease")
 LEASE_NAME = ".lease.json"
@@ -41,16 +42,6 @@ class LeaseError(StorageError):
 
 class _Conflict(Exception):
     """A conditional write lost (HTTP 412/409)."""
-
-
-def _pid_dead(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
-    return False
 
 
 class Lease:
@@ -133,7 +124,7 @@ class Lease:
     def _gone(current: dict) -> bool:
         if float(current.get("expires", 0)) < time.time():
             return True
-        return current.get("host") == socket.gethostname() and _pid_dead(current.get("pid"))
+        return current.get("host") == socket.gethostname() and not pid_alive(current.get("pid"))
 
     def _read(self) -> tuple[Optional[dict], Optional[str]]:
         """(record, etag), (None, None) when there is no lease."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -20,6 +21,19 @@ from pathlib import Path
 from core.config import ConfigError
 
 LOCK_NAME = ".run.lock"
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+log = logging.getLogger("core.run_lock")
+
+
+def pid_alive(pid) -> bool:
+    """False only when no process `pid` exists on this host (provably gone)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError, TypeError, ValueError):
+        return True  # someone else's process, or no pid recorded: not provably gone
+    return True
 
 
 class RunLockError(ConfigError):
@@ -36,11 +50,17 @@ class RunLock:
     def acquire(self) -> "RunLock":
         """Own the directory, or share our job's lock; RunLockError if another run owns it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        flocked = True
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
+                if exc.errno in _NO_FLOCK:  # e.g. some FUSE mounts: the record alone decides
+                    log.warning("%s: no flock on this filesystem (%s); checking the owner's pid",
+                                self.path, exc.strerror)
+                    flocked = False
+                    break
                 os.close(fd)
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
                     raise
@@ -57,6 +77,9 @@ class RunLock:
             if owner.get("job_id") == self.job_id:
                 return self  # another node of our job owns it
             raise self._refusal(owner, f"; if that run is gone, delete {self.path}")
+        if owner and not flocked and owner.get("job_id") != self.job_id and pid_alive(owner.get("pid")):
+            os.close(fd)
+            raise self._refusal(owner)
         record = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": self.job_id,
                   "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)

@@ -153,3 +153,22 @@ def test_a_store_without_conditional_writes_still_refuses_a_second_writer(tmp_pa
         Lease(storage, "job-b", wait_s=0).acquire()
     first.release()
     Lease(storage, "job-b", wait_s=0).acquire().release()
+
+
+def test_without_flock_the_owner_record_decides(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    run = tmp_path / "run"
+    run.mkdir()
+    record = {"host": socket.gethostname(), "pid": os.getppid(), "job_id": "other", "since": "t"}
+    (run / LOCK_NAME).write_text(json.dumps(record))
+    with pytest.raises(RunLockError, match=f"in use by pid {os.getppid()}"):
+        RunLock(run, "mine").acquire()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / LOCK_NAME).write_text(json.dumps(dict(record, pid=dead.pid)))
+    RunLock(run, "mine").acquire().release()

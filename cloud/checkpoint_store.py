@@ -4,6 +4,10 @@ Layout under the output prefix::
 
     <prefix>/<checkpoint file name>     one object per uploaded checkpoint
     <prefix>/latest.json                the manifest, always written last
+    <prefix>/superseded-<S>-<time>/     checkpoints after step S, moved aside when a run
+                                        continued from S (cloud.branches)
+    <output>/.lease.json                the writing run's lease (cloud.lease), confirmed
+                                        before every object and manifest write
 
 The manifest (format 1)::
 

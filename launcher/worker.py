@@ -15,19 +15,10 @@ would start a scheduler on the same port; only node 0's runs, the others exit at
 
 SIGTERM makes the rank checkpoint at a step boundary that all ranks agree on (they compare
 notes every 10 steps, launcher/signals.py) and exit 0.
-
-Test and debug instrumentation, off unless these variables are set:
-  MNV3_DEBUG_DUMP_DIR=DIR    each rank writes DIR/rank<R>.npz (its trainable weights after
-                             training) and DIR/rank<R>.json (rank, world, the train and val
-                             image files its input pipeline actually read, summary status).
-  MNV3_DEBUG_CRASH_AT=R:S    rank R raises RuntimeError at the first progress report at or
-                             after global step S (set train.log_interval=1 for exactness).
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
 import sys
@@ -151,86 +142,6 @@ class ShardLog(Callback):
                  per_epoch * self.batch_size, per_epoch)
 
 
-class CrashAt(Callback):
-    """MNV3_DEBUG_CRASH_AT=R:S: an injected failure, for testing crash propagation."""
-
-    def __init__(self, spec: str):
-        try:
-            rank, step = (int(part) for part in spec.split(":"))
-        except ValueError:
-            raise ConfigError(f"MNV3_DEBUG_CRASH_AT={spec!r}: expected RANK:STEP") from None
-        self.crash_rank, self.crash_step, self.rank = rank, step, None
-
-    def on_train_begin(self, info):
-        self.rank = info["rank"]
-
-    def on_step_end(self, info):
-        if self.rank == self.crash_rank and info["step"] >= self.crash_step:
-            raise RuntimeError(f"injected crash (MNV3_DEBUG_CRASH_AT) on rank {self.rank} at "
-                               f"step {info['step']}")
-
-
-class DebugDump(Callback):
-    """MNV3_DEBUG_DUMP_DIR: per-rank trainable weights and the image files actually read.
-
-    The trainer hands callbacks no network and the input pipeline reports no files, so while
-    `recording()` is active this wraps core.run.build_model (keeping the first network) and
-    core.imagefolder._FileSource.__getitem__ (noting each file read). Test instrumentation only.
-    """
-
-    def __init__(self, folder: str):
-        self.folder = Path(folder)
-        self.net = None
-        self.reads: dict[str, set] = {}
-        self.rank, self.world = 0, 1
-
-    @contextlib.contextmanager
-    def recording(self):
-        import core.imagefolder
-        import core.run
-        build, getitem = core.run.build_model, core.imagefolder._FileSource.__getitem__
-        dump = self
-
-        def recording_build(*args, **kwargs):
-            net = build(*args, **kwargs)
-            if dump.net is None:
-                dump.net = net
-            return net
-
-        def recording_getitem(source, i):
-            j = int(source.indices[i])
-            dump.reads.setdefault(str(Path(source.files[j]).parent.parent), set()).add(source.files[j])
-            return getitem(source, i)
-
-        core.run.build_model, core.imagefolder._FileSource.__getitem__ = recording_build, recording_getitem
-        try:
-            yield self
-        finally:
-            core.run.build_model, core.imagefolder._FileSource.__getitem__ = build, getitem
-
-    def on_train_begin(self, info):
-        self.rank, self.world = info["rank"], info["world"]
-
-    def on_train_end(self, summary):
-        import numpy as np
-        self.folder.mkdir(parents=True, exist_ok=True)
-        weights = {p.name: p.asnumpy() for p in self.net.trainable_params()} if self.net else {}
-        np.savez(self.folder / f"rank{self.rank}.npz", **weights)
-        record = {"rank": self.rank, "world": self.world, "status": summary.get("status"),
-                  "step": summary.get("step"),
-                  "read": {root: sorted(files) for root, files in self.reads.items()}}
-        (self.folder / f"rank{self.rank}.json").write_text(json.dumps(record, indent=1))
-
-
-def debug_callbacks() -> list:
-    found = []
-    if os.environ.get("MNV3_DEBUG_CRASH_AT"):
-        found.append(CrashAt(os.environ["MNV3_DEBUG_CRASH_AT"]))
-    if os.environ.get("MNV3_DEBUG_DUMP_DIR"):
-        found.append(DebugDump(os.environ["MNV3_DEBUG_DUMP_DIR"]))
-    return found
-
-
 def train_rank(args) -> int:
     from cloud.job import prepare_job
     from launcher.runner import run_training
@@ -248,13 +159,10 @@ def train_rank(args) -> int:
                           writer=env.is_primary, settings=storage_settings(settings),
                           pretrained=args.pretrained)
         resume = local_checkpoint(job.cfg, job.resume)
-        debug = debug_callbacks()
-        callbacks = [stop, ResumeAgreement(), ShardLog(cfg.data.batch_size), *job.callbacks, *debug]
-        dump = next((c for c in debug if isinstance(c, DebugDump)), None)
-        with dump.recording() if dump else contextlib.nullcontext():
-            summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
-                                   callbacks=callbacks, rank=env.rank, world=env.world_size,
-                                   job_id=job_id)
+        callbacks = [stop, ResumeAgreement(), ShardLog(cfg.data.batch_size), *job.callbacks]
+        summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
+                               callbacks=callbacks, rank=env.rank, world=env.world_size,
+                               job_id=job_id)
         if env.is_primary:  # after SIGTERM, uploads may take what is left of the grace period
             job.finish(timeout_s=stop.time_left(args.grace_s))
     finally:

@@ -2,9 +2,10 @@
 crashing rank, and SIGTERM. Every process started here carries a tag in its environment and
 is killed by pid at the end of its test, whatever happened.
 
-Per-rank facts come from the worker's test instrumentation (launcher/worker.py):
-MNV3_DEBUG_DUMP_DIR makes each rank write its trainable weights and the image files its input
-pipeline read; MNV3_DEBUG_CRASH_AT=R:S makes rank R raise at step S.
+Per-rank facts come from test instrumentation that these tests inject (tests/hooks, put on the
+processes' PYTHONPATH; the product carries none): MNV3_TEST_DUMP_DIR makes each rank write its
+trainable weights and the image files its input pipeline read; MNV3_TEST_CRASH_AT=R:S makes
+rank R raise at step S.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = str(Path(sys.executable).parent)
+HOOKS = REPO / "tests" / "hooks"
 TINY = ["data.image_size=32", "data.eval_resize=36", "data.batch_size=8", "data.eval_batch_size=7",
         "data.workers=1", "optim.lr=0.01", "optim.warmup_epochs=0", "train.log_interval=1",
         "--device_target", "CPU"]
@@ -93,6 +95,12 @@ class Launched:
                 pass
 
 
+def hooked(**variables) -> dict:
+    """Environment that loads tests/hooks/sitecustomize.py, with its MNV3_TEST_* variables."""
+    path = os.pathsep.join(filter(None, [str(HOOKS), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, **variables}
+
+
 @pytest.fixture
 def launched():
     procs = Launched()
@@ -143,7 +151,7 @@ def test_two_ranks_on_one_machine(tiny_dataset, tmp_path, launched):
     out, dumps = tmp_path / "run", tmp_path / "dumps"
     proc = launched.start(["launcher/local.py", "train", "--nproc", "2", "--dataset_path",
                            tiny_dataset, "--output_dir", out, "train.epochs=1", *TINY],
-                          {"MNV3_DEBUG_DUMP_DIR": str(dumps)})
+                          hooked(MNV3_TEST_DUMP_DIR=str(dumps)))
     assert launched.wait(proc, 240) == 0, launched.output()[-6000:]
     text = launched.output()
     assert "[rank 0] " in text and "[rank 1] " in text
@@ -170,7 +178,7 @@ def test_two_nodes_meet_at_a_master_on_localhost(tiny_dataset, tmp_path, launche
              "--master_addr", "127.0.0.1", "--master_port", port, "--dataset_path", tiny_dataset,
              "--output_dir", tmp_path / f"node{node}", "--cache_dir", tmp_path / "cache",
              "train.epochs=1", "train.eval_at_end=false", *TINY],
-            {"MNV3_DEBUG_DUMP_DIR": str(dumps)}))
+            hooked(MNV3_TEST_DUMP_DIR=str(dumps))))
     for proc in nodes:
         assert launched.wait(proc, 240) == 0, launched.output()[-6000:]
     node0, node1 = tmp_path / "node0", tmp_path / "node1"
@@ -188,10 +196,10 @@ def test_a_crashing_rank_ends_the_job(tiny_dataset, tmp_path, launched):
     proc = launched.start(["launcher/local.py", "train", "--nproc", "2", "--dataset_path",
                            tiny_dataset, "--output_dir", out, "train.epochs=20",
                            "train.eval_at_end=false", *TINY],
-                          {"MNV3_DEBUG_CRASH_AT": "1:2"})
+                          hooked(MNV3_TEST_CRASH_AT="1:2"))
     code = launched.wait(proc, 240)
     ended = time.monotonic()
-    crashed = launched.first_time("injected crash (MNV3_DEBUG_CRASH_AT) on rank 1")
+    crashed = launched.first_time("injected crash (MNV3_TEST_CRASH_AT) on rank 1")
     assert code != 0, launched.output()[-4000:]
     assert crashed is not None, launched.output()[-4000:]
     assert ended - crashed < 60, f"job took {ended - crashed:.0f} s to end after the crash"

@@ -1,7 +1,5 @@
 """core.fast_conv: the custom CPU kxk convolution must match nn.Conv2d (forward, input and weight
 gradients within 1e-5), keep the parameter layout, train identically, and export as Conv2D."""
-import subprocess
-
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
@@ -9,15 +7,11 @@ import pytest
 
 from core import fast_conv
 from core import model as core_model
-from tests.grad_cell import Grad
+from bench.grad_cell import Grad
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
-if not fast_conv.available():  # `make test` builds it; a bare checkout may not have
-    subprocess.run(fast_conv.build_command(), check=False)
-    fast_conv._available = None
-pytestmark = pytest.mark.skipif(not fast_conv.available(),
-                                reason="custom conv library not built (make kernels needs g++)")
+pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
 
 TOL = 1e-5
 
@@ -93,7 +87,6 @@ def test_train_steps_match_native():
 
 
 def test_set_fast_false_runs_native_op_and_exports_onnx(tmp_path):
-    pytest.importorskip("onnx")
     from core.config import Config
     from core.export import export_model
     net = build("custom")

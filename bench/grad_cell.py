@@ -1,5 +1,6 @@
-"""Input and parameter gradients of a cell for a given output gradient: how the convolution
-tests and bench/bench_depthwise.py compare the custom operator's backward with nn.Conv2d's."""
+"""Input and parameter gradients of a cell for a given output gradient: how bench_depthwise.py
+times the custom operator's backward against nn.Conv2d's, and tests/test_fast_depthwise.py
+compares them (the tests import it from here; product code imports neither bench nor tests)."""
 import mindspore as ms
 from mindspore import nn, ops
 

@@ -18,7 +18,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.tx
 venv: $(VENV)/.installed kernels
 
 # The CPU convolution operator (core/fast_conv.py) and the training-image decoder
-# (core/jpeg_augment.py); core/kernels/build.sh says what happens without a compiler.
+# (core/jpeg_augment.py); core/kernels/build.sh says what happens without a compiler
+# (a warning and the slower fallback; an error under `make test`, whose suite tests them).
 kernels: $(VENV)/.installed
 	@sh core/kernels/build.sh $(PY)
 
@@ -32,6 +33,7 @@ demo: venv
 demo-cloud: venv
 	$(PY) launcher/demo_cloud.py
 
+test: export MNV3_REQUIRE_KERNELS = 1
 test: venv
 	$(PY) -m pytest -q tests
 

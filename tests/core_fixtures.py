@@ -26,6 +26,15 @@ def tiny_config(data_path, out_dir, **overrides):
     return load_config(None, base)
 
 
+@pytest.fixture(scope="session")
+def native_kernels():
+    """The native libraries, built and loading: the tests of the native code paths fail, never
+    skip, without them (`make test` builds them with MNV3_REQUIRE_KERNELS=1)."""
+    from core import fast_conv, jpeg_augment
+    assert fast_conv.available(), f"{fast_conv.LIBRARY} not built or not loading: run `make kernels`"
+    assert jpeg_augment.available(), f"{jpeg_augment.load_error()}: run `make kernels`"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _graph_mode_cpu():
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -15,6 +15,7 @@ import sys
 
 import mindspore as ms
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from core import checkpoint as ckpt
@@ -167,7 +168,7 @@ def randomize_torch(model, seed):
 
 @pytest.fixture(scope="module")
 def torchvision_weights(tmp_path_factory):
-    torch = pytest.importorskip("torch", reason="torch not installed (test extras: requirements-extras.txt)")
+    import torch
     torch.manual_seed(0)
     model = randomize_torch(torchvision_mobilenet_v3_small(1000), seed=0)
     assert sum(p.numel() for p in model.parameters()) == 2_542_856  # torchvision's count
@@ -239,7 +240,7 @@ def test_without_torch_the_torchvision_import_says_what_to_install(tmp_path, mon
 
 
 def test_wrong_architecture_is_refused_in_one_line(tmp_path):
-    torch = pytest.importorskip("torch", reason="torch not installed (test extras: requirements-extras.txt)")
+    import torch
     torch.save({"features.0.0.weight": torch.zeros(8, 3, 3, 3)}, tmp_path / "other.pth")
     from launcher.convert import convert
     with pytest.raises(ckpt.CheckpointError) as err:
@@ -255,10 +256,7 @@ def test_wrong_architecture_is_refused_in_one_line(tmp_path):
 
 
 def mindcv_model(num_classes=1000):
-    try:
-        from mindcv.models import create_model
-    except ImportError:
-        pytest.skip("mindcv not installed (pip install mindcv; see requirements-extras.txt)")
+    from mindcv.models import create_model
     return create_model("mobilenet_v3_small_100", num_classes=num_classes, pretrained=False)
 
 
@@ -401,7 +399,6 @@ def test_converted_mindcv_checkpoint_predicts_like_mindcv(mindcv_10_classes, tin
 def test_converted_mindcv_checkpoint_exports_to_onnx_like_mindcv(mindcv_10_classes, tmp_path):
     """`export` rebuilds the padding too, and ONNX maps pad_mode="same" (auto_pad SAME_UPPER):
     onnxruntime's logits are MindCV's at 64 px (even maps at every stride-2 conv)."""
-    ort = pytest.importorskip("onnxruntime")
     from launcher.local import main
     source, converted = mindcv_10_classes
     assert main(["export", "--checkpoint", str(converted), "--format", "ONNX", "--output_dir",

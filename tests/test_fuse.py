@@ -1,21 +1,14 @@
 """core.fuse: the fused CPU inference graph (BN folded, fused activations and squeeze-excite) must
 compute what the network as built computes, unit by unit and end to end."""
-import subprocess
-
 import mindspore as ms
 import numpy as np
 import pytest
 
-from core import fast_conv
 from core import model as core_model
 from core.fuse import (FusedConvBN, FusedInvertedResidual, FusedMobileNetV3Small, FusedSqueezeExcite,
                        fold_batchnorm, fuse_for_inference)
 
-if not fast_conv.available():  # `make test` builds it; a bare checkout may not have
-    subprocess.run(fast_conv.build_command(), check=False)
-    fast_conv._available = None
-pytestmark = pytest.mark.skipif(not fast_conv.available(),
-                                reason="custom conv library not built (make kernels needs g++)")
+pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
 
 
 def rel_err(a, b):

@@ -15,8 +15,7 @@ from core.imagefolder import scan_split
 from core.pipeline import DatasetError
 from tests.core_fixtures import tiny_config
 
-pytestmark = pytest.mark.skipif(not jpeg_augment.available(),
-                                reason=f"native decoder not built: {jpeg_augment.load_error()}")
+pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
 
 
 def photo(seed: int = 0, width: int = 320, height: int = 240) -> np.ndarray:

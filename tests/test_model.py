@@ -10,6 +10,7 @@ import os
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from core.dropout import ReplayableDropout, is_mask
@@ -226,7 +227,6 @@ def _realistic_weights(net, seed):
 
 
 def test_onnx_export_matches_mindspore(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
     ms.set_seed(0)
     model = build_model("mobilenet_v3_small", 1000)
     _realistic_weights(model, seed=3)

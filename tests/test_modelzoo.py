@@ -10,6 +10,7 @@ import os
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from core.dropout import ReplayableDropout, is_mask
@@ -146,7 +147,6 @@ def test_eval_output_deterministic_and_reproducible(loaded, checkpoint, images):
 
 
 def test_onnx_export_matches_mindspore(loaded, images, tmp_path):
-    ort = pytest.importorskip("onnxruntime")
     net = loaded[0]
     expected = net(images).asnumpy()
     ms.export(net, images, file_name=str(tmp_path / "zoo"), file_format="ONNX")

@@ -112,7 +112,6 @@ def test_without_matplotlib_plots_fail_in_one_line_and_markdown_still_works(tmp_
 
 
 def test_plots_are_written_and_linked(tmp_path):
-    pytest.importorskip("matplotlib", reason="matplotlib not installed (report extra)")
     run_dir = write_run(tmp_path / "run")
     report = run_cli(["report", str(run_dir), "--out", str(tmp_path / "out")])
     assert report == 0

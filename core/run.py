@@ -77,6 +77,11 @@ class Run:
     ema: Optional[EMA]
     dropouts: list
     start_step: int = 0
+    loss_scaled: bool = False        # the step skips gradient-overflow steps (MindSpore's cell)
+    overflow_steps: int = 0          # steps skipped on overflow so far (this process)
+    interval_overflows: int = 0      # ... since the last progress line
+    at_step: int = 0                 # the global step reached (for error messages)
+    at_epoch: int = 0
 
     @property
     def is_writer(self) -> bool:
@@ -138,29 +143,41 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
         ms.amp.auto_mixed_precision(net, amp)
     lr = warmup_cosine(cfg.optim.lr, cfg.optim.lr_end, cfg.optim.warmup_epochs, cfg.train.epochs,
                        per_epoch)
-    optimizer = _optimizer(cfg, net, lr, loss_scale, per_epoch)
+    optimizer = _optimizer(cfg, net, lr, per_epoch)
     loss_fn = LabelSmoothingCrossEntropy(len(splits.classes), cfg.train.label_smoothing)
-    train_step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)),
-                                     optimizer, sens=loss_scale)
+    train_step = train_step_cell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)),
+                                 optimizer, loss_scale)
     train_step.set_train(True)
     total_steps = cfg.train.epochs * per_epoch
     if cfg.train.max_steps:
         total_steps = min(total_steps, cfg.train.max_steps)
     run = Run(cfg, rank, world, target, amp, splits, per_epoch, total_steps, net, optimizer,
               train_step, lr, EMA(net, cfg.train.ema_decay) if cfg.train.ema_decay > 0 else None,
-              replayable_dropouts(net))
+              replayable_dropouts(net), loss_scaled=loss_scale != 1.0)
     if resumed is not None:
         run.start_step = _restore(run, resumed, resume)
     return run
 
 
-def _optimizer(cfg: Config, net: nn.Cell, lr: np.ndarray, loss_scale: float, per_epoch: int):
+def train_step_cell(net_with_loss: nn.Cell, optimizer, loss_scale: float) -> nn.Cell:
+    """fp32: the plain step (a non-finite loss stops the run: core.divergence). With a loss
+    scale (amp on Ascend/GPU): MindSpore's overflow handling, a fixed scale whose gradients
+    are unscaled in the cell; a step whose gradients overflow is skipped (no optimizer update)
+    and returns (loss, overflow, scale) so the loop counts it."""
+    if loss_scale == 1.0:
+        return nn.TrainOneStepCell(net_with_loss, optimizer)
+    return nn.TrainOneStepWithLossScaleCell(net_with_loss, optimizer,
+                                            nn.FixedLossScaleUpdateCell(loss_scale))
+
+
+def _optimizer(cfg: Config, net: nn.Cell, lr: np.ndarray, per_epoch: int):
+    """The gradients reach the optimizer unscaled (train_step_cell), so it gets no loss scale."""
     groups = None
     if finetune_active(cfg.finetune.backbone_lr_scale, cfg.finetune.freeze_backbone_epochs):
         groups = param_groups(net.trainable_params(), type(net).CLASSIFIER_PREFIXES, lr,
                               cfg.optim.weight_decay, cfg.finetune.backbone_lr_scale,
                               cfg.finetune.freeze_backbone_epochs * per_epoch)
-    return build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(lr), loss_scale, groups)
+    return build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(lr), 1.0, groups)
 
 
 def _restore(run: Run, resumed: ckpt.Checkpoint, path: str) -> int:

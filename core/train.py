@@ -18,10 +18,13 @@ from core.callbacks import Callback, CallbackList
 from core.checkpoint_saver import CheckpointSaver
 from core.config import Config
 from core.device import sink_mode
+from core.divergence import TrainingDiverged, diverged, finite_state, first_bad_step, read_outputs
 from core.evaluate import evaluate, format_result
 from core.metrics import MetricsWriter
 from core.pipeline import CorruptImages, guarded
 from core.run import Run, build_run
+
+__all__ = ["train", "train_one_epoch", "validate", "TrainingDiverged"]
 
 log = logging.getLogger("core.train")
 
@@ -34,7 +37,9 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
     events = CallbackList(callbacks)
     run = build_run(cfg, resume, pretrained)
     metrics = MetricsWriter(run_dir / "metrics.jsonl" if run.is_writer else None)
-    saver = CheckpointSaver(run_dir / "checkpoints", run.cfg.checkpoint, run.checkpoint_state,
+    saver = CheckpointSaver(run_dir / "checkpoints", run.cfg.checkpoint,
+                            finite_state(run.checkpoint_state, lambda: (run.at_step, run.at_epoch,
+                                                                        _last_good(saver))),
                             {"steps_per_epoch": run.per_epoch, "config": run.cfg.to_dict(),
                              "classes": list(run.splits.classes), "world": run.world},
                             run.is_writer, metrics, events, run.start_step if resume else -1)
@@ -64,7 +69,8 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                "epoch": final_epoch, "steps_per_epoch": run.per_epoch, "start_step": run.start_step,
                "seconds": round(time.time() - started, 1), "rank": run.rank, "world": run.world,
                "device_target": run.target, "amp_level": run.amp, "final_checkpoint": str(final_path),
-               "final_eval": final_eval, "best_eval": saver.best, "classes": list(run.splits.classes)}
+               "final_eval": final_eval, "best_eval": saver.best, "classes": list(run.splits.classes),
+               "overflow_steps": run.overflow_steps}
     if run.is_writer:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     events.on_train_end(summary)
@@ -81,14 +87,15 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
                     metrics: MetricsWriter, events: Callback) -> EpochOutcome:
     """Train epoch `epoch` from global step `step` (mid-epoch after a resume) until its end,
     the run's last step or a stop request. Losses are read from the device only at log
-    intervals, so steps queue up on Ascend/GPU."""
+    intervals and before checkpoints (a non-finite one stops the run: core.divergence), so
+    steps queue up on Ascend/GPU."""
     cfg = run.cfg
     corrupt = CorruptImages(fail_fast=cfg.data.on_corrupt == "fail")
     dataset = run.splits.train.train_pipeline(cfg.data, cfg.train.seed, epoch, run.rank, run.world,
                                               skip_batches=step - epoch * run.per_epoch,
                                               corrupt=corrupt)
     started = interval_start = time.time()
-    losses, pending, stopped = [], [], False
+    losses, read, pending, stopped = [], [], [], False  # read: this interval's, already checked
     for image, label in guarded(dataset.create_tuple_iterator(num_epochs=1), corrupt):
         for dropout in run.dropouts:  # masks keyed by step: a resumed run replays them exactly
             dropout.draw(cfg.data.batch_size, cfg.train.seed, run.rank, step)
@@ -96,10 +103,15 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
         if run.ema:
             run.ema()
         step += 1
-        if step % cfg.train.log_interval == 0 or step >= run.total_steps or step % run.per_epoch == 0:
-            interval = [float(x.asnumpy()) for x in pending]
-            losses += interval
+        run.at_step, run.at_epoch = step, epoch
+        # losses are read at log intervals and before every checkpoint (never save a NaN state)
+        if _step_checkpoint_due(saver, step):
+            read += _read_checked(run, epoch, step, pending, saver)
             pending = []
+        if step % cfg.train.log_interval == 0 or step >= run.total_steps or step % run.per_epoch == 0:
+            interval = read + _read_checked(run, epoch, step, pending, saver)
+            losses += interval
+            read, pending = [], []
             _report_interval(run, epoch, step, interval, time.time() - interval_start, metrics, events)
             interval_start = time.time()
         saver.after_step(epoch, step)
@@ -108,7 +120,7 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
         if events.stop_requested():
             stopped = True
             break
-    losses += [float(x.asnumpy()) for x in pending]
+    losses += read + _read_checked(run, epoch, step, pending, saver)
     if corrupt.files:
         log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", epoch + 1,
                     len(corrupt.files), corrupt.files[0])
@@ -116,6 +128,32 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
     if losses:
         _report_epoch(run, epoch, step, losses, (time.time() - started) * 1000, metrics, events)
     return EpochOutcome(step, stopped, len(losses))
+
+
+def _step_checkpoint_due(saver: CheckpointSaver, step: int) -> bool:
+    return bool(saver.interval_steps) and step % saver.interval_steps == 0
+
+
+def _last_good(saver: CheckpointSaver):
+    """The newest periodic checkpoint: every one was checked finite before it was written."""
+    return saver.checkpoints.latest()
+
+
+def _read_checked(run: Run, epoch: int, step: int, pending: list, saver: CheckpointSaver) -> list:
+    """Losses of the queued steps ending at `step`; a non-finite loss of a step that was applied
+    stops the run (TrainingDiverged); overflow steps (skipped by the loss-scaled cell) are
+    counted in run.overflow_steps."""
+    interval, overflowed = read_outputs(pending)
+    run.overflow_steps += sum(overflowed)
+    run.interval_overflows += sum(overflowed)
+    bad = first_bad_step(interval, overflowed, step)
+    if bad is not None:
+        bad_step, loss = bad
+        error = diverged(f"loss is {loss}", bad_step, (bad_step - 1) // run.per_epoch,
+                         _last_good(saver))
+        log.error("%s", error)
+        raise error
+    return interval
 
 
 def validate(run: Run, epoch: int, step: int, metrics: MetricsWriter,
@@ -157,8 +195,16 @@ def _report_interval(run: Run, epoch: int, step: int, losses: list, seconds: flo
     lr = run.lr_at(step)
     log.info("epoch: %d step: %d, loss is %.6f, lr %.6f, %.1f img/s", epoch + 1,
              step - epoch * run.per_epoch, losses[-1], lr, ips)
+    extra = {}
+    if run.loss_scaled:  # MindSpore skipped these steps (gradient overflow at this loss scale)
+        extra = {"overflow_steps": run.interval_overflows, "overflow_steps_total": run.overflow_steps}
+        if run.interval_overflows:
+            log.warning("skipped %d step(s) of this interval on gradient overflow (loss scale %g); "
+                        "%d so far", run.interval_overflows, run.cfg.train.loss_scale,
+                        run.overflow_steps)
+        run.interval_overflows = 0
     metrics.write("step", epoch=epoch, step=step, loss=losses[-1], loss_mean=float(np.mean(losses)),
-                  lr=lr, images_per_sec=ips)
+                  lr=lr, images_per_sec=ips, **extra)
     events.on_step_end({"epoch": epoch, "step": step, "loss": losses[-1], "lr": lr,
                         "images_per_sec": ips})
 

@@ -10,9 +10,9 @@ and ground truth are written like the real ones, tests/imagenet_files.py):
   val tar and sort its images into class folders by the ground truth (what valprep.sh does),
   then core.packing.pack_imagefolder on the folder; each step timed.
 
-Prints and writes bench/results/imagenet_pack.json: seconds, images/s and MB/s of archive
-data, extra disk each route needs, and the ratios (measured in the same run). Same shard size,
-same worker count for both routes.
+Prints and writes bench/results/imagenet_pack.json: median seconds of `--repeats` interleaved
+runs, images/s and MB/s of archive data, extra disk each route needs, and the ratios (measured
+in the same run). Same shard size, same worker count for both routes.
 
     python bench/bench_imagenet_pack.py                       # ~600 MB, a few minutes
     python bench/bench_imagenet_pack.py --classes 10 --per-class 50 --val 200   # quick
@@ -34,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_packed import _unique_images, noise_for, with_comment  # noqa: E402
-from bench.common import Timer, write_result  # noqa: E402
+from bench.common import Timer, median, write_result  # noqa: E402
 from core.imagenet_archives import LocalFiles  # noqa: E402
 from core.imagenet_pack import pack_imagenet  # noqa: E402
 from core.packing import pack_imagefolder  # noqa: E402
@@ -123,47 +123,62 @@ def main() -> int:
     ap.add_argument("--shard-mb", type=float, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-s3", action="store_true", help="skip the SeaweedFS run")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each route (median kept)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-imagenet-")
-    src = os.path.join(workdir, "archives")
+    src = os.path.join(workdir, "ilsvrc2012")
     os.makedirs(src, exist_ok=True)
     server = None
     try:
         with Timer() as t:
             data = make_archives(src, args.classes, args.per_class, args.val, args.kb, args.workers)
         print(f"made {data['images']} images, {data['archive_mb']:.0f} MB of archives in {t.seconds:.0f} s")
-        runs = {}
-        dst = os.path.join(workdir, "packed-archives")
-        with Timer() as t:
-            index = pack_imagenet(LocalFiles(src), dst, shard_size_mb=args.shard_mb, workers=args.workers)
-        runs["archives"] = {"seconds": t.seconds, "extra_disk_mb": disk_mb(dst)}
+        timings: dict[str, list] = {"archives": [], "shell": []}
+        files = None
         if not args.no_s3:
             from cloud.storage import open_storage
             from cloud.stream import StorageFiles
-            from launcher.seaweedfs import start_s3_server, stop_s3_server
+            from launcher.seaweedfs import start_s3_server
             server = start_s3_server(os.path.join(workdir, "seaweedfs"))
             bucket = server.make_bucket("bench")
             for name in os.listdir(src):
                 server.client().upload_file(os.path.join(src, name), bucket, f"ilsvrc/{name}")
-            s3_dst = os.path.join(workdir, "packed-s3")
             files = StorageFiles(open_storage(f"s3://{bucket}/ilsvrc", server.settings()))
-            with Timer() as t:
-                s3_index = pack_imagenet(files, s3_dst, shard_size_mb=args.shard_mb, workers=args.workers)
-            assert s3_index == index, "packing over S3 gave other shards than packing locally"
-            runs["archives_s3"] = {"seconds": t.seconds, "extra_disk_mb": disk_mb(s3_dst)}
-            stop_s3_server(server)
-            server = None
-        folder, shell_dst = os.path.join(workdir, "folder"), os.path.join(workdir, "packed-shell")
-        steps = shell_route(src, folder, shell_dst, data["wnids"], data["truth"], args.shard_mb, args.workers)
-        runs["shell"] = {"seconds": sum(steps.values()), "steps": steps,
-                         "extra_disk_mb": disk_mb(folder) + disk_mb(shell_dst)}
-        for run in runs.values():
-            run["images_per_s"] = data["images"] / run["seconds"]
-            run["archive_mb_per_s"] = data["archive_mb"] / run["seconds"]
+            timings["archives_s3"] = []
+        disk, reference = {}, None
+        for _ in range(args.repeats):  # interleaved: a busy neighbour slows every route alike
+            for route in timings:
+                out = os.path.join(workdir, f"out-{route}")
+                with Timer() as t:
+                    if route == "shell":
+                        folder = os.path.join(workdir, "folder")
+                        steps = shell_route(src, folder, out, data["wnids"], data["truth"],
+                                            args.shard_mb, args.workers)
+                        disk[route] = disk_mb(folder) + disk_mb(out)
+                        shutil.rmtree(folder)
+                    else:
+                        index = pack_imagenet(files if route == "archives_s3" else LocalFiles(src), out,
+                                              shard_size_mb=args.shard_mb, workers=args.workers)
+                        reference = reference or index
+                        assert index == reference, "packing over S3 gave other shards than locally"
+                if route != "shell":
+                    disk[route] = disk_mb(out)
+                timings[route].append(steps if route == "shell" else t.seconds)
+                shutil.rmtree(out)
+        runs = {}
+        for route, values in timings.items():
+            seconds = [sum(v.values()) if isinstance(v, dict) else v for v in values]
+            runs[route] = {"seconds": median(seconds), "all_seconds": seconds,
+                           "extra_disk_mb": disk[route]}
+            if route == "shell":
+                runs[route]["steps"] = {k: median([v[k] for v in values]) for k in values[0]}
+            runs[route]["images_per_s"] = data["images"] / runs[route]["seconds"]
+            runs[route]["archive_mb_per_s"] = data["archive_mb"] / runs[route]["seconds"]
         result = {"dataset": {k: data[k] for k in ("images", "payload_mb", "archive_mb")} |
                   {"classes": args.classes, "per_class": args.per_class, "val": args.val},
-                  "shard_mb": args.shard_mb, "workers": args.workers, "runs": runs,
+                  "shard_mb": args.shard_mb, "workers": args.workers, "repeats": args.repeats,
+                  "runs": runs,
                   "speedup_vs_shell": runs["shell"]["seconds"] / runs["archives"]["seconds"],
                   "speedup_s3_vs_shell": (runs["shell"]["seconds"] / runs["archives_s3"]["seconds"]
                                           if "archives_s3" in runs else None)}
@@ -171,6 +186,7 @@ def main() -> int:
         print(f"wrote {write_result('imagenet_pack', result)}")
     finally:
         if server is not None:
+            from launcher.seaweedfs import stop_s3_server
             stop_s3_server(server)
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

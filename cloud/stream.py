@@ -3,13 +3,16 @@
 `open_stream` is one GET whose body is read as it arrives; when the connection drops
 mid-object, the read goes on from the byte it reached with a ranged GET (`Range: bytes=N-`,
 checked against the object's ETag so a replaced object is not spliced), a few times before
-giving up with one StorageError line. `StorageFiles` gives a Storage the shape core's
+giving up with one StorageError line. A thread reads a few chunks ahead (ReadAhead), so the
+transfer overlaps the reader's work. `StorageFiles` gives a Storage the shape core's
 ImageNet reader wants (core.imagenet_archives.SourceFiles).
 """
 from __future__ import annotations
 
 import io
 import logging
+import queue
+import threading
 import time
 from typing import Iterator, Optional
 
@@ -69,10 +72,64 @@ class S3ReadStream(io.RawIOBase):
         super().close()
 
 
+class ReadAhead(io.RawIOBase):
+    """Reads `raw` in a thread, up to `depth` chunks ahead, so the network transfer overlaps
+    whatever the reader does with the bytes (parsing a tar, writing shards)."""
+
+    def __init__(self, raw: io.RawIOBase, chunk: int = 4 << 20, depth: int = 4):
+        self.raw, self.chunk = raw, chunk
+        self.queue: queue.Queue = queue.Queue(depth)
+        self.pending, self.stop = memoryview(b""), threading.Event()
+        self.thread = threading.Thread(target=self._fill, daemon=True, name="s3-read-ahead")
+        self.thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self.stop.is_set():
+                data = self.raw.read(self.chunk)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if not self.pending:
+            item = self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if not item:
+                self._put(item)  # end of stream stays the end
+                return 0
+            self.pending = memoryview(item)
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stop.set()
+            self.thread.join(timeout=5)
+            self.raw.close()
+        super().close()
+
+
 def open_stream(storage: Storage, key: str):
     """A buffered binary stream of one object (local storage: the file itself)."""
     if isinstance(storage, S3Storage):
-        return io.BufferedReader(S3ReadStream(storage, key), buffer_size=8 << 20)
+        return io.BufferedReader(ReadAhead(S3ReadStream(storage, key)), buffer_size=1 << 20)
     return open(storage.path(key), "rb", buffering=1 << 20)
 
 

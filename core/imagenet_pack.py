@@ -22,12 +22,15 @@ LAYOUTS = ("packed", "imagefolder")
 class _Counter:
     """Images and bytes read so far, drawn as a progress bar (images, MB/s, ETA)."""
 
-    def __init__(self, total: Optional[int]):
-        self.images = 0
+    def __init__(self):
+        self.images, self.bar = 0, None
+
+    def start(self, total: Optional[int]) -> None:
         self.bar = Progress(total or 0, "pack ImageNet", unit="B")
 
     def on_bytes(self, amount: int) -> None:
-        self.bar.add(amount, f"{self.images} images")
+        if self.bar is not None:
+            self.bar.add(amount, f"{self.images} images")
 
     def counted(self, records: Callable[[], Iterator[Record]]) -> Callable[[], Iterator[Record]]:
         def run() -> Iterator[Record]:
@@ -46,12 +49,12 @@ def pack_imagenet(files: SourceFiles, dst_dir: str | os.PathLike, layout: str = 
     {split: images} (imagefolder), with the damaged images found."""
     if layout not in LAYOUTS:
         raise DatasetError(f"layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    counter = _Counter(None)
+    counter = _Counter()
     source = ImageNetSource(files, counter.on_bytes)
-    counter.bar.total = float(source.total_bytes or 0)
     splits = {name: counter.counted(read) for name, read in
               sorted(source.splits().items(), key=lambda kv: kv[0] != "val")}
     meta = source.meta
+    counter.start(source.total_bytes)
     try:
         if layout == "imagefolder":
             return extract_imagefolder(splits, dst_dir)

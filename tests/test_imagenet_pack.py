@@ -203,14 +203,18 @@ def test_bad_sources_are_one_line(mini, tmp_path):
 
 
 def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
-    """A connection lost mid-archive: the read goes on from that byte with a ranged GET."""
+    """A connection lost mid-archive: the read goes on from that byte with a ranged GET; an
+    error the stream cannot ride out reaches the reader through the read-ahead thread."""
+    from cloud.errors import StorageError
     from cloud.storage import open_storage
-    from cloud.stream import open_stream
+    from cloud.stream import ReadAhead, S3ReadStream, open_stream
     bucket = s3_server.make_bucket()
     blob = os.urandom(3 * 2 ** 20 + 123)
     s3_server.client().put_object(Bucket=bucket, Key="a/big.tar", Body=blob)
-    stream = open_stream(open_storage(f"s3://{bucket}/a", s3_server.settings()), "big.tar")
-    raw, gets = stream.raw, []
+    storage = open_storage(f"s3://{bucket}/a", s3_server.settings())
+    with open_stream(storage, "big.tar") as stream:
+        assert stream.read() == blob
+    raw, gets = S3ReadStream(storage, "big.tar"), []
     first_body, get = raw.body, raw._get
 
     class Drops:
@@ -223,7 +227,13 @@ def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
             first_body.close()
 
     raw.body, raw._get = Drops(), lambda: gets.append(raw.position) or get()
-    assert stream.read() == blob and gets == [2 ** 20]
+    assert io.BufferedReader(raw).read() == blob and gets == [2 ** 20]
+
+    class Fails(io.RawIOBase):
+        def readinto(self, buffer):
+            raise StorageError("reading s3://b/k failed at byte 7")
+    with pytest.raises(StorageError, match="failed at byte 7"):
+        io.BufferedReader(ReadAhead(Fails())).read()
 
 
 def test_stream_shards_end_on_a_full_page(tmp_path):

@@ -99,7 +99,8 @@ def test_packs_every_image_with_the_devkit_label_and_trains(mini, packed, tmp_pa
     assert any(r["type"] == "step" for r in read_metrics(out / "metrics.jsonl"))
 
 
-def test_pack_command_from_seaweedfs_gives_the_same_shards(s3_server, mini, packed, tmp_path, monkeypatch):
+def test_pack_command_from_seaweedfs_gives_the_same_shards(s3_server, mini, packed, tmp_path, monkeypatch,
+                                                           capsys):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     bucket = s3_server.make_bucket()
@@ -111,6 +112,7 @@ def test_pack_command_from_seaweedfs_gives_the_same_shards(s3_server, mini, pack
             "--cache-dir", str(tmp_path / "cache"),
             "--set", f"storage.endpoint={s3_server.endpoint}", "--set", "storage.region=us-east-1"]
     assert run_pack(argv) == 0
+    assert f"1 damaged image(s) kept out of training: train/{mini.special['damaged']}\n" in capsys.readouterr().out
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="packed/")["Contents"]}
     assert keys == {f"packed/{name}" for name in os.listdir(packed)}
     remote = json.loads(client.get_object(Bucket=bucket, Key="packed/index.json")["Body"].read())
@@ -193,6 +195,14 @@ def test_bad_sources_are_one_line(mini, tmp_path):
     truth = [IDS[WNIDS.index(w)] for _, w in sorted(mini.val.items())]
     fails(_broken_copy(mini, tmp_path / "a", "ILSVRC2012_devkit_t12.tar.gz", devkit(truth, with_meta=False)),
           r"has no ILSVRC2012_devkit_t12/data/meta.mat; it is not the ILSVRC2012 devkit")
+    no_truth = io.BytesIO()
+    with tarfile.open(fileobj=no_truth, mode="w:gz") as tar, \
+            tarfile.open(mini.root / "ILSVRC2012_devkit_t12.tar.gz") as real:
+        for member in real:
+            if not member.name.endswith("ground_truth.txt"):
+                tar.addfile(member, real.extractfile(member))
+    fails(_broken_copy(mini, tmp_path / "g", "ILSVRC2012_devkit_t12.tar.gz", no_truth.getvalue()),
+          r"has no ILSVRC2012_devkit_t12/data/ILSVRC2012_validation_ground_truth.txt; it is not")
     fails(_broken_copy(mini, tmp_path / "b", "ILSVRC2012_devkit_t12.tar.gz", devkit(truth + truth[:1])),
           r"the ground truth labels 11 val images but \S+ILSVRC2012_img_val.tar holds 10: download")
     fails(_broken_copy(mini, tmp_path / "c", "ILSVRC2012_devkit_t12.tar.gz", b"not gzip"),

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.pipeline import looks_like_image
 from core.jpeg_check import jpeg_header_problem, jpeg_problem
 
-Image = pytest.importorskip("PIL.Image")  # Pillow comes with MindSpore
 REPO = Path(__file__).resolve().parent.parent
 
 DECODE_ALL = r"""

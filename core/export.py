@@ -16,13 +16,16 @@ class ExportError(ValueError):
     """An export that cannot be done here: one line naming why and what to do."""
 
 
-def model_card(cfg, classes, eval_result: Optional[dict], file_name: str) -> dict:
-    """What a consumer of the exported graph needs to feed it and trust it."""
+def model_card(cfg, classes, eval_result: Optional[dict], file_name: str,
+               weights: Optional[str] = None) -> dict:
+    """What a consumer of the exported graph needs to feed it and trust it. `weights`: 'ema'
+    (the checkpoint's moving averages) or 'live' (the trained weights as they were)."""
     return {
         "architecture": cfg.model.arch,
         "width_mult": cfg.model.width_mult,
         "depthwise_padding": cfg.model.depthwise_padding or "symmetric",
         "file": file_name,
+        "weights": weights,
         "format": cfg.export.format,
         "input": {"name": "x", "shape": [cfg.export.batch_size, 3, cfg.data.image_size,
                                          cfg.data.image_size],
@@ -39,7 +42,7 @@ def model_card(cfg, classes, eval_result: Optional[dict], file_name: str) -> dic
 
 
 def export_model(net, cfg, out_dir: str | os.PathLike, classes, target: str,
-                 eval_result: Optional[dict] = None) -> Path:
+                 eval_result: Optional[dict] = None, weights: Optional[str] = None) -> Path:
     fmt = cfg.export.format
     if fmt == "AIR" and target != "Ascend":
         raise ExportError("AIR export needs an Ascend device (set export.format=MINDIR or ONNX "
@@ -59,6 +62,6 @@ def export_model(net, cfg, out_dir: str | os.PathLike, classes, target: str,
     if not target_file.exists():
         raise ExportError(f"MindSpore did not write {target_file}")
     (out_dir / "classes.json").write_text(json.dumps(list(classes), indent=1))
-    card = model_card(cfg, classes, eval_result, target_file.name)
+    card = model_card(cfg, classes, eval_result, target_file.name, weights)
     (out_dir / f"{cfg.export.file_name}.card.json").write_text(json.dumps(card, indent=2))
     return target_file

@@ -13,6 +13,7 @@ from typing import Optional, Sequence
 
 from core import checkpoint as ckpt
 from core.config import Config, ConfigError
+from core.ema import PREFIX as EMA_PREFIX
 from core.model import build_model
 
 log = logging.getLogger("core.inference")
@@ -23,10 +24,42 @@ def classes_of(checkpoint: ckpt.Checkpoint) -> Optional[list[str]]:
     return list(classes) if classes else None
 
 
+WEIGHTS = ("auto", "ema", "live")
+
+
+def has_ema(checkpoint: ckpt.Checkpoint) -> bool:
+    return any(name.startswith(EMA_PREFIX) for name in checkpoint.params)
+
+
+def resolve_weights(checkpoint: ckpt.Checkpoint, choice: str, path: str | Path) -> str:
+    """'ema' or 'live': auto = the EMA weights when the checkpoint has them (what the run's own
+    evaluation and best.ckpt chose by, as timm does), else the live ones."""
+    if choice not in WEIGHTS:
+        raise ConfigError(f"--weights must be one of {', '.join(WEIGHTS)}; got {choice!r}")
+    if choice == "ema" and not has_ema(checkpoint):
+        raise ConfigError(f"checkpoint {path} has no EMA weights (trained with train.ema_decay "
+                          f"0); pass --weights live")
+    if choice == "auto":
+        return "ema" if has_ema(checkpoint) else "live"
+    return choice
+
+
+def with_weights(checkpoint: ckpt.Checkpoint, weights: str) -> ckpt.Checkpoint:
+    """The checkpoint as the network loads it: with 'ema', each weight the EMA averages (BN
+    statistics too) is replaced by its average."""
+    if weights != "ema":
+        return checkpoint
+    params = dict(checkpoint.params)
+    for name, value in checkpoint.params.items():
+        if name.startswith(EMA_PREFIX):
+            params[name[len(EMA_PREFIX):]] = value
+    return ckpt.Checkpoint(params, checkpoint.meta)
+
+
 def network_from_checkpoint(checkpoint: ckpt.Checkpoint, cfg: Config, path: str | Path,
-                            classes: Optional[Sequence[str]] = None):
+                            classes: Optional[Sequence[str]] = None, weights: str = "live"):
     """(net in eval mode, class names). Class names: from the checkpoint, else `classes`,
-    else generic names from model.num_classes."""
+    else generic names from model.num_classes. `weights`: 'live' or 'ema' (resolve_weights)."""
     names = classes_of(checkpoint) or (list(classes) if classes else None)
     if names is None:
         if cfg.model.num_classes is None:
@@ -39,7 +72,7 @@ def network_from_checkpoint(checkpoint: ckpt.Checkpoint, cfg: Config, path: str 
     net = build_model(cfg.model.arch, len(names), cfg.model.width_mult, cfg.model.dropout,
                       depthwise_padding=cfg.model.depthwise_padding,
                       depthwise_impl=cfg.system.depthwise_impl)
-    ckpt.restore([net], checkpoint)
+    ckpt.restore([net], with_weights(checkpoint, weights))
     net.set_train(False)
     return net, names
 

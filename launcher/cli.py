@@ -45,6 +45,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
+def add_weights_flag(p: argparse.ArgumentParser) -> None:
+    """eval, export, predict: which weights of a checkpoint to use."""
+    p.add_argument("--weights", choices=("auto", "ema", "live"), default="auto",
+                   help="auto (default): the EMA weights when the checkpoint has them (what the "
+                        "run evaluated and chose best.ckpt by), else the live ones")
+
+
 def overrides_from(args) -> dict:
     """Config overrides from --set, bare KEY=VALUE arguments and the flags that name a key."""
     from core.config import parse_override

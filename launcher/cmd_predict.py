@@ -1,8 +1,9 @@
 """`predict`: top-k classes for image files from a checkpoint or an exported MINDIR."""
 from __future__ import annotations
 
-from launcher.cli import (add_config_flags, add_debug_flag, add_device_flags, config_for_checkpoint,
-                          gpu_preflight, overrides_from, resolve_checkpoint_arg)
+from launcher.cli import (add_config_flags, add_debug_flag, add_device_flags, add_weights_flag,
+                          config_for_checkpoint, gpu_preflight, overrides_from,
+                          resolve_checkpoint_arg)
 
 
 def add_parser(subparsers) -> None:
@@ -19,6 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--classes", help="class names (one per line, or a JSON list) to show instead "
                                      "of those stored with the model")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_weights_flag(p)
     add_config_flags(p, config_help="YAML recipe (checkpoints only; the saved config is the base)",
                      set_help="override a config key (checkpoints only)")
     add_device_flags(p)
@@ -35,7 +37,7 @@ def predictor_for(args):
     from core.config import load_config
     from core.device import configure
     from core.fuse import fuse_for_inference
-    from core.inference import network_from_checkpoint
+    from core.inference import network_from_checkpoint, resolve_weights
     from launcher.convert import read_class_names
     classes = read_class_names(args.classes) if args.classes else None
     if Path(args.checkpoint_path).suffix.lower() == ".mindir":
@@ -46,12 +48,13 @@ def predictor_for(args):
         return predict.from_mindir(args.checkpoint_path, classes)
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
+    weights = resolve_weights(checkpoint, getattr(args, "weights", "auto"), path)
     cfg = config_for_checkpoint(args, checkpoint)
     gpu_preflight(cfg.system.device_target)
     configure(cfg.system)
     if classes and not checkpoint.meta.get("classes"):
         checkpoint.meta["classes"] = classes  # a converted ImageNet checkpoint, say
-    net, names = network_from_checkpoint(checkpoint, cfg, path)
+    net, names = network_from_checkpoint(checkpoint, cfg, path, weights=weights)
     if classes:
         names = classes
     return predict.from_network(fuse_for_inference(net, cfg.system.depthwise_impl), names, cfg.data)

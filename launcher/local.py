@@ -23,7 +23,8 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 
 from core import checkpoint as ckpt  # noqa: E402
 from core.config import ConfigError  # noqa: E402
-from launcher.cli import (DEFAULT_CACHE, add_common, config_for_checkpoint,  # noqa: E402
+from launcher.cli import (DEFAULT_CACHE, add_common, add_weights_flag,  # noqa: E402
+                          config_for_checkpoint,
                           demo_dataset_path, gpu_preflight, overrides_from,
                           resolve_checkpoint_arg, resolve_local_resume)
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         add_common(p)
         p.add_argument("--checkpoint_path", "--checkpoint", dest="checkpoint_path", required=True)
+        add_weights_flag(p)
     sub.choices["export"].add_argument("--format", choices=("MINDIR", "ONNX", "AIR"))
     return top
 
@@ -100,9 +102,10 @@ def cmd_eval(args) -> int:
     from core.evaluate import evaluate, format_result
     from core.data import open_dataset
     from core.fuse import fuse_for_inference
-    from core.inference import classes_of, network_from_checkpoint
+    from core.inference import classes_of, network_from_checkpoint, resolve_weights
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
+    weights = resolve_weights(checkpoint, args.weights, path)
     cfg = config_for_checkpoint(args, checkpoint)
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
@@ -114,13 +117,15 @@ def cmd_eval(args) -> int:
     if classes is None and dataset.has_split(cfg.data.train_dir):
         classes = dataset.split(cfg.data.train_dir).classes  # a foreign checkpoint: train names them
     val = dataset.split(cfg.data.val_dir, classes)
-    net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes)
+    net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes, weights)
     net = fuse_for_inference(net, cfg.system.depthwise_impl)
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
     print(format_result(result, str(path)))
+    print(f"weights: {weights} (--weights {'live' if weights == 'ema' else 'auto'} for the "
+          f"{'trained' if weights == 'ema' else 'EMA, when the checkpoint has them'} ones)")
     out = _output_dir(args, path)
     out.mkdir(parents=True, exist_ok=True)
-    record = dict(result, checkpoint=str(path), dataset=str(Path(cfg.data.path) / cfg.data.val_dir))
+    record = dict(result, checkpoint=str(path), weights=weights, dataset=str(Path(cfg.data.path) / cfg.data.val_dir))
     (out / "eval.json").write_text(json.dumps(record, indent=2))
     print(f"eval written: {out / 'eval.json'}")
     return 0
@@ -129,18 +134,23 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     from core.device import configure
     from core.export import export_model
-    from core.inference import network_from_checkpoint
+    from core.inference import has_ema, network_from_checkpoint, resolve_weights
     path = resolve_checkpoint_arg(args.checkpoint_path)
     checkpoint = ckpt.load(path)
+    weights = resolve_weights(checkpoint, args.weights, path)
     cfg = config_for_checkpoint(args, checkpoint)
     setup_logging()
     gpu_preflight(cfg.system.device_target)
     target = configure(cfg.system)
-    net, names = network_from_checkpoint(checkpoint, cfg, path)
+    net, names = network_from_checkpoint(checkpoint, cfg, path, weights=weights)
     out = _output_dir(args, path) / "export"
     eval_file = out.parent / "eval.json"
-    eval_result = json.loads(eval_file.read_text()) if eval_file.exists() else checkpoint.meta.get("eval")
-    exported = export_model(net, cfg, out, names, target, eval_result)
+    eval_result = json.loads(eval_file.read_text()) if eval_file.exists() else None
+    if eval_result is not None and eval_result.get("weights", "live") != weights:
+        eval_result = None  # measured with the other weights: not this graph's
+    if eval_result is None and (weights == "ema") == has_ema(checkpoint):
+        eval_result = checkpoint.meta.get("eval")  # the run's own evaluation used these weights
+    exported = export_model(net, cfg, out, names, target, eval_result, weights)
     print(f"exported: {exported}")
     return 0
 

@@ -24,6 +24,24 @@ def test_sigint_requests_a_checkpointed_stop_and_the_log_names_sigint(caplog):
     assert "stop on SIGINT" in caplog.text and "SIGTERM" not in caplog.text
 
 
+def test_a_second_sigint_interrupts_at_once():
+    stop = StopOnSignal().install()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        assert stop.requested
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+    finally:
+        stop.uninstall()
+    assert interrupted
+
+
 RANK = ("import signal, sys, time\n"
         "def on(s, f):\n"
         "    print('got', signal.Signals(s).name, flush=True); sys.exit(0)\n"

@@ -2,7 +2,7 @@
 
 On one generated set in the official structure (default 50 classes x 100 train JPEGs of
 ~110 KB, 500x375, in a tar of per-class tars; 1,000 flat val JPEGs; a devkit whose meta.mat
-and ground truth are written like the real ones, tests/imagenet_files.py):
+and ground truth are written like the real ones, bench/imagenet_files.py):
 
 * archives: core.imagenet_pack.pack_imagenet reading the three files in place;
 * archives over S3: the same, reading them from a local SeaweedFS (streaming GETs);
@@ -38,7 +38,7 @@ from bench.common import Timer, median, write_result  # noqa: E402
 from core.imagenet_archives import LocalFiles  # noqa: E402
 from core.imagenet_pack import pack_imagenet  # noqa: E402
 from core.packing import pack_imagefolder  # noqa: E402
-from tests.imagenet_files import devkit  # noqa: E402
+from bench.imagenet_files import devkit  # noqa: E402
 
 MB = 1024 * 1024
 

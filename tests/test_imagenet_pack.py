@@ -1,6 +1,6 @@
 """`pack --imagenet`: the official ILSVRC2012 files (and Kaggle's) to packed shards, unpacked never.
 
-The miniature set (tests/imagenet_files.py) has the official structure; its docstring cites
+The miniature set (bench/imagenet_files.py) has the official structure; its docstring cites
 where each format is documented (torchvision's imagenet.py parse_devkit_archive /
 parse_train_archive / parse_val_archive, the devkit's meta.mat and ground truth, Kaggle's
 LOC_synset_mapping.txt and LOC_val_solution.csv).
@@ -24,7 +24,7 @@ from core.imagenet_pack import damaged_images, pack_imagenet
 from core.packed import INDEX_NAME, load_packed_split, verify_packed
 from core.packing import STATE_DIR
 from core.pipeline import DatasetError
-from tests.imagenet_files import IDS, WNIDS, WORDS, devkit, make_kaggle, make_mini_imagenet
+from bench.imagenet_files import IDS, WNIDS, WORDS, devkit, make_kaggle, make_mini_imagenet
 from tests.test_packed import run_pack
 
 REPO = Path(__file__).resolve().parent.parent

@@ -41,7 +41,6 @@ def test_eval_scores_every_image_once_with_a_partial_batch(trained, tiny_dataset
             logits = net(ms.Tensor(padded)).asnumpy()[0]
             correct1 += int(np.argmax(logits) == label[i])
     assert result["Top_1_Acc"] == pytest.approx(correct1 / 30)
-    assert 0 <= result["Top_1_Acc"] <= result["Top_5_Acc"] <= 1
     assert np.isfinite(result["Loss"])
 
 

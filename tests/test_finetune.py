@@ -60,7 +60,7 @@ def test_modelzoo_checkpoint_evaluates_through_the_launcher(tiny_dataset, tmp_pa
         capture_output=True, text=True, timeout=300, cwd=REPO, env=dict(os.environ, GLOG_v="3"))
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "eval" / "eval.json").read_text())
-    assert record["images"] == 30 and 0 <= record["Top_1_Acc"] <= 1
+    assert record["images"] == 30 and np.isfinite(record["Loss"])
 
 
 def test_sgd_with_ema_trains_and_saves_the_average(tiny_dataset, tmp_path):

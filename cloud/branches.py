@@ -27,9 +27,7 @@ log = logging.getLogger("cloud.branches")
 
 def _copy(storage: Storage, src: str, dst: str, scratch: str) -> None:
     if isinstance(storage, S3Storage):  # server-side, no bytes through this host (up to 5 GB)
-        with storage._explained(src):
-            storage.client.copy_object(CopySource={"Bucket": storage.bucket, "Key": storage._key(src)},
-                                       Bucket=storage.bucket, Key=storage._key(dst))
+        storage.copy(src, dst)
         return
     local = os.path.join(scratch, os.path.basename(src))
     storage.download_file(src, local)

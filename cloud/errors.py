@@ -18,3 +18,7 @@ class UnsafeKeyError(StorageError):
 
 class URLError(StorageError, ValueError):
     """A malformed storage URL (a user error: the launchers print it as one line)."""
+
+
+class PreconditionFailed(StorageError):
+    """A conditional write found another version of the object (HTTP 412/409)."""

@@ -27,7 +27,7 @@ import time
 import uuid
 from typing import Optional
 
-from cloud.errors import StorageError
+from cloud.errors import PreconditionFailed, StorageError
 from cloud.storage import S3Storage, Storage
 from core.run_lock import pid_alive
 
@@ -129,18 +129,9 @@ class Lease:
     def _read(self) -> tuple[Optional[dict], Optional[str]]:
         """(record, etag), (None, None) when there is no lease."""
         if isinstance(self.storage, S3Storage):
-            from botocore.exceptions import ClientError
-            try:
-                with self.storage._explained(self.key):
-                    got = self.storage.client.get_object(Bucket=self.storage.bucket,
-                                                         Key=self.storage._key(self.key))
-                    raw, etag = got["Body"].read(), got.get("ETag")
-            except StorageError as exc:
-                cause = exc.__cause__
-                if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
-                        "404", "NoSuchKey", "NotFound"):
-                    return None, None
-                raise
+            raw, etag = self.storage.read_versioned(self.key)
+            if raw is None:
+                return None, None
         else:
             if not self.storage.exists(self.key):
                 return None, None
@@ -156,25 +147,18 @@ class Lease:
         """Create (etag None) or replace the version `etag`; _Conflict if the store has another."""
         body = json.dumps(record).encode()
         if self.conditional:
-            self._put(self.key, body, **({"IfMatch": etag} if etag else {"IfNoneMatch": "*"}))
+            self._put(self.key, body, etag)
             return
         if self._read()[1] != etag:
             raise _Conflict()
         self.storage.write_bytes(self.key, body)
 
-    def _put(self, key: str, body: bytes, **condition) -> None:
-        """A conditional PutObject; _Conflict on 412/409, else an explained StorageError."""
-        from botocore.exceptions import ClientError
+    def _put(self, key: str, body: bytes, etag: Optional[str] = None) -> None:
+        """A conditional put (create, or replace `etag`); _Conflict on 412/409."""
         try:
-            with self.storage._explained(key):
-                self.storage.client.put_object(Bucket=self.storage.bucket, Key=self.storage._key(key),
-                                               Body=body, **condition)
-        except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
-                    "PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise _Conflict() from None
-            raise
+            self.storage.write_if(key, body, if_match=etag)
+        except PreconditionFailed:
+            raise _Conflict() from None
 
     def _probe_conditional(self) -> bool:
         """Does the store refuse a second `If-None-Match: *` create? (Some ignore the header,
@@ -184,8 +168,8 @@ class Lease:
         from botocore.exceptions import ClientError
         probe = f"{self.key}.probe-{self.owner}"
         try:
-            self._put(probe, b"", IfNoneMatch="*")
-            self._put(probe, b"", IfNoneMatch="*")
+            self._put(probe, b"")
+            self._put(probe, b"")
             supported = False
         except _Conflict:
             supported = True

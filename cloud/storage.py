@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
-from cloud.errors import StorageError
+from cloud.errors import PreconditionFailed, StorageError
 from cloud.settings import StorageSettings, to_settings
 from cloud.urls import StorageURL, check_relative_key, parse_url, safe_local_path
 
@@ -361,14 +361,11 @@ class S3Storage(Storage):
                                      obj["LastModified"].timestamp())
 
     def stat(self, key: str) -> ObjectInfo | None:
-        from botocore.exceptions import ClientError
         try:
             with self._explained(key):
                 head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except StorageError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") in (
-                    "404", "NoSuchKey", "NotFound"):
+            if _error_code(exc) in _MISSING:
                 return None
             raise
         return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'),
@@ -385,6 +382,48 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         with self._explained(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def read_versioned(self, key: str) -> tuple[bytes | None, str | None]:
+        """(bytes, ETag) of a small object, (None, None) when there is none: the version a
+        conditional write may then replace."""
+        try:
+            with self._explained(key):
+                got = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+                return got["Body"].read(), got.get("ETag")
+        except StorageError as exc:
+            if _error_code(exc) in _MISSING:
+                return None, None
+            raise
+
+    def write_if(self, key: str, data: bytes, *, if_match: str | None = None) -> None:
+        """Create `key` only if it does not exist (if_match None: `If-None-Match: *`), or replace
+        only the version `if_match`; PreconditionFailed when the store holds another. Stores
+        that ignore the headers write unconditionally (see cloud.lease's probe)."""
+        condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+        try:
+            with self._explained(key):
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                       **condition)
+        except StorageError as exc:
+            if _error_code(exc) in _CONFLICT:
+                raise PreconditionFailed(f"{self.describe(key)} changed under a conditional "
+                                         f"write") from None
+            raise
+
+    def open_body(self, key: str, start: int = 0, if_match: str | None = None):
+        """The object's body as botocore's stream, from byte `start`; with `if_match`, only
+        while the object is still that version (a resumed read must not mix two uploads)."""
+        extra = {"Range": f"bytes={start}-"} if start else {}
+        if if_match:
+            extra["IfMatch"] = if_match
+        with self._explained(key):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key), **extra)["Body"]
+
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy within the bucket (objects up to 5 GB): no bytes through this host."""
+        with self._explained(src):
+            self.client.copy_object(CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+                                    Bucket=self.bucket, Key=self._key(dst))
 
     def transfer_config(self, workers: int | None = None):
         from boto3.s3.transfer import TransferConfig
@@ -528,3 +567,16 @@ def open_storage(url: str | os.PathLike | StorageURL,
     if parsed.is_remote:
         return S3Storage(parsed, settings)
     return LocalStorage(parsed, settings)
+
+
+_MISSING = ("404", "NoSuchKey", "NotFound")
+_CONFLICT = ("412", "PreconditionFailed", "409", "ConditionalRequestConflict")
+
+
+def _error_code(exc: StorageError) -> str | None:
+    """The S3 error code behind an explained StorageError, if botocore gave one."""
+    from botocore.exceptions import ClientError
+    cause = exc.__cause__
+    if isinstance(cause, ClientError):
+        return cause.response.get("Error", {}).get("Code")
+    return None

@@ -35,10 +35,9 @@ class S3ReadStream(io.RawIOBase):
         self.body = self._get()
 
     def _get(self):
-        extra = {"Range": f"bytes={self.position}-", "IfMatch": self.etag} if self.position else {}
-        with self.storage._explained(self.key):
-            return self.storage.client.get_object(Bucket=self.storage.bucket,
-                                                  Key=self.storage._key(self.key), **extra)["Body"]
+        if not self.position:
+            return self.storage.open_body(self.key)
+        return self.storage.open_body(self.key, self.position, if_match=self.etag)
 
     def readable(self) -> bool:
         return True

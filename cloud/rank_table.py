@@ -124,20 +124,7 @@ def convert_modelarts_table(path_or_dir: str | os.PathLike, timeout_s: float = 6
     the pod name, which is the node's ``VC_TASK_INDEX``, as ModelArts' own launcher does) or
     ``"server_id"`` (IP order, as ``merge_tables``). A file already in v1.0 keeps its ranks.
     """
-    if order not in ("pod_index", "server_id"):
-        raise RankTableError(f"order={order!r}: use 'pod_index' or 'server_id'")
-    if poll_s <= 0 or timeout_s < 0:
-        raise RankTableError(f"poll_s={poll_s} must be > 0 and timeout_s={timeout_s} >= 0")
-    path = _table_path(path_or_dir)
-    data = _wait_until_completed(path, timeout_s, poll_s)
-    if "server_list" in data:
-        table = _stringified(data)
-    elif "group_list" in data:
-        table = _from_group_list(data, path, order)
-    else:
-        raise RankTableError(f"{path}: has neither group_list (ModelArts) nor server_list (v1.0)")
-    validate_table(table, where=str(path))
-    return table
+    return load_job_table(path_or_dir, timeout_s, poll_s, order).table
 
 
 def _wait_until_completed(path: Path, timeout_s: float, poll_s: float) -> dict:
@@ -171,13 +158,6 @@ def _read_if_completed(path: Path) -> tuple[dict | None, str]:
     if status != "completed":
         return None, f"status is {status!r}"
     return data, ""
-
-
-def _from_group_list(data: dict, path: Path, order: str) -> dict:
-    """ModelArts template -> v1.0, the way Huawei's own launcher converts it
-    (mindspore-lab/mindone tools/modelarts/run_ascend/rank_table.py): pods in pod-index order
-    take consecutive ranks, and pods that share a host share that host's server entry."""
-    return _table_from_instances(_instances_from_group_list(data, path, order))
 
 
 def _instances_from_group_list(data: dict, path: Path, order: str) -> list["TableInstance"]:
@@ -218,12 +198,25 @@ def _instances_from_group_list(data: dict, path: Path, order: str) -> list["Tabl
     return pods
 
 
-def _table_from_instances(pods: list["TableInstance"]) -> dict:
+def _ranked(pods: list["TableInstance"]) -> tuple[dict, tuple]:
+    """Ranks pod by pod in this order, as Huawei's own launcher numbers them
+    (mindspore-lab/mindone tools/modelarts/run_ascend/rank_table.py); pods that share a host
+    share its server entry, which then holds each pod's ranks as they were given (a host whose
+    pods are not neighbours in pod order has ranks that are not contiguous)."""
     servers: dict[str, dict] = {}
+    ranked, rank = [], 0
     for pod in pods:
+        devices = []
+        for device in pod.devices:
+            devices.append({"device_id": device["device_id"], "device_ip": device["device_ip"],
+                            "rank_id": str(rank)})
+            rank += 1
+        ranked.append(TableInstance(pod.pod_name, pod.server_id, tuple(devices)))
         servers.setdefault(pod.server_id, {"server_id": pod.server_id, "device": []})
-        servers[pod.server_id]["device"].extend(pod.devices)
-    return _numbered(list(servers.values()))
+        servers[pod.server_id]["device"].extend(devices)
+    table = {"version": "1.0", "server_count": str(len(servers)),
+             "server_list": list(servers.values()), "status": "completed"}
+    return table, tuple(ranked)
 
 
 # --- this node's part ------------------------------------------------------------------------
@@ -265,20 +258,25 @@ class JobTable:
 
 def load_job_table(path_or_dir: str | os.PathLike, timeout_s: float = 600.0,
                    poll_s: float = 1.0, order: str = "pod_index") -> JobTable:
-    """Like ``convert_modelarts_table``, keeping which pod runs which ranks."""
+    """Wait for ModelArts' ``jobstart_hccl.json`` to be completed (see
+    ``convert_modelarts_table``) and return it as v1.0 with the pods that run its ranks."""
+    if order not in ("pod_index", "server_id"):
+        raise RankTableError(f"order={order!r}: use 'pod_index' or 'server_id'")
+    if poll_s <= 0 or timeout_s < 0:
+        raise RankTableError(f"poll_s={poll_s} must be > 0 and timeout_s={timeout_s} >= 0")
     path = _table_path(path_or_dir)
-    table = convert_modelarts_table(path, timeout_s, poll_s, order)
-    data = json.loads(path.read_text(encoding="utf-8"))
-    ranks = {(s["server_id"], d["device_id"]): d["rank_id"]
-             for s in table["server_list"] for d in s["device"]}
-    if "group_list" in data:
-        pods = _instances_from_group_list(data, path, order)
+    data = _wait_until_completed(path, timeout_s, poll_s)
+    if "server_list" in data:
+        table = _stringified(data)
+        validate_table(table, where=str(path))
+        pods = tuple(TableInstance(None, s["server_id"], tuple(
+            sorted(s["device"], key=lambda d: int(d["rank_id"])))) for s in table["server_list"])
+    elif "group_list" in data:
+        table, pods = _ranked(_instances_from_group_list(data, path, order))
+        validate_table(table, where=str(path))
     else:
-        pods = [TableInstance(None, s["server_id"], tuple(s["device"])) for s in table["server_list"]]
-    ranked = [TableInstance(pod.pod_name, pod.server_id, tuple(
-        sorted((dict(d, rank_id=ranks[(pod.server_id, d["device_id"])]) for d in pod.devices),
-               key=lambda d: int(d["rank_id"])))) for pod in pods]
-    return JobTable(table, tuple(ranked))
+        raise RankTableError(f"{path}: has neither group_list (ModelArts) nor server_list (v1.0)")
+    return JobTable(table, pods)
 
 
 def find_own_instance(job_table: JobTable, *, instance_name: Optional[str] = None,

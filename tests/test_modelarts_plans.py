@@ -169,6 +169,23 @@ def test_two_pods_on_one_host_each_start_only_their_own_cards(clean, tmp_path, c
     assert [p["physical_device_id"] for p in plan["processes"]] == ["4", "5", "6", "7"]
 
 
+def test_a_host_whose_pods_are_not_neighbours_keeps_each_pods_ranks(clean, tmp_path, capsys):
+    """Pods 0 and 2 on one host, pod 1 on another: ranks go pod by pod (as Huawei's launcher
+    numbers them), so pod 2 runs ranks 8-11 as node 2, and its host's entry holds 0-3 and 8-11."""
+    table = jobstart(tmp_path / "rank_table", [(pod(0), "10.0.4.11", [0, 1, 2, 3]),
+                                               (pod(1), "10.0.4.12", [0, 1, 2, 3]),
+                                               (pod(2), "10.0.4.11", [4, 5, 6, 7])])
+    clean(**node_vars(2, 3, 4, RANK_TABLE_FILE=table))
+    plan = ascend_plan(capsys, tmp_path)
+    processes = plan["processes"]
+    assert [p["rank"] for p in processes] == [8, 9, 10, 11]
+    assert [p["physical_device_id"] for p in processes] == ["4", "5", "6", "7"]
+    assert {flag(p["argv"], "--node_rank") for p in processes} == {"2"}
+    servers = read_table(plan["rank_table"])["server_list"]
+    assert [[d["rank_id"] for d in s["device"]] for s in servers] == \
+        [["0", "1", "2", "3", "8", "9", "10", "11"], ["4", "5", "6", "7"]]
+
+
 def test_a_node_that_cannot_be_placed_is_one_clear_error(clean, tmp_path):
     table = jobstart(tmp_path / "rank_table", [("podA", "10.0.4.11", [0, 1]),
                                                ("podB", "10.0.4.11", [2, 3])])

@@ -28,7 +28,7 @@ import uuid
 from typing import Optional
 
 from cloud.errors import PreconditionFailed, StorageError
-from cloud.storage import S3Storage, Storage
+from cloud.storage import S3Storage, Storage, s3_error_code
 from core.run_lock import pid_alive
 
 log = logging.getLogger("cloud.lease")
@@ -165,7 +165,6 @@ class Lease:
         some reject it: both mean read-compare-write.)"""
         if not isinstance(self.storage, S3Storage):
             return False
-        from botocore.exceptions import ClientError
         probe = f"{self.key}.probe-{self.owner}"
         try:
             self._put(probe, b"")
@@ -174,7 +173,7 @@ class Lease:
         except _Conflict:
             supported = True
         except StorageError as exc:
-            if not isinstance(exc.__cause__, ClientError):
+            if s3_error_code(exc) is None:
                 raise  # unreachable store: say so, not "unsupported"
             supported = False
         self.storage.delete(probe)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from cloud.errors import PreconditionFailed, StorageError
 from cloud.settings import StorageSettings, to_settings
 from cloud.urls import StorageURL, check_relative_key, parse_url, safe_local_path
+from core.run_lock import pid_alive
 
 log = logging.getLogger("cloud.storage")
 
@@ -51,16 +52,6 @@ def part_path(final_path: str) -> str:
     return f"{final_path}{PART_MARK}{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def remove_stale_parts(root: str) -> int:
     """Delete partial downloads under ``root`` left by dead processes (or by us)."""
     removed = 0
@@ -70,7 +61,7 @@ def remove_stale_parts(root: str) -> int:
             if mark < 0:
                 continue
             pid_text = name[mark + len(PART_MARK):].split(".")[0]
-            if pid_text.isdigit() and int(pid_text) != os.getpid() and _pid_alive(int(pid_text)):
+            if pid_text.isdigit() and int(pid_text) != os.getpid() and pid_alive(int(pid_text)):
                 continue
             try:
                 os.remove(os.path.join(dirpath, name))
@@ -365,7 +356,7 @@ class S3Storage(Storage):
             with self._explained(key):
                 head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except StorageError as exc:
-            if _error_code(exc) in _MISSING:
+            if s3_error_code(exc) in _MISSING:
                 return None
             raise
         return ObjectInfo(key, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"'),
@@ -391,7 +382,7 @@ class S3Storage(Storage):
                 got = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
                 return got["Body"].read(), got.get("ETag")
         except StorageError as exc:
-            if _error_code(exc) in _MISSING:
+            if s3_error_code(exc) in _MISSING:
                 return None, None
             raise
 
@@ -405,7 +396,7 @@ class S3Storage(Storage):
                 self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
                                        **condition)
         except StorageError as exc:
-            if _error_code(exc) in _CONFLICT:
+            if s3_error_code(exc) in _CONFLICT:
                 raise PreconditionFailed(f"{self.describe(key)} changed under a conditional "
                                          f"write") from None
             raise
@@ -573,10 +564,11 @@ _MISSING = ("404", "NoSuchKey", "NotFound")
 _CONFLICT = ("412", "PreconditionFailed", "409", "ConditionalRequestConflict")
 
 
-def _error_code(exc: StorageError) -> str | None:
-    """The S3 error code behind an explained StorageError, if botocore gave one."""
+def s3_error_code(exc: StorageError) -> str | None:
+    """The S3 error code behind an explained StorageError ("" when the store answered without
+    one); None when no answer came (connection, timeout)."""
     from botocore.exceptions import ClientError
     cause = exc.__cause__
     if isinstance(cause, ClientError):
-        return cause.response.get("Error", {}).get("Code")
+        return cause.response.get("Error", {}).get("Code") or ""
     return None

@@ -121,8 +121,8 @@ def cmd_eval(args) -> int:
     net = fuse_for_inference(net, cfg.system.depthwise_impl)
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
     print(format_result(result, str(path)))
-    print(f"weights: {weights} (--weights {'live' if weights == 'ema' else 'auto'} for the "
-          f"{'trained' if weights == 'ema' else 'EMA, when the checkpoint has them'} ones)")
+    print(f"weights: {weights}" + (" (--weights live for the trained ones)" if weights == "ema"
+                                   else ""))
     out = _output_dir(args, path)
     out.mkdir(parents=True, exist_ok=True)
     record = dict(result, checkpoint=str(path), weights=weights, dataset=str(Path(cfg.data.path) / cfg.data.val_dir))

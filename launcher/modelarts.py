@@ -36,8 +36,8 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 
 from launcher import distributed as dist  # noqa: E402
 from launcher.common import run_main  # noqa: E402
-from launcher.modelarts_args import (build_config, cache_root, parser,  # noqa: E402,F401
-                                     resume_point, split_hyperparameters, storage_fields)
+from launcher.modelarts_args import (build_config, cache_root, parser,  # noqa: E402
+                                     resume_point, split_hyperparameters)
 from launcher.modelarts_plan import PlanInputs, plan_for  # noqa: E402
 
 log = logging.getLogger("launcher.modelarts")

@@ -1,6 +1,5 @@
 """HCCL rank tables: hccn.conf generation, merging, ModelArts conversion, validation."""
 
-import copy
 import json
 import os
 import shutil

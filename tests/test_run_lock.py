@@ -18,7 +18,6 @@ from cloud.checkpoint_store import CheckpointUploader, read_manifest
 from cloud.lease import Lease, LeaseError
 from cloud.storage import open_storage
 from core.run_lock import LOCK_NAME, RunLock, RunLockError
-from tests.core_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.run_lock import RunLock; "

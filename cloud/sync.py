@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from cloud.errors import StorageError, UnsafeKeyError
 from cloud.node_lock import run_once_per_node
@@ -307,8 +307,13 @@ def _record(stats: SyncStats, attempted: int, errors: list, progress, started: f
 # --------------------------------------------------------------------------- upload
 
 
-def _local_files(src_dir: str) -> list[tuple[str, str, os.stat_result]]:
-    return list(walk_files(src_dir, src_dir))
+def _local_files(src_dir: str, files: Iterable[str] | None = None
+                 ) -> list[tuple[str, str, os.stat_result]]:
+    if files is None:
+        return list(walk_files(src_dir, src_dir))
+    real_root = os.path.realpath(src_dir)
+    return [(rel, path, os.stat(path))
+            for rel, path in ((rel, safe_local_path(src_dir, rel, real_root)) for rel in files)]
 
 
 _MD5_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
@@ -335,8 +340,10 @@ def local_etag(path: str, remote_etag: str, chunksize: int) -> str | None:
 
 
 def upload_tree(src_dir: str, storage: Storage, prefix: str = "", *, workers: int | None = None,
-                progress_interval_s: float | None = None) -> SyncStats:
-    """Upload every file under ``src_dir`` to ``prefix``, skipping up-to-date ones.
+                progress_interval_s: float | None = None,
+                files: Iterable[str] | None = None) -> SyncStats:
+    """Upload every file under ``src_dir`` (or only ``files``, paths relative to it) to
+    ``prefix``, skipping up-to-date ones.
 
     A file is skipped when the remote object has the same size and either a
     modification time not older than the local file's or the same content
@@ -353,7 +360,7 @@ def upload_tree(src_dir: str, storage: Storage, prefix: str = "", *, workers: in
     remote = {info.key[len(base):]: info for info in storage.list(base)}
     stats = SyncStats()
     todo = []
-    for rel, path, st in _local_files(src_dir):
+    for rel, path, st in _local_files(src_dir, files):
         have = remote.get(rel)
         if have is not None and have.size == st.st_size and (
                 have.mtime >= st.st_mtime or

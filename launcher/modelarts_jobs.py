@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
@@ -122,28 +120,18 @@ def code_files(root: Optional[Path] = None) -> list[str]:
 
 
 def upload_code(code_dir: str, settings, root: Optional[Path] = None):
-    """Mirror the code to `code_dir` with cloud.sync.upload_tree (same size and not newer, or same
-    content: skipped). Files removed locally stay in the bucket."""
+    """Mirror the code files to `code_dir` with cloud.sync.upload_tree (same size and not newer,
+    or same content: skipped). Files removed locally stay in the bucket."""
     from cloud.storage import open_storage
     from cloud.sync import upload_tree
 
     root = Path(root or REPO_ROOT)
-    staging = Path(tempfile.mkdtemp(prefix="mnv3-code-"))
+    storage = open_storage(code_dir, settings)
     try:
-        # A tree of links to just the code files: upload_tree reads through them, so sizes and
-        # times are the real files' and the bucket gets the real content.
-        for rel in code_files(root):
-            link = staging / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(root / rel, link)
-        storage = open_storage(code_dir, settings)
-        try:
-            storage.check()
-            return upload_tree(str(staging), storage)
-        finally:
-            storage.close()
+        storage.check()
+        return upload_tree(str(root), storage, files=code_files(root))
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.close()
 
 
 # --- watching ------------------------------------------------------------------------------------

@@ -38,12 +38,9 @@ from launcher import distributed as dist  # noqa: E402
 from launcher.common import run_main  # noqa: E402
 from launcher.modelarts_args import (build_config, cache_root, parser,  # noqa: E402
                                      resume_point, split_hyperparameters)
-from launcher.modelarts_plan import PlanInputs, plan_for  # noqa: E402
+from launcher.modelarts_plan import DYNAMIC_CLUSTER_VARS, PlanInputs, plan_for  # noqa: E402
 
 log = logging.getLogger("launcher.modelarts")
-# Variables of msrun's dynamic cluster: a rank-table process must not inherit them.
-DYNAMIC_CLUSTER_VARS = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
-                        "MS_TOPO_TIMEOUT")
 
 
 # --- starting it -----------------------------------------------------------------------------

@@ -202,6 +202,12 @@ def platform_rank_plan(env, target: str, inputs: PlanInputs) -> Plan:
                 rank_table=table_path, rule=rule, scheduler=scheduler)
 
 
+# What msrun exports to its ranks (MindSpore's dynamic cluster): dynamic_cluster sets them for
+# ranks no msrun started; a rank-table process must not inherit them.
+DYNAMIC_CLUSTER_VARS = ("MS_ROLE", "MS_SCHED_HOST", "MS_SCHED_PORT", "MS_WORKER_NUM", "MS_NODE_ID",
+                        "MS_TOPO_TIMEOUT")
+
+
 def dynamic_cluster(env, inputs: PlanInputs) -> dict:
     """MindSpore's dynamic-cluster variables for a rank that no msrun started (CPU/GPU)."""
     return {"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": str(env.world_size),

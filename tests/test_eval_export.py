@@ -1,4 +1,5 @@
-"""Evaluation counts and export fidelity on a briefly trained network."""
+"""Evaluation counts, the known result and export fidelity on the shared trained network."""
+import copy
 import json
 
 import mindspore as ms
@@ -11,24 +12,35 @@ from core.imagefolder import scan_split
 from core.evaluate import evaluate
 from core.export import ExportError, export_model
 from core.inference import network_from_checkpoint
-from core.train import train
-from tests.core_fixtures import tiny_config
+from tests.core_fixtures import COLOURS, LEARNED_TOP1
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trained")
-    cfg = tiny_config(tiny_dataset, out, **{"train.epochs": 1, "train.eval_at_end": False,
-                                            "model.bn_momentum": 0.5})
-    summary = train(cfg, out)
+def trained(learned_run):
+    """The shared trained network (tests.core_fixtures.learned_run), restored from its final
+    checkpoint: (config, network, classes, run directory, the run's own final eval, dataset)."""
+    cfg, out, summary, final_eval, root = learned_run
+    cfg = copy.deepcopy(cfg)  # the export tests change cfg.export
     state = ckpt.load(summary["final_checkpoint"])
     net, classes = network_from_checkpoint(state, cfg, summary["final_checkpoint"])
-    return cfg, net, classes, out
+    return cfg, net, classes, out, final_eval, root
 
 
-def test_eval_scores_every_image_once_with_a_partial_batch(trained, tiny_dataset):
-    cfg, net, classes, _ = trained
-    val = scan_split(tiny_dataset / "val", classes)
+def test_eval_of_the_checkpoint_reproduces_the_known_result(trained):
+    """evaluate() on the restored checkpoint gives the run's own final score, and that score is
+    the known one for this set (>= 0.9 where chance is 1/3): a trainer that learns nothing, or
+    an eval that restores or labels wrongly, fails here."""
+    cfg, net, classes, _, final_eval, root = trained
+    assert list(classes) == list(COLOURS)
+    result = evaluate(net, scan_split(root / "val", classes), cfg.data, cfg.train.label_smoothing)
+    assert result["Top_1_Acc"] >= LEARNED_TOP1
+    assert result["Top_1_Acc"] == final_eval["Top_1_Acc"] and result["Top_5_Acc"] == 1.0
+    assert result["Loss"] == pytest.approx(final_eval["Loss"], rel=1e-5)
+
+
+def test_eval_scores_every_image_once_with_a_partial_batch(trained):
+    cfg, net, classes, _, _, root = trained
+    val = scan_split(root / "val", classes)
     assert len(val) % cfg.data.eval_batch_size != 0  # 30 images, batches of 7
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
     assert result["images"] == 30
@@ -46,7 +58,7 @@ def test_eval_scores_every_image_once_with_a_partial_batch(trained, tiny_dataset
 
 @pytest.mark.parametrize("fmt", ["MINDIR", "ONNX"])
 def test_export_writes_graph_classes_and_card(trained, fmt, tmp_path):
-    cfg, net, classes, _ = trained
+    cfg, net, classes, *_ = trained
     cfg.export.format = fmt
     path = export_model(net, cfg, tmp_path, classes, "CPU", eval_result={"Top_1_Acc": 0.5})
     assert path.exists() and path.suffix == {"MINDIR": ".mindir", "ONNX": ".onnx"}[fmt]
@@ -61,21 +73,23 @@ def test_export_writes_graph_classes_and_card(trained, fmt, tmp_path):
         assert export_model(net, cfg, tmp_path, classes, "CPU") == path
 
 
-def test_onnx_logits_match_mindspore(trained, tiny_dataset, tmp_path):
-    cfg, net, classes, _ = trained
+def test_onnx_logits_match_mindspore(trained, tmp_path):
+    cfg, net, classes, *_ = trained
     cfg.export.format, cfg.export.batch_size = "ONNX", 4
     path = export_model(net, cfg, tmp_path, classes, "CPU")
-    val = scan_split(tiny_dataset / "val", classes)
-    image = next(val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True))[0][:4]
+    val = scan_split(trained[-1] / "val", classes)
+    image, label = next(val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True))
+    image, label = image[:4], label[:4]
     expected = net(ms.Tensor(image)).asnumpy()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: image})[0]
     assert expected.std() > 1e-3, "a trained net gives informative logits"
     assert np.max(np.abs(got - expected)) <= 1e-4
+    assert list(got.argmax(1)) == list(label)  # the trained net's known answers
 
 
 def test_air_needs_ascend(trained, tmp_path):
-    cfg, net, classes, _ = trained
+    cfg, net, classes, *_ = trained
     cfg.export.format = "AIR"
     with pytest.raises(ExportError, match="AIR export needs an Ascend device"):
         export_model(net, cfg, tmp_path, classes, "CPU")

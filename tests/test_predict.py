@@ -1,9 +1,9 @@
-"""predict agrees with evaluation: same preprocessing, same logits, same top-1.
+"""predict agrees with evaluation: same preprocessing, same logits, same top-1, and the known
+answers of the shared trained network (tests.core_fixtures.learned_run).
 
-Nothing is trained: a seeded network is saved as a runner checkpoint, then its predictions on
-the synthetic val images are compared with the logits of the eval pipeline
-(the split's eval_pipeline, as core.evaluate.evaluate runs it), through the checkpoint and
-through an exported MINDIR.
+Its predictions on the val images are compared with the true labels and with the logits of the
+eval pipeline (the split's eval_pipeline, as core.evaluate.evaluate runs it), through the
+checkpoint and through an exported MINDIR.
 """
 from __future__ import annotations
 
@@ -19,24 +19,19 @@ from core import checkpoint as ckpt
 from core.imagefolder import scan_split
 from core.pipeline import DatasetError
 from core.export import export_model
+from core.inference import network_from_checkpoint
 from core.model import build_model
 from core.predict import preprocess, read_image, softmax, top_k
-from tests.core_fixtures import tiny_config
+from tests.core_fixtures import LEARNED_TOP1
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_dataset, tmp_path_factory):
+def setup(learned_run):
     """(cfg, val split, checkpoint path, eval-pipeline images and logits, run dir)."""
-    out = tmp_path_factory.mktemp("predict")
-    cfg = tiny_config(tiny_dataset, out, **{"data.image_size": 32, "data.eval_resize": 40,
-                                            "data.eval_batch_size": 8})
-    val = scan_split(Path(tiny_dataset) / "val")
-    ms.set_seed(11)
-    net = build_model("mobilenet_v3_small", len(val.classes))
-    net.set_train(False)
-    path = ckpt.save(out / "checkpoints" / "mobilenetv3-e0001-s00000010.ckpt",
-                     net.get_parameters(), {"classes": list(val.classes), "config": cfg.to_dict(),
-                                            "epoch": 1, "step": 10})
+    cfg, out, summary, _, root = learned_run
+    val = scan_split(Path(root) / "val")
+    path = Path(summary["final_checkpoint"])
+    net, _ = network_from_checkpoint(ckpt.load(path), cfg, path)
     images, logits = [], []
     for image, _ in val.eval_pipeline(cfg.data).create_tuple_iterator(num_epochs=1, output_numpy=True):
         images.append(image)
@@ -61,12 +56,16 @@ def test_preprocessing_is_the_eval_pipeline_bit_for_bit(setup):
 
 def test_predict_from_checkpoint_agrees_with_eval(setup, capsys):
     cfg, val, path, _, eval_logits, _ = setup
-    assert len(set(eval_logits.argmax(1))) > 1  # the seeded net does not answer one class for all
     got = run_cli(["predict", "--checkpoint", str(path), "--image", *val.files, "--json",
                    "--top", "3", "--device_target", "CPU"], capsys)
     assert [g["file"] for g in got] == list(val.files)
     top1 = [val.classes.index(g["top"][0]["class"]) for g in got]
     assert top1 == list(eval_logits.argmax(1))
+    # the known answers: each file's colour folder, confidently (chance is 1/3)
+    truth = [Path(f).parent.name for f in val.files]
+    hits = [g["top"][0]["class"] == t for g, t in zip(got, truth)]
+    assert np.mean(hits) >= LEARNED_TOP1
+    assert np.median([g["top"][0]["probability"] for g in got]) > 0.6
     probs = softmax(eval_logits)
     for g, p in zip(got, probs):
         assert len(g["top"]) == 3

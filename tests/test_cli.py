@@ -55,6 +55,9 @@ def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
     assert "'Top_1_Acc'" in line and "ckpt= " in line
     record = json.loads((out / "eval.json").read_text())
     assert record["images"] == 30
+    # the run's own evaluation of the same checkpoint is the known result eval must reproduce
+    ran = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l][-1]
+    assert record["Top_1_Acc"] == ran["Top_1_Acc"] and record["Top_5_Acc"] == ran["Top_5_Acc"]
     # eval runs the fused CPU graph (core/fuse.py); nn.Conv2d without fusion scores the same
     assert "feature units fused (BN folded)" in result.stdout + result.stderr
     result = run("eval", "--checkpoint_path", out, "--output_dir", tmp_path / "native",

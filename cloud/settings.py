@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 MB = 1024 * 1024
+ENGINES = ("auto", "boto3")
 
 
 @dataclass
@@ -38,6 +39,11 @@ class StorageSettings:
                         objects at least this big move in parts of this size,
                         through boto3's transfer manager.
     io_chunksize_kb     read/write block size of the transfer manager.
+    engine              what carries objects below the multipart threshold: "auto" (one lean
+                        signed request per object, cloud.s3lean, falling back to boto3 for
+                        that object on any other answer; boto3 wherever it cannot be used, e.g.
+                        behind a proxy) or "boto3" (every request through botocore).
+                        Multipart objects always go through boto3's transfer manager.
     progress_interval_s seconds between progress lines of a sync.
     upload_retries, upload_retry_delay_s
                         a checkpoint upload that failed (after botocore's attempts) is
@@ -62,6 +68,7 @@ class StorageSettings:
     multipart_threshold_mb: float = 16.0
     multipart_chunksize_mb: float = 16.0
     io_chunksize_kb: int = 1024
+    engine: str = "auto"
     progress_interval_s: float = 10.0
     upload_retries: int = 3
     upload_retry_delay_s: float = 10.0
@@ -72,6 +79,8 @@ class StorageSettings:
         if self.addressing_style not in (None, "auto", "path", "virtual"):
             raise ValueError(f"storage addressing_style {self.addressing_style!r}: "
                              "expected 'virtual', 'path' or 'auto'")
+        if self.engine not in ENGINES:
+            raise ValueError(f"storage engine {self.engine!r}: expected one of {', '.join(ENGINES)}")
         if int(self.workers) < 1 or int(self.max_attempts) < 1:
             raise ValueError("storage workers and max_attempts must be at least 1")
         if int(self.upload_retries) < 0 or float(self.upload_retry_delay_s) < 0:

@@ -57,15 +57,21 @@ def user_files(tree: dict) -> dict:
     return {k: v for k, v in tree.items() if not os.path.basename(k).startswith(".cloud-")}
 
 
-@pytest.fixture(params=["s3", "local"])
+ENGINES = ["auto", "boto3"]  # storage.engine: lean requests for small objects, or all botocore
+
+
+@pytest.fixture(params=["s3", "s3-boto3", "local"])
 def remote(request, tmp_path):
-    """A fresh Storage: a SeaweedFS bucket prefix, or a local directory."""
+    """A fresh Storage: a SeaweedFS bucket prefix (default engine, or every request through
+    botocore), or a local directory."""
     if request.param == "local":
         root = tmp_path / "remote"
         root.mkdir()
         return open_storage(str(root), {"workers": 4})
     server = request.getfixturevalue("s3_server")
-    return open_storage(f"s3://{server.make_bucket()}/runs/r1", server.settings(workers=4))
+    engine = "boto3" if request.param == "s3-boto3" else "auto"
+    return open_storage(f"s3://{server.make_bucket()}/runs/r1",
+                        server.settings(workers=4, engine=engine))
 
 
 def test_round_trip_and_incremental(remote, tmp_path):
@@ -193,14 +199,36 @@ class BrokenStream:
         self._body.close()
 
 
-def test_failed_download_leaves_no_partial_file(s3_server, tmp_path):
-    settings = s3_server.settings(multipart_threshold_mb=1, multipart_chunksize_mb=1, workers=2)
+class BrokenLeanResponse:
+    """A lean GET's answer (cloud.s3lean) that dies after ``limit`` body bytes."""
+
+    def __init__(self, response, limit):
+        self._response, self._left = response, limit
+        self.status, self.will_close = response.status, response.will_close
+
+    def readinto(self, view):
+        import http.client
+        if self._left <= 0:
+            raise http.client.IncompleteRead(b"")
+        n = self._response.readinto(view[:self._left])
+        self._left -= n
+        return n
+
+    def read(self):
+        return self._response.read()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_failed_download_leaves_no_partial_file(s3_server, tmp_path, monkeypatch, engine):
+    from cloud.s3lean import LeanS3
+    settings = s3_server.settings(multipart_threshold_mb=1, multipart_chunksize_mb=1, workers=2,
+                                  engine=engine)
     storage = open_storage(f"s3://{s3_server.make_bucket()}/pre", settings)
     storage.write_bytes("ok.txt", b"fine")
     storage.write_bytes("small.bin", os.urandom(200_000))
     storage.write_bytes("large.bin", os.urandom(3 * 1024 * 1024))
 
-    calls = []
+    calls, lean_calls = [], []
 
     def remember_key(params, context, **kwargs):
         context["test_key"] = params.get("Key", "")
@@ -212,6 +240,15 @@ def test_failed_download_leaves_no_partial_file(s3_server, tmp_path):
     events = storage.client.meta.events
     events.register("before-parameter-build.s3.GetObject", remember_key)
     events.register("after-call.s3.GetObject", sabotage)
+    real_exchange = LeanS3._exchange
+
+    def lean_sabotage(self, method, path, headers, body):
+        response = real_exchange(self, method, path, headers, body)
+        if response is None or method != "GET" or path.endswith("ok.txt"):
+            return response
+        lean_calls.append(path)
+        return BrokenLeanResponse(response, 1000)
+    monkeypatch.setattr(LeanS3, "_exchange", lean_sabotage)
     cache = tmp_path / "cache"
     with pytest.raises(StorageError) as info:
         download_tree(storage, "", str(cache))
@@ -221,9 +258,14 @@ def test_failed_download_leaves_no_partial_file(s3_server, tmp_path):
     assert sorted(read_tree(cache)) == [STATE_NAME, "ok.txt"]  # no partial, no temp
     state = json.loads((cache / STATE_NAME).read_text())
     assert sorted(state["files"]) == ["ok.txt"]
-    assert calls.count("pre/small.bin") >= 6  # one direct GET, then the manager's 5 attempts
+    # One direct GET (lean, or botocore's), then the manager's 5 attempts.
+    if engine == "boto3":
+        assert calls.count("pre/small.bin") >= 6 and not lean_calls
+    else:
+        assert calls.count("pre/small.bin") >= 5 and lean_calls == ["/" + storage.bucket + "/pre/small.bin"]
 
     events.unregister("after-call.s3.GetObject", sabotage)
+    monkeypatch.setattr(LeanS3, "_exchange", real_exchange)
     retry = download_tree(storage, "", str(cache))
     assert (retry.files_transferred, retry.files_skipped) == (2, 1)
 
@@ -244,12 +286,19 @@ CRASHING_CHILD = textwrap.dedent("""
                 return read(amt)
             body.read = slow_read
     storage.client.meta.events.register("after-call.s3.GetObject", slow_body)
+    import http.client  # the lean path (cloud.s3lean) reads with http.client
+    lean_readinto = http.client.HTTPResponse.readinto
+    def slow_readinto(self, view):
+        time.sleep(0.05)
+        return lean_readinto(self, view)
+    http.client.HTTPResponse.readinto = slow_readinto
     download_tree(storage, "", {cache!r})
 """)
 
 
-def test_killed_download_never_leaves_a_half_file_under_the_final_name(s3_server, tmp_path):
-    settings = s3_server.settings(io_chunksize_kb=64, workers=1)
+@pytest.mark.parametrize("engine", ENGINES)
+def test_killed_download_never_leaves_a_half_file_under_the_final_name(s3_server, tmp_path, engine):
+    settings = s3_server.settings(io_chunksize_kb=64, workers=1, engine=engine)
     url = f"s3://{s3_server.make_bucket()}/pre"
     storage = open_storage(url, settings)
     data = os.urandom(4 * 1024 * 1024)
@@ -375,7 +424,7 @@ def test_a_failed_stage_fails_its_waiters_fast_and_a_later_run_retries(tmp_path)
 
 def test_progress_lines_and_summary_are_logged(remote, tmp_path, caplog):
     import logging
-    caplog.set_level(logging.INFO, logger="cloud")
+    caplog.set_level(logging.DEBUG, logger="cloud")
     src = tmp_path / "src"
     make_tree(src)
     upload_tree(str(src), remote, "d", progress_interval_s=0)
@@ -383,3 +432,5 @@ def test_progress_lines_and_summary_are_logged(remote, tmp_path, caplog):
     text = caplog.text
     assert "100%" in text and "5/5 files" in text and "B/s" in text  # progress lines
     assert "5 files" in text and "transferred" in text
+    secret = getattr(remote.settings, "secret_access_key", None)
+    assert not secret or secret not in text  # on every engine, even at debug level

@@ -108,7 +108,8 @@ def train_transforms(data_cfg) -> list:
 
 def eval_transforms(data_cfg) -> list:
     """Decode (formats MindSpore lacks through Pillow), resize the shorter side, centre crop,
-    normalise, CHW."""
+    normalise, CHW: MindSpore's ops, used with data.decoder=mindspore or without the native
+    library; core.jpeg_eval does the same in one native call."""
     from mindspore.dataset import vision
     mean, std = pixel_normalization(data_cfg)
     return [for_mindspore, vision.Decode(), vision.Resize(data_cfg.eval_resize),
@@ -117,8 +118,9 @@ def eval_transforms(data_cfg) -> list:
 
 
 def native_augmentation(data_cfg) -> bool:
-    """Whether training images go through the project's native operator (core.jpeg_augment):
-    data.decoder=native, or auto when `make kernels` built it; else MindSpore's ops."""
+    """Whether images go through the project's native operator (core.jpeg_augment for training,
+    core.jpeg_eval for eval and predict): data.decoder=native, or auto when `make kernels` built
+    it; else MindSpore's ops."""
     choice = data_cfg.decoder
     if choice == "mindspore":
         return False
@@ -179,9 +181,16 @@ def eval_pipeline(rows: Rows, num_samples: int, data_cfg, rank: int = 0, world: 
     """Every image of this rank's shard once; the last batch may be partial. An unreadable
     image fails evaluation (a score over a silently different set would mislead)."""
     corrupt = corrupt or CorruptImages(fail_fast=True)
-    return _mapped_batches(rows(eval_order(num_samples, rank, world), 0, corrupt, data_cfg.workers),
-                           eval_transforms(data_cfg), data_cfg,
-                           data_cfg.eval_batch_size or data_cfg.batch_size, drop_remainder=False)
+    batch_size = data_cfg.eval_batch_size or data_cfg.batch_size
+    source = rows(eval_order(num_samples, rank, world), 0, corrupt, data_cfg.workers)
+    if native_augmentation(data_cfg):
+        from core.jpeg_eval import BatchEval
+        # float32 NCHW batches as eval_transforms makes them, each one call in a worker thread
+        return source.batch(batch_size, drop_remainder=False, input_columns=["image"],
+                            per_batch_map=BatchEval(data_cfg),
+                            num_parallel_workers=usable_workers(data_cfg.workers),
+                            python_multiprocessing=False)
+    return _mapped_batches(source, eval_transforms(data_cfg), data_cfg, batch_size, drop_remainder=False)
 
 
 class RowSplit:

@@ -1,7 +1,8 @@
 """Top-k classes for image files, from a checkpoint or an exported MINDIR graph.
 
-Images go through exactly the eval transform (core.pipeline.eval_transforms: the same MindSpore
-ops, run eagerly on the file's bytes), so a prediction here is what evaluation scores. An
+Images go through exactly the eval preprocessing (the native decoder of core.jpeg_eval, or
+core.pipeline.eval_transforms' MindSpore ops run eagerly on the file's bytes, as the eval
+pipeline picks), so a prediction here is what evaluation scores. An
 exported graph has a fixed batch size; its model card (written beside it by export) supplies
 the preprocessing and the class names.
 """
@@ -15,7 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from core.image_formats import image_problem
-from core.pipeline import DatasetError, eval_transforms
+from core.pipeline import DatasetError, eval_transforms, native_augmentation
 
 CHECKPOINT_BATCH = 16
 
@@ -28,14 +29,21 @@ class Prediction:
 
 
 def preprocess(data: bytes, data_cfg, name: str = "image") -> np.ndarray:
-    """(3, S, S) float32: the eval pipeline's ops applied to the encoded image bytes. Checked
-    first as the pipelines check: a damaged JPEG header would take the process down inside
-    MindSpore's decoder (core/jpeg_check.py)."""
+    """(3, S, S) float32: the eval pipeline's preprocessing of the encoded image bytes (the
+    native decoder, core.jpeg_eval, or MindSpore's ops, as core.pipeline.eval_pipeline picks).
+    Checked first as the pipelines check: a damaged JPEG header would take the process down
+    inside MindSpore's decoder (core/jpeg_check.py)."""
     problem = image_problem(data)
     if problem:
         raise DatasetError(f"cannot decode {name}: {problem}; pass an intact image file "
                            f"(JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM)")
     image = np.frombuffer(data, np.uint8)
+    if native_augmentation(data_cfg):
+        from core.jpeg_eval import DecodeError, EvalDecode
+        try:
+            return EvalDecode(data_cfg)(image)
+        except DecodeError:
+            raise DatasetError(f"cannot decode {name} as an image; pass an intact image file") from None
     try:
         for op in eval_transforms(data_cfg):
             image = op(image)

@@ -64,14 +64,15 @@ struct Taps {
   std::vector<float> weight;
 };
 
-// Half-pixel centres, clamped to the box's edge pixels, as OpenCV's INTER_LINEAR after a crop.
-Taps make_taps(double start, double length, int out_size, int region_start, int region_size) {
+// Half-pixel centres, clamped to [lo, hi]: the box's edge pixels for OpenCV's INTER_LINEAR after a
+// crop (training), the image's for a resize before a crop (evaluation).
+Taps make_taps(double start, double length, int out_size, int region_start, int region_size,
+               double lo, double hi) {
   Taps taps;
   taps.first.resize(out_size);
   taps.second.resize(out_size);
   taps.weight.resize(out_size);
   const double scale = length / out_size;
-  const double lo = start, hi = start + std::max(length - 1.0, 0.0);
   const int last = region_start + region_size - 1;
   for (int i = 0; i < out_size; ++i) {
     double pos = std::clamp(start + (i + 0.5) * scale - 0.5, lo, hi);
@@ -174,8 +175,10 @@ MULTI_ISA void to_uint8(const float* planes, size_t n, uint8_t* out) {
 void augment_region(const uint8_t* region, int stride, int region_x, int region_y, int region_w,
                     int region_h, const Box& box, int flip, const float* factors,
                     const int* order, int out_h, int out_w, uint8_t* out) {
-  const Taps xs = make_taps(box.x, box.w, out_w, region_x, region_w);
-  const Taps ys = make_taps(box.y, box.h, out_h, region_y, region_h);
+  const Taps xs = make_taps(box.x, box.w, out_w, region_x, region_w, box.x,
+                            box.x + std::max(box.w - 1.0, 0.0));
+  const Taps ys = make_taps(box.y, box.h, out_h, region_y, region_h, box.y,
+                            box.y + std::max(box.h - 1.0, 0.0));
   const size_t n = static_cast<size_t>(out_h) * out_w;
   thread_local std::vector<float> planes_buffer;
   float* planes = scratch(planes_buffer, 3 * n);
@@ -213,13 +216,56 @@ struct Request {
   uint8_t* out;
 };
 
+bool unsupported_colour_space(const jpeg_decompress_struct& cinfo) {
+  const J_COLOR_SPACE space = cinfo.jpeg_color_space;
+  return space == JCS_CMYK || space == JCS_YCCK || cinfo.num_components == 2 ||
+         cinfo.num_components > 4;
+}
+
+// A decoded part of the (DCT-scaled) image: rows y..y+h-1, columns x..x+w-1, `stride` bytes a row.
+struct Region {
+  const uint8_t* pixels;
+  int stride, x, y, w, h;
+};
+
+// After jpeg_start_decompress: decode rows y0..y1 and at least columns x0..x1 (clamped to the
+// image) into per-thread memory. Rows below are never decoded: the caller destroys the
+// decompressor instead of finishing it.
+// libjpeg may longjmp out of here to the caller's setjmp; nothing here has a destructor.
+Region read_region(jpeg_decompress_struct* cinfo, int x0, int x1, int y0, int y1) {
+  thread_local std::vector<uint8_t> region_buffer;
+  const int full_w = static_cast<int>(cinfo->output_width);
+  const int full_h = static_cast<int>(cinfo->output_height);
+  x0 = std::clamp(x0, 0, full_w - 1);
+  x1 = std::clamp(x1, x0, full_w - 1);
+  y0 = std::clamp(y0, 0, full_h - 1);
+  y1 = std::clamp(y1, y0, full_h - 1);
+  // One more column each side: libjpeg starts the cropped region at an iMCU boundary and
+  // upsamples chroma at the region's edges as at the image's, so a needed pixel must not be
+  // the region's first or last column for the result to equal a full decode's.
+  JDIMENSION crop_x = static_cast<JDIMENSION>(std::max(x0 - 1, 0));
+  JDIMENSION crop_w = static_cast<JDIMENSION>(std::min(x1 + 1, full_w - 1)) - crop_x + 1;
+  if (crop_w < cinfo->output_width) {
+    jpeg_crop_scanline(cinfo, &crop_x, &crop_w);  // widened to whole iMCU columns
+  } else {
+    crop_x = 0;
+  }
+  const int stride = static_cast<int>(cinfo->output_width) * 3;  // the cropped width
+  const int rows = y1 - y0 + 1;
+  uint8_t* region = scratch(region_buffer, static_cast<size_t>(rows) * stride);
+  if (y0 > 0) jpeg_skip_scanlines(cinfo, static_cast<JDIMENSION>(y0));
+  for (int r = 0; r < rows;) {
+    JSAMPROW row = region + static_cast<size_t>(r) * stride;
+    r += static_cast<int>(jpeg_read_scanlines(cinfo, &row, 1));
+  }
+  return Region{region, stride, static_cast<int>(crop_x), y0, static_cast<int>(crop_w), rows};
+}
+
 // Read the headers (the size to width/height when given); with a request, decode the part of
-// the image under its box, resize, flip, jitter and write it. The one place with a setjmp.
+// the image under its box, resize, flip, jitter and write it.
 int decode(const uint8_t* data, size_t size, int* width, int* height, const Request* request,
            char* message, int message_len) {
   Decoder d;
-  thread_local std::vector<uint8_t> region_buffer;
-  uint8_t* region = nullptr;
   if (setjmp(d.err.jump)) {
     set_message(message, message_len, d.err.message);
     jpeg_destroy_decompress(&d.cinfo);
@@ -234,9 +280,7 @@ int decode(const uint8_t* data, size_t size, int* width, int* height, const Requ
     jpeg_destroy_decompress(&d.cinfo);
     return kOk;
   }
-  const J_COLOR_SPACE space = d.cinfo.jpeg_color_space;
-  if (space == JCS_CMYK || space == JCS_YCCK || d.cinfo.num_components == 2 ||
-      d.cinfo.num_components > 4) {
+  if (unsupported_colour_space(d.cinfo)) {
     set_message(message, message_len, "unsupported JPEG colour space");
     jpeg_destroy_decompress(&d.cinfo);
     return kUnsupported;
@@ -249,36 +293,102 @@ int decode(const uint8_t* data, size_t size, int* width, int* height, const Requ
   d.cinfo.scale_num = num;
   d.cinfo.scale_denom = 8;
   jpeg_start_decompress(&d.cinfo);
+  // Pixels the resize reads: from the box's first to its last pixel, within the image.
+  const Region region = read_region(
+      &d.cinfo, static_cast<int>(std::floor(box.x)), static_cast<int>(std::ceil(box.x + box.w - 1.0)),
+      static_cast<int>(std::floor(box.y)), static_cast<int>(std::ceil(box.y + box.h - 1.0)));
+  jpeg_destroy_decompress(&d.cinfo);
+  augment_region(region.pixels, region.stride, region.x, region.y, region.w, region.h, box,
+                 request->flip, request->factors, request->order, out_h, out_w, request->out);
+  return kOk;
+}
+
+// ---------------------------------------------------------------------------------- evaluation
+// Resize the shorter side (bilinear, half-pixel centres, clamped at the image's edges: OpenCV's
+// INTER_LINEAR, MindSpore's Resize) to resized_w x resized_h, then centre crop out_w x out_h at
+// (left, top): only the crop's pixels are computed, from only the rows and columns they read.
+
+struct EvalRequest {
+  int resized_w, resized_h, left, top, out_w, out_h;
+  int allow_scaling;
+  const float* mean;  // per channel, 0-255 scale; null: uint8 HWC out instead of float CHW
+  const float* std;
+  void* out;
+};
+
+// The largest DCT reduction (8/8, 4/8, 2/8, 1/8) that keeps the image at least the resized size.
+int eval_scale_num(int width, int height, const EvalRequest& r) {
+  for (int num = 1; num < 8; num *= 2)
+    if (width * num / 8.0 >= r.resized_w && height * num / 8.0 >= r.resized_h) return num;
+  return 8;
+}
+
+// Source position of output pixel i (crop offset `first`, scale = source / resized), clamped.
+double eval_position(int first, int i, double scale, int full) {
+  return std::clamp((first + i + 0.5) * scale - 0.5, 0.0, full - 1.0);
+}
+
+// Three float planes to the output: uint8 HWC, or (rounded to uint8, then) (v - mean) / std CHW.
+MULTI_ISA void eval_output(const float* planes, size_t n, const EvalRequest& r) {
+  if (!r.mean) {
+    to_uint8(planes, n, static_cast<uint8_t*>(r.out));
+    return;
+  }
+  float* out = static_cast<float*>(r.out);
+  for (int c = 0; c < 3; ++c) {
+    const float mean = r.mean[c], std = r.std[c];
+    for (size_t i = 0; i < n; ++i)
+      out[c * n + i] = (static_cast<float>(static_cast<int>(planes[c * n + i] + 0.5f)) - mean) / std;
+  }
+}
+
+// The crop of the resized image out of a region of a full_w x full_h image.
+void eval_region(const Region& region, int full_w, int full_h, const EvalRequest& r) {
+  const double sx = static_cast<double>(full_w) / r.resized_w;
+  const double sy = static_cast<double>(full_h) / r.resized_h;
+  const Taps xs = make_taps(r.left * sx, r.out_w * sx, r.out_w, region.x, region.w, 0.0, full_w - 1.0);
+  const Taps ys = make_taps(r.top * sy, r.out_h * sy, r.out_h, region.y, region.h, 0.0, full_h - 1.0);
+  const size_t n = static_cast<size_t>(r.out_h) * r.out_w;
+  thread_local std::vector<float> planes_buffer;
+  float* planes = scratch(planes_buffer, 3 * n);
+  resize_box(region.pixels, region.stride, ys, xs, false, r.out_h, r.out_w, planes);
+  eval_output(planes, n, r);
+}
+
+int decode_eval(const uint8_t* data, size_t size, const EvalRequest& r, char* message,
+                int message_len) {
+  Decoder d;
+  if (setjmp(d.err.jump)) {
+    set_message(message, message_len, d.err.message);
+    jpeg_destroy_decompress(&d.cinfo);
+    return kError;
+  }
+  jpeg_create_decompress(&d.cinfo);
+  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
+  jpeg_read_header(&d.cinfo, TRUE);
+  if (unsupported_colour_space(d.cinfo)) {
+    set_message(message, message_len, "unsupported JPEG colour space");
+    jpeg_destroy_decompress(&d.cinfo);
+    return kUnsupported;
+  }
+  const int num = r.allow_scaling ? eval_scale_num(static_cast<int>(d.cinfo.image_width),
+                                                   static_cast<int>(d.cinfo.image_height), r) : 8;
+  d.cinfo.out_color_space = JCS_RGB;
+  d.cinfo.scale_num = num;
+  d.cinfo.scale_denom = 8;
+  jpeg_start_decompress(&d.cinfo);
   const int full_w = static_cast<int>(d.cinfo.output_width);
   const int full_h = static_cast<int>(d.cinfo.output_height);
-  // Pixels the resize reads: from the box's first to its last pixel, within the image.
-  const int x0 = std::clamp(static_cast<int>(std::floor(box.x)), 0, full_w - 1);
-  const int x1 = std::clamp(static_cast<int>(std::ceil(box.x + box.w - 1.0)), x0, full_w - 1);
-  const int y0 = std::clamp(static_cast<int>(std::floor(box.y)), 0, full_h - 1);
-  const int y1 = std::clamp(static_cast<int>(std::ceil(box.y + box.h - 1.0)), y0, full_h - 1);
-  // One more column each side: libjpeg starts the cropped region at an iMCU boundary and
-  // upsamples chroma at the region's edges as at the image's, so a needed pixel must not be
-  // the region's first or last column for the result to equal a full decode's.
-  JDIMENSION crop_x = static_cast<JDIMENSION>(std::max(x0 - 1, 0));
-  JDIMENSION crop_w = static_cast<JDIMENSION>(std::min(x1 + 1, full_w - 1)) - crop_x + 1;
-  if (crop_w < d.cinfo.output_width) {
-    jpeg_crop_scanline(&d.cinfo, &crop_x, &crop_w);  // widened to whole iMCU columns
-  } else {
-    crop_x = 0;
-  }
-  const int stride = static_cast<int>(d.cinfo.output_width) * 3;  // the cropped width
-  const int rows = y1 - y0 + 1;
-  region = scratch(region_buffer, static_cast<size_t>(rows) * stride);
-  if (y0 > 0) jpeg_skip_scanlines(&d.cinfo, static_cast<JDIMENSION>(y0));
-  for (int r = 0; r < rows;) {
-    JSAMPROW row = region + static_cast<size_t>(r) * stride;
-    r += static_cast<int>(jpeg_read_scanlines(&d.cinfo, &row, 1));
-  }
-  // Rows below the box are never decoded; abort instead of finishing.
+  const double sx = static_cast<double>(full_w) / r.resized_w;
+  const double sy = static_cast<double>(full_h) / r.resized_h;
+  // The first and last pixels the resize reads (taps are monotonic).
+  const Region region = read_region(
+      &d.cinfo, static_cast<int>(std::floor(eval_position(r.left, 0, sx, full_w))),
+      static_cast<int>(std::floor(eval_position(r.left, r.out_w - 1, sx, full_w))) + 1,
+      static_cast<int>(std::floor(eval_position(r.top, 0, sy, full_h))),
+      static_cast<int>(std::floor(eval_position(r.top, r.out_h - 1, sy, full_h))) + 1);
   jpeg_destroy_decompress(&d.cinfo);
-  augment_region(region, stride, static_cast<int>(crop_x), y0, static_cast<int>(crop_w),
-                 rows, box, request->flip, request->factors, request->order, out_h, out_w,
-                 request->out);
+  eval_region(region, full_w, full_h, r);
   return kOk;
 }
 
@@ -311,6 +421,26 @@ int mnv3_rgb_augment(const uint8_t* rgb, int height, int width, const double* bo
   const Box box{box_xywh[0], box_xywh[1], box_xywh[2], box_xywh[3]};
   augment_region(rgb, width * 3, 0, 0, width, height, box, flip, factors, order, out_h, out_w,
                  out);
+  return kOk;
+}
+
+// Evaluation preprocessing of a JPEG: the centre crop out_w x out_h at (left, top) of the image
+// resized to resized_w x resized_h (the caller computes MindSpore's Resize/CenterCrop geometry),
+// decoded with DCT scaling when allow_scaling and the image is at least twice the resized size.
+// mean/std null: uint8 HWC RGB to out; else float32 CHW, (pixel - mean) / std. Returns as
+// mnv3_jpeg_augment does.
+int mnv3_jpeg_eval(const uint8_t* data, size_t size, int resized_w, int resized_h, int left, int top,
+                   int out_w, int out_h, int allow_scaling, const float* mean, const float* std,
+                   void* out, char* message, int message_len) {
+  const EvalRequest r{resized_w, resized_h, left, top, out_w, out_h, allow_scaling, mean, std, out};
+  return decode_eval(data, size, r, message, message_len);
+}
+
+// The same for an image already decoded to RGB (PNG, BMP, CMYK JPEG).
+int mnv3_rgb_eval(const uint8_t* rgb, int height, int width, int resized_w, int resized_h, int left,
+                  int top, int out_w, int out_h, const float* mean, const float* std, void* out) {
+  const EvalRequest r{resized_w, resized_h, left, top, out_w, out_h, 0, mean, std, out};
+  eval_region(Region{rgb, width * 3, 0, 0, width, height}, width, height, r);
   return kOk;
 }
 

@@ -6,9 +6,10 @@ Keys are always relative to the URL's prefix and use ``/``.
 
 Single-object calls (``upload_file``, ``download_file``, ``read_bytes``...)
 suit manifests and checkpoints. Many-object work goes through
-:meth:`Storage.batch`, a context that runs transfers in parallel (boto3's
-transfer manager for S3, with multipart above the threshold) and waits for
-them on exit; :mod:`cloud.sync` builds trees on it.
+:meth:`Storage.batch`, a context that runs transfers in parallel (for S3: one
+lean signed request per object below the multipart threshold, see
+:mod:`cloud.s3lean`, and boto3's transfer manager in parts above it) and waits
+for them on exit; :mod:`cloud.sync` builds trees on it.
 
 Downloads are atomic: data goes to ``<final>.cloud-part-<pid>`` in the same
 directory and is renamed when complete, so a crash never leaves a half file

@@ -2,8 +2,10 @@
 
 ``download_tree`` stages a prefix into a local cache:
 
-* parallel, through :meth:`Storage.batch` (boto3's transfer manager for S3,
-  multipart above the threshold);
+* parallel, through :meth:`Storage.batch`: for S3, one lean signed GET per
+  object below the multipart threshold (:mod:`cloud.s3lean`; boto3 for that
+  object on any other answer, and for all of them with ``storage.engine``
+  boto3), boto3's transfer manager in parts above it;
 * incremental: a state file in the cache (``.cloud-sync-state.json``) records,
   for each completed download, the object's size and ETag and the local file's
   size and mtime; an object whose listing still matches, with its local file

@@ -28,6 +28,7 @@ import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from core import fast_conv
+from core.dropout import ReplayableDropout
 from core.layers import HSwish
 from core.model import InvertedResidual, MobileNetV3Small, SqueezeExcitation
 
@@ -62,6 +63,18 @@ def fold_batchnorm(weight: np.ndarray, bn: nn.BatchNorm2d) -> tuple[np.ndarray, 
     return folded.astype(np.float32), (beta - mean * scale).astype(np.float32)
 
 
+def _pointwise_shape(x, w, *_):
+    """out_shape of the Pointwise ops: [N, out channels, H, W]."""
+    return [x[0], w[0], x[2], x[3]]
+
+
+def is_pointwise(conv: nn.Conv2d) -> bool:
+    """A plain 1x1 conv (stride 1, one group, no padding): a GEMM per image."""
+    pad = conv.padding if isinstance(conv.padding, (tuple, list)) else (conv.padding,)
+    return (tuple(conv.kernel_size) == (1, 1) and set(conv.stride) == {1} and conv.group == 1
+            and (conv.pad_mode != "pad" or not any(pad)))
+
+
 class FusedConvBN(nn.Cell):
     """conv + BN (folded) [+ activation] [+ residual], for inference.
 
@@ -75,10 +88,14 @@ class FusedConvBN(nn.Cell):
         self.weight = Parameter(Tensor(weight), name=f"{name}.weight", requires_grad=False)
         self.bias = Parameter(Tensor(bias), name=f"{name}.bias", requires_grad=False)
         self.in_kernel = isinstance(conv, fast_conv.FastConv2d) and conv.fast
+        self.pointwise = is_pointwise(conv)
         self.residual = residual
         if self.in_kernel:
             out_shape = fast_conv.output_shape(conv.kernel_size[0], conv.stride[0], conv.out_channels)
             self.op = _custom(f"DepthwiseFwdBias{ACT_SUFFIX[act]}", out_shape)
+        elif self.pointwise:  # 1x1: one GEMM kernel with bias, activation and residual
+            self.op = _custom("PointwiseResidual" if residual else f"Pointwise{ACT_SUFFIX[act]}",
+                              _pointwise_shape)
         else:
             self.conv2d = conv.conv2d  # the native cell's primitive: same padding and stride
             if residual:
@@ -87,6 +104,10 @@ class FusedConvBN(nn.Cell):
                 self.op = _custom(f"BiasAct{ACT_SUFFIX[act]}", lambda x, b: x)
 
     def construct(self, x, shortcut=None):
+        if self.pointwise:
+            if self.residual:
+                return self.op(x, self.weight, self.bias, shortcut)
+            return self.op(x, self.weight, self.bias)
         if self.in_kernel:
             y = self.op(x, self.weight, self.bias)
             if self.residual:
@@ -162,18 +183,53 @@ def _fuse_unit(cell, name: str):
     return cell
 
 
+class FusedLinear(nn.Cell):
+    """nn.Dense (with bias, no activation of its own) [+ hard-swish] as one GEMM kernel."""
+
+    def __init__(self, dense: nn.Dense, act: Optional[str], name: str):
+        super().__init__()
+        self.weight = Parameter(dense.weight.data.copy(), name=f"{name}.weight", requires_grad=False)
+        self.bias = Parameter(dense.bias.data.copy(), name=f"{name}.bias", requires_grad=False)
+        self.op = _custom(f"Linear{ACT_SUFFIX[act]}", lambda x, w, b: [x[0], w[0]])
+
+    def construct(self, x):
+        return self.op(x, self.weight, self.bias)
+
+
+def fuse_classifier(classifier: nn.Cell, name: str = "classifier") -> nn.Cell:
+    """The classifier (Dense [+ hard-swish] [+ dropout] ...) as FusedLinear cells; dropout is the
+    identity in inference. Returned unchanged when it holds anything else."""
+    if not isinstance(classifier, nn.SequentialCell):
+        return classifier
+    cells, fused, i = list(classifier), [], 0
+    while i < len(cells):
+        cell = cells[i]
+        if isinstance(cell, (ReplayableDropout, nn.Dropout)):
+            i += 1
+            continue
+        if type(cell) is not nn.Dense or not cell.has_bias or cell.activation_flag:
+            return classifier
+        act = activation_name(cells[i + 1]) if i + 1 < len(cells) else None
+        if act not in (None, "hswish"):
+            return classifier
+        fused.append(FusedLinear(cell, act, f"{name}.{i}"))
+        i += 2 if act else 1
+    return nn.SequentialCell(fused)
+
+
 class FusedMobileNetV3Small(nn.Cell):
     """MobileNetV3Small's forward over fused features (a new cell, so MindSpore compiles a new
-    graph even when the original network already ran)."""
+    graph even when the original network already ran); the global pool is one kernel."""
 
     def __init__(self, features: nn.SequentialCell, classifier: nn.Cell):
         super().__init__()
         self.features = features
+        self.pool = _custom("MeanHW", lambda x: [x[0], x[1]])
         self.classifier = classifier
 
     def construct(self, x):
         x = self.features(x)
-        x = x.mean((2, 3))
+        x = self.pool(x)
         return self.classifier(x)
 
 
@@ -190,6 +246,6 @@ def fuse_for_inference(net: nn.Cell, impl: str = "auto") -> nn.Cell:
     fused = [_fuse_unit(unit, f"features.{i}") for i, unit in enumerate(units)]
     log.info("inference graph: %d of %d feature units fused (BN folded)",
              sum(a is not b for a, b in zip(fused, units)), len(units))
-    result = FusedMobileNetV3Small(nn.SequentialCell(fused), net.classifier)
+    result = FusedMobileNetV3Small(nn.SequentialCell(fused), fuse_classifier(net.classifier))
     result.set_train(False)
     return result

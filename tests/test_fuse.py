@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from core import model as core_model
-from core.fuse import (FusedConvBN, FusedInvertedResidual, FusedMobileNetV3Small, FusedSqueezeExcite,
-                       fold_batchnorm, fuse_for_inference)
+from core.fuse import (FusedConvBN, FusedInvertedResidual, FusedLinear, FusedMobileNetV3Small,
+                       FusedSqueezeExcite, fold_batchnorm, fuse_for_inference)
 
 pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
 
@@ -73,6 +73,10 @@ def test_every_unit_of_the_feature_stack_is_fused():
     assert not any(issubclass(k, ms.nn.BatchNorm2d) for k in kinds)
     kernel_convs = [c for _, c in fused.cells_and_names() if isinstance(c, FusedConvBN) and c.in_kernel]
     assert len(kernel_convs) == 12  # the stem and the 11 depthwise convs run in the custom kernel
+    # every 1x1 conv is a GEMM kernel (no oneDNN Conv2D left), the classifier two Linear kernels
+    convs = [c for _, c in fused.cells_and_names() if isinstance(c, FusedConvBN)]
+    assert all(c.in_kernel or c.pointwise for c in convs) and len(convs) - 12 == 22
+    assert [type(c) for c in fused.classifier] == [FusedLinear, FusedLinear]
 
 
 def test_native_impl_and_other_architectures_are_left_as_they_are():

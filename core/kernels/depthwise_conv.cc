@@ -219,51 +219,6 @@ void pack_weight(const float *w, float *wb, const Geom &g, int64_t c0) {
 
 enum Act { kNone = 0, kRelu = 1, kHswish = 2 };
 
-inline float activate(float v, int act) {
-  if (act == kRelu) return v > 0.f ? v : 0.f;
-  if (act == kHswish) return v * std::min(std::max(v + 3.f, 0.f), 6.f) * (1.f / 6.f);
-  return v;
-}
-
-MULTI_ISA
-void dw_fwd_block(const float *buf, const float *wb, const float *bias, int act, float *y,
-                  const Geom &g, const Padded &b, int64_t n, int64_t c0) {
-  const int64_t nl = lanes(g, c0), k = g.k, s = g.s;
-  float bv[VL] = {0.f};
-  if (bias)
-    for (int64_t cc = 0; cc < nl; ++cc) bv[cc] = bias[c0 + cc];
-  const vf b0 = vload(bv);
-  float *out = y + (n * g.c + c0) * g.oh * g.ow;
-  for (int64_t oy = 0; oy < g.oh; ++oy) {
-    for (int64_t ox = 0; ox < g.ow; ++ox) {
-      vf acc = b0;
-      for (int64_t i = 0; i < k; ++i) {
-        const float *src = buf + ((oy * s + i) * b.wp + ox * s) * VL;
-        const float *wr = wb + i * k * VL;
-        for (int64_t j = 0; j < k; ++j) acc += vload(wr + j * VL) * vload(src + j * VL);
-      }
-      const int64_t pix = oy * g.ow + ox;
-      for (int64_t cc = 0; cc < nl; ++cc) out[cc * g.oh * g.ow + pix] = activate(acc[cc], act);
-    }
-  }
-}
-
-void dw_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
-  const Padded b(g);
-  const int64_t blocks = (g.c + VL - 1) / VL, tasks = g.n * blocks;
-#pragma omp parallel
-  {
-    std::vector<float> buf(b.plane() * VL), wb(g.k * g.k * VL);
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t n = t / blocks, c0 = (t % blocks) * VL;
-      pack_input(x, buf.data(), g, b, n, c0);
-      pack_weight(w, wb.data(), g, c0);
-      dw_fwd_block(buf.data(), wb.data(), bias, act, y, g, b, n, c0);
-    }
-  }
-}
-
 // dx: scatter every output gradient through the taps into the padded block, then drop the padding.
 MULTI_ISA
 void dw_bwd_input_block(const float *dyb, const float *wb, float *buf, const Geom &g, const Padded &b) {
@@ -378,58 +333,6 @@ void pad_planes(const float *x, float *pad, const Geom &g, const Padded &pd) {
 
 // Output channels per block: two vectors, so the 16 outputs of the stem are one pass over its input.
 constexpr int64_t OB = 2 * VL;
-
-MULTI_ISA
-void grp_fwd_row(const float *pad, const float *wb, const float *bv, int act, float *y, const Geom &g,
-                 const Padded &pd, int64_t n, int64_t o0, int64_t nl, int64_t oy) {
-  const int64_t k = g.k, s = g.s, kk = k * k;
-  for (int64_t ox = 0; ox < g.ow; ++ox) {
-    vf acc0 = vload(bv), acc1 = vload(bv + VL);
-    for (int64_t cl = 0; cl < g.cpg; ++cl) {
-      for (int64_t i = 0; i < k; ++i) {
-        const float *src = pad + cl * pd.plane() + (oy * s + i) * pd.wp + ox * s;
-        const float *wr = wb + (cl * kk + i * k) * OB;
-        for (int64_t j = 0; j < k; ++j) {
-          const float v = src[j];
-          acc0 += vload(wr + j * OB) * v;
-          acc1 += vload(wr + j * OB + VL) * v;
-        }
-      }
-    }
-    float out[OB];
-    vstore(out, acc0);
-    vstore(out + VL, acc1);
-    float *dst = y + ((n * g.co + o0) * g.oh + oy) * g.ow + ox;
-    for (int64_t cc = 0; cc < nl; ++cc) dst[cc * g.oh * g.ow] = activate(out[cc], act);
-  }
-}
-
-void grp_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
-  const Padded pd(g);
-  const int64_t groups = g.c / g.cpg, kk = g.k * g.k, oblocks = (g.opg + OB - 1) / OB;
-  std::vector<float> pad(g.n * g.c * pd.plane());
-  // Weights [group][oblock][cpg][k*k][OB] and biases [group][oblock][OB], zero beyond opg.
-  std::vector<float> wb(groups * oblocks * g.cpg * kk * OB, 0.f), bv(groups * oblocks * OB, 0.f);
-  for (int64_t o = 0; o < g.co; ++o) {
-    const int64_t grp = o / g.opg, ol = o % g.opg, blk = grp * oblocks + ol / OB, cc = ol % OB;
-    for (int64_t cl = 0; cl < g.cpg; ++cl)
-      for (int64_t t = 0; t < kk; ++t) wb[((blk * g.cpg + cl) * kk + t) * OB + cc] = w[(o * g.cpg + cl) * kk + t];
-    if (bias) bv[blk * OB + cc] = bias[o];
-  }
-  const int64_t rows = g.n * groups * oblocks * g.oh;
-#pragma omp parallel
-  {
-    pad_planes(x, pad.data(), g, pd);
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t oy = r % g.oh, blk_all = r / g.oh, n = blk_all / (groups * oblocks);
-      const int64_t blk = blk_all % (groups * oblocks), grp = blk / oblocks, ob = blk % oblocks;
-      const int64_t o0 = grp * g.opg + ob * OB, nl = std::min<int64_t>(OB, g.opg - ob * OB);
-      grp_fwd_row(pad.data() + (n * g.c + grp * g.cpg) * pd.plane(), wb.data() + blk * g.cpg * kk * OB,
-                  bv.data() + blk * OB, act, y, g, pd, n, o0, nl, oy);
-    }
-  }
-}
 
 // Weight gradient of the grouped path, vectorised over OB output channels like the forward:
 // for each tap, one pass along an output row with the two accumulators in registers.
@@ -559,6 +462,285 @@ void squeeze_excite_all(const float *x, const float *w1, const float *b1, const 
 
 bool is_f32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
 
+// ---- 1x1 convolutions and the classifier as GEMMs (inference; see core/fuse.py) ----------
+// MindSpore hands oneDNN plain NCHW tensors and oneDNN's 1x1 path for them (jit_uni_ncsp with
+// a matmul per image) runs 3-5x slower than onnxruntime's. Per image a 1x1 conv is
+// Y[M][HW] = W[M][K] X[K][HW]: tiles of PW_MR output channels x 32 pixels accumulate in
+// registers over all K (weights packed [M/PW_MR][K][PW_MR], broadcast one scalar at a time),
+// then bias, activation and the residual are applied as the tile is stored.
+constexpr int64_t PW_MR = 8;
+constexpr int64_t PW_NV = 16;  // floats per vector of the GEMM (one zmm with AVX-512)
+typedef float vw __attribute__((vector_size(PW_NV * sizeof(float))));
+typedef float vw_unaligned __attribute__((vector_size(PW_NV * sizeof(float)), aligned(4)));
+ALWAYS_INLINE vw wload(const float *p) { return *reinterpret_cast<const vw_unaligned *>(p); }
+ALWAYS_INLINE void wstore(float *p, vw v) { *reinterpret_cast<vw_unaligned *>(p) = v; }
+
+ALWAYS_INLINE vw activate_v(vw v, int act) {
+  const vw zero = {0.f}, three = zero + 3.f, six = zero + 6.f;
+  if (act == kRelu) return v > zero ? v : zero;
+  if (act == kHswish) {
+    vw t = v + three;
+    t = t > zero ? t : zero;
+    t = t < six ? t : six;
+    return v * t * (1.f / 6.f);
+  }
+  return v;
+}
+
+// Weights [M][K] -> panels [ceil(M/PW_MR)][K][PW_MR], rows beyond M zero (a work-shared loop).
+void pack_pw_weight(const float *w, float *wp, int64_t m, int64_t k) {
+  const int64_t blocks = (m + PW_MR - 1) / PW_MR;
+#pragma omp for schedule(static)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float *dst = wp + blk * k * PW_MR;
+    for (int64_t kk = 0; kk < k; ++kk)
+      for (int64_t i = 0; i < PW_MR; ++i) {
+        const int64_t row = blk * PW_MR + i;
+        dst[kk * PW_MR + i] = row < m ? w[row * k + kk] : 0.f;
+      }
+  }
+}
+
+// What one tile's epilogue needs: y[row][p] = act(acc + b[row]) (+ r[row][p]), rows of ldy.
+struct PwOut {
+  const float *b, *r;
+  float *y;
+  int64_t ldy, m;
+  int act;
+};
+
+template <int NVEC>
+ALWAYS_INLINE void pw_tile(const float *wp, const float *x, int64_t ldx, int64_t k, const PwOut &o,
+                           int64_t m0, int64_t p0, int64_t ncols) {
+  vw acc[PW_MR][NVEC];
+  for (int i = 0; i < PW_MR; ++i)
+    for (int v = 0; v < NVEC; ++v) acc[i][v] = vw{0.f};
+  for (int64_t kk = 0; kk < k; ++kk) {
+    vw xv[NVEC];
+    for (int v = 0; v < NVEC; ++v) xv[v] = wload(x + kk * ldx + v * PW_NV);
+    const float *wk = wp + kk * PW_MR;
+    for (int i = 0; i < PW_MR; ++i)
+      for (int v = 0; v < NVEC; ++v) acc[i][v] += wk[i] * xv[v];
+  }
+  const int64_t rows = std::min<int64_t>(PW_MR, o.m - m0);
+  for (int64_t i = 0; i < rows; ++i) {
+    const float bias = o.b ? o.b[m0 + i] : 0.f;
+    float *dst = o.y + (m0 + i) * o.ldy + p0;
+    const float *res = o.r ? o.r + (m0 + i) * o.ldy + p0 : nullptr;
+    for (int v = 0; v < NVEC; ++v) {
+      vw val = activate_v(acc[i][v] + bias, o.act);
+      if (ncols >= (v + 1) * PW_NV) {
+        if (res) val += wload(res + v * PW_NV);
+        wstore(dst + v * PW_NV, val);
+      } else {
+        for (int64_t c = v * PW_NV; c < ncols; ++c) dst[c] = val[c - v * PW_NV] + (res ? res[c] : 0.f);
+      }
+    }
+  }
+}
+
+// Output-channel blocks [blk0, blk1) of one image: X[K][HW] (row stride HW) -> Y.
+MULTI_ISA
+void pw_image(const float *wp, const float *x, int64_t k, int64_t hw, const PwOut &o, int64_t blk0,
+              int64_t blk1, float *tail) {
+  int64_t p0 = 0;
+  for (; p0 + 2 * PW_NV <= hw; p0 += 2 * PW_NV)
+    for (int64_t blk = blk0; blk < blk1; ++blk)
+      pw_tile<2>(wp + blk * k * PW_MR, x + p0, hw, k, o, blk * PW_MR, p0, 2 * PW_NV);
+  if (p0 + PW_NV <= hw) {
+    for (int64_t blk = blk0; blk < blk1; ++blk)
+      pw_tile<1>(wp + blk * k * PW_MR, x + p0, hw, k, o, blk * PW_MR, p0, PW_NV);
+    p0 += PW_NV;
+  }
+  if (p0 < hw) {  // the last < PW_NV pixels, through a zero-padded copy
+    const int64_t nc = hw - p0;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      std::memcpy(tail + kk * PW_NV, x + kk * hw + p0, sizeof(float) * nc);
+      std::fill(tail + kk * PW_NV + nc, tail + (kk + 1) * PW_NV, 0.f);
+    }
+    for (int64_t blk = blk0; blk < blk1; ++blk)
+      pw_tile<1>(wp + blk * k * PW_MR, tail, PW_NV, k, o, blk * PW_MR, p0, nc);
+  }
+}
+
+// Images x channel chunks, so a single image (the classifier) still uses every thread.
+void pw_images(const float *w, const float *x, const float *b, const float *r, int act, float *y,
+               int64_t n, int64_t m, int64_t k, int64_t hw) {
+  const int64_t blocks = (m + PW_MR - 1) / PW_MR;
+  const int64_t chunk = n >= 8 ? blocks : std::max<int64_t>(1, blocks / 8);
+  const int64_t chunks = (blocks + chunk - 1) / chunk, tasks = n * chunks;
+  std::vector<float> wp(blocks * k * PW_MR);
+#pragma omp parallel
+  {
+    pack_pw_weight(w, wp.data(), m, k);
+    std::vector<float> tail(k * PW_NV);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t img = t / chunks, c0 = (t % chunks) * chunk;
+      const PwOut o{b, r ? r + img * m * hw : nullptr, y + img * m * hw, hw, m, act};
+      pw_image(wp.data(), x + img * k * hw, k, hw, o, c0, std::min(blocks, c0 + chunk), tail.data());
+    }
+  }
+}
+
+// Global average pool: [N][C][HW] -> [N][C].
+void mean_hw_all(const float *x, float *y, int64_t nc, int64_t hw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < nc; ++t) y[t] = plane_sum(x + t * hw, hw) / static_cast<float>(hw);
+}
+
+// Dense layer y[N][M] = act(x[N][K] W[M][K]^T + b): the GEMM on x transposed ([K][N], one
+// "image" of N pixels), then transposed back.
+void linear_all(const float *x, const float *w, const float *b, int act, float *y, int64_t n, int64_t m,
+                int64_t k) {
+  std::vector<float> xt(k * n), yt(m * n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) xt[j * n + i] = x[i * k + j];
+  pw_images(w, xt.data(), b, nullptr, act, yt.data(), 1, m, k, n);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) y[i * m + j] = yt[j * n + i];
+}
+
+// ---- Forward convolutions over stride phases, vectorised along the pixels ---------------
+// Each input plane is zero-padded and split into its S x S stride phases (Phases); an output
+// pixel's tap (i, j) is then at the same offset from the pixel's "extended" index
+// e = oy * wq + ox in every tap's phase, so each tap of a run of consecutive outputs is one
+// contiguous vector load (no transposes, no gathers), whatever the stride and plane size.
+// Outputs are computed at extended indices (wq - OW scratch columns per row) and copied out
+// row by row. Accumulation order (bias, then the taps in (channel, row, column) order) is the
+// same as a direct loop's.
+constexpr int64_t PH_SLACK = 4 * PW_NV;  // zeros after the phases: vector loads past the end
+
+// One plane (H x W) -> its zero-padded stride phases, q.size() + PH_SLACK floats.
+void to_phases(const float *plane, float *ph, const Geom &g, const Phases &q) {
+  std::memset(ph, 0, sizeof(float) * (q.size() + PH_SLACK));
+  const int64_t S = q.S;
+  for (int64_t y = 0; y < g.h; ++y) {
+    const int64_t yp = y + g.p, a = yp % S, r = yp / S;
+    const float *src = plane + y * g.w;
+    if (S == 1) {
+      std::memcpy(ph + r * q.wq + g.p, src, sizeof(float) * g.w);
+      continue;
+    }
+    for (int64_t b = 0; b < S; ++b) {  // columns x with (x + p) % S == b
+      float *dst = ph + (a * S + b) * q.plane + r * q.wq;
+      const int64_t x0 = (b - g.p % S + S) % S;
+      for (int64_t x = x0, d = (x0 + g.p) / S; x < g.w; x += S, ++d) dst[d] = src[x];
+    }
+  }
+}
+
+// Extended outputs [e0, e1) -> output rows (dropping the scratch columns).
+void from_extended(const float *ext, float *y, const Geom &g, const Phases &q, int64_t oy0, int64_t oy1) {
+  for (int64_t oy = oy0; oy < oy1; ++oy)
+    std::memcpy(y + oy * g.ow, ext + (oy - oy0) * q.wq, sizeof(float) * g.ow);
+}
+
+// Depthwise: one channel's plane, four vectors of outputs per pass over the taps (the last
+// <= 2 vectors one at a time, so 7x7 planes compute 80 extended outputs, not 128).
+MULTI_ISA
+void dw_plane(const float *ph, const float *wk, const int64_t *taps, float bias, int act, float *ext,
+              const Geom &g, const Phases &q) {
+  const int64_t kk = g.k * g.k;
+  const vw b = vw{0.f} + bias;
+  int64_t e = 0;
+  for (; e + 2 * PW_NV < q.L; e += 4 * PW_NV) {
+    vw a0 = b, a1 = b, a2 = b, a3 = b;
+    for (int64_t t = 0; t < kk; ++t) {
+      const float *src = ph + taps[t] + e;
+      const float wv = wk[t];
+      a0 += wv * wload(src);
+      a1 += wv * wload(src + PW_NV);
+      a2 += wv * wload(src + 2 * PW_NV);
+      a3 += wv * wload(src + 3 * PW_NV);
+    }
+    wstore(ext + e, activate_v(a0, act));
+    wstore(ext + e + PW_NV, activate_v(a1, act));
+    wstore(ext + e + 2 * PW_NV, activate_v(a2, act));
+    wstore(ext + e + 3 * PW_NV, activate_v(a3, act));
+  }
+  for (; e < q.L; e += PW_NV) {  // the last few vectors one at a time (small planes)
+    vw a0 = b;
+    for (int64_t t = 0; t < kk; ++t) a0 += wk[t] * wload(ph + taps[t] + e);
+    wstore(ext + e, activate_v(a0, act));
+  }
+}
+
+void dw_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
+  const Phases q(g);
+  const int64_t kk = g.k * g.k, ext_len = (q.L + 4 * PW_NV - 1) / (4 * PW_NV) * (4 * PW_NV);
+  std::vector<int64_t> taps(kk);  // offset of each tap in the phases
+  for (int64_t i = 0; i < g.k; ++i)
+    for (int64_t j = 0; j < g.k; ++j) taps[i * g.k + j] = q.tap(i, j);
+#pragma omp parallel
+  {
+    std::vector<float> ph(q.size() + PH_SLACK + ext_len), ext(ext_len);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < g.n * g.c; ++t) {
+      const int64_t c = t % g.c;
+      to_phases(x + t * g.h * g.w, ph.data(), g, q);
+      dw_plane(ph.data(), w + c * kk, taps.data(), bias ? bias[c] : 0.f, act, ext.data(), g, q);
+      from_extended(ext.data(), y + t * g.oh * g.ow, g, q, 0, g.oh);
+    }
+  }
+}
+
+// Grouped / dense (the stem): OB output channels of a group at once, one vector of extended
+// outputs per pass over the group's input channels and taps; tasks of GRP_ROWS output rows.
+constexpr int64_t GRP_ROWS = 4;  // output rows per task
+
+MULTI_ISA
+void grp_rows(const float *ph, int64_t phstride, const float *wb, const float *bv, int act, float *ext,
+              int64_t ldext, int64_t e0, int64_t e1, const Geom &g, const Phases &q) {
+  const int64_t k = g.k;
+  for (int64_t e = e0; e < e1; e += PW_NV) {
+    vw acc[OB];
+    for (int64_t o = 0; o < OB; ++o) acc[o] = vw{0.f} + bv[o];
+    for (int64_t cl = 0; cl < g.cpg; ++cl)
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < k; ++j) {
+          const vw xv = wload(ph + cl * phstride + q.tap(i, j) + e);
+          const float *wr = wb + ((cl * k + i) * k + j) * OB;
+          for (int64_t o = 0; o < OB; ++o) acc[o] += wr[o] * xv;
+        }
+    for (int64_t o = 0; o < OB; ++o) wstore(ext + o * ldext + (e - e0), activate_v(acc[o], act));
+  }
+}
+
+void grp_fwd_all(const float *x, const float *w, const float *bias, int act, float *y, const Geom &g) {
+  const Phases q(g);
+  const int64_t groups = g.c / g.cpg, kk = g.k * g.k, oblocks = (g.opg + OB - 1) / OB;
+  const int64_t phstride = q.size() + PH_SLACK, ldext = (GRP_ROWS * q.wq + PW_NV - 1) / PW_NV * PW_NV;
+  std::vector<float> ph(g.n * g.c * phstride);
+  // Weights [group][oblock][cpg][k*k][OB] and biases [group][oblock][OB], zero beyond opg.
+  std::vector<float> wb(groups * oblocks * g.cpg * kk * OB, 0.f), bv(groups * oblocks * OB, 0.f);
+  for (int64_t o = 0; o < g.co; ++o) {
+    const int64_t grp = o / g.opg, ol = o % g.opg, blk = grp * oblocks + ol / OB, cc = ol % OB;
+    for (int64_t cl = 0; cl < g.cpg; ++cl)
+      for (int64_t t = 0; t < kk; ++t) wb[((blk * g.cpg + cl) * kk + t) * OB + cc] = w[(o * g.cpg + cl) * kk + t];
+    if (bias) bv[blk * OB + cc] = bias[o];
+  }
+  const int64_t row_blocks = (g.oh + GRP_ROWS - 1) / GRP_ROWS, tasks = g.n * groups * oblocks * row_blocks;
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < g.n * g.c; ++t) to_phases(x + t * g.h * g.w, ph.data() + t * phstride, g, q);
+    std::vector<float> ext(OB * ldext);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t rb = t % row_blocks, blk_all = t / row_blocks, n = blk_all / (groups * oblocks);
+      const int64_t blk = blk_all % (groups * oblocks), grp = blk / oblocks, ob = blk % oblocks;
+      const int64_t o0 = grp * g.opg + ob * OB, nl = std::min<int64_t>(OB, g.opg - ob * OB);
+      const int64_t oy0 = rb * GRP_ROWS, oy1 = std::min(g.oh, oy0 + GRP_ROWS);
+      const int64_t e0 = oy0 * q.wq, e1 = std::min(q.L, oy1 * q.wq);
+      grp_rows(ph.data() + (n * g.c + grp * g.cpg) * phstride, phstride, wb.data() + blk * g.cpg * kk * OB,
+               bv.data() + blk * OB, act, ext.data(), ldext, e0, e1, g, q);
+      for (int64_t cc = 0; cc < nl; ++cc)
+        from_extended(ext.data() + cc * ldext, y + (n * g.co + o0 + cc) * g.oh * g.ow, g, q, oy0, oy1);
+    }
+  }
+}
+
 // Forward of either layout (bias and activation optional: b may be null, act kNone).
 void conv_fwd_all(const float *x, const float *w, const float *b, int act, float *y, const Geom &g) {
   if (is_depthwise(g)) dw_fwd_all(x, w, b, act, y, g);
@@ -679,6 +861,68 @@ int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const
                      static_cast<const float *>(params[4]), static_cast<float *>(params[5]), sx[0], c,
                      sq, sx[2] * sx[3]);
   return 0;
+}
+
+// Inference GEMM entry points (core/fuse.py):
+//   Pointwise{,Relu,Hswish}(x[N,K,H,W], w[M,K,1,1], b[M]) -> act(conv1x1(x, w) + b)
+//   PointwiseResidual(x, w, b, r[N,M,H,W]) -> conv1x1(x, w) + b + r
+//   MeanHW(x[N,C,H,W]) -> [N,C];  Linear{,Hswish}(x[N,K], w[M,K], b[M]) -> act(x w^T + b)
+static int pointwise(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act,
+                     bool residual) {
+  const int nin = residual ? 4 : 3;
+  if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[nin] != 4) return 1;
+  for (int i = 0; i < nin; ++i)
+    if (!is_f32(dtypes[i])) return 2;
+  const int64_t *sx = shapes[0], *sw = shapes[1], m = sw[0], hw = sx[2] * sx[3];
+  if (sw[1] != sx[1] || sw[2] != 1 || sw[3] != 1 || shapes[2][0] != m) return 3;
+  if (residual) {
+    if (ndims[3] != 4 || shapes[3][0] != sx[0] || shapes[3][1] != m || shapes[3][2] * shapes[3][3] != hw)
+      return 3;
+  }
+  pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]),
+            static_cast<const float *>(params[2]), residual ? static_cast<const float *>(params[3]) : nullptr,
+            act, static_cast<float *>(params[nin]), sx[0], m, sx[1], hw);
+  return 0;
+}
+
+int Pointwise(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return pointwise(np, p, nd, sh, dt, kNone, false);
+}
+int PointwiseRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return pointwise(np, p, nd, sh, dt, kRelu, false);
+}
+int PointwiseHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return pointwise(np, p, nd, sh, dt, kHswish, false);
+}
+int PointwiseResidual(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return pointwise(np, p, nd, sh, dt, kNone, true);
+}
+
+int MeanHW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 2) return 1;
+  if (!is_f32(dtypes[0])) return 2;
+  const int64_t *sx = shapes[0];
+  mean_hw_all(static_cast<const float *>(params[0]), static_cast<float *>(params[1]), sx[0] * sx[1],
+              sx[2] * sx[3]);
+  return 0;
+}
+
+static int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
+  if (nparam != 4 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 1 || ndims[3] != 2) return 1;
+  for (int i = 0; i < 3; ++i)
+    if (!is_f32(dtypes[i])) return 2;
+  const int64_t n = shapes[0][0], k = shapes[0][1], m = shapes[1][0];
+  if (shapes[1][1] != k || shapes[2][0] != m) return 3;
+  linear_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+             static_cast<const float *>(params[2]), act, static_cast<float *>(params[3]), n, m, k);
+  return 0;
+}
+
+int Linear(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return linear(np, p, nd, sh, dt, kNone);
+}
+int LinearHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return linear(np, p, nd, sh, dt, kHswish);
 }
 
 }  // extern "C"

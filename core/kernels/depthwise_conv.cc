@@ -611,6 +611,20 @@ void linear_all(const float *x, const float *w, const float *b, int act, float *
 // same as a direct loop's.
 constexpr int64_t PH_SLACK = 4 * PW_NV;  // zeros after the phases: vector loads past the end
 
+// dst[i] = src[i * S] for i < count; stride 2 (the stride-2 convs) deinterleaves whole vectors.
+MULTI_ISA
+void strided_copy(const float *src, float *dst, int64_t count, int64_t S) {
+  int64_t i = 0;
+  if (S == 2) {
+    typedef int vi __attribute__((vector_size(PW_NV * sizeof(int))));
+    const vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+    // reads src[2i, 2i + 2 PW_NV): within the 2 count - 1 elements the row has past src
+    for (; 2 * i + 2 * PW_NV <= 2 * count - 1; i += PW_NV)
+      wstore(dst + i, __builtin_shuffle(wload(src + 2 * i), wload(src + 2 * i + PW_NV), even));
+  }
+  for (; i < count; ++i) dst[i] = src[i * S];
+}
+
 // One plane (H x W) -> its zero-padded stride phases, q.size() + PH_SLACK floats.
 void to_phases(const float *plane, float *ph, const Geom &g, const Phases &q) {
   std::memset(ph, 0, sizeof(float) * (q.size() + PH_SLACK));
@@ -623,9 +637,9 @@ void to_phases(const float *plane, float *ph, const Geom &g, const Phases &q) {
       continue;
     }
     for (int64_t b = 0; b < S; ++b) {  // columns x with (x + p) % S == b
-      float *dst = ph + (a * S + b) * q.plane + r * q.wq;
       const int64_t x0 = (b - g.p % S + S) % S;
-      for (int64_t x = x0, d = (x0 + g.p) / S; x < g.w; x += S, ++d) dst[d] = src[x];
+      float *dst = ph + (a * S + b) * q.plane + r * q.wq + (x0 + g.p) / S;
+      strided_copy(src + x0, dst, (g.w - x0 + S - 1) / S, S);
     }
   }
 }

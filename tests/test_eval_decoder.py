@@ -165,3 +165,24 @@ def test_predict_preprocess_uses_the_native_decoder(monkeypatch):
     cfg.decoder = "auto"
     with pytest.raises(DatasetError, match="cannot decode x.jpg"):
         preprocess(data[:200], cfg, "x.jpg")
+
+
+def test_trained_checkpoint_scores_the_same_on_both_decoders(learned_run):
+    """The shared trained network (tests.core_fixtures.learned_run) evaluated through the native
+    decoder and through MindSpore's ops: the same top-1/top-5 and the same loss to 1e-3."""
+    import copy
+
+    from core import checkpoint as ckpt
+    from core.evaluate import evaluate
+    from core.inference import network_from_checkpoint
+    cfg, _, summary, final_eval, root = learned_run
+    cfg = copy.deepcopy(cfg)
+    net, classes = network_from_checkpoint(ckpt.load(summary["final_checkpoint"]), cfg,
+                                           summary["final_checkpoint"])
+    val = scan_split(root / "val", classes)
+    native = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
+    cfg.data.decoder = "mindspore"
+    ops = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
+    assert native["Top_1_Acc"] == ops["Top_1_Acc"] == final_eval["Top_1_Acc"]
+    assert native["Top_5_Acc"] == ops["Top_5_Acc"]
+    assert native["Loss"] == pytest.approx(ops["Loss"], rel=1e-3)

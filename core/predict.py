@@ -90,7 +90,7 @@ class Predictor:
             if n < self.batch_size:
                 pad = np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            out.append(self.forward(ms.Tensor(chunk)).asnumpy()[:n])
+            out.append(self.forward(ms.Tensor.from_numpy(np.ascontiguousarray(chunk))).asnumpy()[:n])
         logits = np.concatenate(out).astype(np.float32)
         if logits.shape[1] != len(self.class_names):
             raise DatasetError(f"the model gives {logits.shape[1]} scores but there are "

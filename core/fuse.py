@@ -8,9 +8,15 @@ rewrites a network that will only be evaluated:
 * conv + BN [+ ReLU/hard-swish]: the BN is folded into the conv's weight and a bias
   (w * g / sqrt(v + eps), b - m * g / sqrt(v + eps)); kxk convs served by the custom operator
   (core/fast_conv.py) then run as one kernel that adds the bias and applies the activation
-  (``DepthwiseFwdBias*``); 1x1 convs stay on MindSpore's Conv2D and get one fused bias +
-  activation pass (``BiasAct*``), or bias + residual at the end of a residual block.
+  (``DepthwiseFwdBias*``), 1x1 convs as one GEMM kernel with bias, activation, and the residual
+  add at the end of a residual block (``Pointwise*``): MindSpore's own Conv2D hands oneDNN NCHW
+  tensors and its 1x1 path for them was 3-5x slower than onnxruntime's. Other convs (e.g.
+  "same" padding at stride 2) keep MindSpore's Conv2D plus one fused bias + activation pass
+  (``BiasAct*``).
 * squeeze-excite: one kernel (``SqueezeExcite``).
+* the global average pool (``MeanHW``) and the classifier (``Linear``, ``LinearHswish``;
+  dropout is the identity in inference): MindSpore's ReduceMean and MatMul took over 10x longer
+  than onnxruntime's.
 
 Results equal the unfused network up to float rounding (tests/test_fuse.py). Only the
 project's own units are recognised (others are left as they are), and only where the custom

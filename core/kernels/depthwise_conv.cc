@@ -3,17 +3,19 @@
 // grouped convs such as the 3-channel stem, plus the fused inference ops of core/fuse.py.
 //
 // MindSpore 2.10 hands oneDNN plain NCHW tensors on CPU and oneDNN then runs depthwise convs
-// on a slow reference-like path (~20x slower than PyTorch). Here depthwise convs run
-// channel-blocked (VL channels per vector, see pack_input), the stem vectorised over output
-// channels, and the grouped backward through stride phases (see Phases); all parallel with
-// OpenMP. Stride is inferred from the input/output shapes, the kernel size from the weight.
+// on a slow reference-like path (~20x slower than PyTorch). Here the forward of every kxk conv
+// runs over stride phases vectorised along the pixels (see to_phases), the depthwise backward
+// channel-blocked (VL channels per vector, see pack_input) and the grouped backward through
+// stride phases (see Phases); all parallel with OpenMP. Stride is inferred from the
+// input/output shapes, the kernel size from the weight.
 //
 // Training entry points (MindSpore AOT signature):
 //   DepthwiseFwd(x[N,C,H,W], w[CO,C/G,K,K]) -> y[N,CO,OH,OW]
 //   DepthwiseBwdInput(dy[N,CO,OH,OW], w, x (shape only)) -> dx[N,C,H,W]
 //   DepthwiseBwdWeight(dy[N,CO,OH,OW], x[N,C,H,W], w (shape only)) -> dw[CO,C/G,K,K]
 // (G = C / w.shape[1]; the stride is inferred from the input and output extents.)
-// Inference entry points: see the end of the file.
+// Inference entry points (BN folded, activation fused; 1x1 convs and the classifier as GEMMs):
+// see the end of the file.
 #include <cstdint>
 #include <cstring>
 #include <algorithm>
@@ -136,12 +138,12 @@ void bwd_input_all(const float *dy, const float *w, float *dx, const Geom &g) {
   }
 }
 
-// ---- Depthwise path (one input and one output channel per group) ------------------------
-// Phases give long vector loops only when planes are large; MobileNetV3's late stages have 7x7
-// (224 px) or 2x2 (64 px) planes, where per-plane set-up dominates. Depthwise convs therefore
-// run channel-blocked: VL channels are interleaved into a zero-padded [Hp][Wp][VL] buffer, so
-// every tap of every output pixel is one VL-wide multiply-add whatever the plane size. The
-// pack/unpack transposes are O(plane) against O(k*k*plane) arithmetic.
+// ---- Depthwise backward (one input and one output channel per group) --------------------
+// MobileNetV3's late stages have 7x7 (224 px) or 2x2 (64 px) planes, where per-plane set-up
+// dominates a plane-at-a-time loop. The depthwise gradients therefore run channel-blocked: VL
+// channels are interleaved into a zero-padded [Hp][Wp][VL] buffer, so every tap of every output
+// pixel is one VL-wide multiply-add whatever the plane size. The pack/unpack transposes are
+// O(plane) against O(k*k*plane) arithmetic.
 constexpr int64_t VL = 8;
 // VL floats as one value (GCC/Clang vector extension: one ymm register with AVX2, two xmm or
 // NEON registers otherwise); `vload`/`vstore` accept any float alignment.

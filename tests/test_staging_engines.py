@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import logging
 import os
+import uuid
 
 import pytest
 
@@ -19,6 +20,18 @@ from cloud import s3lean
 from cloud.storage import open_storage
 from cloud.sync import download_tree, upload_tree
 
+
+
+@pytest.fixture(scope="module")
+def shared_bucket(s3_server) -> str:
+    """One bucket for the module: SeaweedFS spends ~1 s on a new bucket's first write, a new
+    prefix costs nothing."""
+    return s3_server.make_bucket()
+
+
+def fresh_prefix(bucket: str) -> str:
+    """``s3://bucket/<unique>``: each test's own corner of the shared bucket."""
+    return f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
 
 @pytest.mark.parametrize("scheme", ["http", "https"])
 @pytest.mark.parametrize("method", ["GET", "PUT"])
@@ -62,8 +75,9 @@ def counting(storage):
 
 
 @pytest.mark.parametrize("engine", ["auto", "boto3"])
-def test_small_objects_go_lean_unless_boto3_is_asked(s3_server, tmp_path, engine):
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/p",
+def test_small_objects_go_lean_unless_boto3_is_asked(s3_server, shared_bucket, tmp_path,
+                                                     engine):
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/p",
                            s3_server.settings(workers=4, engine=engine))
     src = tmp_path / "src"
     files = {f"d{i % 2}/f{i}.bin": os.urandom(1000 + i) for i in range(6)}
@@ -80,11 +94,12 @@ def test_small_objects_go_lean_unless_boto3_is_asked(s3_server, tmp_path, engine
         assert storage.read_bytes(rel) == data
 
 
-def test_a_store_refusing_lean_requests_gets_every_object_through_boto3(s3_server, tmp_path,
+def test_a_store_refusing_lean_requests_gets_every_object_through_boto3(s3_server, shared_bucket,
+                                                                        tmp_path,
                                                                         monkeypatch, caplog):
     caplog.set_level(logging.DEBUG, logger="cloud")
     settings = s3_server.settings(workers=2)
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/p", settings)
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/p", settings)
     src = tmp_path / "src"
     src.mkdir()
     for i in range(20):
@@ -104,8 +119,8 @@ def test_a_store_refusing_lean_requests_gets_every_object_through_boto3(s3_serve
     assert settings["secret_access_key"] not in caplog.text
 
 
-def test_lean_requests_are_not_used_behind_a_proxy_or_without_keys(s3_server, monkeypatch):
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/p", s3_server.settings())
+def test_lean_requests_are_not_used_behind_a_proxy_or_without_keys(s3_server, shared_bucket, monkeypatch):
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/p", s3_server.settings())
     assert s3lean.unusable_reason(storage) is None
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
@@ -115,7 +130,7 @@ def test_lean_requests_are_not_used_behind_a_proxy_or_without_keys(s3_server, mo
     monkeypatch.delenv("HTTP_PROXY")
     monkeypatch.setattr(storage.client, "_get_credentials", lambda: None)
     assert "no credentials" in s3lean.unusable_reason(storage)
-    boto3_only = open_storage(f"s3://{s3_server.make_bucket()}/p", s3_server.settings(engine="boto3"))
+    boto3_only = open_storage(f"{fresh_prefix(shared_bucket)}/p", s3_server.settings(engine="boto3"))
     assert s3lean.unusable_reason(boto3_only) == "storage.engine is boto3"
 
 

@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from itertools import chain
 
 import pytest
@@ -24,6 +25,18 @@ from tests.fault_tools import run_spawned
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+
+
+@pytest.fixture(scope="module")
+def shared_bucket(s3_server) -> str:
+    """One bucket for the module: SeaweedFS spends ~1 s on a new bucket's first write, a new
+    prefix costs nothing."""
+    return s3_server.make_bucket()
+
+
+def fresh_prefix(bucket: str) -> str:
+    """``s3://bucket/<unique>``: each test's own corner of the shared bucket."""
+    return f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
 
 def make_tree(root) -> dict[str, bytes]:
     """Nested dirs, an empty file, a file in an otherwise empty-named dir chain."""
@@ -70,7 +83,7 @@ def remote(request, tmp_path):
         return open_storage(str(root), {"workers": 4})
     server = request.getfixturevalue("s3_server")
     engine = "boto3" if request.param == "s3-boto3" else "auto"
-    return open_storage(f"s3://{server.make_bucket()}/runs/r1",
+    return open_storage(f"{fresh_prefix(request.getfixturevalue('shared_bucket'))}/runs/r1",
                         server.settings(workers=4, engine=engine))
 
 
@@ -116,9 +129,9 @@ def test_upload_skips_unchanged_and_sends_modified(remote, tmp_path):
     assert remote.read_bytes("out/train/cat/2.jpg") == same_size
 
 
-def test_multipart_object_round_trips_byte_identical(s3_server, tmp_path):
+def test_multipart_object_round_trips_byte_identical(s3_server, shared_bucket, tmp_path):
     settings = s3_server.settings(multipart_threshold_mb=5, multipart_chunksize_mb=5, workers=4)
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/big", settings)
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/big", settings)
     src = tmp_path / "src"
     src.mkdir()
     data = os.urandom(20 * 1024 * 1024 + 123)
@@ -141,10 +154,11 @@ def test_multipart_object_round_trips_byte_identical(s3_server, tmp_path):
 @pytest.mark.parametrize("hostile,engine", [
     ("../x", "auto"), ("/abs", "boto3"), ("a/../../b", "auto"), ("a\\..\\..\\c", "boto3"),
     ("ok/../../../etc/x", "auto"), (".cloud-sync-state.json", "boto3")])
-def test_traversal_keys_are_refused_and_nothing_is_written(s3_server, tmp_path, hostile, engine):
+def test_traversal_keys_are_refused_and_nothing_is_written(s3_server, shared_bucket, tmp_path, hostile,
+                                                           engine):
     """SeaweedFS normalises such keys on upload, AWS S3 and OBS store them verbatim:
     the hostile key is planted in the listing the sync sees, next to real objects."""
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/pre", s3_server.settings(engine=engine))
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/pre", s3_server.settings(engine=engine))
     storage.write_bytes("good/file.txt", b"good")
     real_list = storage.list
     storage.list = lambda prefix="": chain(
@@ -160,8 +174,8 @@ def test_traversal_keys_are_refused_and_nothing_is_written(s3_server, tmp_path, 
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_symlink_in_cache_cannot_redirect_writes(s3_server, tmp_path, engine):
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/pre", s3_server.settings(engine=engine))
+def test_symlink_in_cache_cannot_redirect_writes(s3_server, shared_bucket, tmp_path, engine):
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/pre", s3_server.settings(engine=engine))
     storage.write_bytes("link/payload", b"evil")
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -221,11 +235,12 @@ class BrokenLeanResponse:
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_failed_download_leaves_no_partial_file(s3_server, tmp_path, monkeypatch, engine):
+def test_failed_download_leaves_no_partial_file(s3_server, shared_bucket, tmp_path, monkeypatch,
+                                                engine):
     from cloud.s3lean import LeanS3
     settings = s3_server.settings(multipart_threshold_mb=1, multipart_chunksize_mb=1, workers=2,
                                   engine=engine)
-    storage = open_storage(f"s3://{s3_server.make_bucket()}/pre", settings)
+    storage = open_storage(f"{fresh_prefix(shared_bucket)}/pre", settings)
     storage.write_bytes("ok.txt", b"fine")
     storage.write_bytes("small.bin", os.urandom(200_000))
     storage.write_bytes("large.bin", os.urandom(3 * 1024 * 1024))
@@ -262,9 +277,10 @@ def test_failed_download_leaves_no_partial_file(s3_server, tmp_path, monkeypatch
     assert sorted(state["files"]) == ["ok.txt"]
     # One direct GET (lean, or botocore's), then the manager's 5 attempts.
     if engine == "boto3":
-        assert calls.count("pre/small.bin") >= 6 and not lean_calls
+        assert calls.count(storage.url.key("small.bin")) >= 6 and not lean_calls
     else:
-        assert calls.count("pre/small.bin") >= 5 and lean_calls == ["/" + storage.bucket + "/pre/small.bin"]
+        assert calls.count(storage.url.key("small.bin")) >= 5
+        assert lean_calls == [f"/{storage.bucket}/{storage.url.key('small.bin')}"]
 
     events.unregister("after-call.s3.GetObject", sabotage)
     monkeypatch.setattr(LeanS3, "_exchange", real_exchange)
@@ -299,9 +315,10 @@ CRASHING_CHILD = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_killed_download_never_leaves_a_half_file_under_the_final_name(s3_server, tmp_path, engine):
+def test_killed_download_never_leaves_a_half_file_under_the_final_name(s3_server, shared_bucket,
+                                                                       tmp_path, engine):
     settings = s3_server.settings(io_chunksize_kb=64, workers=1, engine=engine)
-    url = f"s3://{s3_server.make_bucket()}/pre"
+    url = f"{fresh_prefix(shared_bucket)}/pre"
     storage = open_storage(url, settings)
     data = os.urandom(4 * 1024 * 1024)
     storage.write_bytes("model.bin", data)
@@ -342,8 +359,8 @@ def _run_stagers(count, url, settings, cache, job_id):
     return run_spawned(_stage_worker, (url, settings, cache, job_id), count, timeout_s=60)
 
 
-def test_four_processes_stage_once(s3_server, tmp_path):
-    url = f"s3://{s3_server.make_bucket()}/ds"
+def test_four_processes_stage_once(s3_server, shared_bucket, tmp_path):
+    url = f"{fresh_prefix(shared_bucket)}/ds"
     settings = s3_server.settings(workers=4)
     storage = open_storage(url, settings)
     for i in range(30):

@@ -25,6 +25,7 @@ BENCHMARKS = {
     "pipeline": ("bench_pipeline.py", [], ["--quick"]),
     "train": ("bench_train.py", [], ["--quick"]),
     "infer": ("bench_infer.py", [], ["--quick"]),
+    "eval": ("bench_eval.py", [], ["--quick"]),
     "depthwise": ("bench_depthwise.py", [], ["--quick"]),
     "staging": ("bench_staging.py", [], ["--small", "200", "--large", "1", "--large-mb", "20",
                                          "--repeat", "1", "--out",

@@ -26,6 +26,7 @@ BENCHMARKS = {
     "train": ("bench_train.py", [], ["--quick"]),
     "infer": ("bench_infer.py", [], ["--quick"]),
     "eval": ("bench_eval.py", [], ["--quick"]),
+    "train_e2e": ("bench_train_e2e.py", [], ["--quick"]),
     "depthwise": ("bench_depthwise.py", [], ["--quick"]),
     "staging": ("bench_staging.py", [], ["--small", "200", "--large", "1", "--large-mb", "20",
                                          "--repeat", "1", "--out",

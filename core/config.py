@@ -66,7 +66,7 @@ class DataConfig:
     mean: list = _spec([0.485, 0.456, 0.406], help="normalisation mean (0-1 scale)")
     std: list = _spec([0.229, 0.224, 0.225], help="normalisation std (0-1 scale)")
     decoder: str = _spec("auto", choices=("auto", "native", "mindspore"),
-                         help="training decode+augment: native = the project's libjpeg-turbo "
+                         help="decoding for training, eval and predict: native = the project's libjpeg-turbo "
                               "operator (make kernels), mindspore = its dataset ops, auto = native when built")
     on_corrupt: str = _spec("skip", choices=("skip", "fail"),
                             help="training images that cannot be read: skip (counted, logged) or fail")

@@ -186,18 +186,32 @@ class LeanS3:
 
     # ------------------------------------------------------------------ transfers
 
+    def _answer(self, method: str, operation: str, full_key: str, body: bytes | None = None):
+        """The 200 answer to one signed request, or None: a botocore handler answered it, or the
+        store did not (a fallback, counted); the caller then takes the boto3 path."""
+        signed = self._signed(method, operation, full_key, body)
+        if signed is None:
+            return None
+        response = self._exchange(method, *signed, body)
+        if response is None:
+            return self._fallback("no answer") or None
+        if response.status != 200:
+            return self._refused(response, method) or None
+        return response
+
+    def _finished(self, response) -> bool:
+        """The answer was read to its end: keep the connection unless the server closes it."""
+        if response.will_close:
+            self._drop_connection()
+        return self._succeeded()
+
     def get_to_file(self, full_key: str, file, chunk_size: int,
                     on_bytes: Callable[[int], None] | None) -> bool:
         """Write the object into the open binary ``file``. False: not done (nothing written),
         take the boto3 path. LeanStreamBroken: the body broke off after some bytes."""
-        signed = self._signed("GET", "GetObject", full_key)
-        if signed is None:
-            return False
-        response = self._exchange("GET", *signed, None)
+        response = self._answer("GET", "GetObject", full_key)
         if response is None:
-            return self._fallback("no answer")
-        if response.status != 200:
-            return self._refused(response, "GET")
+            return False
         buffer = getattr(self._local, "buffer", None)
         if buffer is None or len(buffer) < chunk_size:
             buffer = self._local.buffer = memoryview(bytearray(chunk_size))
@@ -212,27 +226,18 @@ class LeanS3:
             if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
                 raise  # a local failure (disk full) is not the network's
             raise LeanStreamBroken(f"{type(exc).__name__}: {exc}") from exc
-        if response.will_close:
-            self._drop_connection()
-        return self._succeeded()
+        return self._finished(response)
 
     def put_bytes(self, full_key: str, data: bytes) -> bool:
         """PutObject of ``data``. False: not stored by this path, take the boto3 path."""
-        signed = self._signed("PUT", "PutObject", full_key, data)
-        if signed is None:
-            return False
-        response = self._exchange("PUT", *signed, data)
+        response = self._answer("PUT", "PutObject", full_key, data)
         if response is None:
-            return self._fallback("no answer")
-        if response.status != 200:
-            return self._refused(response, "PUT")
+            return False
         try:
             response.read()
         except (OSError, http.client.HTTPException):
             self._drop_connection()
-        if response.will_close:
-            self._drop_connection()
-        return self._succeeded()
+        return self._finished(response)
 
     def close(self) -> None:
         with self._lock:

@@ -11,26 +11,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import uuid
 
 import pytest
 
 from cloud import s3lean
 from cloud.storage import open_storage
+from tests.s3_server import fresh_prefix
 from cloud.sync import download_tree, upload_tree
 
 
 
-@pytest.fixture(scope="module")
-def shared_bucket(s3_server) -> str:
-    """One bucket for the module: SeaweedFS spends ~1 s on a new bucket's first write, a new
-    prefix costs nothing."""
-    return s3_server.make_bucket()
-
-
-def fresh_prefix(bucket: str) -> str:
-    """``s3://bucket/<unique>``: each test's own corner of the shared bucket."""
-    return f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
 
 def test_lean_requests_carry_botocores_signature_with_the_payload_signed(s3_server, shared_bucket,
                                                                          tmp_path):

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 from itertools import chain
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from cloud.errors import StorageError, UnsafeKeyError
 from cloud.node_lock import lock_paths, run_once_per_node
 from cloud.storage import PART_MARK, ObjectInfo, open_storage
+from tests.s3_server import fresh_prefix
 from cloud.sync import STATE_NAME, download_tree, upload_tree
 from tests.fault_tools import run_spawned
 
@@ -27,16 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 
-@pytest.fixture(scope="module")
-def shared_bucket(s3_server) -> str:
-    """One bucket for the module: SeaweedFS spends ~1 s on a new bucket's first write, a new
-    prefix costs nothing."""
-    return s3_server.make_bucket()
-
-
-def fresh_prefix(bucket: str) -> str:
-    """``s3://bucket/<unique>``: each test's own corner of the shared bucket."""
-    return f"s3://{bucket}/{uuid.uuid4().hex[:12]}"
 
 def make_tree(root) -> dict[str, bytes]:
     """Nested dirs, an empty file, a file in an otherwise empty-named dir chain."""

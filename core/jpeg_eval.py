@@ -37,6 +37,7 @@ import numpy as np
 
 from core import jpeg_augment
 from core.jpeg_augment import DecodeError, as_uint8, decode_with_pillow  # noqa: F401 - re-exported
+from core.normalization import pixel_normalization
 
 _OK, _UNSUPPORTED = 0, 2
 _configured = False
@@ -81,9 +82,9 @@ class EvalDecode:
         self.size = int(data_cfg.image_size)
         self.resize = int(data_cfg.eval_resize)
         self.allow_scaling = int(allow_scaling)
-        # core.pipeline.pixel_normalization (not imported: core.pipeline imports this module)
-        self.mean = np.asarray([m * 255 for m in data_cfg.mean], np.float32) if normalize else None
-        self.std = np.asarray([s * 255 for s in data_cfg.std], np.float32) if normalize else None
+        mean, std = pixel_normalization(data_cfg)
+        self.mean = np.asarray(mean, np.float32) if normalize else None
+        self.std = np.asarray(std, np.float32) if normalize else None
 
     @property
     def shape(self) -> tuple[int, int, int]:

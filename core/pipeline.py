@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from core.image_formats import for_mindspore, image_problem
+from core.normalization import pixel_normalization
 
 
 class DatasetError(ValueError):
@@ -79,11 +80,6 @@ def guarded(iterator, corrupt: CorruptImages):
     except Exception:
         corrupt.reraise()
         raise
-
-
-def pixel_normalization(data_cfg) -> tuple[list[float], list[float]]:
-    """Per-channel (mean, std) on the 0-255 pixel scale."""
-    return [m * 255 for m in data_cfg.mean], [s * 255 for s in data_cfg.std]
 
 
 def train_transforms(data_cfg) -> list:

@@ -25,7 +25,8 @@ from core.loss import LabelSmoothingCrossEntropy
 from core.lr import warmup_cosine
 from core.model import build_model
 from core.optim import build_optimizer
-from core.pipeline import pixel_normalization, steps_per_epoch
+from core.normalization import pixel_normalization
+from core.pipeline import steps_per_epoch
 
 log = logging.getLogger("core.run")
 

@@ -261,10 +261,14 @@ Region read_region(jpeg_decompress_struct* cinfo, int x0, int x1, int y0, int y1
   return Region{region, stride, static_cast<int>(crop_x), y0, static_cast<int>(crop_w), rows};
 }
 
-// Read the headers (the size to width/height when given); with a request, decode the part of
-// the image under its box, resize, flip, jitter and write it.
-int decode(const uint8_t* data, size_t size, int* width, int* height, const Request* request,
-           char* message, int message_len) {
+// Open `data`, read its headers and return body(cinfo). A libjpeg error longjmps back here (the
+// frame with the setjmp outlives every libjpeg call the body makes) and returns kError with its
+// message; unsupported colour spaces return kUnsupported when `check_colour` (the caller
+// decodes those another way). The decompressor is destroyed on every path. Nothing in a body
+// may hold an object with a destructor across libjpeg calls.
+template <class Body>
+int with_jpeg(const uint8_t* data, size_t size, bool check_colour, char* message, int message_len,
+              Body&& body) {
   Decoder d;
   if (setjmp(d.err.jump)) {
     set_message(message, message_len, d.err.message);
@@ -274,32 +278,37 @@ int decode(const uint8_t* data, size_t size, int* width, int* height, const Requ
   jpeg_create_decompress(&d.cinfo);
   jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
   jpeg_read_header(&d.cinfo, TRUE);
-  if (width) *width = static_cast<int>(d.cinfo.image_width);
-  if (height) *height = static_cast<int>(d.cinfo.image_height);
-  if (!request) {
-    jpeg_destroy_decompress(&d.cinfo);
-    return kOk;
-  }
-  if (unsupported_colour_space(d.cinfo)) {
+  int status = kUnsupported;
+  if (check_colour && unsupported_colour_space(d.cinfo)) {
     set_message(message, message_len, "unsupported JPEG colour space");
-    jpeg_destroy_decompress(&d.cinfo);
-    return kUnsupported;
+  } else {
+    status = body(&d.cinfo);
   }
-  const int out_h = request->out_h, out_w = request->out_w;
-  const int num = request->allow_scaling ? dct_scale_num(request->box, out_h, out_w) : 8;
+  jpeg_destroy_decompress(&d.cinfo);
+  return status;
+}
+
+// Start decompressing at num/8 scale in RGB.
+void start_rgb(jpeg_decompress_struct* cinfo, int num) {
+  cinfo->out_color_space = JCS_RGB;
+  cinfo->scale_num = num;
+  cinfo->scale_denom = 8;
+  jpeg_start_decompress(cinfo);
+}
+
+// Decode the part of the image under the request's box, resize, flip, jitter and write it.
+int decode_augment(jpeg_decompress_struct* cinfo, const Request& request) {
+  const int out_h = request.out_h, out_w = request.out_w;
+  const int num = request.allow_scaling ? dct_scale_num(request.box, out_h, out_w) : 8;
   const double s = num / 8.0;
-  const Box box{request->box.x * s, request->box.y * s, request->box.w * s, request->box.h * s};
-  d.cinfo.out_color_space = JCS_RGB;
-  d.cinfo.scale_num = num;
-  d.cinfo.scale_denom = 8;
-  jpeg_start_decompress(&d.cinfo);
+  const Box box{request.box.x * s, request.box.y * s, request.box.w * s, request.box.h * s};
+  start_rgb(cinfo, num);
   // Pixels the resize reads: from the box's first to its last pixel, within the image.
   const Region region = read_region(
-      &d.cinfo, static_cast<int>(std::floor(box.x)), static_cast<int>(std::ceil(box.x + box.w - 1.0)),
+      cinfo, static_cast<int>(std::floor(box.x)), static_cast<int>(std::ceil(box.x + box.w - 1.0)),
       static_cast<int>(std::floor(box.y)), static_cast<int>(std::ceil(box.y + box.h - 1.0)));
-  jpeg_destroy_decompress(&d.cinfo);
   augment_region(region.pixels, region.stride, region.x, region.y, region.w, region.h, box,
-                 request->flip, request->factors, request->order, out_h, out_w, request->out);
+                 request.flip, request.factors, request.order, out_h, out_w, request.out);
   return kOk;
 }
 
@@ -355,39 +364,21 @@ void eval_region(const Region& region, int full_w, int full_h, const EvalRequest
   eval_output(planes, n, r);
 }
 
-int decode_eval(const uint8_t* data, size_t size, const EvalRequest& r, char* message,
-                int message_len) {
-  Decoder d;
-  if (setjmp(d.err.jump)) {
-    set_message(message, message_len, d.err.message);
-    jpeg_destroy_decompress(&d.cinfo);
-    return kError;
-  }
-  jpeg_create_decompress(&d.cinfo);
-  jpeg_mem_src(&d.cinfo, data, static_cast<unsigned long>(size));
-  jpeg_read_header(&d.cinfo, TRUE);
-  if (unsupported_colour_space(d.cinfo)) {
-    set_message(message, message_len, "unsupported JPEG colour space");
-    jpeg_destroy_decompress(&d.cinfo);
-    return kUnsupported;
-  }
-  const int num = r.allow_scaling ? eval_scale_num(static_cast<int>(d.cinfo.image_width),
-                                                   static_cast<int>(d.cinfo.image_height), r) : 8;
-  d.cinfo.out_color_space = JCS_RGB;
-  d.cinfo.scale_num = num;
-  d.cinfo.scale_denom = 8;
-  jpeg_start_decompress(&d.cinfo);
-  const int full_w = static_cast<int>(d.cinfo.output_width);
-  const int full_h = static_cast<int>(d.cinfo.output_height);
+// The centre crop of the resized image: decode (DCT-scaled when allowed) only the rows and
+// columns the resize reads, then resize, crop and write.
+int decode_eval(jpeg_decompress_struct* cinfo, const EvalRequest& r) {
+  start_rgb(cinfo, r.allow_scaling ? eval_scale_num(static_cast<int>(cinfo->image_width),
+                                                    static_cast<int>(cinfo->image_height), r) : 8);
+  const int full_w = static_cast<int>(cinfo->output_width);
+  const int full_h = static_cast<int>(cinfo->output_height);
   const double sx = static_cast<double>(full_w) / r.resized_w;
   const double sy = static_cast<double>(full_h) / r.resized_h;
   // The first and last pixels the resize reads (taps are monotonic).
   const Region region = read_region(
-      &d.cinfo, static_cast<int>(std::floor(eval_position(r.left, 0, sx, full_w))),
+      cinfo, static_cast<int>(std::floor(eval_position(r.left, 0, sx, full_w))),
       static_cast<int>(std::floor(eval_position(r.left, r.out_w - 1, sx, full_w))) + 1,
       static_cast<int>(std::floor(eval_position(r.top, 0, sy, full_h))),
       static_cast<int>(std::floor(eval_position(r.top, r.out_h - 1, sy, full_h))) + 1);
-  jpeg_destroy_decompress(&d.cinfo);
   eval_region(region, full_w, full_h, r);
   return kOk;
 }
@@ -399,7 +390,11 @@ extern "C" {
 // Image size from the headers. Returns kOk, or kError with a message.
 int mnv3_jpeg_size(const uint8_t* data, size_t size, int* width, int* height, char* message,
                    int message_len) {
-  return decode(data, size, width, height, nullptr, message, message_len);
+  return with_jpeg(data, size, false, message, message_len, [&](jpeg_decompress_struct* cinfo) {
+    if (width) *width = static_cast<int>(cinfo->image_width);
+    if (height) *height = static_cast<int>(cinfo->image_height);
+    return kOk;
+  });
 }
 
 // Decode the part of the JPEG under box = {x, y, w, h} (source pixels), resize it to
@@ -412,7 +407,8 @@ int mnv3_jpeg_augment(const uint8_t* data, size_t size, const double* box_xywh, 
                       int allow_scaling, uint8_t* out, char* message, int message_len) {
   const Request request{{box_xywh[0], box_xywh[1], box_xywh[2], box_xywh[3]}, flip, factors,
                         order, out_h, out_w, allow_scaling, out};
-  return decode(data, size, nullptr, nullptr, &request, message, message_len);
+  return with_jpeg(data, size, true, message, message_len,
+                   [&](jpeg_decompress_struct* cinfo) { return decode_augment(cinfo, request); });
 }
 
 // The same augmentation for an image already decoded to RGB (PNG, BMP, CMYK JPEG).
@@ -433,7 +429,8 @@ int mnv3_jpeg_eval(const uint8_t* data, size_t size, int resized_w, int resized_
                    int out_w, int out_h, int allow_scaling, const float* mean, const float* std,
                    void* out, char* message, int message_len) {
   const EvalRequest r{resized_w, resized_h, left, top, out_w, out_h, allow_scaling, mean, std, out};
-  return decode_eval(data, size, r, message, message_len);
+  return with_jpeg(data, size, true, message, message_len,
+                   [&](jpeg_decompress_struct* cinfo) { return decode_eval(cinfo, r); });
 }
 
 // The same for an image already decoded to RGB (PNG, BMP, CMYK JPEG).

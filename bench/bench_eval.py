@@ -99,7 +99,8 @@ def project_side(root: str, batch: int, decoder: str, workers: int) -> dict:
 def run_project(root: Path, batch: int, decoder: str, workers: int) -> dict:
     cmd = [sys.executable, __file__, "--project-side", str(root), "--batch", str(batch),
            "--decoder", decoder, "--workers", str(workers)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT,
+                          env=common.child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -66,7 +66,7 @@ print(json.dumps({"model": "onnx", "step_s": med, "images_per_s": batch / med, "
 
 def run_py(code: str, *args) -> dict:
     proc = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
-                          text=True, timeout=1800, cwd=common.ROOT)
+                          text=True, timeout=1800, cwd=common.ROOT, env=common.child_env())
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -52,7 +52,8 @@ def project_e2e(root: Path, warmup: int, steps: int, interval: int) -> dict:
            "train.eval_at_end=false", "checkpoint.interval_epochs=0", "system.device_target=CPU"]
     try:
         started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=common.ROOT)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=common.ROOT,
+                              env=common.child_env())
         wall = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
@@ -71,7 +72,8 @@ def project_step_alone(steps: int) -> dict:
     cmd = [sys.executable, str(common.BENCH_DIR / "ms_models.py"), "train", "--model", "project",
            "--size", str(SIZE), "--batch", str(BATCH), "--classes", str(CLASSES),
            "--steps", str(steps), "--warmup", "2", "--min-seconds", "0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT,
+                          env=common.child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

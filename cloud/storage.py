@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
@@ -84,10 +85,10 @@ class TransferBatch(ABC):
 
     @abstractmethod
     def download(self, key: str, local_path: str, *, size: int | None = None,
-                 on_bytes: BytesCallback | None = None,
+                 version: str | None = None, on_bytes: BytesCallback | None = None,
                  on_done: DoneCallback | None = None) -> None:
-        """Fetch ``key`` atomically into ``local_path``; ``size`` (if known from a
-        listing) lets small objects skip the multipart machinery."""
+        """Fetch ``key`` atomically into ``local_path``; ``size`` and ``version`` (if known
+        from a listing) let objects skip the multipart machinery."""
 
     @abstractmethod
     def upload(self, local_path: str, key: str, *, on_bytes: BytesCallback | None = None,
@@ -277,7 +278,7 @@ class _LocalBatch(TransferBatch):
                 on_done(None)
         self._pool.submit(task)
 
-    def download(self, key, local_path, *, size=None, on_bytes=None, on_done=None):
+    def download(self, key, local_path, *, size=None, version=None, on_bytes=None, on_done=None):
         src = self._storage.path(key)
 
         def copy() -> None:
@@ -442,10 +443,13 @@ class _S3Batch(TransferBatch):
     Objects known to be below the multipart threshold skip the manager: one
     GetObject (PutObject) by a pool thread is what the manager would do, minus
     four thread hand-offs per file. With ``storage.engine`` auto that request
-    is a lean one (cloud.s3lean: about a quarter of botocore's client CPU per
-    object, which on 2 cores is most of staging many small files); any answer
-    but a 200 sends the object down the boto3 path. A stream that breaks
-    mid-body is handed to the manager, which retries such errors.
+    is a lean one (cloud.s3lean: a fraction of botocore's client CPU per
+    object, which on 2 cores is most of staging many small files), and an
+    object above the threshold whose size and ETag the listing gave is fetched
+    as lean ranged GETs by the same pool into one preallocated part file
+    (:class:`_RangedDownload`). Any answer but the expected one sends the
+    object down the boto3 path; a stream that breaks mid-body is handed to the
+    manager, which retries such errors.
     """
 
     def __init__(self, storage: S3Storage, workers: int):
@@ -481,9 +485,14 @@ class _S3Batch(TransferBatch):
                     on_done(error)
         return [Subscriber()]
 
-    def download(self, key, local_path, *, size=None, on_bytes=None, on_done=None):
+    def _lean_on(self) -> bool:
+        return self._lean is not None and self._lean.enabled
+
+    def download(self, key, local_path, *, size=None, version=None, on_bytes=None, on_done=None):
         if size is not None and size < self._config.multipart_threshold:
             self._small.submit(self._get_small, key, local_path, size, on_bytes, on_done)
+        elif size is not None and version and self._lean_on():
+            _RangedDownload(self, key, local_path, size, version, on_bytes, on_done).start()
         else:
             self._managed_download(key, local_path, on_bytes, on_done)
 
@@ -498,49 +507,49 @@ class _S3Batch(TransferBatch):
         self._manager.download(self._storage.bucket, self._storage._key(key), tmp,
                                subscribers=self._subscribers(key, on_bytes, on_done, finish, cleanup))
 
-    def _fetch(self, full_key: str, f, size: int, count: BytesCallback) -> None:
-        """The object's bytes into ``f``: a lean GET, else botocore's GetObject."""
-        # Read in pieces no bigger than the object: each read allocates
-        # (and the kernel zeroes) a buffer of the requested size.
-        chunk = max(1, min(size, self._config.io_chunksize))
+    def _fetch(self, full_key: str, fd: int, size: int) -> int:
+        """The object's bytes into ``fd``: a lean GET, else botocore's GetObject. Returns the
+        bytes written."""
         lean = self._lean
-        if lean is not None and lean.enabled and lean.get_to_file(full_key, f, chunk, count):
-            return
+        if lean is not None and lean.enabled and lean.get_to_fd(full_key, fd):
+            return size
         storage = self._storage
         body = storage.client.get_object(Bucket=storage.bucket, Key=full_key)["Body"]
-        for piece in body.iter_chunks(chunk):
-            f.write(piece)
-            count(len(piece))
+        written = 0
+        # Read in pieces no bigger than the object: each read allocates (and the kernel
+        # zeroes) a buffer of the requested size.
+        for piece in body.iter_chunks(max(1, min(size, self._config.io_chunksize))):
+            os.write(fd, piece)
+            written += len(piece)
+        return written
 
     def _get_small(self, key, local_path, size, on_bytes, on_done):
+        """One object below the threshold into its part file, renamed when complete. Progress
+        is reported once, at the end: these are seconds-long at most."""
         from cloud.s3client import STREAMING_ERRORS
         from cloud.s3lean import LeanStreamBroken
         storage = self._storage
         tmp = part_path(local_path)
-        written = [0]
-
-        def count(n: int) -> None:
-            written[0] += n
-            if on_bytes:
-                on_bytes(n)
         try:
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666)
             try:
-                with open(tmp, "wb") as f:
-                    self._fetch(storage._key(key), f, size, count)
-            except (*STREAMING_ERRORS, LeanStreamBroken) as exc:
-                _remove_quietly(tmp)
-                log.info("stream of %s broke (%s); retrying through the transfer manager",
-                         storage.describe(key), type(exc).__name__)
-                if on_bytes and written[0]:
-                    on_bytes(-written[0])
-                self._managed_download(key, local_path, on_bytes, on_done)
-                return
+                written = self._fetch(storage._key(key), fd, size)
+            finally:
+                os.close(fd)
             os.replace(tmp, local_path)
+        except (*STREAMING_ERRORS, LeanStreamBroken) as exc:
+            _remove_quietly(tmp)
+            log.info("stream of %s broke (%s); retrying through the transfer manager",
+                     storage.describe(key), type(exc).__name__)
+            self._managed_download(key, local_path, on_bytes, on_done)
+            return
         except BaseException as exc:
             _remove_quietly(tmp)
             if on_done:
                 on_done(storage._explain(exc, key))
             return
+        if on_bytes and written:
+            on_bytes(written)
         if on_done:
             on_done(None)
 
@@ -585,6 +594,93 @@ class _S3Batch(TransferBatch):
         self._manager.shutdown(cancel=cancel)
         if self._lean is not None:
             self._lean.close()
+
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+
+
+class _RangedDownload:
+    """One large object as parallel lean ranged GETs (parts of ``multipart_chunksize``) into
+    one part file of the listed size, written with ``os.pwrite`` and renamed when every part
+    is in. Size and ETag come from the listing, so there is no HEAD; each part's answer must
+    carry that ETag and length. If any part is refused or its stream breaks, the whole object
+    is handed to the transfer manager once the others have stopped."""
+
+    def __init__(self, batch: _S3Batch, key: str, local_path: str, size: int, etag: str,
+                 on_bytes, on_done):
+        self.batch, self.key, self.local_path, self.size, self.etag = batch, key, local_path, size, etag
+        self.on_bytes, self.on_done = on_bytes, on_done
+        self.tmp = part_path(local_path)
+        self.lock = threading.Lock()
+        self.written = 0
+        self.failure: BaseException | None = None
+        self.fall_back = False
+        self.fd = -1
+        self.left = 0
+
+    def start(self) -> None:
+        try:
+            self.fd = os.open(self.tmp, _CREATE_FLAGS, 0o666)
+            os.ftruncate(self.fd, self.size)
+        except OSError as exc:
+            if self.fd >= 0:
+                os.close(self.fd)
+            _remove_quietly(self.tmp)
+            if self.on_done:
+                self.on_done(exc)
+            return
+        chunk = max(1, self.batch._config.multipart_chunksize)
+        parts = [(start, min(chunk, self.size - start)) for start in range(0, self.size, chunk)]
+        self.left = len(parts)
+        for start, length in parts:
+            self.batch._small.submit(self._part, start, length)
+
+    def _count(self, n: int) -> None:
+        with self.lock:
+            self.written += n
+        if self.on_bytes:
+            self.on_bytes(n)
+
+    def _part(self, start: int, length: int) -> None:
+        from cloud.s3lean import LeanStreamBroken
+        try:
+            if not (self.failure or self.fall_back):
+                lean = self.batch._lean
+                if not (lean.enabled and lean.get_to_fd(
+                        self.batch._storage._key(self.key), self.fd, self._count,
+                        start=start, length=length, etag=self.etag)):
+                    self.fall_back = True
+        except LeanStreamBroken:
+            self.fall_back = True
+        except BaseException as exc:
+            self.failure = exc
+        with self.lock:
+            self.left -= 1
+            last = self.left == 0
+        if last:
+            self._finish()
+
+    def _finish(self) -> None:
+        os.close(self.fd)
+        if self.failure is None and not self.fall_back:
+            try:
+                os.replace(self.tmp, self.local_path)
+            except OSError as exc:
+                self.failure = exc
+            else:
+                if self.on_done:
+                    self.on_done(None)
+                return
+        _remove_quietly(self.tmp)
+        if self.on_bytes and self.written:
+            self.on_bytes(-self.written)
+        if self.failure is not None:
+            if self.on_done:
+                self.on_done(self.batch._storage._explain(self.failure, self.key))
+            return
+        log.info("lean ranged GETs of %s did not all succeed; fetching it through the transfer "
+                 "manager", self.batch._storage.describe(self.key))
+        self.batch._managed_download(self.key, self.local_path, self.on_bytes, self.on_done)
 
 
 def _remove_quietly(path: str) -> None:

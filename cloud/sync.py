@@ -284,7 +284,8 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
                 continue
             with storage.batch(workers) as batch:
                 for rel, info, local in items:
-                    batch.download(info.key, local, size=info.size, on_bytes=progress.add_bytes,
+                    batch.download(info.key, local, size=info.size, version=info.version,
+                                   on_bytes=progress.add_bytes,
                                    on_done=finished(rel, info, local))
     finally:
         state.flush()

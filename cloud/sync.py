@@ -42,7 +42,7 @@ from cloud.errors import StorageError, UnsafeKeyError
 from cloud.node_lock import run_once_per_node
 from cloud.storage import (INTERNAL_PREFIX, PART_MARK, ObjectInfo, Storage, remove_stale_parts,
                            walk_files)
-from cloud.urls import safe_local_path
+from cloud.urls import check_relative_key, safe_local_path
 from core.progress import Progress
 
 log = logging.getLogger("cloud.sync")
@@ -178,18 +178,38 @@ class SyncState:
 # --------------------------------------------------------------------------- download
 
 
+def _local_path(dest_dir: str, rel: str, real_root: str, real_dirs: dict[str, str]) -> str:
+    """``safe_local_path(dest_dir, rel)`` resolving each directory once for a whole listing
+    (realpath costs an lstat per path component): the key's lexical checks, its directory's
+    real path (cached), and the file itself resolved only if it is a symlink."""
+    check_relative_key(rel)
+    head, _, name = rel.rpartition("/")
+    real_dir = real_dirs.get(head)
+    if real_dir is None:
+        real_dir = os.path.realpath(os.path.join(real_root, *head.split("/"))) if head else real_root
+        if real_dir != real_root and os.path.commonpath([real_root, real_dir]) != real_root:
+            raise UnsafeKeyError(rel, f"resolves outside {dest_dir}")
+        real_dirs[head] = real_dir
+    target = os.path.join(real_dir, name)
+    if os.path.islink(target):
+        target = os.path.realpath(target)
+        if os.path.commonpath([real_root, target]) != real_root or target == real_root:
+            raise UnsafeKeyError(rel, f"resolves outside {dest_dir}")
+    return target
+
+
 def _plan_download(storage: Storage, prefix: str, dest_dir: str) -> list[tuple[str, ObjectInfo, str]]:
     """(relative path, object, local path) for every object, all keys checked first."""
     base = prefix.strip("/")
     base = f"{base}/" if base else ""
     real_root = os.path.realpath(dest_dir)
-    plan, unsafe = [], []
+    plan, unsafe, real_dirs = [], [], {}
     for info in storage.list(base):
         rel = info.key[len(base):]
         if rel.endswith("/"):
             continue  # directory marker
         try:
-            local = safe_local_path(dest_dir, rel, real_root)
+            local = _local_path(dest_dir, rel, real_root, real_dirs)
             name = os.path.basename(rel)
             if name.startswith(INTERNAL_PREFIX) or PART_MARK in name:
                 raise UnsafeKeyError(rel, "name reserved for the cache's own files")

@@ -7,7 +7,8 @@ Sides, each in its own process, alternating over --repeat rounds (medians kept):
 * MindCV mobilenet_v3_small_100 with the same loss/optimizer/TrainOneStepCell;
 * PyTorch torchvision mobilenet_v3_small, RMSprop(alpha 0.9, momentum 0.9, eps 1e-3), label
   smoothing 0.1 (bench/.venv-peers).
-Images/s = batch / median step time after warm-up; compile = first call minus one step.
+Images/s = batch / median step time after warm-up; compile = first call minus one step; the
+MindSpore sides also report the median CPU time of a step (all threads of the process).
 Goal (not asserted): project >= 0.5x PyTorch at both sizes.
 
     python bench/bench_train.py             # 6 timed steps per run, 2 rounds
@@ -32,13 +33,54 @@ LABEL = {"project": "project (MindSpore, custom kxk conv)",
 
 
 def run_ms(what: str, side: str, size: int, batch: int, steps: int, warmup: int, extra=()) -> dict:
-    cmd = [sys.executable, str(common.BENCH_DIR / "ms_models.py"), what, "--model", side,
-           "--size", str(size), "--batch", str(batch), "--steps", str(steps),
-           "--warmup", str(warmup), *extra]
+    """One bench/ms_models.py measurement in its own process; train runs go through
+    cpu_timed_child, which adds the CPU time of every timed step (all threads)."""
+    args = [what, "--model", side, "--size", str(size), "--batch", str(batch), "--steps", str(steps),
+            "--warmup", str(warmup), *extra]
+    if what == "train":
+        cmd = [sys.executable, str(common.BENCH_DIR / "bench_train.py"), "--cpu-child", *args]
+    else:
+        cmd = [sys.executable, str(common.BENCH_DIR / "ms_models.py"), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def cpu_timed_child(argv: list) -> None:
+    """`bench_train.py --cpu-child ARGS`: bench/ms_models.py ARGS in this process, its clock
+    (time.perf_counter) also reading the process CPU time (all threads, time.process_time) at
+    each call. ms_models times step i between two consecutive calls, the timed steps last, so
+    the last 2 * steps readings give each timed step's CPU time; its JSON line gets
+    cpu_step_times and cpu_step_s."""
+    import time as real_time
+
+    import ms_models  # first: sets OMP_WAIT_POLICY before MindSpore loads libgomp
+
+    cpu_at_call = []
+
+    class Clock:
+        def __getattr__(self, name):
+            return getattr(real_time, name)
+
+        @staticmethod
+        def perf_counter():
+            cpu_at_call.append(real_time.process_time())
+            return real_time.perf_counter()
+
+    real_train = ms_models.train
+
+    def train(args):
+        result = real_train(args)
+        steps = len(result["step_times"])
+        timed = cpu_at_call[-2 * steps:]
+        result["cpu_step_times"] = [timed[2 * i + 1] - timed[2 * i] for i in range(steps)]
+        result["cpu_step_s"] = common.median(result["cpu_step_times"])
+        return result
+
+    ms_models.time, ms_models.train = Clock(), train
+    sys.argv = ["ms_models.py", *argv]
+    ms_models.main()  # prints the result line
 
 
 def run_torch(what: str, size: int, batch: int, steps: int, warmup: int) -> dict:
@@ -91,13 +133,18 @@ def summarise(raw: dict, what: str, unit_what: str) -> list[dict]:
                          "project": compile_s["project"], "peer": LABEL[peer],
                          "peer_value": compile_s[peer],
                          "ratio": common.ratio(compile_s["project"], compile_s[peer], higher_is_better=False)})
-        line = ", ".join(f"{s} {v:.1f} img/s" for s, v in ips.items())
+        cpu = {s: common.median([r["cpu_step_s"] for r in runs]) for s, runs in by_side.items()
+               if runs and all("cpu_step_s" in r for r in runs)}
+        line = ", ".join(f"{s} {v:.1f} img/s" + (f" (CPU {cpu[s] * 1e3:.0f} ms/step)" if s in cpu else "")
+                         for s, v in ips.items())
         print(f"{what} {size} px batch {batch}: {line}; project/torch "
               f"{common.ratio(ours, ips.get('torch'))}", flush=True)
     return rows
 
 
 def main():
+    if sys.argv[1:2] == ["--cpu-child"]:
+        return cpu_timed_child(sys.argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)

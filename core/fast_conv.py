@@ -1,4 +1,4 @@
-"""Depthwise convolution as a MindSpore AOT custom operator, for CPU.
+"""Depthwise, stem and 1x1 convolutions as MindSpore AOT custom operators, for CPU.
 
 MindSpore 2.10 runs depthwise convolutions on CPU through oneDNN's plain-layout path, about
 20x slower than PyTorch. ``core/kernels/depthwise_conv.cc`` (built into
@@ -7,8 +7,12 @@ implements forward, input gradient and weight gradient; ``DepthwiseConv2d`` wrap
 ``ops.Custom`` with a registered bprop. It holds its weight under the same name and shape as
 ``nn.Conv2d(group=C)`` (``<prefix>.weight``, ``(C, 1, k, k)``), so checkpoints are identical.
 
-``model.depthwise_impl`` chooses: ``native`` (nn.Conv2d everywhere), ``custom`` (this
-operator; CPU only), ``auto`` (this operator on CPU when the library is built and loads,
+The 1x1 convs (stride 1, one group) run as ``FastPointwise2d``: a GEMM per image forward
+(as in inference, core/fuse.py), the input gradient as the GEMM with W transposed, the weight
+gradient as one GEMM over images and pixels; same parameter name and shape as nn.Conv2d.
+
+``model.depthwise_impl`` chooses: ``native`` (nn.Conv2d everywhere), ``custom`` (these
+operators; CPU only), ``auto`` (these operators on CPU when the library is built and loads,
 else nn.Conv2d).
 """
 from __future__ import annotations
@@ -27,6 +31,8 @@ log = logging.getLogger("core.fast_conv")
 SOURCE = KERNEL_DIR / "depthwise_conv.cc"
 LIBRARY = KERNEL_DIR / "libmnv3_depthwise.so"
 IMPLS = ("auto", "native", "custom")
+ENTRY_POINTS = ("DepthwiseFwd", "DepthwiseBwdInput", "DepthwiseBwdWeight", "PointwiseFwd",
+                "PointwiseBwdInput", "PointwiseBwdWeight")
 
 _available: Optional[bool] = None
 
@@ -52,8 +58,7 @@ def available() -> bool:
             try:
                 import ctypes
                 lib = ctypes.CDLL(str(path))
-                _available = all(hasattr(lib, n) for n in ("DepthwiseFwd", "DepthwiseBwdInput",
-                                                            "DepthwiseBwdWeight"))
+                _available = all(hasattr(lib, n) for n in ENTRY_POINTS)
             except OSError as exc:
                 log.warning("depthwise kernel library %s does not load (%s); using nn.Conv2d", path, exc)
                 _available = False
@@ -140,19 +145,60 @@ class FastConv2d(nn.Conv2d):
         return self.conv2d(x, self.weight)
 
 
+def pointwise_op():
+    """ops.Custom of a 1x1 conv (stride 1, one group, no bias: a GEMM per image), with its bprop
+    (input gradient W^T dy, weight gradient sum_n dy x^T)."""
+    from mindspore import ops
+
+    lib = str(LIBRARY)
+    bwd_input = ops.Custom(f"{lib}:PointwiseBwdInput", out_shape=lambda dy, w, x: x,
+                           out_dtype=lambda dy, w, x: x, func_type="aot")
+    bwd_weight = ops.Custom(f"{lib}:PointwiseBwdWeight", out_shape=lambda dy, x, w: w,
+                            out_dtype=lambda dy, x, w: w, func_type="aot")
+
+    def bprop(x, w, out, dout):
+        return bwd_input(dout, w, x), bwd_weight(dout, x, w)
+
+    return ops.Custom(f"{lib}:PointwiseFwd", out_shape=lambda x, w: [x[0], w[0], x[2], x[3]],
+                      out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
+
+
+class FastPointwise2d(nn.Conv2d):
+    """nn.Conv2d(in, out, 1, pad_mode="pad", padding=0, has_bias=False) whose forward and
+    gradients run the library's GEMM kernels while ``fast`` is True (MindSpore hands oneDNN
+    NCHW tensors; its 1x1 forward and backward on them are slower than a plain GEMM per image).
+
+    Like FastConv2d a subclass, so the parameter (``weight``, ``(out, in, 1, 1)``), its
+    initialisation and checkpoints are those of the native cell; not a FastConv2d, so
+    core.fuse treats it as the 1x1 conv it is.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, weight_init="normal"):
+        super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="pad", padding=0,
+                         group=1, has_bias=False, weight_init=weight_init)
+        self.fast = True
+        self.fast_conv = pointwise_op()
+
+    def construct(self, x):
+        if self.fast:
+            return self.fast_conv(x, self.weight)
+        return self.conv2d(x, self.weight)
+
+
 def set_fast(net, fast: bool) -> int:
-    """Switch every FastConv2d of `net` (export needs the native operator: a Custom AOT op
-    names a host library and has no ONNX mapping). Returns how many were switched."""
+    """Switch every FastConv2d, FastPointwise2d and ConvBNAct of `net` (export needs the native
+    operators: a Custom AOT op names a host library and has no ONNX mapping). Returns how many
+    were switched."""
     count = 0
     for _, cell in net.cells_and_names():
-        if isinstance(cell, FastConv2d):
+        if isinstance(cell, (FastConv2d, FastPointwise2d, ConvBNAct)):
             cell.fast = fast
             count += 1
     return count
 
 
-# Convolutions the custom operator serves: kxk (k > 1) with few input channels per group, i.e.
-# depthwise convs and the 3-channel stem. 1x1 convs stay on oneDNN (at parity with PyTorch).
+# Convolutions the custom kxk operator serves: kxk (k > 1) with few input channels per group,
+# i.e. depthwise convs and the 3-channel stem. Plain 1x1 convs run as FastPointwise2d.
 MAX_CHANNELS_PER_GROUP = 4
 
 
@@ -180,6 +226,69 @@ def conv2d(in_channels: int, out_channels: int, kernel: int, stride: int, group:
     if (kernel > 1 and in_channels // group <= MAX_CHANNELS_PER_GROUP and kernel % 2 == 1
             and use_custom(impl)):
         return FastConv2d(in_channels, out_channels, kernel, stride, group, weight_init)
+    if kernel == 1 and stride == 1 and group == 1 and use_custom(impl):
+        return FastPointwise2d(in_channels, out_channels, weight_init)
     return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, pad_mode="pad",
                      padding=(kernel - 1) // 2, group=group, has_bias=False,
                      weight_init=weight_init)
+
+
+# ---- BatchNorm (batch statistics) + activation in training -------------------------------
+ACT_SUFFIX = {None: "", "RE": "Relu", "HS": "Hswish"}
+
+
+def bn_act_op(act: Optional[str]):
+    """ops.Custom (x, gamma, beta, eps[1]) -> (act(BN(x)), batch mean, biased batch variance) of
+    a training BN unit, with its bprop (dx, dgamma, dbeta; eps is a constant)."""
+    from mindspore import ops
+
+    lib, suffix = str(LIBRARY), ACT_SUFFIX[act]
+    bwd = ops.Custom(f"{lib}:BnActBwd{suffix}", out_shape=lambda dy, x, g, b, m, v, e: [x, g, g],
+                     out_dtype=lambda dy, x, g, b, m, v, e: [x, g, g], func_type="aot")
+    zeros_like = ops.ZerosLike()
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        dx, dgamma, dbeta = bwd(dout[0], x, gamma, beta, out[1], out[2], eps)
+        return dx, dgamma, dbeta, zeros_like(eps)
+
+    return ops.Custom(f"{lib}:BnActFwd{suffix}", out_shape=lambda x, g, b, e: [x, g, g],
+                      out_dtype=lambda x, g, b, e: [x, g, g], func_type="aot", bprop=bprop)
+
+
+class ConvBNAct(nn.SequentialCell):
+    """core.model's conv unit [conv, BN (, activation)] whose BN and activation run, in training
+    and while ``fast`` is True, as one custom op (batch statistics, the running statistics
+    updated as nn.BatchNorm2d does); in eval mode the cells run one after another. The cells,
+    their parameter names and what core.fuse sees are those of the plain SequentialCell."""
+
+    def __init__(self, layers: list, act: Optional[str]):
+        super().__init__(layers)
+        import numpy as np
+        from mindspore import Tensor, ops
+
+        self.fast = True
+        self.bn_act = bn_act_op(act)
+        self.eps = Tensor(np.array([layers[1].eps], np.float32))
+        self.assign = ops.Assign()
+
+    def construct(self, x):
+        if self.training and self.fast:
+            bn = self.cell_list[1]
+            y, mean, var = self.bn_act(self.cell_list[0](x), bn.gamma, bn.beta, self.eps)
+            count = y.shape[0] * y.shape[2] * y.shape[3]
+            m = bn.momentum  # the new batch statistic's weight (MindSpore convention)
+            unbiased = var * (count / max(count - 1, 1))
+            self.assign(bn.moving_mean, bn.moving_mean * (1.0 - m) + mean * m)
+            self.assign(bn.moving_variance, bn.moving_variance * (1.0 - m) + unbiased * m)
+            return y
+        for cell in self.cell_list:
+            x = cell(x)
+        return x
+
+
+def conv_bn_act_cell(layers: list, act: Optional[str], impl: str = "auto") -> nn.SequentialCell:
+    """ConvBNAct when the custom operators are in use for `impl` (see use_custom), else the
+    plain nn.SequentialCell; same cells and parameters either way."""
+    if use_custom(impl) and act in ACT_SUFFIX:
+        return ConvBNAct(layers, act)
+    return nn.SequentialCell(layers)

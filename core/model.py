@@ -18,7 +18,7 @@ from mindspore import ops
 from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
-from core.fast_conv import conv2d
+from core.fast_conv import conv2d, conv_bn_act_cell
 from core.layers import HSigmoid, HSwish, conv_init
 from core.modelzoo import ModelZooMobileNetV3Small
 
@@ -90,7 +90,7 @@ def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: i
     ]
     if act is not None:
         layers.append(activation(act))
-    return nn.SequentialCell(layers)
+    return conv_bn_act_cell(layers, act, impl)
 
 
 class SqueezeExcitation(nn.Cell):
@@ -122,13 +122,13 @@ class InvertedResidual(nn.Cell):
         self.use_residual = cfg.stride == 1 and in_ch == out_ch
         layers = []
         if expanded != in_ch:
-            layers.append(conv_bn_act(in_ch, expanded, 1, act=cfg.activation))
+            layers.append(conv_bn_act(in_ch, expanded, 1, act=cfg.activation, impl=depthwise_impl))
         layers.append(conv_bn_act(expanded, expanded, cfg.kernel, stride=cfg.stride,
                                   groups=expanded, act=cfg.activation, padding=depthwise_padding,
                                   impl=depthwise_impl))
         if cfg.use_se:
             layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
-        layers.append(conv_bn_act(expanded, out_ch, 1, act=None))
+        layers.append(conv_bn_act(expanded, out_ch, 1, act=None, impl=depthwise_impl))
         self.block = nn.SequentialCell(layers)
         self.out_channels = out_ch
 
@@ -154,7 +154,7 @@ class MobileNetV3Small(nn.Cell):
             layers.append(block)
             in_ch = block.out_channels
         last_conv = 6 * in_ch  # 576 at width 1.0, as torchvision derives it
-        layers.append(conv_bn_act(in_ch, last_conv, 1, act="HS"))
+        layers.append(conv_bn_act(in_ch, last_conv, 1, act="HS", impl=depthwise_impl))
         self.features = nn.SequentialCell(layers)
 
         hidden = make_divisible(HIDDEN_CHANNELS * width_mult)  # torchvision scales last_channel
@@ -180,10 +180,10 @@ def build_model(arch: str, num_classes: int, width_mult: float = 1.0,
     none for the model-zoo variant (which was trained without it). ``bn_momentum=None`` keeps
     the architecture's BN momentum (0.99 and 0.9, MindSpore convention).
     ``depthwise_padding=None`` is "symmetric"; "same" is MindCV's (mobilenet_v3_small only).
-    ``depthwise_impl`` (system.depthwise_impl) runs the kxk convs of mobilenet_v3_small (the
-    depthwise convs and the stem): "auto" (core.fast_conv's CPU operator on CPU when its
-    library is built, else nn.Conv2d), "native" or "custom"; outputs are equal, only the
-    speed differs.
+    ``depthwise_impl`` (system.depthwise_impl) runs the convs of mobilenet_v3_small (the
+    depthwise convs, the stem and the 1x1 convs outside squeeze-excite): "auto"
+    (core.fast_conv's CPU operators on CPU when its library is built, else nn.Conv2d),
+    "native" or "custom"; outputs are equal, only the speed differs.
     """
     padding = depthwise_padding or "symmetric"
     if arch == "mobilenet_v3_small":

@@ -14,9 +14,13 @@
 //   DepthwiseBwdInput(dy[N,CO,OH,OW], w, x (shape only)) -> dx[N,C,H,W]
 //   DepthwiseBwdWeight(dy[N,CO,OH,OW], x[N,C,H,W], w (shape only)) -> dw[CO,C/G,K,K]
 // (G = C / w.shape[1]; the stride is inferred from the input and output extents.)
+// 1x1 convs in training (GEMMs, see "1x1 convolutions in training"):
+//   PointwiseFwd(x, w[M,K,1,1]) -> y;  PointwiseBwdInput(dy, w, x) -> dx;
+//   PointwiseBwdWeight(dy, x, w) -> dw
 // Inference entry points (BN folded, activation fused; 1x1 convs and the classifier as GEMMs):
 // see the end of the file.
 #include <cstdint>
+#include <cmath>
 #include <cstring>
 #include <algorithm>
 #include <vector>
@@ -490,7 +494,8 @@ ALWAYS_INLINE vw activate_v(vw v, int act) {
 }
 
 // Weights [M][K] -> panels [ceil(M/PW_MR)][K][PW_MR], rows beyond M zero (a work-shared loop).
-void pack_pw_weight(const float *w, float *wp, int64_t m, int64_t k) {
+// `trans`: w is stored [K][M] (the transposed weight of the input gradient, W^T of a [K][M] W).
+void pack_pw_weight(const float *w, float *wp, int64_t m, int64_t k, bool trans) {
   const int64_t blocks = (m + PW_MR - 1) / PW_MR;
 #pragma omp for schedule(static)
   for (int64_t blk = 0; blk < blocks; ++blk) {
@@ -498,7 +503,7 @@ void pack_pw_weight(const float *w, float *wp, int64_t m, int64_t k) {
     for (int64_t kk = 0; kk < k; ++kk)
       for (int64_t i = 0; i < PW_MR; ++i) {
         const int64_t row = blk * PW_MR + i;
-        dst[kk * PW_MR + i] = row < m ? w[row * k + kk] : 0.f;
+        dst[kk * PW_MR + i] = row < m ? w[trans ? kk * m + row : row * k + kk] : 0.f;
       }
   }
 }
@@ -566,15 +571,16 @@ void pw_image(const float *wp, const float *x, int64_t k, int64_t hw, const PwOu
 }
 
 // Images x channel chunks, so a single image (the classifier) still uses every thread.
+// `trans_w`: w is [K][M] (see pack_pw_weight).
 void pw_images(const float *w, const float *x, const float *b, const float *r, int act, float *y,
-               int64_t n, int64_t m, int64_t k, int64_t hw) {
+               int64_t n, int64_t m, int64_t k, int64_t hw, bool trans_w = false) {
   const int64_t blocks = (m + PW_MR - 1) / PW_MR;
   const int64_t chunk = n >= 8 ? blocks : std::max<int64_t>(1, blocks / 8);
   const int64_t chunks = (blocks + chunk - 1) / chunk, tasks = n * chunks;
   std::vector<float> wp(blocks * k * PW_MR);
 #pragma omp parallel
   {
-    pack_pw_weight(w, wp.data(), m, k);
+    pack_pw_weight(w, wp.data(), m, k, trans_w);
     std::vector<float> tail(k * PW_NV);
 #pragma omp for schedule(static)
     for (int64_t t = 0; t < tasks; ++t) {
@@ -601,6 +607,251 @@ void linear_all(const float *x, const float *w, const float *b, int act, float *
   pw_images(w, xt.data(), b, nullptr, act, yt.data(), 1, m, k, n);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < m; ++j) y[i * m + j] = yt[j * n + i];
+}
+
+// ---- 1x1 convolutions in training (core/fast_conv.py FastPointwise2d) -------------------
+// Per image, forward Y = W X and input gradient dX = W^T dY are the GEMM above (pw_images; the
+// weight packed transposed for dX). The weight gradient dW[M][K] = sum_n dY[n] X[n]^T reduces
+// over images and pixels: per block of PW_PB pixels, dY's rows are packed into panels
+// [M/PW_MR][pixels][PW_MR] and X's block transposed to [pixels][K'] (K' = K rounded up to a
+// vector), then tiles of PW_MR x 32 accumulate in float registers over the block's pixels and
+// are added into one double accumulator per thread (ThreadSums: deterministic for a given
+// thread count, and as accurate as the reference over N * H * W terms).
+constexpr int64_t PW_PB = 256;  // pixels per block of the weight gradient
+
+// Columns [p0, p0 + np) of rows [0, m) of a [m][ld] matrix -> panels [ceil(m/PW_MR)][np][PW_MR].
+void pack_row_panels(const float *a, int64_t ld, int64_t m, int64_t p0, int64_t np, float *dst) {
+  const int64_t blocks = (m + PW_MR - 1) / PW_MR;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    float *d = dst + blk * np * PW_MR;
+    for (int64_t i = 0; i < PW_MR; ++i) {
+      const int64_t row = blk * PW_MR + i;
+      if (row < m) {
+        const float *src = a + row * ld + p0;
+        for (int64_t p = 0; p < np; ++p) d[p * PW_MR + i] = src[p];
+      } else {
+        for (int64_t p = 0; p < np; ++p) d[p * PW_MR + i] = 0.f;
+      }
+    }
+  }
+}
+
+// Columns [p0, p0 + np) of a [k][ld] matrix, transposed -> [np][ldt] (columns >= k untouched).
+void transpose_block(const float *x, int64_t ld, int64_t k, int64_t p0, int64_t np, float *dst, int64_t ldt) {
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const float *src = x + kk * ld + p0;
+    for (int64_t p = 0; p < np; ++p) dst[p * ldt + kk] = src[p];
+  }
+}
+
+// c[PW_MR][NVEC * PW_NV] (row stride ldc, double) += A-panel[np][PW_MR]^T B[np][NVEC * PW_NV].
+template <int NVEC>
+ALWAYS_INLINE void wgrad_tile(const float *ap, const float *b, int64_t ldb, int64_t np, double *c, int64_t ldc) {
+  vw acc[PW_MR][NVEC];
+  for (int i = 0; i < PW_MR; ++i)
+    for (int v = 0; v < NVEC; ++v) acc[i][v] = vw{0.f};
+  for (int64_t p = 0; p < np; ++p) {
+    vw bv[NVEC];
+    for (int v = 0; v < NVEC; ++v) bv[v] = wload(b + p * ldb + v * PW_NV);
+    const float *a = ap + p * PW_MR;
+    for (int i = 0; i < PW_MR; ++i)
+      for (int v = 0; v < NVEC; ++v) acc[i][v] += a[i] * bv[v];
+  }
+  for (int i = 0; i < PW_MR; ++i)
+    for (int v = 0; v < NVEC; ++v) {
+      double *d = c + i * ldc + v * PW_NV;
+      for (int l = 0; l < PW_NV; ++l) d[l] += acc[i][v][l];
+    }
+}
+
+// One pixel block: every output-channel panel against every column tile of the transposed X.
+MULTI_ISA
+void wgrad_block(const float *ap, const float *bt, int64_t ldt, int64_t np, int64_t mblocks, double *c) {
+  for (int64_t blk = 0; blk < mblocks; ++blk) {
+    const float *a = ap + blk * np * PW_MR;
+    double *cr = c + blk * PW_MR * ldt;
+    int64_t col = 0;
+    for (; col + 2 * PW_NV <= ldt; col += 2 * PW_NV) wgrad_tile<2>(a, bt + col, ldt, np, cr + col, ldt);
+    if (col < ldt) wgrad_tile<1>(a, bt + col, ldt, np, cr + col, ldt);
+  }
+}
+
+// dw[M][K] = sum over images of dy[n] ([M][HW]) x[n]^T ([HW][K]); tasks are (image, pixel block).
+void pw_wgrad_all(const float *dy, const float *x, float *dw, int64_t n, int64_t m, int64_t k, int64_t hw) {
+  const int64_t mblocks = (m + PW_MR - 1) / PW_MR, ldt = (k + PW_NV - 1) / PW_NV * PW_NV;
+  const int64_t pb = std::min(hw, PW_PB), pblocks = (hw + pb - 1) / pb, tasks = n * pblocks;
+  ThreadSums sums(mblocks * PW_MR * ldt);
+#pragma omp parallel
+  {
+    sums.start();
+    double *mine = sums.mine();
+    std::vector<float> ap(mblocks * PW_MR * pb), bt(pb * ldt, 0.f);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t img = t / pblocks, p0 = (t % pblocks) * pb, np = std::min(pb, hw - p0);
+      pack_row_panels(dy + img * m * hw, hw, m, p0, np, ap.data());
+      transpose_block(x + img * k * hw, hw, k, p0, np, bt.data(), ldt);
+      wgrad_block(ap.data(), bt.data(), ldt, np, mblocks, mine);
+    }
+  }
+  for (int64_t o = 0; o < m; ++o)
+    for (int64_t c = 0; c < k; ++c) dw[o * k + c] = static_cast<float>(sums.total(o * ldt + c));
+}
+
+// ---- BatchNorm with batch statistics + activation, in training (core/fast_conv.py) --------
+// MindSpore runs a training conv unit's BatchNorm and its activation as separate passes over the
+// activations (hard-swish alone: add, relu6, mul, div) and as many again for the gradients.
+// Here the forward is one pass for the statistics and one for y = act((x - mean) * scale + beta)
+// (scale = gamma / sqrt(var + eps)); the backward one pass for the two sums (the activation's
+// derivative recomputed from x) and one for dx. Sums over (N, H, W) in double.
+ALWAYS_INLINE vw act_grad_v(vw u, vw d, int act) {
+  const vw zero = {0.f};
+  if (act == kRelu) return u > zero ? d : zero;
+  if (act == kHswish) {  // d/du u * relu6(u + 3) / 6 = (relu6(u + 3) + u [-3 < u < 3]) / 6
+    vw t = u + 3.f;
+    t = t > zero ? t : zero;
+    t = t < zero + 6.f ? t : zero + 6.f;
+    const vw inner = (u > zero - 3.f) & (u < zero + 3.f) ? u : zero;
+    return d * (t + inner) * (1.f / 6.f);
+  }
+  return d;
+}
+
+// Sum and sum of squares of one plane, in double.
+MULTI_ISA
+void plane_moments(const float *x, int64_t hw, double *s1, double *s2) {
+  double a = 0.0, b = 0.0;
+#pragma omp simd reduction(+ : a, b)
+  for (int64_t t = 0; t < hw; ++t) {
+    const double v = x[t];
+    a += v;
+    b += v * v;
+  }
+  *s1 += a;
+  *s2 += b;
+}
+
+// Plane loops run a vector at a time; the last n < PW_NV elements through zero-padded vectors.
+ALWAYS_INLINE vw load_n(const float *p, int64_t n) {
+  if (n == PW_NV) return wload(p);
+  vw v = {0.f};
+  for (int64_t i = 0; i < n; ++i) v[i] = p[i];
+  return v;
+}
+
+ALWAYS_INLINE void store_n(float *p, vw v, int64_t n) {
+  if (n == PW_NV) {
+    wstore(p, v);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) p[i] = v[i];
+}
+
+// y = act((x - mean) * scale + beta) over one plane.
+MULTI_ISA
+void bn_act_plane(const float *x, float mean, float scale, float beta, int act, float *y, int64_t hw) {
+  for (int64_t t = 0; t < hw; t += PW_NV) {
+    const int64_t n = std::min<int64_t>(PW_NV, hw - t);
+    store_n(y + t, activate_v((load_n(x + t, n) - mean) * scale + beta, act), n);
+  }
+}
+
+// Per-channel statistics of a BN unit: scale = gamma * invstd, and for the backward the sums.
+struct BnChannel {
+  float mean, invstd, scale, beta;
+};
+
+BnChannel bn_channel(double mean, double var, double eps, float gamma, float beta) {
+  const double invstd = 1.0 / std::sqrt(var + eps);
+  return {static_cast<float>(mean), static_cast<float>(invstd), static_cast<float>(gamma * invstd), beta};
+}
+
+void bn_act_fwd_all(const float *x, const float *gamma, const float *beta, double eps, int act, float *y,
+                    float *mean, float *var, int64_t n, int64_t c, int64_t hw) {
+  std::vector<BnChannel> ch(c);
+  const double count = static_cast<double>(n * hw);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t cc = 0; cc < c; ++cc) {
+      double s1 = 0.0, s2 = 0.0;
+      for (int64_t i = 0; i < n; ++i) plane_moments(x + (i * c + cc) * hw, hw, &s1, &s2);
+      const double m = s1 / count, v = std::max(0.0, s2 / count - m * m);
+      mean[cc] = static_cast<float>(m);
+      var[cc] = static_cast<float>(v);
+      ch[cc] = bn_channel(m, v, eps, gamma[cc], beta[cc]);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * c; ++t) {
+      const BnChannel &b = ch[t % c];
+      bn_act_plane(x + t * hw, b.mean, b.scale, b.beta, act, y + t * hw, hw);
+    }
+  }
+}
+
+// Backward sums of one plane: du = dy * act'(u), u = (x - mean) * scale + beta;
+// sdu += du, sdux += du * (x - mean).
+MULTI_ISA
+void bn_act_bwd_sums(const float *dy, const float *x, const BnChannel &b, int act, int64_t hw, double *sdu,
+                     double *sdux) {
+  vw a1 = {0.f}, a2 = {0.f};
+  double d1 = 0.0, d2 = 0.0;
+  for (int64_t t = 0; t < hw; t += PW_NV) {
+    const int64_t n = std::min<int64_t>(PW_NV, hw - t);
+    const vw xc = load_n(x + t, n) - b.mean;
+    const vw du = act_grad_v(xc * b.scale + b.beta, load_n(dy + t, n), act);
+    a1 += du;  // padded lanes: dy is zero there
+    a2 += du * xc;
+    if ((t + PW_NV) % 1024 == 0) {  // float partials of <= 1024 pixels, summed in double
+      for (int l = 0; l < PW_NV; ++l) d1 += a1[l], d2 += a2[l];
+      a1 = vw{0.f};
+      a2 = vw{0.f};
+    }
+  }
+  for (int l = 0; l < PW_NV; ++l) d1 += a1[l], d2 += a2[l];
+  *sdu += d1;
+  *sdux += d2;
+}
+
+// dx = k1 * du + k2 * (x - mean) + k3 over one plane.
+MULTI_ISA
+void bn_act_bwd_plane(const float *dy, const float *x, const BnChannel &b, int act, float k1, float k2, float k3,
+                      float *dx, int64_t hw) {
+  for (int64_t t = 0; t < hw; t += PW_NV) {
+    const int64_t n = std::min<int64_t>(PW_NV, hw - t);
+    const vw xc = load_n(x + t, n) - b.mean;
+    const vw du = act_grad_v(xc * b.scale + b.beta, load_n(dy + t, n), act);
+    store_n(dx + t, k1 * du + k2 * xc + k3, n);
+  }
+}
+
+void bn_act_bwd_all(const float *dy, const float *x, const float *gamma, const float *beta, const float *mean,
+                    const float *var, double eps, int act, float *dx, float *dgamma, float *dbeta, int64_t n,
+                    int64_t c, int64_t hw) {
+  std::vector<BnChannel> ch(c);
+  std::vector<float> k(3 * c);
+  const double count = static_cast<double>(n * hw);
+#pragma omp parallel
+  {
+#pragma omp for schedule(static)
+    for (int64_t cc = 0; cc < c; ++cc) {
+      const BnChannel b = ch[cc] = bn_channel(mean[cc], var[cc], eps, gamma[cc], beta[cc]);
+      double sdu = 0.0, sdux = 0.0;
+      for (int64_t i = 0; i < n; ++i) bn_act_bwd_sums(dy + (i * c + cc) * hw, x + (i * c + cc) * hw, b, act, hw, &sdu, &sdux);
+      const double invstd = 1.0 / std::sqrt(static_cast<double>(var[cc]) + eps);
+      const double k1 = gamma[cc] * invstd;
+      dbeta[cc] = static_cast<float>(sdu);
+      dgamma[cc] = static_cast<float>(sdux * invstd);
+      k[3 * cc] = static_cast<float>(k1);
+      k[3 * cc + 1] = static_cast<float>(-k1 * invstd * invstd * sdux / count);
+      k[3 * cc + 2] = static_cast<float>(-k1 * sdu / count);
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * c; ++t) {
+      const int64_t cc = t % c;
+      bn_act_bwd_plane(dy + t * hw, x + t * hw, ch[cc], act, k[3 * cc], k[3 * cc + 1], k[3 * cc + 2], dx + t * hw, hw);
+    }
+  }
 }
 
 // ---- Forward convolutions over stride phases, vectorised along the pixels ---------------
@@ -912,6 +1163,100 @@ int PointwiseHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, vo
 }
 int PointwiseResidual(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
   return pointwise(np, p, nd, sh, dt, kNone, true);
+}
+
+// Training entry points of 1x1 convs (stride 1, one group, no bias; core/fast_conv.py):
+//   PointwiseFwd(x[N,K,H,W], w[M,K,1,1]) -> y[N,M,H,W]
+//   PointwiseBwdInput(dy[N,M,H,W], w, x (shape only)) -> dx[N,K,H,W]
+//   PointwiseBwdWeight(dy[N,M,H,W], x[N,K,H,W], w (shape only)) -> dw[M,K,1,1]
+// pw_shapes checks that x [N,K,H,W], w [M,K,1,1] and y [N,M,H,W] agree.
+static bool pw_shapes(const int64_t *sx, const int64_t *sw, const int64_t *sy) {
+  return sw[1] == sx[1] && sw[2] == 1 && sw[3] == 1 && sy[0] == sx[0] && sy[1] == sw[0] &&
+         sy[2] == sx[2] && sy[3] == sx[3];
+}
+
+int PointwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  const int64_t *sx = shapes[0], *sw = shapes[1];
+  if (!pw_shapes(sx, sw, shapes[2])) return 3;
+  pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]), nullptr, nullptr,
+            kNone, static_cast<float *>(params[2]), sx[0], sw[0], sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+int PointwiseBwdInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                      void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  const int64_t *sdy = shapes[0], *sw = shapes[1], *sx = shapes[3];
+  if (!pw_shapes(sx, sw, sdy)) return 3;
+  // dx[n] = W^T dy[n]: the forward GEMM with M and K swapped and W read transposed
+  pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]), nullptr, nullptr,
+            kNone, static_cast<float *>(params[3]), sx[0], sx[1], sw[0], sx[2] * sx[3], true);
+  return 0;
+}
+
+int PointwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                       void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
+  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  const int64_t *sdy = shapes[0], *sx = shapes[1], *sw = shapes[3];
+  if (!pw_shapes(sx, sw, sdy)) return 3;
+  pw_wgrad_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<float *>(params[3]), sx[0], sw[0], sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+// Training BatchNorm (batch statistics) + activation (core/fast_conv.py ConvBNAct):
+//   BnActFwd{,Relu,Hswish}(x[N,C,H,W], gamma[C], beta[C], eps[1]) -> y, mean[C], var[C] (biased)
+//   BnActBwd{,Relu,Hswish}(dy, x, gamma, beta, mean, var, eps[1]) -> dx, dgamma[C], dbeta[C]
+static bool bn_inputs_ok(int nin, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (ndims[0] != 4) return false;
+  for (int i = 0; i < nin; ++i) {
+    if (!is_f32(dtypes[i])) return false;
+    if (ndims[i] == 1 && shapes[i][0] != shapes[0][1] && shapes[i][0] != 1) return false;
+  }
+  return true;
+}
+
+static int bn_act_fwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
+  if (nparam != 7 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 4) return 1;
+  if (!bn_inputs_ok(4, ndims, shapes, dtypes)) return 2;
+  const int64_t *sx = shapes[0];
+  auto f = [&](int i) { return static_cast<float *>(params[i]); };
+  bn_act_fwd_all(f(0), f(1), f(2), *f(3), act, f(4), f(5), f(6), sx[0], sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+static int bn_act_bwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
+  if (nparam != 10 || ndims[1] != 4 || ndims[7] != 4) return 1;
+  if (!bn_inputs_ok(7, ndims, shapes, dtypes)) return 2;
+  const int64_t *sx = shapes[1];
+  for (int d = 0; d < 4; ++d)
+    if (shapes[0][d] != sx[d]) return 3;
+  auto f = [&](int i) { return static_cast<float *>(params[i]); };
+  bn_act_bwd_all(f(0), f(1), f(2), f(3), f(4), f(5), *f(6), act, f(7), f(8), f(9), sx[0], sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+int BnActFwd(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bn_act_fwd(np, p, nd, sh, dt, kNone);
+}
+int BnActFwdRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bn_act_fwd(np, p, nd, sh, dt, kRelu);
+}
+int BnActFwdHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bn_act_fwd(np, p, nd, sh, dt, kHswish);
+}
+int BnActBwd(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bn_act_bwd(np, p, nd, sh, dt, kNone);
+}
+int BnActBwdRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bn_act_bwd(np, p, nd, sh, dt, kRelu);
+}
+int BnActBwdHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
+  return bn_act_bwd(np, p, nd, sh, dt, kHswish);
 }
 
 int MeanHW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {

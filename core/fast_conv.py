@@ -104,22 +104,28 @@ def output_shape(kernel: int, stride: int, out_channels: int):
     return out_shape
 
 
-def conv_op(kernel: int, stride: int, out_channels: int):
-    """ops.Custom for one (kernel, stride, output channels), with its bprop (input and weight
-    gradients)."""
+def custom_with_grads(kind: str, out_shape):
+    """ops.Custom of the library's ``<kind>Fwd`` with a bprop of ``<kind>BwdInput`` (input
+    gradient, shaped as x) and ``<kind>BwdWeight`` (weight gradient, shaped as w)."""
     from mindspore import ops
 
     lib = str(LIBRARY)
-    bwd_input = ops.Custom(f"{lib}:DepthwiseBwdInput", out_shape=lambda dy, w, x: x,
+    bwd_input = ops.Custom(f"{lib}:{kind}BwdInput", out_shape=lambda dy, w, x: x,
                            out_dtype=lambda dy, w, x: x, func_type="aot")
-    bwd_weight = ops.Custom(f"{lib}:DepthwiseBwdWeight", out_shape=lambda dy, x, w: w,
+    bwd_weight = ops.Custom(f"{lib}:{kind}BwdWeight", out_shape=lambda dy, x, w: w,
                             out_dtype=lambda dy, x, w: w, func_type="aot")
 
     def bprop(x, w, out, dout):
         return bwd_input(dout, w, x), bwd_weight(dout, x, w)
 
-    return ops.Custom(f"{lib}:DepthwiseFwd", out_shape=output_shape(kernel, stride, out_channels),
-                      out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
+    return ops.Custom(f"{lib}:{kind}Fwd", out_shape=out_shape, out_dtype=lambda x, w: x,
+                      func_type="aot", bprop=bprop)
+
+
+def conv_op(kernel: int, stride: int, out_channels: int):
+    """ops.Custom for one (kernel, stride, output channels), with its bprop (input and weight
+    gradients)."""
+    return custom_with_grads("Depthwise", output_shape(kernel, stride, out_channels))
 
 
 class FastConv2d(nn.Conv2d):
@@ -148,19 +154,7 @@ class FastConv2d(nn.Conv2d):
 def pointwise_op():
     """ops.Custom of a 1x1 conv (stride 1, one group, no bias: a GEMM per image), with its bprop
     (input gradient W^T dy, weight gradient sum_n dy x^T)."""
-    from mindspore import ops
-
-    lib = str(LIBRARY)
-    bwd_input = ops.Custom(f"{lib}:PointwiseBwdInput", out_shape=lambda dy, w, x: x,
-                           out_dtype=lambda dy, w, x: x, func_type="aot")
-    bwd_weight = ops.Custom(f"{lib}:PointwiseBwdWeight", out_shape=lambda dy, x, w: w,
-                            out_dtype=lambda dy, x, w: w, func_type="aot")
-
-    def bprop(x, w, out, dout):
-        return bwd_input(dout, w, x), bwd_weight(dout, x, w)
-
-    return ops.Custom(f"{lib}:PointwiseFwd", out_shape=lambda x, w: [x[0], w[0], x[2], x[3]],
-                      out_dtype=lambda x, w: x, func_type="aot", bprop=bprop)
+    return custom_with_grads("Pointwise", lambda x, w: [x[0], w[0], x[2], x[3]])
 
 
 class FastPointwise2d(nn.Conv2d):

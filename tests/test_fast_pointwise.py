@@ -11,17 +11,12 @@ import pytest
 from bench.grad_cell import Grad
 from core import fast_conv
 from core import model as core_model
+from tests.test_fast_depthwise import TOL, rel_err
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
 pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
 
-TOL = 1e-5
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.abs(a - b).max() / max(1.0, np.abs(a).max()))
 
 
 # (batch, in, out, size): the network's 1x1 convs at 224 px (expand, project, last conv), odd

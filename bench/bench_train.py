@@ -41,7 +41,8 @@ def run_ms(what: str, side: str, size: int, batch: int, steps: int, warmup: int,
         cmd = [sys.executable, str(common.BENCH_DIR / "bench_train.py"), "--cpu-child", *args]
     else:
         cmd = [sys.executable, str(common.BENCH_DIR / "ms_models.py"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=common.ROOT,
+                          env=common.child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

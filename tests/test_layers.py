@@ -32,7 +32,8 @@ def tree_copy(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tree")
     for package in PACKAGES:
         shutil.copytree(REPO / package, root / package,
-                        ignore=shutil.ignore_patterns("__pycache__", "results", "fixtures", "*.so"))
+                        ignore=shutil.ignore_patterns("__pycache__", "results", "fixtures", "*.so",
+                                                      ".venv*"))
     shutil.copy(REPO / ".importlinter", root / ".importlinter")
     return root
 

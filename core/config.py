@@ -135,8 +135,9 @@ class SystemConfig:
     output_dir: str = _spec("runs/mobilenetv3_small", help="run directory (checkpoints, logs, exports)")
     distributed: bool = _spec(False, help="data-parallel across ranks (set by the launchers)")
     depthwise_impl: str = _spec("auto", choices=("auto", "native", "custom"),
-                                help="kxk convs (depthwise, stem): auto = the project's CPU "
-                                     "operator on CPU when built (make kernels), else nn.Conv2d")
+                                help="convs (depthwise, stem, 1x1) and training BN+activation: "
+                                     "auto = the project's CPU operators on CPU when built "
+                                     "(make kernels), else nn.Conv2d/nn.BatchNorm2d")
     cpu_threads: Optional[int] = _spec(None, minimum=1,
                                        help="threads of MindSpore's CPU kernels (null = its default); "
                                             "1 makes CPU runs, resumed ones too, bit-for-bit repeatable")

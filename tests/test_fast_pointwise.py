@@ -33,6 +33,7 @@ def test_matches_nn_conv2d(n, cin, cout, size):
     x = ms.Tensor(rng.standard_normal((n, cin, size, size)).astype(np.float32))
     ref = nn.Conv2d(cin, cout, 1, pad_mode="pad", padding=0, has_bias=False)
     fast = fast_conv.FastPointwise2d(cin, cout)
+    fast.min_plane = 0  # the GEMM operator at every plane size, small ones too
     fast.weight.set_data(ref.weight.data)
     y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
     assert y_ref.shape == y_fast.shape == (n, cout, size, size)
@@ -49,10 +50,36 @@ def test_native_switch_computes_the_same():
     """set_fast(False) (what export does) runs nn.Conv2d's own operator on the same weight."""
     rng = np.random.default_rng(5)
     cell = nn.SequentialCell([fast_conv.FastPointwise2d(24, 88)])
+    cell[0].min_plane = 0
     x = ms.Tensor(rng.standard_normal((2, 24, 7, 7)).astype(np.float32))
     fast_out = cell(x).asnumpy()
     assert fast_conv.set_fast(cell, False) == 1 and not cell[0].fast
     assert rel_err(fast_out, cell(x).asnumpy()) < TOL
+
+
+class _Marker(nn.Cell):
+    """Stands in for the GEMM operator: a plane of 7s, so the test sees which branch ran (the
+    GEMM's outputs are bit-identical to nn.Conv2d's on these shapes)."""
+
+    def construct(self, x, w):
+        return ms.ops.full((x.shape[0], w.shape[0], x.shape[2], x.shape[3]), 7.0, dtype=ms.float32)
+
+
+def test_small_planes_run_nn_conv2d_and_large_ones_the_gemm():
+    """Under MIN_PLANE pixels per image the cell runs nn.Conv2d's operator, from it on the GEMM
+    operator (graph mode decides at compile time from the static shape)."""
+    rng = np.random.default_rng(8)
+    for size, gemm in ((14, False), (22, False), (23, True), (28, True)):
+        assert (size * size >= fast_conv.FastPointwise2d.MIN_PLANE) == gemm
+        ref = nn.Conv2d(96, 144, 1, pad_mode="pad", padding=0, has_bias=False)
+        fast = fast_conv.FastPointwise2d(96, 144)
+        fast.weight.set_data(ref.weight.data)
+        fast.fast_conv = _Marker()
+        x = ms.Tensor(rng.standard_normal((2, 96, size, size)).astype(np.float32))
+        y_fast = fast(x).asnumpy()
+        assert np.all(y_fast == 7.0) == gemm, size
+        if not gemm:
+            assert np.array_equal(ref(x).asnumpy(), y_fast)
 
 
 def build(impl, classes=10):

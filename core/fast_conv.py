@@ -168,19 +168,19 @@ class FastPointwise2d(nn.Conv2d):
     core.fuse treats it as the 1x1 conv it is.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, weight_init="normal"):
-        super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="pad", padding=0,
-                         group=1, has_bias=False, weight_init=weight_init)
-        self.fast = True
-        self.min_plane = self.MIN_PLANE
-        self.fast_conv = pointwise_op()
-
     # Pixels per image from which the GEMM operator beats nn.Conv2d (a per-image GEMM has too
     # few columns on small planes). Measured train steps, 2 cores: at 224 px (planes 56x56 to
     # 7x7) custom on every 1x1 conv 68-75 img/s, only from 28x28 up (>= 500) 73-79, none
     # 65-66; at 64 px batch 64 (planes 16x16 to 2x2) every 1x1 conv custom 317-402 img/s,
     # none 440-456. Graph mode reads the shape at compile time: one branch is compiled.
     MIN_PLANE = 500
+
+    def __init__(self, in_channels: int, out_channels: int, weight_init="normal"):
+        super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="pad", padding=0,
+                         group=1, has_bias=False, weight_init=weight_init)
+        self.fast = True
+        self.min_plane = self.MIN_PLANE
+        self.fast_conv = pointwise_op()
 
     def construct(self, x):
         if self.fast and x.shape[2] * x.shape[3] >= self.min_plane:

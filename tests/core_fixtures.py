@@ -58,8 +58,8 @@ def learned_run(tmp_path_factory):
 
     32 steps of the tiny recipe on the 3-colour set; measured val top-1 0.867-1.0 over seeds
     1-9 with the CPU custom operators (8-22 s on the 2-core machine); RMSProp turns their
-    last-bit differences in near-zero gradients into a different run than nn.Conv2d's. bn_momentum 0.5 lets BN's running statistics catch up
-    with so few steps, as eval uses them.
+    last-bit differences in near-zero gradients into a different run than nn.Conv2d's.
+    bn_momentum 0.5 lets BN's running statistics catch up with so few steps, as eval uses them.
     """
     from core.train import train
     root = colour_dataset(tmp_path_factory.mktemp("colours"))

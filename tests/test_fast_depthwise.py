@@ -33,7 +33,12 @@ def test_matches_nn_conv2d(n, cin, cout, groups, size, k, stride):
     x = ms.Tensor(rng.standard_normal((n, cin, size, size)).astype(np.float32))
     ref = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=(k - 1) // 2, group=groups,
                     has_bias=False)
-    fast = fast_conv.FastConv2d(cin, cout, k, stride, groups)
+    assert_same_conv(ref, fast_conv.FastConv2d(cin, cout, k, stride, groups), x, rng)
+
+
+def assert_same_conv(ref, fast, x, rng):
+    """`fast`, given `ref`'s weight, computes ref's output, input gradient and weight gradient
+    on x within TOL; returns fast's (y, dx, dw) as numpy arrays."""
     fast.weight.set_data(ref.weight.data)
     y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
     assert y_ref.shape == y_fast.shape
@@ -43,6 +48,7 @@ def test_matches_nn_conv2d(n, cin, cout, groups, size, k, stride):
     (dx_fast,), (dw_fast,) = Grad(fast)(x, dy)
     assert rel_err(dx_ref.asnumpy(), dx_fast.asnumpy()) < TOL
     assert rel_err(dw_ref.asnumpy(), dw_fast.asnumpy()) < TOL
+    return y_fast, dx_fast.asnumpy(), dw_fast.asnumpy()
 
 
 def build(impl, classes=10):

@@ -11,12 +11,11 @@ import pytest
 from bench.grad_cell import Grad
 from core import fast_conv
 from core import model as core_model
-from tests.test_fast_depthwise import TOL, rel_err
+from tests.test_fast_depthwise import TOL, assert_same_conv, build, rel_err
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
 pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
-
 
 
 # (batch, in, out, size): the network's 1x1 convs at 224 px (expand, project, last conv), odd
@@ -34,16 +33,9 @@ def test_matches_nn_conv2d(n, cin, cout, size):
     ref = nn.Conv2d(cin, cout, 1, pad_mode="pad", padding=0, has_bias=False)
     fast = fast_conv.FastPointwise2d(cin, cout)
     fast.min_plane = 0  # the GEMM operator at every plane size, small ones too
-    fast.weight.set_data(ref.weight.data)
-    y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
-    assert y_ref.shape == y_fast.shape == (n, cout, size, size)
-    assert rel_err(y_ref, y_fast) < TOL
-    dy = ms.Tensor(rng.standard_normal(y_ref.shape).astype(np.float32))
-    (dx_ref,), (dw_ref,) = Grad(ref)(x, dy)
-    (dx_fast,), (dw_fast,) = Grad(fast)(x, dy)
+    y_fast, dx_fast, dw_fast = assert_same_conv(ref, fast, x, rng)
+    assert y_fast.shape == (n, cout, size, size)
     assert dx_fast.shape == x.shape and dw_fast.shape == (cout, cin, 1, 1)
-    assert rel_err(dx_ref.asnumpy(), dx_fast.asnumpy()) < TOL
-    assert rel_err(dw_ref.asnumpy(), dw_fast.asnumpy()) < TOL
 
 
 def test_native_switch_computes_the_same():
@@ -80,11 +72,6 @@ def test_small_planes_run_nn_conv2d_and_large_ones_the_gemm():
         assert np.all(y_fast == 7.0) == gemm, size
         if not gemm:
             assert np.array_equal(ref(x).asnumpy(), y_fast)
-
-
-def build(impl, classes=10):
-    ms.set_seed(3)
-    return core_model.build_model("mobilenet_v3_small", classes, depthwise_impl=impl)
 
 
 def test_network_uses_it_and_native_does_not():

@@ -46,8 +46,9 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_last_good_check
     from tests.core_fixtures import tiny_config
     out = tmp_path / "run"
     # SGD at a huge LR (deterministic with one thread): losses 2.3, 2e4, 4e16, then inf or nan
-    # at step 4 (which of the two depends on the kernels' summation order); checkpoints every 2 steps; progress lines only every 100 steps (losses are read anyway
-    # before each checkpoint)
+    # at step 4 (which of the two depends on the kernels' summation order); checkpoints every
+    # 2 steps; progress lines only every 100 steps (losses are read anyway before each
+    # checkpoint)
     cfg = tiny_config(tiny_dataset, out, **{"optim.name": "sgd", "optim.lr": 1e3,
                                             "optim.warmup_epochs": 0.0,
                                             "checkpoint.interval_steps": 2, "train.log_interval": 100,

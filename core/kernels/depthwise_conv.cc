@@ -1018,6 +1018,19 @@ void conv_fwd_all(const float *x, const float *w, const float *b, int act, float
 
 extern "C" {
 
+// Exported AOT entry points that only bind arguments of a shared implementation:
+// AOT_ENTRY(Name, impl, args...) is int Name(<AOT signature>) { return impl(<first five>, args...); }
+// and AOT_ACT_ENTRIES defines Name, Name##Relu and Name##Hswish with kNone, kRelu and kHswish
+// as the first bound argument.
+#define AOT_ENTRY(Name, impl, ...)                                                     \
+  int Name(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) { \
+    return impl(np, p, nd, sh, dt, __VA_ARGS__);                                       \
+  }
+#define AOT_ACT_ENTRIES(Name, impl, ...)               \
+  AOT_ENTRY(Name, impl, kNone, ##__VA_ARGS__)          \
+  AOT_ENTRY(Name##Relu, impl, kRelu, ##__VA_ARGS__)    \
+  AOT_ENTRY(Name##Hswish, impl, kHswish, ##__VA_ARGS__)
+
 int DepthwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                  void *stream, void *extra) {
   if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
@@ -1073,15 +1086,7 @@ static int conv_bias_act(int nparam, void **params, int *ndims, int64_t **shapes
   return 0;
 }
 
-int DepthwiseFwdBias(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return conv_bias_act(np, p, nd, sh, dt, kNone);
-}
-int DepthwiseFwdBiasRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return conv_bias_act(np, p, nd, sh, dt, kRelu);
-}
-int DepthwiseFwdBiasHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return conv_bias_act(np, p, nd, sh, dt, kHswish);
-}
+AOT_ACT_ENTRIES(DepthwiseFwdBias, conv_bias_act)
 
 static int bias_act(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                     int act, bool residual) {
@@ -1101,18 +1106,8 @@ static int bias_act(int nparam, void **params, int *ndims, int64_t **shapes, con
   return 0;
 }
 
-int BiasAct(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bias_act(np, p, nd, sh, dt, kNone, false);
-}
-int BiasActRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bias_act(np, p, nd, sh, dt, kRelu, false);
-}
-int BiasActHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bias_act(np, p, nd, sh, dt, kHswish, false);
-}
-int BiasAddResidual(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bias_act(np, p, nd, sh, dt, kNone, true);
-}
+AOT_ACT_ENTRIES(BiasAct, bias_act, false)
+AOT_ENTRY(BiasAddResidual, bias_act, kNone, true)
 
 int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                   void *stream, void *extra) {
@@ -1152,18 +1147,8 @@ static int pointwise(int nparam, void **params, int *ndims, int64_t **shapes, co
   return 0;
 }
 
-int Pointwise(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return pointwise(np, p, nd, sh, dt, kNone, false);
-}
-int PointwiseRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return pointwise(np, p, nd, sh, dt, kRelu, false);
-}
-int PointwiseHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return pointwise(np, p, nd, sh, dt, kHswish, false);
-}
-int PointwiseResidual(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return pointwise(np, p, nd, sh, dt, kNone, true);
-}
+AOT_ACT_ENTRIES(Pointwise, pointwise, false)
+AOT_ENTRY(PointwiseResidual, pointwise, kNone, true)
 
 // Training entry points of 1x1 convs (stride 1, one group, no bias; core/fast_conv.py):
 //   PointwiseFwd(x[N,K,H,W], w[M,K,1,1]) -> y[N,M,H,W]
@@ -1240,24 +1225,8 @@ static int bn_act_bwd(int nparam, void **params, int *ndims, int64_t **shapes, c
   return 0;
 }
 
-int BnActFwd(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bn_act_fwd(np, p, nd, sh, dt, kNone);
-}
-int BnActFwdRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bn_act_fwd(np, p, nd, sh, dt, kRelu);
-}
-int BnActFwdHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bn_act_fwd(np, p, nd, sh, dt, kHswish);
-}
-int BnActBwd(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bn_act_bwd(np, p, nd, sh, dt, kNone);
-}
-int BnActBwdRelu(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bn_act_bwd(np, p, nd, sh, dt, kRelu);
-}
-int BnActBwdHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return bn_act_bwd(np, p, nd, sh, dt, kHswish);
-}
+AOT_ACT_ENTRIES(BnActFwd, bn_act_fwd)
+AOT_ACT_ENTRIES(BnActBwd, bn_act_bwd)
 
 int MeanHW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 2 || ndims[0] != 4 || ndims[1] != 2) return 1;
@@ -1279,11 +1248,7 @@ static int linear(int nparam, void **params, int *ndims, int64_t **shapes, const
   return 0;
 }
 
-int Linear(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return linear(np, p, nd, sh, dt, kNone);
-}
-int LinearHswish(int np, void **p, int *nd, int64_t **sh, const char **dt, void *, void *) {
-  return linear(np, p, nd, sh, dt, kHswish);
-}
+AOT_ENTRY(Linear, linear, kNone)
+AOT_ENTRY(LinearHswish, linear, kHswish)
 
 }  // extern "C"

@@ -516,19 +516,27 @@ struct PwOut {
   int act;
 };
 
+// The GEMM micro-kernel both tiles share: acc[PW_MR][NVEC vectors] = sum over `steps` of the
+// panel's PW_MR coefficients (panel + step * PW_MR) times row `step` of b (b + step * ldb).
+template <int NVEC>
+ALWAYS_INLINE void panel_times_rows(const float *panel, const float *b, int64_t ldb, int64_t steps,
+                                    vw (&acc)[PW_MR][NVEC]) {
+  for (int i = 0; i < PW_MR; ++i)
+    for (int v = 0; v < NVEC; ++v) acc[i][v] = vw{0.f};
+  for (int64_t s = 0; s < steps; ++s) {
+    vw bv[NVEC];
+    for (int v = 0; v < NVEC; ++v) bv[v] = wload(b + s * ldb + v * PW_NV);
+    const float *a = panel + s * PW_MR;
+    for (int i = 0; i < PW_MR; ++i)
+      for (int v = 0; v < NVEC; ++v) acc[i][v] += a[i] * bv[v];
+  }
+}
+
 template <int NVEC>
 ALWAYS_INLINE void pw_tile(const float *wp, const float *x, int64_t ldx, int64_t k, const PwOut &o,
                            int64_t m0, int64_t p0, int64_t ncols) {
   vw acc[PW_MR][NVEC];
-  for (int i = 0; i < PW_MR; ++i)
-    for (int v = 0; v < NVEC; ++v) acc[i][v] = vw{0.f};
-  for (int64_t kk = 0; kk < k; ++kk) {
-    vw xv[NVEC];
-    for (int v = 0; v < NVEC; ++v) xv[v] = wload(x + kk * ldx + v * PW_NV);
-    const float *wk = wp + kk * PW_MR;
-    for (int i = 0; i < PW_MR; ++i)
-      for (int v = 0; v < NVEC; ++v) acc[i][v] += wk[i] * xv[v];
-  }
+  panel_times_rows<NVEC>(wp, x, ldx, k, acc);
   const int64_t rows = std::min<int64_t>(PW_MR, o.m - m0);
   for (int64_t i = 0; i < rows; ++i) {
     const float bias = o.b ? o.b[m0 + i] : 0.f;
@@ -648,15 +656,7 @@ void transpose_block(const float *x, int64_t ld, int64_t k, int64_t p0, int64_t 
 template <int NVEC>
 ALWAYS_INLINE void wgrad_tile(const float *ap, const float *b, int64_t ldb, int64_t np, double *c, int64_t ldc) {
   vw acc[PW_MR][NVEC];
-  for (int i = 0; i < PW_MR; ++i)
-    for (int v = 0; v < NVEC; ++v) acc[i][v] = vw{0.f};
-  for (int64_t p = 0; p < np; ++p) {
-    vw bv[NVEC];
-    for (int v = 0; v < NVEC; ++v) bv[v] = wload(b + p * ldb + v * PW_NV);
-    const float *a = ap + p * PW_MR;
-    for (int i = 0; i < PW_MR; ++i)
-      for (int v = 0; v < NVEC; ++v) acc[i][v] += a[i] * bv[v];
-  }
+  panel_times_rows<NVEC>(ap, b, ldb, np, acc);
   for (int i = 0; i < PW_MR; ++i)
     for (int v = 0; v < NVEC; ++v) {
       double *d = c + i * ldc + v * PW_NV;

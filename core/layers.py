@@ -1,5 +1,5 @@
-"""Layers both architectures build from (core.model, core.modelzoo): hard-swish, hard-sigmoid
-and torchvision's conv init. A module of its own so neither network imports the other."""
+"""Layers both architectures build from (core.model, core.modelzoo): hard-swish, hard-sigmoid,
+the global average pool, squeeze-excite's channel scale and torchvision's conv init. A module of its own so neither network imports the other."""
 from __future__ import annotations
 
 import mindspore.nn as nn
@@ -26,6 +26,24 @@ class HSigmoid(nn.Cell):
 
     def construct(self, x):
         return self.relu6(x + 3.0) / 6.0
+
+
+class GlobalAvgPool(nn.Cell):
+    """Mean over H and W: [N, C, H, W] -> [N, C] ([N, C, 1, 1] with keep_dims)."""
+
+    def __init__(self, keep_dims: bool = False):
+        super().__init__()
+        self.keep_dims = keep_dims
+
+    def construct(self, x):
+        return x.mean((2, 3), keep_dims=self.keep_dims)
+
+
+class ScaleChannels(nn.Cell):
+    """x * s with one scale per image and channel (s [N, C, 1, 1]): squeeze-excite's gating."""
+
+    def construct(self, x, s):
+        return x * s
 
 
 def conv_init() -> init.Initializer:

@@ -18,7 +18,7 @@ from mindspore import ops
 from mindspore.common import initializer as init
 
 from core.dropout import ReplayableDropout
-from core.fast_conv import conv2d, conv_bn_act_cell
+from core.fast_conv import conv2d, conv_bn_act_cell, global_avg_pool, scale_channels
 from core.layers import HSigmoid, HSwish, conv_init
 from core.modelzoo import ModelZooMobileNetV3Small
 
@@ -96,8 +96,10 @@ def conv_bn_act(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: i
 class SqueezeExcitation(nn.Cell):
     """SE with a hard-sigmoid gate; fc1/fc2 are 1x1 convs with bias, as in torchvision."""
 
-    def __init__(self, channels: int, squeeze: int):
+    def __init__(self, channels: int, squeeze: int, impl: str = "auto"):
         super().__init__()
+        self.pool = global_avg_pool(keep_dims=True, impl=impl)
+        self.scale = scale_channels(impl)
         self.fc1 = nn.Conv2d(channels, squeeze, 1, has_bias=True, weight_init=conv_init(),
                              bias_init="zeros")
         self.relu = nn.ReLU()
@@ -106,9 +108,8 @@ class SqueezeExcitation(nn.Cell):
         self.gate = HSigmoid()
 
     def construct(self, x):
-        scale = x.mean((2, 3), keep_dims=True)
-        scale = self.gate(self.fc2(self.relu(self.fc1(scale))))
-        return x * scale
+        scale = self.gate(self.fc2(self.relu(self.fc1(self.pool(x)))))
+        return self.scale(x, scale)
 
 
 class InvertedResidual(nn.Cell):
@@ -127,7 +128,7 @@ class InvertedResidual(nn.Cell):
                                   groups=expanded, act=cfg.activation, padding=depthwise_padding,
                                   impl=depthwise_impl))
         if cfg.use_se:
-            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8)))
+            layers.append(SqueezeExcitation(expanded, make_divisible(expanded // 4, 8), depthwise_impl))
         layers.append(conv_bn_act(expanded, out_ch, 1, act=None, impl=depthwise_impl))
         self.block = nn.SequentialCell(layers)
         self.out_channels = out_ch
@@ -156,6 +157,7 @@ class MobileNetV3Small(nn.Cell):
         last_conv = 6 * in_ch  # 576 at width 1.0, as torchvision derives it
         layers.append(conv_bn_act(in_ch, last_conv, 1, act="HS", impl=depthwise_impl))
         self.features = nn.SequentialCell(layers)
+        self.pool = global_avg_pool(keep_dims=False, impl=depthwise_impl)
 
         hidden = make_divisible(HIDDEN_CHANNELS * width_mult)  # torchvision scales last_channel
         self.classifier = nn.SequentialCell([
@@ -166,9 +168,7 @@ class MobileNetV3Small(nn.Cell):
         ])
 
     def construct(self, x):
-        x = self.features(x)
-        x = x.mean((2, 3))  # global average pool
-        return self.classifier(x)
+        return self.classifier(self.pool(self.features(x)))
 
 
 def build_model(arch: str, num_classes: int, width_mult: float = 1.0,

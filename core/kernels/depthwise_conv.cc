@@ -17,6 +17,8 @@
 // 1x1 convs in training (GEMMs, see "1x1 convolutions in training"):
 //   PointwiseFwd(x, w[M,K,1,1]) -> y;  PointwiseBwdInput(dy, w, x) -> dx;
 //   PointwiseBwdWeight(dy, x, w) -> dw
+// BN + activation, squeeze-excite's scale and the global pool in training: BnAct*, ScaleChannels*,
+// MeanHW / MeanHWBwd (see their entry points).
 // Inference entry points (BN folded, activation fused; 1x1 convs and the classifier as GEMMs):
 // see the end of the file.
 #include <cstdint>
@@ -603,6 +605,36 @@ void pw_images(const float *w, const float *x, const float *b, const float *r, i
 void mean_hw_all(const float *x, float *y, int64_t nc, int64_t hw) {
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < nc; ++t) y[t] = plane_sum(x + t * hw, hw) / static_cast<float>(hw);
+}
+
+// ---- Squeeze-excite and the global average pool in training (core/fast_conv.py) ---------
+// MindSpore's CPU ReduceMean, its gradient (Tile + RealDiv) and the broadcast Mul's gradient
+// (Mul + ReduceSum) cost about a quarter of a 224 px train step. One plane per iteration: every
+// sum runs in one thread, so the results do not depend on the thread count.
+
+// Gradient of the pool: dx = dm / HW on every pixel of the plane (as Tile + RealDiv).
+void mean_hw_bwd_all(const float *dm, float *dx, int64_t nc, int64_t hw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < nc; ++t) std::fill_n(dx + t * hw, hw, dm[t] / static_cast<float>(hw));
+}
+
+// y = x * s, one scale per plane (SE's gate).
+void scale_channels_all(const float *x, const float *s, float *y, int64_t nc, int64_t hw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < nc; ++t) scale_plane(x + t * hw, s[t], y + t * hw, hw);
+}
+
+MULTI_ISA
+float plane_dot(const float *a, const float *b, int64_t hw) { return dot(a, b, hw); }
+
+// Gradients of y = x * s: dx = dy * s, ds = sum over the plane of dy * x.
+void scale_channels_bwd_all(const float *dy, const float *x, const float *s, float *dx, float *ds,
+                            int64_t nc, int64_t hw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < nc; ++t) {
+    ds[t] = plane_dot(dy + t * hw, x + t * hw, hw);
+    scale_plane(dy + t * hw, s[t], dx + t * hw, hw);
+  }
 }
 
 // Dense layer y[N][M] = act(x[N][K] W[M][K]^T + b): the GEMM on x transposed ([K][N], one
@@ -1234,6 +1266,53 @@ int MeanHW(int nparam, void **params, int *ndims, int64_t **shapes, const char *
   const int64_t *sx = shapes[0];
   mean_hw_all(static_cast<const float *>(params[0]), static_cast<float *>(params[1]), sx[0] * sx[1],
               sx[2] * sx[3]);
+  return 0;
+}
+
+// Squeeze-excite and the global average pool in training (core/fast_conv.py GlobalAvgPool,
+// ScaleChannels); s, dm and ds hold one value per plane, as [N,C] or [N,C,1,1]:
+//   MeanHWBwd(dm, x[N,C,H,W] (shape only)) -> dx;  ScaleChannels(x, s) -> x * s
+//   ScaleChannelsBwd(dy, x, s) -> dx, ds
+static bool per_plane(int ndim, const int64_t *shape, const int64_t *sx) {
+  if (ndim != 2 && ndim != 4) return false;
+  if (shape[0] != sx[0] || shape[1] != sx[1]) return false;
+  return ndim == 2 || (shape[2] == 1 && shape[3] == 1);
+}
+
+static bool all_f32(int n, const char **dtypes) {
+  for (int i = 0; i < n; ++i)
+    if (!is_f32(dtypes[i])) return false;
+  return true;
+}
+
+int MeanHWBwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[1] != 4 || ndims[2] != 4 || !per_plane(ndims[0], shapes[0], shapes[1])) return 1;
+  if (!all_f32(3, dtypes)) return 2;
+  const int64_t *sx = shapes[1];
+  mean_hw_bwd_all(static_cast<const float *>(params[0]), static_cast<float *>(params[2]), sx[0] * sx[1],
+                  sx[2] * sx[3]);
+  return 0;
+}
+
+int ScaleChannels(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 3 || ndims[0] != 4 || ndims[2] != 4 || !per_plane(ndims[1], shapes[1], shapes[0])) return 1;
+  if (!all_f32(3, dtypes)) return 2;
+  const int64_t *sx = shapes[0];
+  auto f = [&](int i) { return static_cast<float *>(params[i]); };
+  scale_channels_all(f(0), f(1), f(2), sx[0] * sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+int ScaleChannelsBwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
+                     void *) {
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
+  if (!per_plane(ndims[2], shapes[2], shapes[1]) || !per_plane(ndims[4], shapes[4], shapes[1])) return 1;
+  for (int d = 0; d < 4; ++d)
+    if (shapes[0][d] != shapes[1][d]) return 3;
+  if (!all_f32(5, dtypes)) return 2;
+  const int64_t *sx = shapes[1];
+  auto f = [&](int i) { return static_cast<float *>(params[i]); };
+  scale_channels_bwd_all(f(0), f(1), f(2), f(3), f(4), sx[0] * sx[1], sx[2] * sx[3]);
   return 0;
 }
 

@@ -1,0 +1,114 @@
+"""core.fast_conv.FastGlobalAvgPool and FastScaleChannels: squeeze-excite's pool and channel scale
+and the network's global average pool as custom operators must match MindSpore's mean and
+broadcast Mul (forward and every gradient, within 1e-5) in real graphs at MobileNetV3-Small's
+shapes, leave the parameters alone, and switch back to the native ops with set_fast(False)."""
+import mindspore as ms
+import mindspore.nn as nn
+import numpy as np
+import pytest
+from mindspore import ops
+
+from core import fast_conv
+from core import layers
+from core import model as core_model
+from tests.test_fast_depthwise import TOL, build, rel_err
+
+ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+
+pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built
+
+_grad_inputs = ops.GradOperation(get_all=True, sens_param=True)
+
+
+class GradInputs(nn.Cell):
+    """GradInputs(net)(*inputs, dy) -> the gradient of every input for the output gradient dy."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, *args):
+        return _grad_inputs(self.net)(*args)
+
+
+# (batch, channels, height, width): the SE planes at 224 px (56x56 block 1, 14x14 and 7x7), the
+# final 7x7 pool at batch 32, odd and non-square planes, 1x1 planes.
+SHAPES = [(2, 16, 56, 56), (3, 96, 14, 14), (32, 576, 7, 7), (2, 5, 9, 11), (4, 7, 1, 1), (1, 3, 2, 5)]
+
+
+@pytest.mark.parametrize("keep_dims", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pool_matches_mean(shape, keep_dims):
+    rng = np.random.default_rng(sum(shape))
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    ref, fast = layers.GlobalAvgPool(keep_dims), fast_conv.FastGlobalAvgPool(keep_dims)
+    y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
+    assert y_fast.shape == y_ref.shape == ((shape[0], shape[1], 1, 1) if keep_dims else shape[:2])
+    assert rel_err(y_ref, y_fast) < TOL
+    dy = ms.Tensor(rng.standard_normal(y_ref.shape).astype(np.float32))
+    (dx_ref,), (dx_fast,) = GradInputs(ref)(x, dy), GradInputs(fast)(x, dy)
+    assert dx_fast.shape == x.shape
+    assert rel_err(dx_ref.asnumpy(), dx_fast.asnumpy()) < TOL
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_scale_matches_broadcast_mul(shape):
+    rng = np.random.default_rng(sum(shape) + 1)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    s = ms.Tensor(rng.uniform(0, 1, shape[:2] + (1, 1)).astype(np.float32))
+    ref, fast = layers.ScaleChannels(), fast_conv.FastScaleChannels()
+    y_ref, y_fast = ref(x, s).asnumpy(), fast(x, s).asnumpy()
+    assert rel_err(y_ref, y_fast) < TOL
+    dy = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    (dx_ref, ds_ref), (dx_fast, ds_fast) = GradInputs(ref)(x, s, dy), GradInputs(fast)(x, s, dy)
+    assert dx_fast.shape == x.shape and ds_fast.shape == s.shape
+    assert rel_err(dx_ref.asnumpy(), dx_fast.asnumpy()) < TOL
+    # ds sums H * W products per plane: compare against float64 numpy as well as MindSpore
+    ds64 = (dy.asnumpy().astype(np.float64) * x.asnumpy()).sum((2, 3), keepdims=True)
+    assert rel_err(ds64, ds_fast.asnumpy()) < TOL
+    assert rel_err(ds_ref.asnumpy(), ds_fast.asnumpy()) < TOL
+
+
+def test_squeeze_excite_matches_native():
+    """A whole SE unit (pool, fc1, ReLU, fc2, hard-sigmoid, scale) on the custom operators gives
+    the native unit's output, input gradient and fc gradients."""
+    from bench.grad_cell import Grad
+    rng = np.random.default_rng(11)
+    ms.set_seed(4)
+    fast = core_model.SqueezeExcitation(96, 24, "custom")
+    ref = core_model.SqueezeExcitation(96, 24, "native")
+    assert isinstance(fast.pool, fast_conv.FastGlobalAvgPool)
+    assert type(ref.pool) is layers.GlobalAvgPool and type(ref.scale) is layers.ScaleChannels
+    for (name, p), (_, q) in zip(fast.parameters_and_names(), ref.parameters_and_names()):
+        q.set_data(p.data)
+    # fc biases away from zero so the hard-sigmoid gate is in its linear part for some channels
+    fast.fc2.bias.set_data(ms.Tensor(rng.uniform(-4, 4, 96).astype(np.float32)))
+    ref.fc2.bias.set_data(fast.fc2.bias.data)
+    x = ms.Tensor(rng.standard_normal((4, 96, 14, 14)).astype(np.float32))
+    y_fast, y_ref = fast(x).asnumpy(), ref(x).asnumpy()
+    assert rel_err(y_ref, y_fast) < TOL
+    dy = ms.Tensor(rng.standard_normal(y_ref.shape).astype(np.float32))
+    (dx_f,), grads_f = Grad(fast)(x, dy)
+    (dx_r,), grads_r = Grad(ref)(x, dy)
+    assert rel_err(dx_r.asnumpy(), dx_f.asnumpy()) < TOL
+    assert len(grads_f) == 4
+    for gf, gr in zip(grads_f, grads_r):
+        assert np.abs(gr.asnumpy()).max() > 0
+        assert rel_err(gr.asnumpy(), gf.asnumpy()) < TOL
+
+
+def test_network_uses_them_and_set_fast_switches_back():
+    """Every SE unit and the final pool of the CPU network run the operators; set_fast(False)
+    (what export does) turns them back into MindSpore's mean and Mul, with the same output."""
+    net = build("custom")
+    pools = [c for _, c in net.cells_and_names() if isinstance(c, fast_conv.FastGlobalAvgPool)]
+    scales = [c for _, c in net.cells_and_names() if isinstance(c, fast_conv.FastScaleChannels)]
+    assert len(pools) == 10 and len(scales) == 9  # 9 SE units + the final pool
+    assert not any(isinstance(c, (fast_conv.FastGlobalAvgPool, fast_conv.FastScaleChannels))
+                   for _, c in build("native").cells_and_names())
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    fast_out = net(x).asnumpy()
+    fast_conv.set_fast(net, False)
+    assert not any(c.fast for c in pools + scales)
+    assert rel_err(fast_out, net(x).asnumpy()) < TOL

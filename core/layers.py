@@ -1,8 +1,12 @@
 """Layers both architectures build from (core.model, core.modelzoo): hard-swish, hard-sigmoid,
-the global average pool, squeeze-excite's channel scale and torchvision's conv init. A module of its own so neither network imports the other."""
+the global average pool, squeeze-excite's channel scale, the training batch's normalisation
+and torchvision's conv init. A module of its own so neither network imports the other."""
 from __future__ import annotations
 
+import mindspore as ms
 import mindspore.nn as nn
+import numpy as np
+from mindspore import ops
 from mindspore.common import initializer as init
 
 
@@ -44,6 +48,19 @@ class ScaleChannels(nn.Cell):
 
     def construct(self, x, s):
         return x * s
+
+
+class NormalizeImage(nn.Cell):
+    """The training pipeline's uint8 NHWC batch -> float32 NCHW, (x - mean) / std per channel
+    (mean and std on the 0-255 scale)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.mean, self.std = (ms.Tensor(np.asarray(v, np.float32).reshape(1, -1, 1, 1))
+                               for v in (mean, std))
+
+    def construct(self, image):
+        return (ops.cast(ops.transpose(image, (0, 3, 1, 2)), ms.float32) - self.mean) / self.std
 
 
 def conv_init() -> init.Initializer:

@@ -19,6 +19,7 @@ from core.device import amp_level, configure
 from core.distributed import init_distributed
 from core.dropout import is_mask, replayable_dropouts
 from core.ema import EMA
+from core.fast_conv import normalize_image
 from core.finetune import is_active as finetune_active, param_groups
 from core.inference import depthwise_padding_for_run
 from core.loss import LabelSmoothingCrossEntropy
@@ -34,20 +35,20 @@ log = logging.getLogger("core.run")
 class NetWithLoss(nn.Cell):
     """Loss of `net` on a batch. With `normalization` ((mean, std) on the 0-255 scale) the batch
     is the training pipeline's uint8 NHWC (core.pipeline.train_pipeline) and is transposed and
-    normalised here, in fp32, before the network; without it, float NCHW as the network takes."""
+    normalised here, in fp32, before the network (on the custom CPU operator when `impl`, as
+    system.depthwise_impl, picks them); without it, float NCHW as the network takes."""
 
-    def __init__(self, net, loss_fn, normalization=None):
+    def __init__(self, net, loss_fn, normalization=None, impl: str = "auto"):
         super().__init__(auto_prefix=False)
         self.net = net
         self.loss_fn = loss_fn
         self.normalize = normalization is not None
         if self.normalize:
-            mean, std = (np.asarray(v, np.float32).reshape(1, 3, 1, 1) for v in normalization)
-            self.mean, self.std = ms.Tensor(mean), ms.Tensor(std)
+            self.normalization = normalize_image(*normalization, impl=impl)
 
     def construct(self, image, label):
         if self.normalize:
-            image = (ops.cast(ops.transpose(image, (0, 3, 1, 2)), ms.float32) - self.mean) / self.std
+            image = self.normalization(image)
         return self.loss_fn(ops.cast(self.net(image), ms.float32), label)
 
 
@@ -146,8 +147,9 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
                        per_epoch)
     optimizer = _optimizer(cfg, net, lr, per_epoch)
     loss_fn = LabelSmoothingCrossEntropy(len(splits.classes), cfg.train.label_smoothing)
-    train_step = train_step_cell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)),
-                                 optimizer, loss_scale)
+    train_step = train_step_cell(
+        NetWithLoss(net, loss_fn, pixel_normalization(cfg.data), cfg.system.depthwise_impl),
+        optimizer, loss_scale)
     train_step.set_train(True)
     total_steps = cfg.train.epochs * per_epoch
     if cfg.train.max_steps:

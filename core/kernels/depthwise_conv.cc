@@ -18,7 +18,7 @@
 //   PointwiseFwd(x, w[M,K,1,1]) -> y;  PointwiseBwdInput(dy, w, x) -> dx;
 //   PointwiseBwdWeight(dy, x, w) -> dw
 // BN + activation, squeeze-excite's scale and the global pool in training: BnAct*, ScaleChannels*,
-// MeanHW / MeanHWBwd (see their entry points).
+// MeanHW / MeanHWBwd, and the input batch's NormalizeNhwc (see their entry points).
 // Inference entry points (BN folded, activation fused; 1x1 convs and the classifier as GEMMs):
 // see the end of the file.
 #include <cstdint>
@@ -634,6 +634,23 @@ void scale_channels_bwd_all(const float *dy, const float *x, const float *s, flo
   for (int64_t t = 0; t < nc; ++t) {
     ds[t] = plane_dot(dy + t * hw, x + t * hw, hw);
     scale_plane(dy + t * hw, s[t], dx + t * hw, hw);
+  }
+}
+
+// ---- The training batch's normalisation (core/fast_conv.py FastNormalizeImage) ----------
+// uint8 NHWC -> float32 NCHW, (x - mean) / std: the ops MindSpore runs for it (Transpose, Cast,
+// Sub, RealDiv) in one pass, bit-identical (no contraction: a subtraction then a division).
+void normalize_nhwc_all(const uint8_t *x, const float *mean, const float *std_, float *y, int64_t n,
+                        int64_t h, int64_t w, int64_t c) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < n * h; ++r) {
+    const int64_t i = r / h, row = r % h;
+    const uint8_t *src = x + r * w * c;
+    for (int64_t cc = 0; cc < c; ++cc) {
+      float *dst = y + ((i * c + cc) * h + row) * w;
+      const float m = mean[cc], s = std_[cc];
+      for (int64_t col = 0; col < w; ++col) dst[col] = (static_cast<float>(src[col * c + cc]) - m) / s;
+    }
   }
 }
 
@@ -1313,6 +1330,18 @@ int ScaleChannelsBwd(int nparam, void **params, int *ndims, int64_t **shapes, co
   const int64_t *sx = shapes[1];
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
   scale_channels_bwd_all(f(0), f(1), f(2), f(3), f(4), sx[0] * sx[1], sx[2] * sx[3]);
+  return 0;
+}
+
+//   NormalizeNhwc(x uint8 [N,H,W,C], mean[C], std[C]) -> float32 [N,C,H,W]
+int NormalizeNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 4) return 1;
+  if (std::strcmp(dtypes[0], "uint8") != 0 || !all_f32(2, dtypes + 1) || !is_f32(dtypes[3])) return 2;
+  const int64_t *sx = shapes[0];
+  if (shapes[1][0] != sx[3] || shapes[2][0] != sx[3]) return 3;
+  normalize_nhwc_all(static_cast<const uint8_t *>(params[0]), static_cast<const float *>(params[1]),
+                     static_cast<const float *>(params[2]), static_cast<float *>(params[3]), sx[0], sx[1],
+                     sx[2], sx[3]);
   return 0;
 }
 

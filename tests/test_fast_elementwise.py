@@ -1,7 +1,9 @@
-"""core.fast_conv.FastGlobalAvgPool and FastScaleChannels: squeeze-excite's pool and channel scale
-and the network's global average pool as custom operators must match MindSpore's mean and
-broadcast Mul (forward and every gradient, within 1e-5) in real graphs at MobileNetV3-Small's
-shapes, leave the parameters alone, and switch back to the native ops with set_fast(False)."""
+"""core.fast_conv's memory-bound training operators. FastGlobalAvgPool and FastScaleChannels
+(squeeze-excite's pool and channel scale, the network's global average pool) must match
+MindSpore's mean and broadcast Mul (forward and every gradient, within 1e-5) in real graphs at
+MobileNetV3-Small's shapes; FastNormalizeImage (the uint8 NHWC batch to float NCHW) must equal
+MindSpore's Transpose/Cast/Sub/RealDiv bit for bit, in a training step too. All leave the
+parameters alone and switch back to the native ops with set_fast(False)."""
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
@@ -112,3 +114,54 @@ def test_network_uses_them_and_set_fast_switches_back():
     fast_conv.set_fast(net, False)
     assert not any(c.fast for c in pools + scales)
     assert rel_err(fast_out, net(x).asnumpy()) < TOL
+
+
+@pytest.mark.parametrize("shape", [(32, 224, 224, 3), (3, 7, 5, 3), (1, 1, 1, 3), (2, 9, 4, 1)])
+def test_normalize_is_bit_identical(shape):
+    """Every uint8 value 0-255 in every channel (the batch of 32 at 224 px), odd sizes, a single
+    pixel, one channel (grey) as well as three."""
+    from core.config import Config
+    from core.normalization import pixel_normalization
+    rng = np.random.default_rng(shape[1])
+    pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+    flat = pixels.reshape(-1)
+    flat[:256] = np.arange(min(256, flat.size), dtype=np.uint8)
+    mean, std = pixel_normalization(Config().data)
+    mean, std = mean[:shape[3]], std[:shape[3]]
+    ref, fast = layers.NormalizeImage(mean, std), fast_conv.FastNormalizeImage(mean, std)
+    x = ms.Tensor(pixels)
+    y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
+    assert y_fast.dtype == np.float32 and y_fast.shape == (shape[0], shape[3], shape[1], shape[2])
+    np.testing.assert_array_equal(y_fast, y_ref)
+    expected = (pixels.transpose(0, 3, 1, 2).astype(np.float32)
+                - np.float32(mean).reshape(1, -1, 1, 1)) / np.float32(std).reshape(1, -1, 1, 1)
+    np.testing.assert_array_equal(y_fast, expected)
+
+
+def test_training_step_on_uint8_batches_matches_native():
+    """NetWithLoss on the training pipeline's uint8 NHWC batch: the custom normalisation trains
+    the same weights as MindSpore's ops (the operator's zero bprop does not disturb autodiff)."""
+    from core.config import Config
+    from core.loss import LabelSmoothingCrossEntropy
+    from core.normalization import pixel_normalization
+    from core.optim import build_optimizer
+    from core.run import NetWithLoss
+    cfg = Config()
+    rng = np.random.default_rng(8)
+    x = ms.Tensor(rng.integers(0, 256, (4, 48, 48, 3), dtype=np.uint8))
+    y = ms.Tensor(rng.integers(0, 10, 4).astype(np.int32))
+    results = []
+    for impl in ("custom", "native"):
+        net = build("native")  # only the normalisation differs
+        net.classifier[2].draw(4, 0, 0, 0)
+        opt = build_optimizer(net.trainable_params(), cfg.optim, ms.Tensor(np.full(10, 0.01, np.float32)))
+        with_loss = NetWithLoss(net, LabelSmoothingCrossEntropy(10, 0.1), pixel_normalization(cfg.data), impl)
+        assert isinstance(with_loss.normalization, fast_conv.FastNormalizeImage) == (impl == "custom")
+        step = nn.TrainOneStepCell(with_loss, opt)
+        step.set_train(True)
+        losses = [float(step(x, y).asnumpy()) for _ in range(2)]
+        results.append((losses, {n: p.asnumpy() for n, p in net.parameters_and_names()}))
+    (l1, p1), (l2, p2) = results
+    assert l1 == l2
+    for name in p1:
+        np.testing.assert_array_equal(p1[name], p2[name], err_msg=name)

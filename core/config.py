@@ -135,9 +135,10 @@ class SystemConfig:
     output_dir: str = _spec("runs/mobilenetv3_small", help="run directory (checkpoints, logs, exports)")
     distributed: bool = _spec(False, help="data-parallel across ranks (set by the launchers)")
     depthwise_impl: str = _spec("auto", choices=("auto", "native", "custom"),
-                                help="convs (depthwise, stem, 1x1) and training BN+activation: "
+                                help="convs (depthwise, stem, 1x1), training BN+activation, "
+                                     "squeeze-excite, pooling and the batch's normalisation: "
                                      "auto = the project's CPU operators on CPU when built "
-                                     "(make kernels), else nn.Conv2d/nn.BatchNorm2d")
+                                     "(make kernels), else MindSpore's own ops")
     cpu_threads: Optional[int] = _spec(None, minimum=1,
                                        help="threads of MindSpore's CPU kernels (null = its default); "
                                             "1 makes CPU runs, resumed ones too, bit-for-bit repeatable")

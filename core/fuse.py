@@ -225,16 +225,43 @@ def fuse_classifier(classifier: nn.Cell, name: str = "classifier") -> nn.Cell:
 
 class FusedMobileNetV3Small(nn.Cell):
     """MobileNetV3Small's forward over fused features (a new cell, so MindSpore compiles a new
-    graph even when the original network already ran); the global pool is one kernel."""
+    graph even when the original network already ran); the global pool is one kernel.
+
+    The leading units, whose activations are the largest (at 224 px the stem and the first two
+    blocks: planes of 112x112 and 56x56, up to 29 MB per tensor at batch 32), run on chunks of
+    images sized so that a chunk's tensors stay in the L3 cache rather than travel through
+    memory between kernels: ``chunk_pixels`` input pixels per chunk (8 images at 224 px).
+    Measured on the 2-core test machine (32 MB L3), batch 32 at 224 px: 54 -> 48-49 ms per batch
+    (medians, two runs each); chunks of 4 or 16 images, or 2 or 4 chunked units, were slower.
+    Each image's result is unchanged (no kernel mixes images)."""
+
+    CHUNKED_UNITS = 3
+    CHUNK_PIXELS = 8 * 224 * 224
 
     def __init__(self, features: nn.SequentialCell, classifier: nn.Cell):
         super().__init__()
         self.features = features
         self.pool = _custom("MeanHW", lambda x: [x[0], x[1]])
         self.classifier = classifier
+        self.chunk_pixels = self.CHUNK_PIXELS
 
     def construct(self, x):
-        x = self.features(x)
+        n = x.shape[0]
+        # graph mode: shapes are constants, the chunk loop is unrolled at compile time
+        chunk = max(1, self.chunk_pixels // (x.shape[2] * x.shape[3]))
+        if chunk < n:
+            parts = []
+            for start in range(0, n, chunk):
+                y = x[start:start + chunk]
+                for i in range(self.CHUNKED_UNITS):
+                    y = self.features[i](y)
+                parts.append(y)
+            x = ops.concat(parts, 0)
+        else:
+            for i in range(self.CHUNKED_UNITS):
+                x = self.features[i](x)
+        for i in range(self.CHUNKED_UNITS, len(self.features)):
+            x = self.features[i](x)
         x = self.pool(x)
         return self.classifier(x)
 

@@ -63,6 +63,25 @@ def test_fused_network_matches_the_network_as_built(size, batch):
     assert rel_err(logits, net(x).asnumpy()) == 0.0
 
 
+@pytest.mark.parametrize("chunk_pixels", [2 * 64 * 64, 3 * 64 * 64, 1])
+def test_chunked_leading_units_compute_each_image_as_the_whole_batch(chunk_pixels):
+    """The leading units run on chunks of images (2 or 3 per chunk with a short last chunk,
+    one image per chunk): the logits equal those of the unchunked batch."""
+    x = ms.Tensor(np.random.default_rng(7).standard_normal((5, 3, 64, 64)).astype(np.float32))
+    outputs = []
+    for pixels in (FusedMobileNetV3Small.CHUNK_PIXELS, chunk_pixels):  # 64 px: one chunk, then
+        ms.set_seed(0)  # a fresh network: trained_like's pooled features hardly vary with the image
+        fused = fuse_for_inference(core_model.build_model("mobilenet_v3_small", 10))
+        fused.chunk_pixels = pixels
+        fused.classifier = ms.nn.Identity()  # the pooled features: they differ from image to image
+        outputs.append(fused(x).asnumpy())
+    whole, got = outputs
+    assert got.shape == whole.shape == (5, 576)
+    assert np.abs(whole - whole[::-1]).max() > 0.1 * np.abs(whole).max()  # images tell apart
+    np.testing.assert_allclose(got, whole, rtol=1e-5, atol=1e-6 * np.abs(whole).max())
+    assert FusedMobileNetV3Small.CHUNK_PIXELS // (224 * 224) == 8  # what was measured
+
+
 def test_every_unit_of_the_feature_stack_is_fused():
     fused = fuse_for_inference(trained_like())
     units = list(fused.features)

@@ -32,7 +32,7 @@ import mindspore.nn as nn
 from mindspore import ops
 
 from core.dropout import ReplayableDropout
-from core.layers import HSigmoid, HSwish, conv_init
+from core.layers import GlobalAvgPool, HSigmoid, HSwish, conv_init
 
 # k, exp, out, SE, activation, stride -- the model zoo's "small" cfg (same as the paper's).
 ZOO_SMALL_BLOCKS = (
@@ -69,15 +69,6 @@ def _conv(in_ch, out_ch, kernel, stride=1, groups=1, bias=False) -> nn.Conv2d:
 def _bn(channels: int) -> nn.BatchNorm2d:
     # The zoo used nn.BatchNorm2d defaults: eps 1e-5, momentum 0.9.
     return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9, gamma_init="ones", beta_init="zeros")
-
-
-class GlobalAvgPool(nn.Cell):
-    def __init__(self, keep_dims: bool = False):
-        super().__init__()
-        self.keep_dims = keep_dims
-
-    def construct(self, x):
-        return x.mean((2, 3), keep_dims=self.keep_dims)
 
 
 class Unit(nn.Cell):

@@ -36,19 +36,28 @@ def test_matches_nn_conv2d(n, cin, cout, groups, size, k, stride):
     assert_same_conv(ref, fast_conv.FastConv2d(cin, cout, k, stride, groups), x, rng)
 
 
-def assert_same_conv(ref, fast, x, rng):
-    """`fast`, given `ref`'s weight, computes ref's output, input gradient and weight gradient
-    on x within TOL; returns fast's (y, dx, dw) as numpy arrays."""
-    fast.weight.set_data(ref.weight.data)
+def assert_same_cell(ref, fast, x, rng):
+    """`fast` computes ref's output, input gradient and parameter gradients on x (for a random
+    output gradient) within TOL; returns fast's (y, dx, [parameter gradients]) as numpy arrays."""
     y_ref, y_fast = ref(x).asnumpy(), fast(x).asnumpy()
     assert y_ref.shape == y_fast.shape
     assert rel_err(y_ref, y_fast) < TOL
     dy = ms.Tensor(rng.standard_normal(y_ref.shape).astype(np.float32))
-    (dx_ref,), (dw_ref,) = Grad(ref)(x, dy)
-    (dx_fast,), (dw_fast,) = Grad(fast)(x, dy)
+    (dx_ref,), grads_ref = Grad(ref)(x, dy)
+    (dx_fast,), grads_fast = Grad(fast)(x, dy)
     assert rel_err(dx_ref.asnumpy(), dx_fast.asnumpy()) < TOL
-    assert rel_err(dw_ref.asnumpy(), dw_fast.asnumpy()) < TOL
-    return y_fast, dx_fast.asnumpy(), dw_fast.asnumpy()
+    assert len(grads_ref) == len(grads_fast)
+    for a, b in zip(grads_ref, grads_fast):
+        assert rel_err(a.asnumpy(), b.asnumpy()) < TOL
+    return y_fast, dx_fast.asnumpy(), [g.asnumpy() for g in grads_fast]
+
+
+def assert_same_conv(ref, fast, x, rng):
+    """`fast`, given `ref`'s weight, computes ref's output, input gradient and weight gradient
+    on x within TOL; returns fast's (y, dx, dw) as numpy arrays."""
+    fast.weight.set_data(ref.weight.data)
+    y_fast, dx_fast, (dw_fast,) = assert_same_cell(ref, fast, x, rng)
+    return y_fast, dx_fast, dw_fast
 
 
 def build(impl, classes=10):

@@ -111,22 +111,32 @@ def output_shape(kernel: int, stride: int, out_channels: int):
     return out_shape
 
 
+def aot_op(entry: str, out_shape, out_dtype=None, bprop=None):
+    """ops.Custom calling `entry` in the kernel library; the outputs' dtype is the first
+    input's unless `out_dtype` says otherwise."""
+    from mindspore import ops
+
+    return ops.Custom(f"{LIBRARY}:{entry}", out_shape=out_shape,
+                      out_dtype=out_dtype or (lambda *inputs: inputs[0]), func_type="aot",
+                      bprop=bprop)
+
+
+def aot_like_inputs(entry: str, pick, bprop=None):
+    """aot_op whose outputs take the shapes and dtypes of the inputs `pick` returns (gradients
+    shaped as what they are gradients of)."""
+    return aot_op(entry, pick, pick, bprop)
+
+
 def custom_with_grads(kind: str, out_shape):
     """ops.Custom of the library's ``<kind>Fwd`` with a bprop of ``<kind>BwdInput`` (input
     gradient, shaped as x) and ``<kind>BwdWeight`` (weight gradient, shaped as w)."""
-    from mindspore import ops
-
-    lib = str(LIBRARY)
-    bwd_input = ops.Custom(f"{lib}:{kind}BwdInput", out_shape=lambda dy, w, x: x,
-                           out_dtype=lambda dy, w, x: x, func_type="aot")
-    bwd_weight = ops.Custom(f"{lib}:{kind}BwdWeight", out_shape=lambda dy, x, w: w,
-                            out_dtype=lambda dy, x, w: w, func_type="aot")
+    bwd_input = aot_like_inputs(f"{kind}BwdInput", lambda dy, w, x: x)
+    bwd_weight = aot_like_inputs(f"{kind}BwdWeight", lambda dy, x, w: w)
 
     def bprop(x, w, out, dout):
         return bwd_input(dout, w, x), bwd_weight(dout, x, w)
 
-    return ops.Custom(f"{lib}:{kind}Fwd", out_shape=out_shape, out_dtype=lambda x, w: x,
-                      func_type="aot", bprop=bprop)
+    return aot_op(f"{kind}Fwd", out_shape, bprop=bprop)
 
 
 def conv_op(kernel: int, stride: int, out_channels: int):
@@ -252,17 +262,15 @@ def bn_act_op(act: Optional[str]):
     a training BN unit, with its bprop (dx, dgamma, dbeta; eps is a constant)."""
     from mindspore import ops
 
-    lib, suffix = str(LIBRARY), ACT_SUFFIX[act]
-    bwd = ops.Custom(f"{lib}:BnActBwd{suffix}", out_shape=lambda dy, x, g, b, m, v, e: [x, g, g],
-                     out_dtype=lambda dy, x, g, b, m, v, e: [x, g, g], func_type="aot")
+    suffix = ACT_SUFFIX[act]
+    bwd = aot_like_inputs(f"BnActBwd{suffix}", lambda dy, x, g, b, m, v, e: [x, g, g])
     zeros_like = ops.ZerosLike()
 
     def bprop(x, gamma, beta, eps, out, dout):
         dx, dgamma, dbeta = bwd(dout[0], x, gamma, beta, out[1], out[2], eps)
         return dx, dgamma, dbeta, zeros_like(eps)
 
-    return ops.Custom(f"{lib}:BnActFwd{suffix}", out_shape=lambda x, g, b, e: [x, g, g],
-                      out_dtype=lambda x, g, b, e: [x, g, g], func_type="aot", bprop=bprop)
+    return aot_like_inputs(f"BnActFwd{suffix}", lambda x, g, b, e: [x, g, g], bprop)
 
 
 class ConvBNAct(nn.SequentialCell):
@@ -307,33 +315,23 @@ def conv_bn_act_cell(layers: list, act: Optional[str], impl: str = "auto") -> nn
 # ---- Squeeze-excite and the global average pool ----------------------------------------------
 def mean_hw_op():
     """ops.Custom x[N,C,H,W] -> mean over the plane [N,C], with its bprop (dm / HW everywhere)."""
-    from mindspore import ops
-
-    lib = str(LIBRARY)
-    bwd = ops.Custom(f"{lib}:MeanHWBwd", out_shape=lambda dm, x: x, out_dtype=lambda dm, x: x,
-                     func_type="aot")
+    bwd = aot_like_inputs("MeanHWBwd", lambda dm, x: x)
 
     def bprop(x, out, dout):
         return (bwd(dout, x),)
 
-    return ops.Custom(f"{lib}:MeanHW", out_shape=lambda x: [x[0], x[1]], out_dtype=lambda x: x,
-                      func_type="aot", bprop=bprop)
+    return aot_op("MeanHW", lambda x: [x[0], x[1]], bprop=bprop)
 
 
 def scale_channels_op():
     """ops.Custom (x[N,C,H,W], s[N,C,1,1]) -> x * s, with its bprop (dy * s, plane sums of dy x)."""
-    from mindspore import ops
-
-    lib = str(LIBRARY)
-    bwd = ops.Custom(f"{lib}:ScaleChannelsBwd", out_shape=lambda dy, x, s: [x, s],
-                     out_dtype=lambda dy, x, s: [x, s], func_type="aot")
+    bwd = aot_like_inputs("ScaleChannelsBwd", lambda dy, x, s: [x, s])
 
     def bprop(x, s, out, dout):
         dx, ds = bwd(dout, x, s)
         return dx, ds
 
-    return ops.Custom(f"{lib}:ScaleChannels", out_shape=lambda x, s: x, out_dtype=lambda x, s: x,
-                      func_type="aot", bprop=bprop)
+    return aot_like_inputs("ScaleChannels", lambda x, s: x, bprop)
 
 
 class FastGlobalAvgPool(GlobalAvgPool):
@@ -346,7 +344,7 @@ class FastGlobalAvgPool(GlobalAvgPool):
 
     def construct(self, x):
         if not self.fast:
-            return x.mean((2, 3), keep_dims=self.keep_dims)
+            return super().construct(x)
         m = self.mean_hw(x)
         if self.keep_dims:
             return m.reshape(x.shape[0], x.shape[1], 1, 1)
@@ -364,7 +362,7 @@ class FastScaleChannels(ScaleChannels):
     def construct(self, x, s):
         if self.fast:
             return self.scale(x, s)
-        return x * s
+        return super().construct(x, s)
 
 
 def global_avg_pool(keep_dims: bool = False, impl: str = "auto") -> GlobalAvgPool:
@@ -388,8 +386,8 @@ def normalize_nhwc_op():
     def bprop(x, mean, std, out, dout):
         return zeros_like(x), zeros_like(mean), zeros_like(std)
 
-    return ops.Custom(f"{LIBRARY}:NormalizeNhwc", out_shape=lambda x, m, s: [x[0], x[3], x[1], x[2]],
-                      out_dtype=lambda x, m, s: m, func_type="aot", bprop=bprop)
+    return aot_op("NormalizeNhwc", lambda x, m, s: [x[0], x[3], x[1], x[2]],
+                  out_dtype=lambda x, m, s: m, bprop=bprop)
 
 
 class FastNormalizeImage(NormalizeImage):

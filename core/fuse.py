@@ -43,12 +43,6 @@ log = logging.getLogger("core.fuse")
 ACT_SUFFIX = {None: "", "relu": "Relu", "hswish": "Hswish"}
 
 
-def _custom(entry: str, out_shape):
-    """An inference-only ops.Custom calling `entry` in the kernel library (no bprop)."""
-    return ops.Custom(f"{fast_conv.LIBRARY}:{entry}", out_shape=out_shape,
-                      out_dtype=lambda *args: args[0], func_type="aot")
-
-
 def activation_name(cell) -> Optional[str]:
     """'relu' / 'hswish' for the activations the kernels implement, else None."""
     if type(cell) is nn.ReLU:
@@ -98,16 +92,16 @@ class FusedConvBN(nn.Cell):
         self.residual = residual
         if self.in_kernel:
             out_shape = fast_conv.output_shape(conv.kernel_size[0], conv.stride[0], conv.out_channels)
-            self.op = _custom(f"DepthwiseFwdBias{ACT_SUFFIX[act]}", out_shape)
+            self.op = fast_conv.aot_op(f"DepthwiseFwdBias{ACT_SUFFIX[act]}", out_shape)
         elif self.pointwise:  # 1x1: one GEMM kernel with bias, activation and residual
-            self.op = _custom("PointwiseResidual" if residual else f"Pointwise{ACT_SUFFIX[act]}",
-                              _pointwise_shape)
+            entry = "PointwiseResidual" if residual else f"Pointwise{ACT_SUFFIX[act]}"
+            self.op = fast_conv.aot_op(entry, _pointwise_shape)
         else:
             self.conv2d = conv.conv2d  # the native cell's primitive: same padding and stride
             if residual:
-                self.op = _custom("BiasAddResidual", lambda x, b, r: x)
+                self.op = fast_conv.aot_op("BiasAddResidual", lambda x, b, r: x)
             else:
-                self.op = _custom(f"BiasAct{ACT_SUFFIX[act]}", lambda x, b: x)
+                self.op = fast_conv.aot_op(f"BiasAct{ACT_SUFFIX[act]}", lambda x, b: x)
 
     def construct(self, x, shortcut=None):
         if self.pointwise:
@@ -149,7 +143,7 @@ class FusedSqueezeExcite(nn.Cell):
         self.b1 = Parameter(se.fc1.bias.data.copy(), name=f"{name}.fc1.bias", requires_grad=False)
         self.w2 = Parameter(se.fc2.weight.data.copy(), name=f"{name}.fc2.weight", requires_grad=False)
         self.b2 = Parameter(se.fc2.bias.data.copy(), name=f"{name}.fc2.bias", requires_grad=False)
-        self.op = _custom("SqueezeExcite", lambda x, w1, b1, w2, b2: x)
+        self.op = fast_conv.aot_op("SqueezeExcite", lambda x, w1, b1, w2, b2: x)
 
     def construct(self, x):
         return self.op(x, self.w1, self.b1, self.w2, self.b2)
@@ -196,7 +190,7 @@ class FusedLinear(nn.Cell):
         super().__init__()
         self.weight = Parameter(dense.weight.data.copy(), name=f"{name}.weight", requires_grad=False)
         self.bias = Parameter(dense.bias.data.copy(), name=f"{name}.bias", requires_grad=False)
-        self.op = _custom(f"Linear{ACT_SUFFIX[act]}", lambda x, w, b: [x[0], w[0]])
+        self.op = fast_conv.aot_op(f"Linear{ACT_SUFFIX[act]}", lambda x, w, b: [x[0], w[0]])
 
     def construct(self, x):
         return self.op(x, self.weight, self.bias)
@@ -241,7 +235,7 @@ class FusedMobileNetV3Small(nn.Cell):
     def __init__(self, features: nn.SequentialCell, classifier: nn.Cell):
         super().__init__()
         self.features = features
-        self.pool = _custom("MeanHW", lambda x: [x[0], x[1]])
+        self.pool = fast_conv.aot_op("MeanHW", lambda x: [x[0], x[1]])
         self.classifier = classifier
         self.chunk_pixels = self.CHUNK_PIXELS
 

@@ -127,6 +127,8 @@ def test_normalize_is_bit_identical(shape):
     expected = (pixels.transpose(0, 3, 1, 2).astype(np.float32)
                 - np.float32(mean).reshape(1, -1, 1, 1)) / np.float32(std).reshape(1, -1, 1, 1)
     np.testing.assert_array_equal(y_fast, expected)
+    assert fast_conv.set_fast(fast, False) == 1  # MindSpore's own ops again, the same numbers
+    np.testing.assert_array_equal(fast(x).asnumpy(), expected)
 
 
 def test_training_step_on_uint8_batches_matches_native():

@@ -470,6 +470,19 @@ void squeeze_excite_all(const float *x, const float *w1, const float *b1, const 
 
 bool is_f32(const char *dtype) { return std::strcmp(dtype, "float32") == 0; }
 
+bool all_f32(int n, const char **dtypes) {
+  for (int i = 0; i < n; ++i)
+    if (!is_f32(dtypes[i])) return false;
+  return true;
+}
+
+// Two 4-D shapes are equal.
+bool same_shape4(const int64_t *a, const int64_t *b) {
+  for (int d = 0; d < 4; ++d)
+    if (a[d] != b[d]) return false;
+  return true;
+}
+
 // ---- 1x1 convolutions and the classifier as GEMMs (inference; see core/fuse.py) ----------
 // MindSpore hands oneDNN plain NCHW tensors and oneDNN's 1x1 path for them (jit_uni_ncsp with
 // a matmul per image) runs 3-5x slower than onnxruntime's. Per image a 1x1 conv is
@@ -1083,7 +1096,7 @@ extern "C" {
 int DepthwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                  void *stream, void *extra) {
   if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  if (!all_f32(2, dtypes)) return 2;
   Geom g;
   if (!infer_geom(shapes[0], shapes[2], shapes[1], &g)) return 3;
   const float *x = static_cast<const float *>(params[0]);
@@ -1125,7 +1138,7 @@ int DepthwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, 
 static int conv_bias_act(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                          int act) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 4) return 1;
-  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1]) || !is_f32(dtypes[2])) return 2;
+  if (!all_f32(3, dtypes)) return 2;
   Geom g;
   if (!infer_geom(shapes[0], shapes[3], shapes[1], &g) || shapes[2][0] != g.co) return 3;
   const float *x = static_cast<const float *>(params[0]);
@@ -1141,13 +1154,12 @@ static int bias_act(int nparam, void **params, int *ndims, int64_t **shapes, con
                     int act, bool residual) {
   const int nin = residual ? 3 : 2;
   if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 1 || ndims[nin] != 4) return 1;
-  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  if (!all_f32(2, dtypes)) return 2;
   const int64_t *sx = shapes[0];
   if (shapes[1][0] != sx[1]) return 3;
   if (residual) {
     if (ndims[2] != 4 || !is_f32(dtypes[2])) return 1;
-    for (int d = 0; d < 4; ++d)
-      if (shapes[2][d] != sx[d]) return 3;
+    if (!same_shape4(shapes[2], sx)) return 3;
   }
   bias_act_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                residual ? static_cast<const float *>(params[2]) : nullptr, act,
@@ -1161,8 +1173,7 @@ AOT_ENTRY(BiasAddResidual, bias_act, kNone, true)
 int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                   void *stream, void *extra) {
   if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || ndims[5] != 4) return 1;
-  for (int i = 0; i < 5; ++i)
-    if (!is_f32(dtypes[i])) return 2;
+  if (!all_f32(5, dtypes)) return 2;
   const int64_t *sx = shapes[0], c = sx[1], sq = shapes[1][0];
   if (shapes[1][1] != c || shapes[2][0] != sq || shapes[3][0] != c || shapes[3][1] != sq ||
       shapes[4][0] != c)
@@ -1182,8 +1193,7 @@ static int pointwise(int nparam, void **params, int *ndims, int64_t **shapes, co
                      bool residual) {
   const int nin = residual ? 4 : 3;
   if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[nin] != 4) return 1;
-  for (int i = 0; i < nin; ++i)
-    if (!is_f32(dtypes[i])) return 2;
+  if (!all_f32(nin, dtypes)) return 2;
   const int64_t *sx = shapes[0], *sw = shapes[1], m = sw[0], hw = sx[2] * sx[3];
   if (sw[1] != sx[1] || sw[2] != 1 || sw[3] != 1 || shapes[2][0] != m) return 3;
   if (residual) {
@@ -1211,7 +1221,7 @@ static bool pw_shapes(const int64_t *sx, const int64_t *sw, const int64_t *sy) {
 
 int PointwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  if (!all_f32(2, dtypes)) return 2;
   const int64_t *sx = shapes[0], *sw = shapes[1];
   if (!pw_shapes(sx, sw, shapes[2])) return 3;
   pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]), nullptr, nullptr,
@@ -1222,7 +1232,7 @@ int PointwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const 
 int PointwiseBwdInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                       void *) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
-  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  if (!all_f32(2, dtypes)) return 2;
   const int64_t *sdy = shapes[0], *sw = shapes[1], *sx = shapes[3];
   if (!pw_shapes(sx, sw, sdy)) return 3;
   // dx[n] = W^T dy[n]: the forward GEMM with M and K swapped and W read transposed
@@ -1234,7 +1244,7 @@ int PointwiseBwdInput(int nparam, void **params, int *ndims, int64_t **shapes, c
 int PointwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                        void *) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
-  if (!is_f32(dtypes[0]) || !is_f32(dtypes[1])) return 2;
+  if (!all_f32(2, dtypes)) return 2;
   const int64_t *sdy = shapes[0], *sx = shapes[1], *sw = shapes[3];
   if (!pw_shapes(sx, sw, sdy)) return 3;
   pw_wgrad_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
@@ -1267,8 +1277,7 @@ static int bn_act_bwd(int nparam, void **params, int *ndims, int64_t **shapes, c
   if (nparam != 10 || ndims[1] != 4 || ndims[7] != 4) return 1;
   if (!bn_inputs_ok(7, ndims, shapes, dtypes)) return 2;
   const int64_t *sx = shapes[1];
-  for (int d = 0; d < 4; ++d)
-    if (shapes[0][d] != sx[d]) return 3;
+  if (!same_shape4(shapes[0], sx)) return 3;
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
   bn_act_bwd_all(f(0), f(1), f(2), f(3), f(4), f(5), *f(6), act, f(7), f(8), f(9), sx[0], sx[1], sx[2] * sx[3]);
   return 0;
@@ -1296,12 +1305,6 @@ static bool per_plane(int ndim, const int64_t *shape, const int64_t *sx) {
   return ndim == 2 || (shape[2] == 1 && shape[3] == 1);
 }
 
-static bool all_f32(int n, const char **dtypes) {
-  for (int i = 0; i < n; ++i)
-    if (!is_f32(dtypes[i])) return false;
-  return true;
-}
-
 int MeanHWBwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 3 || ndims[1] != 4 || ndims[2] != 4 || !per_plane(ndims[0], shapes[0], shapes[1])) return 1;
   if (!all_f32(3, dtypes)) return 2;
@@ -1324,8 +1327,7 @@ int ScaleChannelsBwd(int nparam, void **params, int *ndims, int64_t **shapes, co
                      void *) {
   if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
   if (!per_plane(ndims[2], shapes[2], shapes[1]) || !per_plane(ndims[4], shapes[4], shapes[1])) return 1;
-  for (int d = 0; d < 4; ++d)
-    if (shapes[0][d] != shapes[1][d]) return 3;
+  if (!same_shape4(shapes[0], shapes[1])) return 3;
   if (!all_f32(5, dtypes)) return 2;
   const int64_t *sx = shapes[1];
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
@@ -1336,7 +1338,7 @@ int ScaleChannelsBwd(int nparam, void **params, int *ndims, int64_t **shapes, co
 //   NormalizeNhwc(x uint8 [N,H,W,C], mean[C], std[C]) -> float32 [N,C,H,W]
 int NormalizeNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
   if (nparam != 4 || ndims[0] != 4 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 4) return 1;
-  if (std::strcmp(dtypes[0], "uint8") != 0 || !all_f32(2, dtypes + 1) || !is_f32(dtypes[3])) return 2;
+  if (std::strcmp(dtypes[0], "uint8") != 0 || !all_f32(3, dtypes + 1)) return 2;
   const int64_t *sx = shapes[0];
   if (shapes[1][0] != sx[3] || shapes[2][0] != sx[3]) return 3;
   normalize_nhwc_all(static_cast<const uint8_t *>(params[0]), static_cast<const float *>(params[1]),
@@ -1347,8 +1349,7 @@ int NormalizeNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const
 
 static int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
   if (nparam != 4 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 1 || ndims[3] != 2) return 1;
-  for (int i = 0; i < 3; ++i)
-    if (!is_f32(dtypes[i])) return 2;
+  if (!all_f32(3, dtypes)) return 2;
   const int64_t n = shapes[0][0], k = shapes[0][1], m = shapes[1][0];
   if (shapes[1][1] != k || shapes[2][0] != m) return 3;
   linear_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),

@@ -88,7 +88,7 @@ def main():
         args.reps = 3
     from core import fast_conv
     if not fast_conv.available():
-        raise SystemExit(f"{fast_conv.LIBRARY} is not built: run 'make kernels'")
+        raise SystemExit(f"{fast_conv.library_file()} is not built: run 'make kernels'")
     ms = ms_times(args.batch, args.reps)
     torch = {}
     if common.need_peers():

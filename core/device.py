@@ -15,11 +15,26 @@ def resolve_target(requested: str) -> str:
         return requested
     for target in _PREFERENCE:
         try:
-            if ms.hal.is_available(target):
+            if _quietly_available(target):
                 return target
         except Exception:  # a backend plugin that cannot load means "not available"
             continue
+    log.debug("device_target auto: no Ascend or GPU backend loads here; using CPU")
     return "CPU"
+
+
+def _quietly_available(target: str) -> bool:
+    """ms.hal.is_available without its warnings: on a CPU-only host it logs four lines per
+    backend ("Backend Ascend is not available", the libge_runner.so load error), which are the
+    expected answer here, not a problem."""
+    from mindspore import log as ms_log
+    logger = ms_log._get_logger()  # MindSpore's own logger (not under logging's root)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return bool(ms.hal.is_available(target))
+    finally:
+        logger.setLevel(level)
 
 
 def configure(system_cfg) -> str:
@@ -30,6 +45,8 @@ def configure(system_cfg) -> str:
         set_cpu_threads(system_cfg.cpu_threads)
     if target == "CPU":
         ms.set_device("CPU")
+        from core import fast_conv
+        fast_conv.select_variant(getattr(system_cfg, "kernel_isa", "auto"))
     else:
         ms.set_device(target, system_cfg.device_id)
     return target

@@ -17,7 +17,7 @@ and ``FastScaleChannels`` (one plane per thread; MindSpore's ReduceMean, Tile an
 gradients cost about a quarter of a 224 px train step); the training batch's normalisation
 (uint8 NHWC to float NCHW) runs as ``FastNormalizeImage``, one pass instead of four ops.
 
-``model.depthwise_impl`` chooses: ``native`` (nn.Conv2d everywhere), ``custom`` (these
+``system.depthwise_impl`` chooses: ``native`` (nn.Conv2d everywhere), ``custom`` (these
 operators; CPU only), ``auto`` (these operators on CPU when the library is built and loads,
 else nn.Conv2d).
 """
@@ -31,45 +31,80 @@ from typing import Optional
 from mindspore import nn
 
 from core.layers import GlobalAvgPool, NormalizeImage, ScaleChannels
+from core import native
+from core.config import ConfigError
 from core.native import KERNEL_DIR, built_library
 
 log = logging.getLogger("core.fast_conv")
 
 SOURCE = KERNEL_DIR / "depthwise_conv.cc"
-LIBRARY = KERNEL_DIR / "libmnv3_depthwise.so"
+STEM = "libmnv3_depthwise"
 IMPLS = ("auto", "native", "custom")
+ISAS = ("auto", "avx512", "avx2", "baseline", "neon", "generic")
 ENTRY_POINTS = ("DepthwiseFwd", "DepthwiseBwdInput", "DepthwiseBwdWeight", "PointwiseFwd",
                 "PointwiseBwdInput", "PointwiseBwdWeight")
 
-_available: Optional[bool] = None
+_selected: Optional[str] = None  # system.kernel_isa once configured; None = auto
+_loads: dict = {}  # variant -> whether its library loads
 
 
-def build_command() -> list[str]:
-    """The build (core/kernels/build.sh, as `make kernels` runs it) with this interpreter."""
-    return ["sh", str(KERNEL_DIR / "build.sh"), sys.executable]
+def built_variants() -> list:
+    """The host's variants (best first) whose library is built and current."""
+    return [v for v in native.host_variants() if built_library(native.variant_library(STEM, v), SOURCE)]
+
+
+def variant() -> Optional[str]:
+    """The instruction-set build in use: the selected one, else the best built one the CPU
+    executes (None: none built)."""
+    if _selected is not None:
+        return _selected
+    built = built_variants()
+    return built[0] if built else None
+
+
+def select_variant(name: str = "auto") -> Optional[str]:
+    """system.kernel_isa: `auto` or a build this CPU executes (a benchmark or a test forces the
+    AVX2 or baseline path of an AVX-512 host with it). Set before the model is built."""
+    global _selected
+    if name not in ISAS:
+        raise ConfigError(f"system.kernel_isa must be one of {', '.join(ISAS)}, got {name!r}")
+    if name == "auto":
+        _selected = None
+    elif name not in native.host_variants():
+        raise ConfigError(f"system.kernel_isa={name}: this CPU ({native.cpu_model()}) does not execute it; "
+                        f"use one of {', '.join(('auto',) + native.host_variants())}")
+    elif not built_library(native.variant_library(STEM, name), SOURCE):
+        raise ConfigError(f"system.kernel_isa={name}: {native.variant_library(STEM, name).name} is not "
+                        f"built; run 'make kernels'")
+    else:
+        _selected = name
+    return variant()
+
+
+def library_file() -> Path:
+    """The library the custom operators call (the variant in use; for messages when none)."""
+    return native.variant_library(STEM, variant() or native.host_variants()[0])
 
 
 def library_path() -> Optional[Path]:
-    """The built library if it is current (core.native.built_library)."""
-    return built_library(LIBRARY, SOURCE)
+    """The library in use if it is built and current (core.native.built_library)."""
+    return built_library(library_file(), SOURCE)
 
 
 def available() -> bool:
-    """True when the library is built and loads (checked once per process)."""
-    global _available
-    if _available is None:
-        path = library_path()
-        if path is None:
-            _available = False
-        else:
-            try:
-                import ctypes
-                lib = ctypes.CDLL(str(path))
-                _available = all(hasattr(lib, n) for n in ENTRY_POINTS)
-            except OSError as exc:
-                log.warning("depthwise kernel library %s does not load (%s); using nn.Conv2d", path, exc)
-                _available = False
-    return _available
+    """True when the variant in use is built and loads (checked once per process and variant)."""
+    path = library_path()
+    if path is None:
+        return False
+    if path not in _loads:
+        try:
+            import ctypes
+            lib = ctypes.CDLL(str(path))
+            _loads[path] = all(hasattr(lib, n) for n in ENTRY_POINTS)
+        except OSError as exc:
+            log.warning("CPU operator library %s does not load (%s); using MindSpore's ops", path, exc)
+            _loads[path] = False
+    return _loads[path]
 
 
 def current_target() -> str:
@@ -83,16 +118,16 @@ def current_target() -> str:
 def use_custom(impl: str) -> bool:
     """Decide for one model build."""
     if impl not in IMPLS:
-        raise ValueError(f"model.depthwise_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
+        raise ConfigError(f"system.depthwise_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if impl == "native":
         return False
     on_cpu = current_target() == "CPU"
     if impl == "custom":
         if not on_cpu:
-            raise ValueError("model.depthwise_impl=custom runs on CPU only; use auto or native")
+            raise ConfigError("system.depthwise_impl=custom runs on CPU only; use auto or native")
         if not available():
-            raise ValueError(f"model.depthwise_impl=custom but {LIBRARY} is not built; run "
-                             f"'make kernels' (needs g++) or set model.depthwise_impl=native")
+            raise ConfigError(f"system.depthwise_impl=custom but {library_file()} is not built; run "
+                              f"'make kernels' (needs g++) or set system.depthwise_impl=native")
         return True
     return on_cpu and available()
 
@@ -116,7 +151,7 @@ def aot_op(entry: str, out_shape, out_dtype=None, bprop=None):
     input's unless `out_dtype` says otherwise."""
     from mindspore import ops
 
-    return ops.Custom(f"{LIBRARY}:{entry}", out_shape=out_shape,
+    return ops.Custom(f"{library_file()}:{entry}", out_shape=out_shape,
                       out_dtype=out_dtype or (lambda *inputs: inputs[0]), func_type="aot",
                       bprop=bprop)
 

@@ -3,11 +3,64 @@
 the sources share is ignored, as build.sh would rebuild it: a stale kernel never runs."""
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Optional
 
 KERNEL_DIR = Path(__file__).resolve().parent / "kernels"
-SHARED_HEADERS = (KERNEL_DIR / "multi_isa.h",)
+SHARED_HEADERS = (KERNEL_DIR / "multi_isa.h", KERNEL_DIR / "build.sh")
+
+# The CPU operators are built once per instruction set (build.sh), best first. A build for a
+# wider ISA than the host has would fault on its first instruction; a narrower one runs, slower.
+VARIANTS = {"x86_64": ("avx512", "avx2", "baseline"), "aarch64": ("neon",)}
+# /proc/cpuinfo flags of the x86-64 micro-architecture levels the variants are compiled for
+# (-march=x86-64-v4 / -v3; "abm" is how Linux names LZCNT)
+_X86_LEVEL_FLAGS = {
+    "avx512": {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "bmi2"},
+    "avx2": {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm", "xsave"},
+    "baseline": set(),
+}
+
+
+def machine() -> str:
+    name = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set:
+    """The CPU's feature flags as Linux reports them (those the kernel enabled), empty elsewhere."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (what benchmarks and the kernel choice record), else the machine."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("model name", "Model name", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or machine()
+
+
+def host_variants(flags: Optional[set] = None) -> tuple:
+    """The variants this CPU executes, best first (for an unknown architecture: "generic")."""
+    arch = machine()
+    if arch != "x86_64":
+        return VARIANTS.get(arch, ("generic",))
+    flags = cpu_flags() if flags is None else flags
+    return tuple(v for v in VARIANTS["x86_64"] if _X86_LEVEL_FLAGS[v] <= flags)
+
+
+def variant_library(stem: str, variant: str) -> Path:
+    return KERNEL_DIR / f"{stem}.{variant}.so"
 
 
 def built_library(library: Path, source: Path) -> Optional[Path]:
@@ -20,7 +73,7 @@ def built_library(library: Path, source: Path) -> Optional[Path]:
     return library
 
 
-# library -> (its source, what the runner does without it)
+# library -> (its source, what the runner does without it); the first has a build per variant
 LIBRARIES = {
     "libmnv3_depthwise.so": ("depthwise_conv.cc", "CPU convolutions use nn.Conv2d"),
     "libmnv3_jpeg.so": ("jpeg_augment.cc", "training images are decoded with MindSpore's ops"),
@@ -34,8 +87,16 @@ def startup_warning() -> Optional[str]:
     import platform
 
     missing = [f"{name} ({effect})" for name, (source, effect) in LIBRARIES.items()
-               if built_library(KERNEL_DIR / name, KERNEL_DIR / source) is None]
+               if built_library(_host_file(name), KERNEL_DIR / source) is None]
     if not missing:
         return None
     return (f"native libraries not built for this {platform.machine()} host: {'; '.join(missing)}; "
             f"same results, slower (build: sh core/kernels/build.sh <python>, needs g++)")
+
+
+def _host_file(name: str) -> Path:
+    """The file of library `name` this host loads: the best variant it executes, for the
+    per-ISA library."""
+    if name == "libmnv3_depthwise.so":
+        return variant_library("libmnv3_depthwise", host_variants()[0])
+    return KERNEL_DIR / name

@@ -78,7 +78,7 @@ def native_kernels():
     """The native libraries, built and loading: the tests of the native code paths fail, never
     skip, without them (`make test` builds them with MNV3_REQUIRE_KERNELS=1)."""
     from core import fast_conv, jpeg_augment
-    assert fast_conv.available(), f"{fast_conv.LIBRARY} not built or not loading: run `make kernels`"
+    assert fast_conv.available(), f"{fast_conv.library_file()} not built or not loading: run `make kernels`"
     assert jpeg_augment.available(), f"{jpeg_augment.load_error()}: run `make kernels`"
 
 

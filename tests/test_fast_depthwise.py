@@ -116,7 +116,7 @@ def test_custom_refused_off_cpu(monkeypatch):
 
 
 def test_missing_library_falls_back(monkeypatch):
-    monkeypatch.setattr(fast_conv, "_available", False)
+    monkeypatch.setattr(fast_conv, "available", lambda: False)
     assert fast_conv.use_custom("auto") is False
     assert type(fast_conv.conv2d(8, 8, 3, 1, 8, "normal", "auto")) is nn.Conv2d
     with pytest.raises(ValueError, match="make kernels"):

@@ -1,7 +1,12 @@
 #!/bin/sh
 # Build the project's native CPU libraries next to their sources; `make kernels` and the
 # Dockerfile both call this.
-#   libmnv3_depthwise.so  kxk convolutions as MindSpore custom operators (core/fast_conv.py)
+#   libmnv3_depthwise.<isa>.so  the CPU operators (convs, BN + activation, pooling, squeeze-
+#                         excite, normalisation, fused inference) as MindSpore custom operators
+#                         (core/fast_conv.py), one library per instruction set: x86-64 gets
+#                         avx512 (x86-64-v4), avx2 (x86-64-v3) and baseline (x86-64) builds, each
+#                         with vectors of its own register width; aarch64 one neon build. The
+#                         runner loads the best one the CPU executes (system.kernel_isa).
 #   libmnv3_jpeg.so       training-image crop-decode + augmentation (core/jpeg_augment.py),
 #                         linked against the SIMD libjpeg-turbo that Pillow ships and loads
 # Usage: core/kernels/build.sh [PYTHON]   (PYTHON: the interpreter that has Pillow installed)
@@ -10,7 +15,8 @@
 # and MindSpore's dataset ops (system.depthwise_impl=auto, data.decoder=auto); results are the
 # same, only slower. With MNV3_REQUIRE_KERNELS=1 (`make test`, CI) that is an error instead:
 # the tests of the native code paths must run. A failed compile is always an error.
-# A compiler without GCC's x86 function multiversioning (target_clones) gets a plain build.
+# A compiler without GCC's x86 function multiversioning (target_clones) gets a plain build of
+# libmnv3_jpeg.so. A failed compile prints the compiler's messages.
 set -u
 PY=${1:-python3}
 CXX=${CXX:-g++}
@@ -29,7 +35,7 @@ cannot() {
     fi
 }
 
-fresh() { [ -f "$1" ] && [ ! "$1" -ot "$2" ] && [ ! "$1" -ot "$HERE/multi_isa.h" ]; }
+fresh() { [ -f "$1" ] && [ ! "$1" -ot "$2" ] && [ ! "$1" -ot "$HERE/multi_isa.h" ] && [ ! "$1" -ot "$HERE/build.sh" ]; }
 have_compiler() { command -v "$CXX" >/dev/null 2>&1; }
 
 # compile OUTPUT SOURCE [extra arguments...]: the multi-ISA build, else the plain one;
@@ -41,14 +47,38 @@ compile() {
         cannot "$out" "C++ compiler $CXX not found (install g++, or set CXX)"
         return 1
     fi
-    "$CXX" -O3 -fPIC -shared -std=c++17 -o "$out" "$src" "$@" 2>/dev/null \
-        || "$CXX" -O3 -fPIC -shared -std=c++17 -DMNV3_NO_MULTI_ISA -o "$out" "$src" "$@" \
-        || { echo "error: compiling $out failed"; status=1; return 1; }
+    log=$(mktemp)
+    if "$CXX" -O3 -fPIC -shared -std=c++17 -o "$out" "$src" "$@" 2>"$log"; then :
+    elif grep -q "target_clones\|target specific option" "$log" \
+            && "$CXX" -O3 -fPIC -shared -std=c++17 -DMNV3_NO_MULTI_ISA -o "$out" "$src" "$@" 2>"$log"; then :
+    else
+        cat "$log" >&2
+        echo "error: compiling $out failed (the compiler's messages are above)"
+        rm -f "$log"; status=1; return 1
+    fi
+    rm -f "$log"
     echo "built $out"
 }
 
-lib=$HERE/libmnv3_depthwise.so
-fresh "$lib" "$HERE/depthwise_conv.cc" || compile "$lib" "$HERE/depthwise_conv.cc" -fopenmp || :
+# The instruction-set variants of the CPU operators for the compiler's target, as isa:flag.
+variants() {
+    case $("$CXX" -dumpmachine 2>/dev/null) in
+        x86_64*|amd64*) echo "avx512:-march=x86-64-v4 avx2:-march=x86-64-v3 baseline:-march=x86-64" ;;
+        aarch64*|arm64*) echo "neon:" ;;
+        *) echo "generic:" ;;
+    esac
+}
+
+rm -f "$HERE/libmnv3_depthwise.so"  # the single multi-ISA library of earlier builds
+if ! have_compiler; then
+    cannot "$HERE/libmnv3_depthwise.so" "C++ compiler $CXX not found (install g++, or set CXX)"
+else
+    for spec in $(variants); do
+        lib=$HERE/libmnv3_depthwise.${spec%%:*}.so
+        # shellcheck disable=SC2086  # one flag or none
+        fresh "$lib" "$HERE/depthwise_conv.cc" || compile "$lib" "$HERE/depthwise_conv.cc" -fopenmp ${spec#*:} || :
+    done
+fi
 
 lib=$HERE/libmnv3_jpeg.so
 # also rebuilt when it no longer loads, e.g. after a Pillow upgrade renamed its libjpeg

@@ -29,7 +29,6 @@
 
 #include <omp.h>
 
-#include "multi_isa.h"
 
 namespace {
 
@@ -228,7 +227,6 @@ void pack_weight(const float *w, float *wb, const Geom &g, int64_t c0) {
 enum Act { kNone = 0, kRelu = 1, kHswish = 2 };
 
 // dx: scatter every output gradient through the taps into the padded block, then drop the padding.
-MULTI_ISA
 void dw_bwd_input_block(const float *dyb, const float *wb, float *buf, const Geom &g, const Padded &b) {
   const int64_t k = g.k, s = g.s;
   std::memset(buf, 0, sizeof(float) * b.plane() * VL);
@@ -275,7 +273,6 @@ void dw_bwd_input_all(const float *dy, const float *w, float *dx, const Geom &g)
 
 // dw for one (image, block): per output row in float (<= OW terms), then into double `acc`
 // ([k*k][VL]), which keeps the sum over the batch and the plane as accurate as the reference.
-MULTI_ISA
 void dw_bwd_weight_block(const float *dyb, const float *buf, double *acc, float *row, const Geom &g,
                          const Padded &b) {
   const int64_t k = g.k, s = g.s, kk = k * k;
@@ -344,7 +341,6 @@ constexpr int64_t OB = 2 * VL;
 
 // Weight gradient of the grouped path, vectorised over OB output channels like the forward:
 // for each tap, one pass along an output row with the two accumulators in registers.
-MULTI_ISA
 void grp_bwd_weight_row(const float *pad, const float *dyrow, double *acc, const Geom &g,
                         const Padded &pd, int64_t oy) {
   const int64_t k = g.k, s = g.s;
@@ -406,7 +402,6 @@ void grp_bwd_weight_all(const float *dy, const float *x, float *dw, const Geom &
 
 // ---- Inference-only element-wise ops (BN folded into the conv; see core/fuse.py) ----------
 // y = act(x + b[c]) [+ r], one pass over an NCHW tensor, parallel over planes.
-MULTI_ISA
 void bias_act_plane(const float *x, float b, const float *r, int act, float *y, int64_t hw) {
   if (act == kRelu) {
     for (int64_t t = 0; t < hw; ++t) y[t] = std::max(x[t] + b, 0.f);
@@ -429,7 +424,6 @@ void bias_act_all(const float *x, const float *b, const float *r, int act, float
     bias_act_plane(x + t * hw, b[t % c], r ? r + t * hw : nullptr, act, y + t * hw, hw);
 }
 
-MULTI_ISA
 float plane_sum(const float *x, int64_t hw) {
   float s = 0.f;
 #pragma omp simd reduction(+ : s)
@@ -437,7 +431,6 @@ float plane_sum(const float *x, int64_t hw) {
   return s;
 }
 
-MULTI_ISA
 void scale_plane(const float *x, float a, float *y, int64_t hw) {
   for (int64_t t = 0; t < hw; ++t) y[t] = x[t] * a;
 }
@@ -490,7 +483,18 @@ bool same_shape4(const int64_t *a, const int64_t *b) {
 // registers over all K (weights packed [M/PW_MR][K][PW_MR], broadcast one scalar at a time),
 // then bias, activation and the residual are applied as the tile is stored.
 constexpr int64_t PW_MR = 8;
-constexpr int64_t PW_NV = 16;  // floats per vector of the GEMM (one zmm with AVX-512)
+// Floats per vector of the GEMM and the plane loops: the target's own register width (one zmm,
+// ymm, xmm or NEON register). A wider generic vector than the target has is lowered piecewise,
+// and GCC scalarises its comparisons and selects (the activations): the AVX2 build of a
+// 16-float version ran the network 20x slower than the AVX-512 one. build.sh compiles one
+// library per ISA, so each gets its width.
+#if defined(__AVX512F__)
+constexpr int64_t PW_NV = 16;
+#elif defined(__AVX__)
+constexpr int64_t PW_NV = 8;
+#else
+constexpr int64_t PW_NV = 4;
+#endif
 typedef float vw __attribute__((vector_size(PW_NV * sizeof(float))));
 typedef float vw_unaligned __attribute__((vector_size(PW_NV * sizeof(float)), aligned(4)));
 ALWAYS_INLINE vw wload(const float *p) { return *reinterpret_cast<const vw_unaligned *>(p); }
@@ -570,7 +574,6 @@ ALWAYS_INLINE void pw_tile(const float *wp, const float *x, int64_t ldx, int64_t
 }
 
 // Output-channel blocks [blk0, blk1) of one image: X[K][HW] (row stride HW) -> Y.
-MULTI_ISA
 void pw_image(const float *wp, const float *x, int64_t k, int64_t hw, const PwOut &o, int64_t blk0,
               int64_t blk1, float *tail) {
   int64_t p0 = 0;
@@ -637,7 +640,6 @@ void scale_channels_all(const float *x, const float *s, float *y, int64_t nc, in
   for (int64_t t = 0; t < nc; ++t) scale_plane(x + t * hw, s[t], y + t * hw, hw);
 }
 
-MULTI_ISA
 float plane_dot(const float *a, const float *b, int64_t hw) { return dot(a, b, hw); }
 
 // Gradients of y = x * s: dx = dy * s, ds = sum over the plane of dy * x.
@@ -727,7 +729,6 @@ ALWAYS_INLINE void wgrad_tile(const float *ap, const float *b, int64_t ldb, int6
 }
 
 // One pixel block: every output-channel panel against every column tile of the transposed X.
-MULTI_ISA
 void wgrad_block(const float *ap, const float *bt, int64_t ldt, int64_t np, int64_t mblocks, double *c) {
   for (int64_t blk = 0; blk < mblocks; ++blk) {
     const float *a = ap + blk * np * PW_MR;
@@ -780,7 +781,6 @@ ALWAYS_INLINE vw act_grad_v(vw u, vw d, int act) {
 }
 
 // Sum and sum of squares of one plane, in double.
-MULTI_ISA
 void plane_moments(const float *x, int64_t hw, double *s1, double *s2) {
   double a = 0.0, b = 0.0;
 #pragma omp simd reduction(+ : a, b)
@@ -810,7 +810,6 @@ ALWAYS_INLINE void store_n(float *p, vw v, int64_t n) {
 }
 
 // y = act((x - mean) * scale + beta) over one plane.
-MULTI_ISA
 void bn_act_plane(const float *x, float mean, float scale, float beta, int act, float *y, int64_t hw) {
   for (int64_t t = 0; t < hw; t += PW_NV) {
     const int64_t n = std::min<int64_t>(PW_NV, hw - t);
@@ -853,7 +852,6 @@ void bn_act_fwd_all(const float *x, const float *gamma, const float *beta, doubl
 
 // Backward sums of one plane: du = dy * act'(u), u = (x - mean) * scale + beta;
 // sdu += du, sdux += du * (x - mean).
-MULTI_ISA
 void bn_act_bwd_sums(const float *dy, const float *x, const BnChannel &b, int act, int64_t hw, double *sdu,
                      double *sdux) {
   vw a1 = {0.f}, a2 = {0.f};
@@ -876,7 +874,6 @@ void bn_act_bwd_sums(const float *dy, const float *x, const BnChannel &b, int ac
 }
 
 // dx = k1 * du + k2 * (x - mean) + k3 over one plane.
-MULTI_ISA
 void bn_act_bwd_plane(const float *dy, const float *x, const BnChannel &b, int act, float k1, float k2, float k3,
                       float *dx, int64_t hw) {
   for (int64_t t = 0; t < hw; t += PW_NV) {
@@ -927,12 +924,17 @@ void bn_act_bwd_all(const float *dy, const float *x, const float *gamma, const f
 constexpr int64_t PH_SLACK = 4 * PW_NV;  // zeros after the phases: vector loads past the end
 
 // dst[i] = src[i * S] for i < count; stride 2 (the stride-2 convs) deinterleaves whole vectors.
-MULTI_ISA
 void strided_copy(const float *src, float *dst, int64_t count, int64_t S) {
   int64_t i = 0;
   if (S == 2) {
     typedef int vi __attribute__((vector_size(PW_NV * sizeof(int))));
+#if defined(__AVX512F__)
     const vi even = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+#elif defined(__AVX__)
+    const vi even = {0, 2, 4, 6, 8, 10, 12, 14};
+#else
+    const vi even = {0, 2, 4, 6};
+#endif
     // reads src[2i, 2i + 2 PW_NV): within the 2 count - 1 elements the row has past src
     for (; 2 * i + 2 * PW_NV <= 2 * count - 1; i += PW_NV)
       wstore(dst + i, __builtin_shuffle(wload(src + 2 * i), wload(src + 2 * i + PW_NV), even));
@@ -967,7 +969,6 @@ void from_extended(const float *ext, float *y, const Geom &g, const Phases &q, i
 
 // Depthwise: one channel's plane, four vectors of outputs per pass over the taps (the last
 // <= 2 vectors one at a time, so 7x7 planes compute 80 extended outputs, not 128).
-MULTI_ISA
 void dw_plane(const float *ph, const float *wk, const int64_t *taps, float bias, int act, float *ext,
               const Geom &g, const Phases &q) {
   const int64_t kk = g.k * g.k;
@@ -1018,7 +1019,6 @@ void dw_fwd_all(const float *x, const float *w, const float *bias, int act, floa
 // outputs per pass over the group's input channels and taps; tasks of GRP_ROWS output rows.
 constexpr int64_t GRP_ROWS = 4;  // output rows per task
 
-MULTI_ISA
 void grp_rows(const float *ph, int64_t phstride, const float *wb, const float *bv, int act, float *ext,
               int64_t ldext, int64_t e0, int64_t e1, const Geom &g, const Phases &q) {
   const int64_t k = g.k;

@@ -173,8 +173,8 @@ class Lease:
         except _Conflict:
             supported = True
         except StorageError as exc:
-            if s3_error_code(exc) is None:
-                raise  # unreachable store: say so, not "unsupported"
+            if s3_error_code(exc) in (None, "KeyTooLongError"):
+                raise  # unreachable store, or a key it can never hold: say so, not "unsupported"
             supported = False
         self.storage.delete(probe)
         if not supported:

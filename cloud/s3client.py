@@ -265,6 +265,9 @@ def explain(exc: BaseException, conn: S3Connection, bucket: str, key: str = "") 
                    f"create it or fix the bucket name in the URL")
         elif code in ("NoSuchKey", "404", "NotFound"):
             msg = f"object {where} does not exist ({code})"
+        elif code == "KeyTooLongError":
+            msg = (f"{where}: the object key is {len(key.encode())} bytes, longer than the store "
+                   f"allows (S3: 1024) (KeyTooLongError); shorten the URL's prefix")
         elif code in ("AccessDenied", "403", "AllAccessDisabled"):
             msg = (f"access denied to {where} ({code}); credentials came from "
                    f"{conn.credential_source}: check the keys, or grant them access to this bucket")

@@ -60,7 +60,15 @@ def save(path: str | os.PathLike, params: Iterable, meta: dict) -> Path:
     return path
 
 
-def load(path: str | os.PathLike) -> Checkpoint:
+RESUME_ADVICE = "use an earlier checkpoint"
+PRETRAINED_ADVICE = ("pass a MindSpore .ckpt of weights (written by this runner or the model zoo; "
+                     "convert other frameworks' weights with the convert command), and fetch it "
+                     "again if it was cut short")
+
+
+def load(path: str | os.PathLike, advice: str = RESUME_ADVICE) -> Checkpoint:
+    """The checkpoint at `path`; CheckpointError ending in `advice` when it does not load (an
+    earlier checkpoint helps a resume, not a --pre_trained file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path} (pass an existing .ckpt file)")
@@ -68,7 +76,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raw = ms.load_checkpoint(str(path), crc_check=True)
     except Exception as exc:  # MindSpore raises ValueError/RuntimeError on corrupt files
         raise CheckpointError(f"checkpoint {path} is unreadable or corrupt ({type(exc).__name__}); "
-                              f"use an earlier checkpoint") from None
+                              f"{advice}") from None
     meta_text = raw.pop(META_KEY, None)
     meta = json.loads(meta_text) if isinstance(meta_text, str) else {}
     params = {k: v for k, v in raw.items() if isinstance(v, ms.Parameter)}

@@ -70,6 +70,11 @@ class DataConfig:
                               "operator (make kernels), mindspore = its dataset ops, auto = native when built")
     on_corrupt: str = _spec("skip", choices=("skip", "fail"),
                             help="training images that cannot be read: skip (counted, logged) or fail")
+    max_image_pixels: int = _spec(100_000_000, minimum=1,
+                                  help="largest image (width x height) any decoder is given; a "
+                                       "larger one is refused from its header: skipped and named "
+                                       "in training, one error line in eval and predict, kept out "
+                                       "by pack (decompression bombs; 100 Mpx = 300 MB as RGB)")
 
 
 @dataclass
@@ -314,6 +319,29 @@ def _flatten(tree: dict, where: str) -> dict:
     return flat
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently: `epochs: 3` then `epochs: 30` would train 30 epochs without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = key_node.value
+                if key in seen:
+                    raise ConfigError(f"duplicate key '{key}' at lines {seen[key] + 1} and "
+                                      f"{key_node.start_mark.line + 1}; keep one of them")
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_recipe(fh) -> Any:
+    """A recipe's YAML tree: safe tags only, no duplicate keys (ConfigError naming both lines)."""
+    return yaml.load(fh, Loader=_UniqueKeyLoader)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.epochs=3` -> ('train.epochs', 3); the value is read as YAML (numbers, lists, null)."""
     if "=" not in text:
@@ -335,10 +363,14 @@ def load_config(path: Optional[str] = None, overrides: Optional[dict] = None,
     if path:
         try:
             with open(path, encoding="utf-8") as fh:
-                tree = yaml.safe_load(fh) or {}
+                tree = read_recipe(fh) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path} (pass an existing YAML recipe, "
                               f"e.g. configs/cpu_demo.yaml)") from None
+        except ConfigError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""

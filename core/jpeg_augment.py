@@ -16,7 +16,6 @@ by Pillow and get the same augmentation; bytes after a JPEG's end marker are nev
 from __future__ import annotations
 
 import ctypes
-import io
 import logging
 import math
 import re
@@ -26,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from core.image_formats import (DEFAULT_MAX_IMAGE_PIXELS, image_size, pillow_open, size_problem,
+                                too_large_message)
 from core.native import KERNEL_DIR, built_library
 
 log = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ class TrainAugment:
         self.lowest = np.array([max(0.0, 1 - j) for j in jitter])
         self.span = np.array([1 + j for j in jitter]) - self.lowest
         self.allow_scaling = int(allow_scaling)
+        self.max_pixels = max_pixels_of(data_cfg)
 
     def factors(self, u: np.ndarray) -> Optional[np.ndarray]:
         if not self.jitter:
@@ -185,6 +187,8 @@ class TrainAugment:
         if data[:2].tobytes() == b"\xff\xd8":
             status = self.lib.mnv3_jpeg_size(data.ctypes.data, data.size, ctypes.addressof(width),
                                              ctypes.addressof(height), message, len(message))
+        if status == _OK and width.value * height.value > self.max_pixels:
+            raise DecodeError(too_large_message(width.value, height.value, self.max_pixels))
         if status == _OK:
             box = np.array(crop_box(width.value, height.value, u, self.scale, self.ratio), np.float64)
             status = self.lib.mnv3_jpeg_augment(data.ctypes.data, data.size, box.ctypes.data, flip,
@@ -192,7 +196,7 @@ class TrainAugment:
                                                 self.allow_scaling, out.ctypes.data, message,
                                                 len(message))
         if status != _OK:  # another format, a CMYK JPEG, or a JPEG libjpeg refuses: try Pillow
-            rgb = decode_with_pillow(data, message.value.decode(errors="replace"))
+            rgb = decode_with_pillow(data, message.value.decode(errors="replace"), self.max_pixels)
             box = np.array(crop_box(rgb.shape[1], rgb.shape[0], u, self.scale, self.ratio), np.float64)
             self.lib.mnv3_rgb_augment(rgb.ctypes.data, rgb.shape[0], rgb.shape[1], box.ctypes.data,
                                       flip, fptr, optr, self.size, self.size, out.ctypes.data)
@@ -225,10 +229,18 @@ def as_uint8(data) -> np.ndarray:
     return np.frombuffer(np.asarray(data).tobytes(), np.uint8)
 
 
-def decode_with_pillow(data: np.ndarray, native_message: str = "") -> np.ndarray:
-    from PIL import Image
+def max_pixels_of(data_cfg) -> int:
+    return int(getattr(data_cfg, "max_image_pixels", None) or DEFAULT_MAX_IMAGE_PIXELS)
+
+
+def decode_with_pillow(data: np.ndarray, native_message: str = "",
+                       max_pixels: Optional[int] = None) -> np.ndarray:
+    raw = data.tobytes()
+    size = image_size(raw)
+    if size is not None and (problem := size_problem(*size, max_pixels)):
+        raise DecodeError(problem)
     try:
-        with Image.open(io.BytesIO(data.tobytes())) as image:
+        with pillow_open(raw, max_pixels) as image:
             return np.ascontiguousarray(np.asarray(image.convert("RGB")))
     except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds for bad files
         detail = f"libjpeg: {native_message}; " if native_message else ""

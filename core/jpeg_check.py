@@ -123,6 +123,35 @@ def _sos(seg: bytes, h: _Header, defined_huffman: bool) -> Optional[str]:
     return None
 
 
+def jpeg_frame_size(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) from the frame header (SOF), reached by walking the segments before it;
+    None when there is none to read (jpeg_problem names what is wrong)."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, n = 2, len(data)
+    while True:
+        while i < n and data[i] != 0xFF:
+            i += 1
+        while i < n and data[i] == 0xFF:
+            i += 1
+        if i + 2 >= n:
+            return None
+        marker = data[i]
+        i += 1
+        if marker in STANDALONE:
+            continue
+        if marker in (SOI, EOI, SOS, 0x00):
+            return None
+        length = int.from_bytes(data[i:i + 2], "big")
+        if marker in SOF_SUPPORTED or marker in SOF_OTHER:
+            if length < 8 or i + 7 > n:
+                return None
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 3:i + 5], "big")
+        if length < 2:
+            return None
+        i += length
+
+
 def jpeg_header_problem(data: bytes) -> Optional[str]:
     """None when the headers up to the first scan are sound, else what is wrong."""
     return _first_scan(data)[0]

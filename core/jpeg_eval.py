@@ -37,6 +37,7 @@ import numpy as np
 
 from core import jpeg_augment
 from core.jpeg_augment import DecodeError, as_uint8, decode_with_pillow  # noqa: F401 - re-exported
+from core.image_formats import too_large_message
 from core.normalization import pixel_normalization
 
 _OK, _UNSUPPORTED = 0, 2
@@ -82,6 +83,7 @@ class EvalDecode:
         self.size = int(data_cfg.image_size)
         self.resize = int(data_cfg.eval_resize)
         self.allow_scaling = int(allow_scaling)
+        self.max_pixels = jpeg_augment.max_pixels_of(data_cfg)
         mean, std = pixel_normalization(data_cfg)
         self.mean = np.asarray(mean, np.float32) if normalize else None
         self.std = np.asarray(std, np.float32) if normalize else None
@@ -112,13 +114,15 @@ class EvalDecode:
         if data[:2].tobytes() == b"\xff\xd8":
             status = self.lib.mnv3_jpeg_size(data.ctypes.data, data.size, ctypes.addressof(width),
                                              ctypes.addressof(height), message, len(message))
+        if status == _OK and width.value * height.value > self.max_pixels:
+            raise DecodeError(too_large_message(width.value, height.value, self.max_pixels))
         if status == _OK:
             geometry = eval_geometry(width.value, height.value, self.resize, self.size)
             status = self.lib.mnv3_jpeg_eval(data.ctypes.data, data.size, *geometry, self.size,
                                              self.size, self.allow_scaling, mean, std,
                                              out.ctypes.data, message, len(message))
         if status != _OK:  # another format, a CMYK JPEG, or a JPEG libjpeg refuses: try Pillow
-            rgb = decode_with_pillow(data, message.value.decode(errors="replace"))
+            rgb = decode_with_pillow(data, message.value.decode(errors="replace"), self.max_pixels)
             geometry = eval_geometry(rgb.shape[1], rgb.shape[0], self.resize, self.size)
             self.lib.mnv3_rgb_eval(rgb.ctypes.data, rgb.shape[0], rgb.shape[1], *geometry,
                                    self.size, self.size, mean, std, out.ctypes.data)

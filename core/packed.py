@@ -130,7 +130,44 @@ def read_index(root: str | os.PathLike) -> dict:
     if index.get("format") != FORMAT or index.get("version") != VERSION:
         raise DatasetError(f"{path} is not a version-{VERSION} {FORMAT} index; re-pack the "
                            f"dataset with this runner")
+    problem = index_problem(index)
+    if problem:
+        raise DatasetError(f"{path} is inconsistent: {problem}; re-pack the dataset (or stage "
+                           f"it again if the copy was changed)")
     return index
+
+
+def index_problem(index: dict) -> Optional[str]:
+    """What contradicts itself in an index, or None: each shard's samples against its label
+    runs, its first sample against the shards before it, its unreadable-sample numbers against
+    its range, labels against the class list, and the split's total against its shards."""
+    try:
+        classes = index["classes"]
+        if not isinstance(classes, list) or not classes:
+            return "no class list"
+        for split, entry in index["splits"].items():
+            total = 0
+            for shard in entry["shards"]:
+                name, samples, first = shard["name"], shard["samples"], shard["first"]
+                runs = shard["label_runs"]
+                in_runs = sum(count for _, count in runs)
+                if in_runs != samples:
+                    return (f"split {split}, shard {name}: {samples} samples but its label runs "
+                            f"count {in_runs}")
+                if any(count < 1 or not 0 <= label < len(classes) for label, count in runs):
+                    return (f"split {split}, shard {name}: a label run names a label outside the "
+                            f"{len(classes)} classes or has no samples")
+                if first != total:
+                    return (f"split {split}, shard {name}: starts at sample {first}, but the shards "
+                            f"before it hold {total}")
+                if any(not first <= number < first + samples for number, *_ in shard.get("corrupt", ())):
+                    return f"split {split}, shard {name}: an unreadable sample lies outside the shard"
+                total += samples
+            if total != entry["samples"]:
+                return f"split {split} lists {entry['samples']} samples but its shards hold {total}"
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"a field is missing or malformed ({type(exc).__name__}: {exc})"
+    return None
 
 
 def load_packed_split(root: str | os.PathLike, split: str,

@@ -38,7 +38,8 @@ from typing import Callable, Iterator, Optional, Sequence
 from core.imagefolder import ImageList, scan_split
 from core.packed import (FORMAT, INDEX_NAME, MB, SCHEMA, VERSION, read_json, sha256_file,
                          write_json_atomic)
-from core.pipeline import DatasetError, looks_like_image
+from core.image_formats import image_problem
+from core.pipeline import DatasetError
 
 log = logging.getLogger("core.packing")
 
@@ -136,10 +137,13 @@ def _shard_paths(dst: str, name: str) -> list[str]:
     return [os.path.join(dst, f) for f in os.listdir(dst) if f == name or f.startswith(name + ".")]
 
 
-def write_shard(dst: str, plan: ShardPlan, blobs: Optional[Iterator[bytes]] = None) -> dict:
+def write_shard(dst: str, plan: ShardPlan, blobs: Optional[Iterator[bytes]] = None,
+                max_pixels: Optional[int] = None) -> dict:
     """Write one shard from scratch, then its done-marker; returns its index entry.
     Runs in a worker process. `blobs` yields the items' bytes in order when they come from
-    somewhere other than the items' paths (an archive: core.stream_packing)."""
+    somewhere other than the items' paths (an archive: core.stream_packing). Images over
+    `max_pixels` (data.max_image_pixels) are kept out like unreadable ones, and listed with
+    their size under `too_large`."""
     from mindspore.mindrecord import FileWriter
     for leftover in _shard_paths(dst, plan.name):
         os.remove(leftover)
@@ -148,7 +152,7 @@ def write_shard(dst: str, plan: ShardPlan, blobs: Optional[Iterator[bytes]] = No
     writer.set_header_size(plan.header_size)
     writer.set_page_size(plan.page_size)
     writer.add_schema(SCHEMA, "mnv3 packed images")
-    rows, pending, corrupt = [], 0, []
+    rows, pending, corrupt, too_large = [], 0, [], []
     for number, (source, name, label, _) in enumerate(plan.items, plan.first):
         try:
             if blobs is not None:
@@ -158,8 +162,11 @@ def write_shard(dst: str, plan: ShardPlan, blobs: Optional[Iterator[bytes]] = No
                     data = fh.read()
         except OSError as exc:
             raise DatasetError(f"cannot read {source} while packing {plan.name}: {exc}") from None
-        if not looks_like_image(data):
+        problem = image_problem(data, max_pixels)
+        if problem is not None:
             corrupt.append([number, name])  # kept, so numbering stays scan_split's
+            if problem.startswith("too large"):
+                too_large.append([number, name, problem])
             data = data or b"\0"  # MindRecord cannot hold an empty blob; never read anyway
         rows.append({"image": data, "label": label, "file_name": name})
         pending += len(data)
@@ -172,6 +179,8 @@ def write_shard(dst: str, plan: ShardPlan, blobs: Optional[Iterator[bytes]] = No
     entry = {"name": plan.name, "first": plan.first, "samples": len(plan.items),
              "label_runs": plan.label_runs(), "corrupt": corrupt, "fingerprint": plan.fingerprint(),
              "files": [_file_digest(path), _file_digest(path + ".db")]}
+    if too_large:
+        entry["too_large"] = too_large
     write_json_atomic(_marker_path(dst, plan.name), entry)
     return entry
 
@@ -243,8 +252,10 @@ def scan_source(src_dir: str | os.PathLike, splits: Sequence[str] = ("train", "v
 def pack_imagefolder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
                      shard_size_mb: float = 256, workers: Optional[int] = None,
                      splits: Sequence[str] = ("train", "val"),
-                     progress: Optional[Callable[[int, int, dict], None]] = None) -> dict:
+                     progress: Optional[Callable[[int, int, dict], None]] = None,
+                     max_pixels: Optional[int] = None) -> dict:
     """Pack `src_dir/<split>/` into MindRecord shards in `dst_dir`; returns the index.
+    Images over `max_pixels` (data.max_image_pixels) are kept out of training like damaged ones.
 
     Re-running after an interruption writes only the shards not yet done; re-running over a
     finished pack with the same input rewrites nothing. `progress(done, total, entry)` runs
@@ -280,7 +291,7 @@ def pack_imagefolder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
              sum(len(p.items) for p in plans), sum(p.payload for p in plans) / MB)
 
     started, done = time.monotonic(), len(plans) - len(todo)
-    for entry in _write_all(dst, todo, workers):
+    for entry in _write_all(dst, todo, workers, max_pixels):
         entries[entry["name"]] = entry
         done += 1
         log.info("shard %s written (%d/%d, %.0f s)", entry["name"], done, len(plans),
@@ -302,26 +313,33 @@ def _report_unreadable(index: dict) -> None:
     """Once per split: how many files no decoder can read (kept in the shards so numbering
     stays scan_split's, skipped or refused when read, as in the folder)."""
     for split, entry in index["splits"].items():
-        names = [name for shard in entry["shards"] for _, name in shard.get("corrupt", ())]
+        large = [(name, problem) for shard in entry["shards"]
+                 for _, name, problem in shard.get("too_large", ())]
+        for name, problem in large:
+            log.warning("%s: %s: %s (kept out of training and evaluation)", split, name, problem)
+        skip = {name for name, _ in large}
+        names = [name for shard in entry["shards"] for _, name in shard.get("corrupt", ())
+                 if name not in skip]
         if names:
             log.warning("%s: %d unreadable file(s) (truncated, damaged or not images), skipped when "
                         "training, refused by evaluation: %s%s", split, len(names),
                         ", ".join(names[:5]), ", ..." if len(names) > 5 else "")
 
 
-def _write_all(dst: str, todo: list[ShardPlan], workers: Optional[int]):
+def _write_all(dst: str, todo: list[ShardPlan], workers: Optional[int],
+               max_pixels: Optional[int] = None):
     """Yield each shard's entry as it is written: inline for one worker, else one spawned
     process per worker (spawn, not fork: the parent may hold MindSpore's threads)."""
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
     if workers == 1:
         for plan in todo:
-            yield write_shard(dst, plan)
+            yield write_shard(dst, plan, max_pixels=max_pixels)
         return
     # Largest shards first so the last ones to finish are short.
     queue = sorted(todo, key=lambda p: -p.payload)
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                              initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-        running = {pool.submit(write_shard, dst, plan) for plan in queue}
+        running = {pool.submit(write_shard, dst, plan, None, max_pixels) for plan in queue}
         try:
             while running:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from core.image_formats import for_mindspore, image_problem
+from core.image_formats import for_mindspore, image_problem, set_max_image_pixels
 from core.normalization import pixel_normalization
 
 
@@ -57,15 +57,20 @@ class CorruptImages:
     def __init__(self, fail_fast: bool = False):
         self.fail_fast = fail_fast
         self.files: list[str] = []
+        self.problems: dict[str, Optional[str]] = {}  # file -> why it was skipped
         self.fatal: Optional[str] = None  # the message, once a fail-fast error was raised
 
     def report(self, path: str, problem: Optional[str] = None) -> None:
+        if self.fail_fast and problem and problem.startswith("too large"):
+            self.fatal = f"{path}: {problem}"  # not damaged: over data.max_image_pixels
+            raise DatasetError(self.fatal)
         if self.fail_fast:
             detail = f" ({problem})" if problem else ""
             self.fatal = (f"corrupt or non-image file {path}{detail}; remove or replace it, or set "
                           f"data.on_corrupt=skip to skip such files")
             raise DatasetError(self.fatal)
         self.files.append(path)
+        self.problems.setdefault(path, problem)
 
     def reraise(self) -> None:
         """The pipeline wraps errors raised in its source; restore the user's one-liner."""
@@ -156,6 +161,7 @@ def train_pipeline(rows: Rows, num_samples: int, data_cfg, seed: int, epoch: int
     batches are decoded again and skipped.
     """
     corrupt = corrupt or CorruptImages()
+    set_max_image_pixels(data_cfg.max_image_pixels)  # the sources' check (image_problem)
     indices = train_order(num_samples, seed, epoch, rank, world)
     if native_augmentation(data_cfg):
         from core.jpeg_augment import BatchAugment, draw_params
@@ -177,6 +183,7 @@ def eval_pipeline(rows: Rows, num_samples: int, data_cfg, rank: int = 0, world: 
     """Every image of this rank's shard once; the last batch may be partial. An unreadable
     image fails evaluation (a score over a silently different set would mislead)."""
     corrupt = corrupt or CorruptImages(fail_fast=True)
+    set_max_image_pixels(data_cfg.max_image_pixels)
     batch_size = data_cfg.eval_batch_size or data_cfg.batch_size
     source = rows(eval_order(num_samples, rank, world), 0, corrupt, data_cfg.workers)
     if native_augmentation(data_cfg):

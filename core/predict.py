@@ -33,7 +33,9 @@ def preprocess(data: bytes, data_cfg, name: str = "image") -> np.ndarray:
     native decoder, core.jpeg_eval, or MindSpore's ops, as core.pipeline.eval_pipeline picks).
     Checked first as the pipelines check: a damaged JPEG header would take the process down
     inside MindSpore's decoder (core/jpeg_check.py)."""
-    problem = image_problem(data)
+    problem = image_problem(data, data_cfg.max_image_pixels)
+    if problem and problem.startswith("too large"):  # intact, but over data.max_image_pixels
+        raise DatasetError(f"{name}: {problem}")
     if problem:
         raise DatasetError(f"cannot decode {name}: {problem}; pass an intact image file "
                            f"(JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM)")
@@ -162,13 +164,20 @@ def from_mindir(graph: str | Path, class_names: Optional[Sequence[str]] = None) 
     return Predictor(cell, names, data_config_from_card(card), batch)
 
 
+def printable(text: str) -> str:
+    """`text` on one line: control characters (a class folder named with a newline or a tab)
+    written as escapes, so each table row stays one row."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def format_predictions(predictions: Sequence[Prediction]) -> str:
     lines = []
     for p in predictions:
-        lines.append(p.file)
-        width = max(len(name) for name, _ in p.top)
-        lines += [f"  {rank}. {name:<{width}}  {prob * 100:6.2f}%" for rank, (name, prob)
-                  in enumerate(p.top, start=1)]
+        lines.append(printable(p.file))
+        names = [printable(name) for name, _ in p.top]
+        width = max(len(name) for name in names)
+        lines += [f"  {rank}. {name:<{width}}  {prob * 100:6.2f}%" for rank, (name, (_, prob))
+                  in enumerate(zip(names, p.top), start=1)]
     return "\n".join(lines)
 
 

@@ -133,7 +133,7 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
         raise ConfigError(f"data.batch_size {cfg.data.batch_size} x {world} rank(s) exceeds the "
                           f"{len(splits.train)} training images; lower data.batch_size")
     resumed = ckpt.load(resume) if resume else None
-    weights = ckpt.load(pretrained) if pretrained else None
+    weights = ckpt.load(pretrained, ckpt.PRETRAINED_ADVICE) if pretrained else None
     cfg.model.depthwise_padding = depthwise_padding_for_run(
         cfg, resumed.meta if resumed else None, weights.meta if weights else None)
     net = network(cfg, len(splits.classes))

@@ -40,6 +40,16 @@ class RunLockError(ConfigError):
     """The run directory belongs to another live run."""
 
 
+class RunDirError(ConfigError):
+    """The run directory cannot be made or written (read-only mount, a name too long, no
+    permission, a file in the way): one line naming the directory and the reason."""
+
+    def __init__(self, run_dir, exc: OSError):
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(run_dir) else ""
+        super().__init__(f"cannot use run directory {run_dir}: {exc.strerror or exc}{where}; "
+                         f"choose a writable --output_dir")
+
+
 class RunLock:
     def __init__(self, run_dir: str | os.PathLike, job_id: str):
         self.path = Path(run_dir) / LOCK_NAME
@@ -49,10 +59,16 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         """Own the directory, or share our job's lock; RunLockError if another run owns it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(self.path.parent, exc) from None
         flocked = True
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise RunDirError(self.path.parent, exc) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:

@@ -122,8 +122,10 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
             break
     losses += read + _read_checked(run, epoch, step, pending, saver)
     if corrupt.files:
-        log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s", epoch + 1,
-                    len(corrupt.files), corrupt.files[0])
+        first = corrupt.files[0]
+        why = corrupt.problems.get(first)
+        log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s%s", epoch + 1,
+                    len(corrupt.files), first, f" ({why})" if why else "")
         metrics.write("corrupt", epoch=epoch, count=len(corrupt.files), files=corrupt.files[:20])
     if losses:
         _report_epoch(run, epoch, step, losses, (time.time() - started) * 1000, metrics, events)

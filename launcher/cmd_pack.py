@@ -72,7 +72,8 @@ def cmd_pack(args) -> int:
     from launcher.common import load_job_config, setup_logging
 
     setup_logging()
-    _, settings = load_job_config(args.config, dict(parse_override(t) for t in args.sets))
+    texts = list(args.sets) + list(getattr(args, "overrides", None) or ())  # --set or KEY=VALUE
+    cfg, settings = load_job_config(args.config, dict(parse_override(t) for t in texts))
     cache = Path(args.cache_dir)
     if args.imagenet:
         return pack_imagenet_command(args, settings, cache)
@@ -90,7 +91,8 @@ def cmd_pack(args) -> int:
 
     try:
         index = pack_imagefolder(src, dst, args.shard_size_mb, args.workers,
-                                 splits=[s for s in args.splits.split(",") if s])
+                                 splits=[s for s in args.splits.split(",") if s],
+                                 max_pixels=cfg.data.max_image_pixels)
     except DatasetError as exc:
         if not src_remote:
             raise

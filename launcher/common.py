@@ -79,3 +79,17 @@ def run_main(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.filename is None or isinstance(exc, ConnectionError):
+            raise  # not about a path: a bug to show with its traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error: {path_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def path_error(exc: OSError) -> str:
+    """An OS error on a path (read-only file system, name too long, no permission, ...) as one
+    line naming the path and the reason."""
+    other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"{exc.filename}{other}: {exc.strerror or exc}; check that path"

@@ -110,6 +110,11 @@ def cmd_eval(args) -> int:
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()
     setup_logging()
+    try:  # before the evaluation: a run directory it cannot write is one line, at once
+        _output_dir(args, path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from core.run_lock import RunDirError
+        raise RunDirError(_output_dir(args, path), exc) from None
     gpu_preflight(cfg.system.device_target)
     configure(cfg.system)
     classes = classes_of(checkpoint)

@@ -63,6 +63,8 @@ CASES = {
                              ["config key 'model.width_mult' expects float, got str 'wide'"]),
     "negative_learning_rate_in_recipe": ("local.py", ["train", "--config", "{ws}/recipe.yaml"], "plain",
                                          ["config key 'optim.lr' must be greater than 0"]),
+    "duplicate_key_in_recipe": ("local.py", ["train", "--config", "{ws}/recipe.yaml"], "plain",
+                                ["config file {ws}/recipe.yaml: duplicate key 'epochs' at lines 2 and 3"]),
     "malformed_bucket_url": ("local.py", ["train", "--dataset_path", "s3://Bad_Bucket/data"], "s3",
                              ["malformed storage URL 's3://Bad_Bucket/data': bad or missing bucket name",
                               "expected s3://bucket/prefix"]),
@@ -99,7 +101,8 @@ CASES = {
 DEBUG_CASES = ("empty_class_folder", "wrong_credentials", "rank_table_not_json")
 RECIPES = {"unknown_config_key_in_recipe": "train:\n  epoch: 3\n",
            "wrong_type_in_recipe": "model:\n  width_mult: wide\n",
-           "negative_learning_rate_in_recipe": "optim:\n  lr: -0.1\n"}
+           "negative_learning_rate_in_recipe": "optim:\n  lr: -0.1\n",
+           "duplicate_key_in_recipe": "train:\n  epochs: 1\n  epochs: 2\n"}
 
 
 def make_dataset(base: Path, case: str, dest: Path) -> Path:

@@ -229,9 +229,10 @@ def verify_packed(root: str | os.PathLike, workers: Optional[int] = None,
     """Check every shard file against the index (size, then sha256); raise DatasetError
     naming the first bad shard. Call it after staging a packed dataset.
 
-    With `reuse`, a file whose size and mtime match an earlier successful check (recorded in
-    `.pack-verified.json`) is not hashed again: a re-staged cache whose shards the sync left
-    untouched verifies in milliseconds instead of re-reading every byte.
+    With `reuse`, a file whose size, mtime, ctime and inode match an earlier successful check
+    (recorded in `.pack-verified.json`) is not hashed again: a re-staged cache whose shards the
+    sync left untouched verifies in milliseconds instead of re-reading every byte, and bytes
+    changed in place are hashed again even when their size and mtime were put back.
     """
     from concurrent.futures import ThreadPoolExecutor
     index = read_index(root)
@@ -250,7 +251,9 @@ def verify_packed(root: str | os.PathLike, workers: Optional[int] = None,
         if stat.st_size != expected["size"]:
             return (f"shard {shard}: {expected['name']} has {stat.st_size} bytes, the index "
                     f"says {expected['size']}")
-        seen = [stat.st_size, stat.st_mtime_ns, expected["sha256"]]
+        # ctime and inode too: a write (or a replaced file) that restored size and mtime
+        # (os.utime) still moves the ctime, which no caller can set back
+        seen = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, expected["sha256"]]
         if known.get(expected["name"]) != seen:
             if sha256_file(path) != expected["sha256"]:
                 return f"shard {shard}: {expected['name']} fails its sha256 check (content differs)"

@@ -342,3 +342,33 @@ def test_a_class_name_with_a_newline_keeps_the_prediction_table_one_row_per_clas
     table = format_predictions([p])
     assert table.splitlines() == ["dir/a\\nb.jpg", "  1. cats\\nand dogs   75.00%",
                                   "  2. tab\\there        25.00%"]
+
+
+# --------------------------------------------------------------------------- 4. verified mark
+
+
+def test_a_staged_shard_damaged_in_place_with_size_and_mtime_restored_is_caught(packed_tiny, tmp_path):
+    """Bit rot (or a stray write) that keeps the size and puts the mtime back with os.utime:
+    the reuse record matched on size and mtime alone and trusted the shard."""
+    import os
+    import shutil
+
+    from core.packed import verify_packed
+    root = tmp_path / "staged"
+    shutil.copytree(packed_tiny, root)
+    assert verify_packed(root, reuse=True)["files"] > 0
+    shard = sorted(root.glob("train-*.mindrecord"))[0]
+    before = shard.stat()
+    with open(shard, "r+b") as fh:
+        fh.seek(before.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(before.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0x5A]))
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = shard.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(DatasetError, match=f"{shard.name} fails its sha256 check"):
+        verify_packed(root, reuse=True)
+    shutil.copyfile(packed_tiny / shard.name, shard)  # repaired: verifies again (and re-records)
+    verify_packed(root, reuse=True)
+    verify_packed(root, reuse=True)

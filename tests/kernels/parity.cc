@@ -13,7 +13,7 @@
 // or build the harness alone and load a built library with --lib PATH.
 //
 // Usage: parity [--small] [--rtol X] [--filter SUB[,SUB...]] [--lib PATH] [--inject] [--seed N]
-//               [--list-entries]
+//               [--front-guard] [--list-entries] [--guard-selftest]
 //   --small     a smaller set of shapes (still every entry point and every edge shape kind),
 //               for emulation
 //   --rtol      relative tolerance (default 1e-4): an element passes when
@@ -23,10 +23,14 @@
 //   --inject    self-test: corrupt one element (the last) of every output after the kernel ran,
 //               by 100x the tolerance; every case must then FAIL
 //   --filter    run only cases whose name contains one of the substrings
-// Every buffer handed to a kernel ends at an inaccessible guard page, so a read or write past
-// the end of an input or output crashes into a SIGSEGV handler that names the case.
+//   --front-guard  buffers start at their guard page instead (page-aligned), to catch accesses
+//               before the start
+//   --guard-selftest  read one float past a buffer (before it, with --front-guard): must crash
+// Every buffer handed to a kernel ends at an inaccessible guard page (or, --front-guard, starts
+// right after one), so a read or write past the end (or before the start) of an input or output
+// crashes into a SIGSEGV handler that names the case.
 // Exit status: 0 all passed, 1 a mismatch (or an entry point never called), 2 usage or
-// library error, 4 a kernel touched memory past a buffer.
+// library error, 4 a kernel touched memory outside a buffer.
 #include <dlfcn.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -68,7 +72,7 @@ const char *const kActSuffix[] = {"", "Relu", "Hswish"};
 
 // ---- options and bookkeeping ---------------------------------------------------------------
 struct Options {
-  bool small = false, inject = false;
+  bool small = false, inject = false, front_guard = false;
   double rtol = 1e-4;
   uint64_t seed = 12345;
   std::vector<std::string> filters;
@@ -84,7 +88,7 @@ void on_segv(int sig) {
   const char *a = "\nCRASH  ";
   const char *b = sig == SIGSEGV ? ": SIGSEGV" : ": SIGBUS";
   const char *c =
-      " - the kernel read or wrote past the end of a buffer (each ends at a guard page)\n";
+      " - the kernel read or wrote outside a buffer (past its end, or before its start with --front-guard)\n";
   ssize_t r = write(2, a, strlen(a));
   r = write(2, const_cast<const char *>(current_case), strlen(const_cast<const char *>(current_case)));
   r = write(2, b, strlen(b));
@@ -93,24 +97,26 @@ void on_segv(int sig) {
   _exit(4);
 }
 
-// ---- buffers that end at a guard page --------------------------------------------------------
+// ---- buffers between guard pages ------------------------------------------------------------
+// [guard page][body pages][guard page]; the data ends at the second guard (its start then only
+// 4-byte aligned in general) or, with --front-guard, starts right after the first.
 class Buf {
  public:
   explicit Buf(size_t bytes) : bytes_(bytes) {
     const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
     const size_t body = (std::max<size_t>(bytes, 1) + page - 1) / page * page;
-    len_ = body + page;
+    len_ = body + 2 * page;
     void *m = mmap(nullptr, len_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
       perror("mmap");
       std::exit(2);
     }
     base_ = static_cast<char *>(m);
-    if (mprotect(base_ + body, page, PROT_NONE) != 0) {
+    if (mprotect(base_, page, PROT_NONE) != 0 || mprotect(base_ + page + body, page, PROT_NONE) != 0) {
       perror("mprotect");
       std::exit(2);
     }
-    data_ = base_ + body - bytes;  // the last byte of data is the last before the guard
+    data_ = opt.front_guard ? base_ + page : base_ + page + body - bytes;
   }
   Buf(const Buf &) = delete;
   Buf &operator=(const Buf &) = delete;
@@ -993,14 +999,14 @@ const char *isa_name() {
 int usage() {
   std::fprintf(stderr,
                "usage: parity [--small] [--rtol X] [--filter SUB[,SUB...]] [--lib PATH] [--inject] [--seed N] "
-               "[--list-entries]\n");
+               "[--front-guard] [--list-entries] [--guard-selftest]\n");
   return 2;
 }
 
 }  // namespace
 
 int main(int argc, char **argv) {
-  bool list = false;
+  bool list = false, guard_selftest = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> std::string {
@@ -1009,6 +1015,8 @@ int main(int argc, char **argv) {
     };
     if (a == "--small") opt.small = true;
     else if (a == "--inject") opt.inject = true;
+    else if (a == "--front-guard") opt.front_guard = true;
+    else if (a == "--guard-selftest") guard_selftest = true;
     else if (a == "--rtol") opt.rtol = std::atof(value().c_str());
     else if (a == "--seed") opt.seed = std::strtoull(value().c_str(), nullptr, 10);
     else if (a == "--lib") opt.lib = value();
@@ -1053,9 +1061,17 @@ int main(int argc, char **argv) {
     std::printf("parity: kernels linked in, compiled for %s", isa_name());
   else
     std::printf("parity: kernels from %s (harness compiled for %s)", opt.lib.c_str(), isa_name());
-  std::printf(", rtol %g%s%s\n", opt.rtol, opt.small ? ", small shapes" : "",
+  std::printf(", rtol %g%s%s%s\n", opt.rtol, opt.small ? ", small shapes" : "",
+              opt.front_guard ? ", guard pages before the buffers" : "",
               opt.inject ? ", INJECTING one wrong element per output (self-test)" : "");
   std::fflush(stdout);
+  if (guard_selftest) {  // the guard pages work: this read must land in on_segv (exit 4)
+    current_case = "guard self-test";
+    T t({3});
+    volatile float v = opt.front_guard ? t.f()[-1] : t.f()[3];
+    std::printf("guard self-test: read %g outside the buffer without a fault\n", static_cast<double>(v));
+    return 1;
+  }
   const auto t0 = std::chrono::steady_clock::now();
   all_cases();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

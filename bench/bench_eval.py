@@ -68,6 +68,7 @@ def project_side(root: str, batch: int, decoder: str, workers: int) -> dict:
                              "data.batch_size": batch, "data.workers": workers,
                              "data.decoder": decoder, "system.device_target": "CPU"})
     configure(cfg.system)
+    common.apply_isa()
     val = open_dataset(root).split(cfg.data.val_dir)
     ms.set_seed(1)
     net = build_model(cfg.model.arch, len(val.classes), cfg.model.width_mult, cfg.model.dropout,
@@ -159,10 +160,12 @@ def main():
     p.add_argument("--quick", action="store_true", help="320 images, 1 run")
     p.add_argument("--project-side", help=argparse.SUPPRESS)
     p.add_argument("--decoder", default="auto", help=argparse.SUPPRESS)
+    common.add_isa_argument(p)
     args = p.parse_args()
     if args.project_side:
         print(json.dumps(project_side(args.project_side, args.batch, args.decoder, args.workers)))
         return
+    common.set_isa(args.isa)
     if args.quick:
         args.images, args.repeat = 320, 1
     root = eval_folder(args.images)

@@ -80,7 +80,9 @@ def main():
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--quick", action="store_true")
+    common.add_isa_argument(p)
     args = p.parse_args()
+    common.set_isa(args.isa)
     if args.quick:
         args.steps, args.warmup, args.repeat = 4, 1, 1
     peers = common.need_peers()

@@ -152,7 +152,9 @@ def main():
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--sides", default=",".join(MS_SIDES))
     p.add_argument("--quick", action="store_true")
+    common.add_isa_argument(p)
     args = p.parse_args()
+    common.set_isa(args.isa)
     if args.quick:
         args.steps, args.warmup, args.repeat = 3, 1, 1
     sides = tuple(s for s in args.sides.split(",") if s)

@@ -49,7 +49,8 @@ def project_e2e(root: Path, warmup: int, steps: int, interval: int) -> dict:
            "--dataset_path", str(root), "--output_dir", str(out / "run"),
            f"data.image_size={SIZE}", f"data.batch_size={BATCH}", "train.epochs=10",
            f"train.max_steps={warmup + steps}", f"train.log_interval={interval}",
-           "train.eval_at_end=false", "checkpoint.interval_epochs=0", "system.device_target=CPU"]
+           "train.eval_at_end=false", "checkpoint.interval_epochs=0", "system.device_target=CPU",
+           f"system.kernel_isa={os.environ.get(common.ISA_ENV, 'auto')}"]
     try:
         started = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, cwd=common.ROOT,
@@ -183,10 +184,12 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--torch-side", metavar="ROOT", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    common.add_isa_argument(p)
     args = p.parse_args()
     if args.torch_side:
         print(json.dumps(torch_side(args.torch_side, args.workers, args.warmup, args.steps)))
         return
+    common.set_isa(args.isa)
     if args.quick:
         args.steps, args.repeat, args.torch_workers, args.step_alone_steps = 20, 1, "1,2", 5
     if args.warmup % args.interval or args.steps % args.interval:

@@ -77,8 +77,48 @@ def peer_versions() -> dict:
     return _peer_versions
 
 
+# The instruction-set build of the project's CPU operators the benchmark's project sides run:
+# `--isa avx2` on an AVX-512 host reproduces what an AVX2 host runs. Children read it from
+# this variable (ms_models.py, bench_eval's project side) or get system.kernel_isa (local.py).
+ISA_ENV = "MNV3_BENCH_KERNEL_ISA"
+
+
+def add_isa_argument(parser) -> None:
+    parser.add_argument("--isa", default="auto", choices=("auto", "avx512", "avx2", "baseline", "neon"),
+                        help="instruction-set build of the project's CPU operators (default: the "
+                             "best this CPU executes); avx2 or baseline reproduce those hosts")
+
+
+def set_isa(isa: str) -> str:
+    """Force the project's sides onto build `isa` (checked here: one line if this CPU cannot run
+    it); returns the build they run. Printed with the CPU at the start of every benchmark."""
+    from core import native
+    variants = native.host_variants()
+    if isa != "auto" and isa not in variants:
+        raise SystemExit(f"error: --isa {isa}: this CPU ({cpu_model()}) executes {', '.join(variants)}")
+    os.environ[ISA_ENV] = isa
+    used = variants[0] if isa == "auto" else isa
+    print(f"host: {cpu_model()} ({cpu_flags() or 'no AVX2'}), {os.cpu_count()} cores; "
+          f"project CPU operators: {used} build", file=sys.stderr)
+    return used
+
+
+def apply_isa() -> None:
+    """In a child process, before its model is built: the build the parent chose."""
+    isa = os.environ.get(ISA_ENV, "auto")
+    if isa != "auto":
+        from core import fast_conv
+        fast_conv.select_variant(isa)
+
+
+def kernel_isa() -> str:
+    from core import native
+    isa = os.environ.get(ISA_ENV, "auto")
+    return native.host_variants()[0] if isa == "auto" else isa
+
+
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "kernel_isa": kernel_isa(), "cores": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "platform": platform.platform(), "versions": versions(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}
@@ -127,6 +167,12 @@ def run_peer(script: str, args: list[str], timeout: int = 1800, env: dict | None
 
 
 def write_result(name: str, result: dict) -> Path:
+    """bench/results/<name>.json; a run forced onto a narrower build than the host's best
+    (--isa avx2) writes <name>-<isa>.json beside it."""
+    from core import native
+    if kernel_isa() != native.host_variants()[0]:
+        name = f"{name}-{kernel_isa()}"
+        result = dict(result, command=result.get("command", "") + f" --isa {kernel_isa()}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = dict(result, machine=machine())
     path = RESULTS / f"{name}.json"

@@ -33,6 +33,9 @@ def setup(args):
     import mindspore as ms
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common
+    common.apply_isa()  # bench --isa: the project's operators on that instruction-set build
     if args.threads:
         ms.set_context(runtime_num_threads=args.threads)
     if args.inter_op:

@@ -76,7 +76,7 @@ else
     for spec in $(variants); do
         lib=$HERE/libmnv3_depthwise.${spec%%:*}.so
         # shellcheck disable=SC2086  # one flag or none
-        fresh "$lib" "$HERE/depthwise_conv.cc" || compile "$lib" "$HERE/depthwise_conv.cc" -fopenmp ${spec#*:} || :
+        fresh "$lib" "$HERE/depthwise_conv.cc" || compile "$lib" "$HERE/depthwise_conv.cc" -fopenmp -Wno-psabi ${spec#*:} || :
     done
 fi
 

@@ -479,10 +479,17 @@ bool same_shape4(const int64_t *a, const int64_t *b) {
 // ---- 1x1 convolutions and the classifier as GEMMs (inference; see core/fuse.py) ----------
 // MindSpore hands oneDNN plain NCHW tensors and oneDNN's 1x1 path for them (jit_uni_ncsp with
 // a matmul per image) runs 3-5x slower than onnxruntime's. Per image a 1x1 conv is
-// Y[M][HW] = W[M][K] X[K][HW]: tiles of PW_MR output channels x 32 pixels accumulate in
+// Y[M][HW] = W[M][K] X[K][HW]: tiles of PW_MR output channels x two vectors of pixels accumulate in
 // registers over all K (weights packed [M/PW_MR][K][PW_MR], broadcast one scalar at a time),
 // then bias, activation and the residual are applied as the tile is stored.
+// Output channels per GEMM tile: a tile keeps PW_MR x 2 vectors of accumulators in registers.
+// AVX2's 16 ymm registers hold 6 x 2 and the broadcast (8 x 2 spilled four accumulators to the
+// stack); AVX-512 and NEON have 32 registers.
+#if defined(__AVX__) && !defined(__AVX512F__)
+constexpr int64_t PW_MR = 6;
+#else
 constexpr int64_t PW_MR = 8;
+#endif
 // Floats per vector of the GEMM and the plane loops: the target's own register width (one zmm,
 // ymm, xmm or NEON register). A wider generic vector than the target has is lowered piecewise,
 // and GCC scalarises its comparisons and selects (the activations): the AVX2 build of a
@@ -686,7 +693,7 @@ void linear_all(const float *x, const float *w, const float *b, int act, float *
 // weight packed transposed for dX). The weight gradient dW[M][K] = sum_n dY[n] X[n]^T reduces
 // over images and pixels: per block of PW_PB pixels, dY's rows are packed into panels
 // [M/PW_MR][pixels][PW_MR] and X's block transposed to [pixels][K'] (K' = K rounded up to a
-// vector), then tiles of PW_MR x 32 accumulate in float registers over the block's pixels and
+// vector), then tiles of PW_MR x two vectors accumulate in float registers over the block's pixels and
 // are added into one double accumulator per thread (ThreadSums: deterministic for a given
 // thread count, and as accurate as the reference over N * H * W terms).
 constexpr int64_t PW_PB = 256;  // pixels per block of the weight gradient

@@ -86,6 +86,8 @@ class S3Connection:
     endpoint: str
     region: str
     credential_source: str
+    stall_timeout_s: float = 120.0
+    max_attempts: int = 5
 
     def describe(self, bucket: str, key: str = "") -> str:
         where = f"{self.scheme}://{bucket}/{key}" if key else f"{self.scheme}://{bucket}"
@@ -219,8 +221,8 @@ def connect(url: StorageURL, settings: StorageSettings | Mapping | None = None) 
         # A batch runs up to ``workers`` small GETs plus ``workers`` manager
         # threads on this client; a smaller pool would drop and reopen connections.
         max_pool_connections=2 * settings.workers + 4,
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=settings.read_timeout_s,
+        connect_timeout=min(settings.connect_timeout_s, settings.attempt_timeout_s),
+        read_timeout=settings.attempt_timeout_s,  # bounded by storage.stall_timeout_s
         tcp_keepalive=True,
         # Our calls are fixed in code; validating each against the model costs
         # a few percent of a small GetObject's client CPU, per file staged.
@@ -235,9 +237,34 @@ def connect(url: StorageURL, settings: StorageSettings | Mapping | None = None) 
             aws_secret_access_key=creds.secret_access_key,
             aws_session_token=creds.session_token)
     shown = endpoint or client.meta.endpoint_url
+    client.meta.events.register("needs-retry.s3", StallReporter(shown, settings))
     log.debug("S3 client for %s: endpoint %s, region %s, addressing %s, credentials from %s",
               url, shown, region, style, creds.source)
-    return S3Connection(client, url.scheme, shown, region, creds.source)
+    return S3Connection(client, url.scheme, shown, region, creds.source, settings.stall_timeout_s,
+                        settings.max_attempts)
+
+
+class StallReporter:
+    """botocore `needs-retry` handler: an attempt that got no answer (timeout, connection
+    lost) is a warning line while the request waits, so a stalled store shows up at once and
+    every storage.stall_timeout_s / max_attempts seconds, not after minutes of silence. It
+    never decides the retry (returns None)."""
+
+    def __init__(self, endpoint: str, settings: StorageSettings):
+        self.endpoint, self.settings = endpoint, settings
+
+    def __call__(self, attempts=None, caught_exception=None, operation=None, **_):
+        if caught_exception is None or not isinstance(
+                caught_exception, (ReadTimeoutError, ConnectTimeoutError, EndpointConnectionError,
+                                   ConnectionError, BotoCoreError)):
+            return None
+        s = self.settings
+        name = getattr(operation, "name", "request")
+        log.warning("%s: no answer from %s for %.0f s (%s, attempt %s of %s): the store is stalled "
+                    "or unreachable; giving up after about %.0f s (storage.stall_timeout_s)",
+                    name, self.endpoint, s.attempt_timeout_s, type(caught_exception).__name__,
+                    attempts, s.max_attempts, s.stall_timeout_s)
+        return None
 
 
 _BAD_CREDENTIALS = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -283,7 +310,10 @@ def explain(exc: BaseException, conn: S3Connection, bucket: str, key: str = "") 
                             f"retries: check the endpoint (settings, S3_ENDPOINT, OBS_ENDPOINT) "
                             f"and the network")
     if isinstance(exc, ReadTimeoutError):
-        return StorageError(f"{where}: the endpoint stopped answering (read timeout) after retries")
+        return StorageError(f"{where}: the store stopped answering (no data for "
+                            f"{conn.stall_timeout_s:.0f} s over {conn.max_attempts} attempts; "
+                            f"storage.stall_timeout_s): check that the store is up and reachable, "
+                            f"then run again")
     if isinstance(exc, BotoCoreError):
         return StorageError(f"{where}: {' '.join(str(exc).split())}")
     return StorageError(f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}")

@@ -282,12 +282,13 @@ class LeanS3:
             return sock, False
         self._drop_connection()
         s = self._settings
-        sock = socket.create_connection((self._host, self._port), timeout=s.connect_timeout_s)
+        sock = socket.create_connection((self._host, self._port),
+                                        timeout=min(s.connect_timeout_s, s.attempt_timeout_s))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._ssl is not None:
                 sock = self._ssl.wrap_socket(sock, server_hostname=self._host)
-            sock.settimeout(s.read_timeout_s)
+            sock.settimeout(s.attempt_timeout_s)  # bounded by storage.stall_timeout_s
         except BaseException:
             sock.close()
             raise

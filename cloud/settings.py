@@ -45,6 +45,11 @@ class StorageSettings:
                         behind a proxy) or "boto3" (every request through botocore).
                         Multipart objects always go through boto3's transfer manager.
     progress_interval_s seconds between progress lines of a sync.
+    stall_timeout_s     a store that sends nothing (stopped, hung, a dead link) is given up on
+                        after about this long, with one error line; each request attempt
+                        waits at most stall_timeout_s / max_attempts for a byte (never more
+                        than read_timeout_s), and every attempt that got nothing is a
+                        warning line meanwhile.
     upload_retries, upload_retry_delay_s
                         a checkpoint upload that failed (after botocore's attempts) is
                         tried again this many times, after the delay, 3x and 9x it,
@@ -72,6 +77,7 @@ class StorageSettings:
     progress_interval_s: float = 10.0
     upload_retries: int = 3
     upload_retry_delay_s: float = 10.0
+    stall_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.retry_mode not in ("standard", "adaptive", "legacy"):
@@ -85,10 +91,20 @@ class StorageSettings:
             raise ValueError("storage workers and max_attempts must be at least 1")
         if int(self.upload_retries) < 0 or float(self.upload_retry_delay_s) < 0:
             raise ValueError("storage upload_retries and upload_retry_delay_s must not be negative")
+        if float(self.stall_timeout_s) <= 0:
+            raise ValueError("storage stall_timeout_s must be greater than 0")
+        self.stall_timeout_s = float(self.stall_timeout_s)
         self.upload_retries = int(self.upload_retries)
         self.upload_retry_delay_s = float(self.upload_retry_delay_s)
         self.workers = int(self.workers)
         self.max_attempts = int(self.max_attempts)
+
+    @property
+    def attempt_timeout_s(self) -> float:
+        """Seconds one request attempt may wait without a byte (connect, or a read): the
+        stall timeout shared by the attempts, so a store that stops answering fails within
+        about stall_timeout_s (plus backoff), not read_timeout_s x max_attempts."""
+        return max(1.0, min(float(self.read_timeout_s), self.stall_timeout_s / self.max_attempts))
 
     @property
     def multipart_threshold(self) -> int:

@@ -428,6 +428,9 @@ class S3Storage(Storage):
             io_chunksize=s.io_chunksize_kb * 1024,
             use_threads=True,
             preferred_transfer_client="classic",
+            # each attempt is already bounded by stall_timeout_s (botocore attempts); a second
+            # covers a body cut mid-stream, more would multiply a stalled store's wait
+            num_download_attempts=2,
         )
 
     def batch(self, workers: int | None = None) -> TransferBatch:
@@ -539,6 +542,10 @@ class _S3Batch(TransferBatch):
             os.replace(tmp, local_path)
         except (*STREAMING_ERRORS, LeanStreamBroken) as exc:
             _remove_quietly(tmp)
+            if _is_timeout(exc):  # the store went silent: botocore's attempts spent the stall
+                if on_done:       # budget already (storage.stall_timeout_s); no third round
+                    on_done(storage._explain(exc, key))
+                return
             log.info("stream of %s broke (%s); retrying through the transfer manager",
                      storage.describe(key), type(exc).__name__)
             self._managed_download(key, local_path, on_bytes, on_done)
@@ -708,6 +715,11 @@ def open_storage(url: str | os.PathLike | StorageURL,
 
 _MISSING = ("404", "NoSuchKey", "NotFound")
 _CONFLICT = ("412", "PreconditionFailed", "409", "ConditionalRequestConflict")
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    from botocore.exceptions import ReadTimeoutError
+    return isinstance(exc, (ReadTimeoutError, TimeoutError))
 
 
 def s3_error_code(exc: StorageError) -> str | None:

@@ -22,7 +22,7 @@ import pytest
 from core.config import ConfigError, load_config
 from core.pipeline import DatasetError
 from tests.core_fixtures import tiny_config
-from tests.fault_tools import REPO, base_env, one_line_error
+from tests.fault_tools import REPO, base_env, one_line_error, private_s3  # noqa: F401 - a fixture
 
 LIMIT = 100_000_000
 TOO_LARGE = f"too large: 20000 x 20000 pixels, over the limit {LIMIT}; raise data.max_image_pixels"
@@ -372,3 +372,153 @@ def test_a_staged_shard_damaged_in_place_with_size_and_mtime_restored_is_caught(
     shutil.copyfile(packed_tiny / shard.name, shard)  # repaired: verifies again (and re-records)
     verify_packed(root, reuse=True)
     verify_packed(root, reuse=True)
+
+
+# --------------------------------------------------------------------------- 3. a stalled store
+
+
+def _stopped(server):
+    """SIGSTOP the SeaweedFS process group (a hung store: connections are accepted by the
+    kernel, nothing answers); always SIGCONT on the way out."""
+    import contextlib
+    import os
+    import signal
+
+    @contextlib.contextmanager
+    def stopped():
+        os.killpg(server.process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.killpg(server.process.pid, signal.SIGCONT)
+    return stopped()
+
+
+STALLED = "the store stopped answering (no data for 2 s over 2 attempts; storage.stall_timeout_s)"
+
+
+def test_a_stalled_store_warns_and_gives_up_after_the_stall_timeout(private_s3, tmp_path, caplog):
+    """Reads, staging (listing, small objects through the lean path, a multipart object through
+    boto3's transfer manager) and uploads against a SIGSTOPped SeaweedFS: a warning line per
+    attempt that got nothing, then one StorageError within about storage.stall_timeout_s
+    (was: silence for read_timeout_s x max_attempts, 5 minutes by default)."""
+    import os
+    import time
+
+    from cloud.errors import StorageError
+    from cloud.storage import open_storage
+    from cloud.sync import download_tree
+    server = private_s3()
+    bucket = server.make_bucket()
+    storage = open_storage(f"s3://{bucket}/d", server.settings(stall_timeout_s=2, max_attempts=2,
+                                                               multipart_threshold_mb=1))
+    for i in range(3):
+        storage.write_bytes(f"small/f{i}.bin", os.urandom(1000))
+    storage.write_bytes("big.bin", os.urandom(3 << 20))
+    local = tmp_path / "ckpt.bin"
+    local.write_bytes(os.urandom(2000))
+
+    def small_batch():
+        errors = []
+        with storage.batch() as batch:
+            for i in range(3):
+                batch.download(f"small/f{i}.bin", str(tmp_path / f"g{i}"), size=1000,
+                               on_done=errors.append)
+        if any(errors):
+            raise next(e for e in errors if e)
+
+    operations = {"read": lambda: storage.read_bytes("small/f0.bin"),
+                  "staging": lambda: download_tree(storage, "", str(tmp_path / "staged")),
+                  "small objects": small_batch,
+                  "multipart": lambda: storage.download_file("big.bin", str(tmp_path / "big")),
+                  "upload": lambda: storage.upload_file(str(local), "checkpoints/c.ckpt")}
+    with _stopped(server), caplog.at_level("WARNING"):
+        for name, operation in operations.items():
+            caplog.clear()
+            started = time.monotonic()
+            with pytest.raises(StorageError) as caught:
+                operation()
+            took = time.monotonic() - started
+            assert STALLED in str(caught.value), (name, str(caught.value))
+            assert took < 2 * 2 + 5, (name, took)  # two transfer attempts of 2 s, plus backoff
+            warned = [r.getMessage() for r in caplog.records if "no answer from" in r.getMessage()]
+            assert warned and "giving up after about 2 s (storage.stall_timeout_s)" in warned[0], name
+    assert storage.read_bytes("small/f0.bin")  # back after SIGCONT
+
+
+def test_resume_auto_from_a_stalled_store_is_one_error_line(private_s3, tmp_path):
+    import time
+    server = private_s3()
+    bucket = server.make_bucket()
+    server.client().put_object(Bucket=bucket, Key="run/checkpoints/latest.json", Body=b"{}")
+    env = base_env(MNV3_CACHE_DIR=tmp_path / "cache", AWS_EC2_METADATA_DISABLED="true", **server.env())
+    argv = [sys.executable, str(REPO / "launcher" / "local.py"), "train", "--output_dir",
+            f"s3://{bucket}/run", "--resume", "auto", "--device_target", "CPU",
+            "storage.stall_timeout_s=2", "storage.max_attempts=2"]
+    with _stopped(server):
+        started = time.monotonic()
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=240)
+        took = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = one_line_error(result.stderr)
+    assert line.startswith("error: ") and STALLED in line, line
+    assert "no answer from" in result.stdout + result.stderr
+    assert took < 60, took
+    assert server.env()["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+
+# --------------------------------------------------------------------------- lease after a stop
+
+
+def test_a_writer_stopped_past_its_lease_uploads_nothing_when_it_continues(private_s3, tmp_path):
+    """The writer is SIGSTOPped past its lease; another run takes the output over and writes
+    its manifest; SIGCONT: the old writer's next checkpoint, manifest and run-directory publish
+    all stay off the store."""
+    import os
+    import signal
+    import time
+
+    from cloud.checkpoint_store import CheckpointUploader, read_manifest
+    from cloud.lease import Lease
+    from cloud.storage import open_storage
+    server = private_s3()
+    bucket = server.make_bucket()
+    url = f"s3://{bucket}/out"
+    run = tmp_path / "old-run"
+    run.mkdir()
+    writer = subprocess.Popen([sys.executable, str(REPO / "tests" / "lease_writer.py"), url, str(run), "2"],
+                              env=base_env(**server.env()), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "ready").exists():
+            assert writer.poll() is None and time.monotonic() < deadline, writer.communicate()
+            time.sleep(0.05)
+        storage = open_storage(url, server.settings())
+        os.kill(writer.pid, signal.SIGSTOP)
+        try:
+            time.sleep(3.0)  # past the 2 s lease
+            lease = Lease(storage, "job-new", ttl_s=60, wait_s=10).acquire()
+            mine = tmp_path / "m-e0001-s00000002.ckpt"
+            mine.write_bytes(os.urandom(1000))
+            uploader = CheckpointUploader(storage, "checkpoints", keep=3, retries=0, lease=lease)
+            uploader.submit(str(mine), {"epoch": 1, "step": 2})
+            assert uploader.close(60).ok
+        finally:
+            os.kill(writer.pid, signal.SIGCONT)
+        (run / "go").write_text("")
+        out, err = writer.communicate(timeout=120)
+    finally:
+        if writer.poll() is None:
+            os.kill(writer.pid, signal.SIGKILL)
+            writer.wait()
+    assert writer.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["failed"] and "no longer owns" in result["failed"][0], result
+    assert result["publish_error"] and "not published" in result["publish_error"], result
+    keys = sorted(o.key.split("/out/", 1)[-1] if "/out/" in o.key else o.key for o in storage.list(""))
+    assert not any("s00000003" in k for k in keys), keys
+    assert "train.log" not in keys and "ready" not in keys, keys
+    assert read_manifest(storage, "checkpoints")["step"] == 2
+    lease.release()

@@ -39,6 +39,7 @@ demo-cloud: venv
 TEST_WORKERS ?= 2
 test: export MNV3_REQUIRE_KERNELS = 1
 test: venv
+	@sh tests/kernels/install_cross.sh
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean-demo:

@@ -25,13 +25,8 @@ if str(ROOT) not in sys.path:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    from core import native
+    return native.cpu_model()
 
 
 def cpu_flags() -> str:

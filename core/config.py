@@ -144,6 +144,14 @@ class SystemConfig:
                                      "squeeze-excite, pooling and the batch's normalisation: "
                                      "auto = the project's CPU operators on CPU when built "
                                      "(make kernels), else MindSpore's own ops")
+    kernel_isa: str = _spec("auto", choices=("auto", "avx512", "avx2", "baseline", "neon", "generic"),
+                            help="instruction-set build of the project's CPU operators: auto = the "
+                                 "best this CPU executes; avx2/baseline on an AVX-512 host reproduce "
+                                 "what those hosts run (make kernels builds every x86-64 variant)")
+    kernel_choice_cache: str = _spec("~/.cache/mnv3-runner/kernel_choice.json",
+                                     help="where depthwise_impl=auto keeps which CPU operators won "
+                                          "on this host (measured once per CPU, build and thread "
+                                          "count, ~10 s); empty = measure every run")
     cpu_threads: Optional[int] = _spec(None, minimum=1,
                                        help="threads of MindSpore's CPU kernels (null = its default); "
                                             "1 makes CPU runs, resumed ones too, bit-for-bit repeatable")

@@ -45,6 +45,10 @@ ENTRY_POINTS = ("DepthwiseFwd", "DepthwiseBwdInput", "DepthwiseBwdWeight", "Poin
                 "PointwiseBwdInput", "PointwiseBwdWeight")
 
 _selected: Optional[str] = None  # system.kernel_isa once configured; None = auto
+# Operator families (core.kernel_choice measures each on the host) and those for which
+# `auto` runs MindSpore's own operator because the custom one measured slower here.
+FAMILIES = ("kxk", "pointwise", "bn_act", "pool_scale", "normalize", "fused")
+_native_families: frozenset = frozenset()
 _loads: dict = {}  # variant -> whether its library loads
 
 
@@ -115,8 +119,18 @@ def current_target() -> str:
         return "CPU"
 
 
-def use_custom(impl: str) -> bool:
-    """Decide for one model build."""
+def prefer_native(families) -> None:
+    """`auto` builds these families with MindSpore's operators from now on (the kernel choice
+    of core.kernel_choice; `custom` still forces the project's)."""
+    global _native_families
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown operator families {sorted(unknown)}")
+    _native_families = frozenset(families)
+
+
+def use_custom(impl: str, family: Optional[str] = None) -> bool:
+    """Decide for one cell of `family` (None: any) in one model build."""
     if impl not in IMPLS:
         raise ConfigError(f"system.depthwise_impl must be one of {', '.join(IMPLS)}, got {impl!r}")
     if impl == "native":
@@ -129,7 +143,7 @@ def use_custom(impl: str) -> bool:
             raise ConfigError(f"system.depthwise_impl=custom but {library_file()} is not built; run "
                               f"'make kernels' (needs g++) or set system.depthwise_impl=native")
         return True
-    return on_cpu and available()
+    return on_cpu and available() and family not in _native_families
 
 
 def _out_extent(size: int, kernel: int, stride: int) -> int:
@@ -279,9 +293,9 @@ def conv2d(in_channels: int, out_channels: int, kernel: int, stride: int, group:
         return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, pad_mode="same",
                          group=group, has_bias=False, weight_init=weight_init)
     if (kernel > 1 and in_channels // group <= MAX_CHANNELS_PER_GROUP and kernel % 2 == 1
-            and use_custom(impl)):
+            and use_custom(impl, "kxk")):
         return FastConv2d(in_channels, out_channels, kernel, stride, group, weight_init)
-    if kernel == 1 and stride == 1 and group == 1 and use_custom(impl):
+    if kernel == 1 and stride == 1 and group == 1 and use_custom(impl, "pointwise"):
         return FastPointwise2d(in_channels, out_channels, weight_init)
     return nn.Conv2d(in_channels, out_channels, kernel, stride=stride, pad_mode="pad",
                      padding=(kernel - 1) // 2, group=group, has_bias=False,
@@ -342,7 +356,7 @@ class ConvBNAct(nn.SequentialCell):
 def conv_bn_act_cell(layers: list, act: Optional[str], impl: str = "auto") -> nn.SequentialCell:
     """ConvBNAct when the custom operators are in use for `impl` (see use_custom), else the
     plain nn.SequentialCell; same cells and parameters either way."""
-    if use_custom(impl) and act in ACT_SUFFIX:
+    if use_custom(impl, "bn_act") and act in ACT_SUFFIX:
         return ConvBNAct(layers, act)
     return nn.SequentialCell(layers)
 
@@ -402,12 +416,12 @@ class FastScaleChannels(ScaleChannels):
 
 def global_avg_pool(keep_dims: bool = False, impl: str = "auto") -> GlobalAvgPool:
     """FastGlobalAvgPool when the custom operators are in use for `impl`, else GlobalAvgPool."""
-    return FastGlobalAvgPool(keep_dims) if use_custom(impl) else GlobalAvgPool(keep_dims)
+    return FastGlobalAvgPool(keep_dims) if use_custom(impl, "pool_scale") else GlobalAvgPool(keep_dims)
 
 
 def scale_channels(impl: str = "auto") -> ScaleChannels:
     """FastScaleChannels when the custom operators are in use for `impl`, else ScaleChannels."""
-    return FastScaleChannels() if use_custom(impl) else ScaleChannels()
+    return FastScaleChannels() if use_custom(impl, "pool_scale") else ScaleChannels()
 
 
 # ---- The training batch's normalisation --------------------------------------------------
@@ -443,4 +457,4 @@ class FastNormalizeImage(NormalizeImage):
 
 def normalize_image(mean, std, impl: str = "auto") -> NormalizeImage:
     """FastNormalizeImage when the custom operators are in use for `impl`, else NormalizeImage."""
-    return FastNormalizeImage(mean, std) if use_custom(impl) else NormalizeImage(mean, std)
+    return FastNormalizeImage(mean, std) if use_custom(impl, "normalize") else NormalizeImage(mean, std)

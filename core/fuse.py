@@ -267,7 +267,7 @@ def fuse_for_inference(net: nn.Cell, impl: str = "auto") -> nn.Cell:
     `net` is not the project's MobileNetV3Small. `net` is left as it was.
     """
     net.set_train(False)
-    if type(net) is not MobileNetV3Small or not fast_conv.use_custom(impl):
+    if type(net) is not MobileNetV3Small or not fast_conv.use_custom(impl, "fused"):
         return net
     units = list(net.features)
     fused = [_fuse_unit(unit, f"features.{i}") for i, unit in enumerate(units)]

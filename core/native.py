@@ -40,14 +40,19 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set:
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (what benchmarks and the kernel choice record), else the machine."""
+    """The CPU's model name with its x86 family and model numbers (a virtual machine may call
+    two generations "AMD EPYC"), what benchmarks and the kernel choice record; else the machine."""
+    fields = {}
     try:
         for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.startswith(("model name", "Model name", "cpu model")):
-                return line.split(":", 1)[1].strip()
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or machine()
+    name = fields.get("model name") or fields.get("Model name") or platform.processor() or machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
 
 
 def host_variants(flags: Optional[set] = None) -> tuple:

@@ -7,7 +7,7 @@ import pytest
 
 from core import fast_conv
 from core import model as core_model
-from bench.grad_cell import Grad
+from core.kernel_choice import Grad
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 

@@ -41,9 +41,9 @@ def test_the_host_detection_reads_the_cpu_flags(tmp_path):
         == ("avx512", "avx2", "baseline")
     assert native.host_variants({"sse2"}) == ("baseline",)
     cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n")
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n")
     assert native.cpu_flags(cpuinfo) == {"fpu", "avx2", "fma"}
-    assert native.cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    assert native.cpu_model(cpuinfo) == "AMD EPYC 7B13 (family 25, model 1)"
 
 
 def test_a_variant_the_cpu_cannot_execute_is_one_clear_error(monkeypatch):

@@ -127,6 +127,32 @@ class StorageSettings:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(StorageSettings)}
+_INTS = ("max_attempts", "workers", "io_chunksize_kb", "upload_retries")
+_FLOATS = ("connect_timeout_s", "read_timeout_s", "multipart_threshold_mb", "multipart_chunksize_mb",
+           "progress_interval_s", "upload_retry_delay_s", "stall_timeout_s")
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A config value checked against its field's type (ints and floats as YAML or the command
+    line give them; "4x" for workers is named as the key it was given for)."""
+    expected = "int" if name in _INTS else "number" if name in _FLOATS else None
+    if name == "verify_ssl":
+        if not isinstance(value, (bool, str)):
+            raise ValueError(f"config key 'storage.verify_ssl' expects true, false or a CA bundle "
+                             f"path, got {type(value).__name__} {value!r}")
+        return value
+    if expected is None:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # a region or profile that YAML read as a number
+        if not isinstance(value, str):
+            raise ValueError(f"config key 'storage.{name}' expects a string, got "
+                             f"{type(value).__name__} {value!r}")
+        return value
+    ok = (isinstance(value, int) if expected == "int" else isinstance(value, (int, float)))
+    if isinstance(value, bool) or not ok:
+        raise ValueError(f"config key 'storage.{name}' expects {expected}, got "
+                         f"{type(value).__name__} {value!r}")
+    return value
 
 
 def to_settings(value: "StorageSettings | Mapping[str, Any] | Any | None" = None,
@@ -144,7 +170,7 @@ def to_settings(value: "StorageSettings | Mapping[str, Any] | Any | None" = None
         unknown = sorted(set(value) - _FIELDS)
         if unknown:
             raise ValueError(f"unknown storage settings {unknown}; known: {sorted(_FIELDS)}")
-        base = StorageSettings(**{k: v for k, v in value.items() if v is not None})
+        base = StorageSettings(**{k: _typed(k, v) for k, v in value.items() if v is not None})
     else:
         base = StorageSettings(**{name: getattr(value, name) for name in _FIELDS
                                   if getattr(value, name, None) is not None})

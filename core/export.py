@@ -63,5 +63,6 @@ def export_model(net, cfg, out_dir: str | os.PathLike, classes, target: str,
         raise ExportError(f"MindSpore did not write {target_file}")
     (out_dir / "classes.json").write_text(json.dumps(list(classes), indent=1))
     card = model_card(cfg, classes, eval_result, target_file.name, weights)
-    (out_dir / f"{cfg.export.file_name}.card.json").write_text(json.dumps(card, indent=2))
+    # each graph has its own card (an ONNX export beside a MINDIR must not replace the MINDIR's)
+    (out_dir / f"{target_file.name}.card.json").write_text(json.dumps(card, indent=2))
     return target_file

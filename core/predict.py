@@ -92,7 +92,8 @@ class Predictor:
             if n < self.batch_size:
                 pad = np.zeros((self.batch_size - n,) + chunk.shape[1:], chunk.dtype)
                 chunk = np.concatenate([chunk, pad])
-            out.append(self.forward(ms.Tensor.from_numpy(np.ascontiguousarray(chunk))).asnumpy()[:n])
+            result = self.forward(ms.Tensor.from_numpy(np.ascontiguousarray(chunk)))
+            out.append(np.asarray(result.asnumpy() if hasattr(result, "asnumpy") else result)[:n])
         logits = np.concatenate(out).astype(np.float32)
         if logits.shape[1] != len(self.class_names):
             raise DatasetError(f"the model gives {logits.shape[1]} scores but there are "
@@ -114,9 +115,19 @@ def from_network(net, class_names: Sequence[str], data_cfg, batch_size: int = CH
 
 
 def card_path(graph: str | Path) -> Path:
-    """export writes `<file_name>.mindir` and `<file_name>.card.json` side by side."""
+    """export writes each graph's own card beside it: `<file_name>.mindir` and
+    `<file_name>.mindir.card.json`, `<file_name>.onnx` and `<file_name>.onnx.card.json`. An
+    export made before that has one `<file_name>.card.json`, used when it names this file."""
     graph = Path(graph)
-    return graph.with_name(graph.stem + ".card.json")
+    own = graph.with_name(graph.name + ".card.json")
+    older = graph.with_name(graph.stem + ".card.json")
+    if not own.is_file() and older.is_file():
+        try:
+            if json.loads(older.read_text()).get("file") == graph.name:
+                return older
+        except (OSError, ValueError):
+            pass
+    return own
 
 
 def data_config_from_card(card: dict):
@@ -162,6 +173,41 @@ def from_mindir(graph: str | Path, class_names: Optional[Sequence[str]] = None) 
                               f"re-export it") from None
     batch = int(card["input"]["shape"][0])
     return Predictor(cell, names, data_config_from_card(card), batch)
+
+
+GRAPH_SUFFIXES = (".mindir", ".onnx")
+ACCEPTED = ("a .ckpt checkpoint, a run directory (its newest checkpoint), an s3:// or obs:// "
+            "URL of either, or an exported .mindir or .onnx (onnxruntime) with its card beside it")
+
+
+def from_onnx(graph: str | Path, class_names: Optional[Sequence[str]] = None) -> Predictor:
+    """An ONNX export run by onnxruntime (when installed), with its card's preprocessing."""
+    from core.checkpoint import CheckpointError
+    graph = Path(graph)
+    if not graph.is_file():
+        raise CheckpointError(f"exported model not found: {graph}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CheckpointError(f"{graph.name} is an ONNX export, which predict runs with onnxruntime: "
+                              f"not installed (pip install onnxruntime); else pass a .ckpt, a run "
+                              f"directory or an exported .mindir") from None
+    card = read_card(graph)
+    names = list(class_names) if class_names else card.get("class_names")
+    if not names:
+        raise CheckpointError(f"no class names for {graph.name} (neither in its card nor in "
+                              f"classes.json); pass --classes")
+    try:
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+        raise CheckpointError(f"{graph} is not a loadable ONNX model ({type(exc).__name__}); "
+                              f"re-export it") from None
+    input_name = session.get_inputs()[0].name
+
+    def forward(tensor):
+        return session.run(None, {input_name: tensor.asnumpy()})[0]
+
+    return Predictor(forward, names, data_config_from_card(card), int(card["input"]["shape"][0]))
 
 
 def printable(text: str) -> str:

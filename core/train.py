@@ -56,14 +56,13 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
             continue  # checkpoints and validation follow complete epochs only
         saver.after_epoch(epoch, step)
         if _validation_due(run, epoch, step):
-            saver.offer_best(validate(run, epoch, step, metrics, events), epoch + 1, step)
+            saver.offer_best(validate(run, step, metrics, events), epoch + 1, step)
 
-    final_epoch = step // run.per_epoch
+    final_epoch = step // run.per_epoch  # epochs completed: the one numbering of every record
     final_path = saver.final(final_epoch, step, stopped)
     final_eval = None
     if not stopped and run.cfg.train.eval_at_end and step >= run.total_steps:
-        eval_epoch = final_epoch - 1 if step % run.per_epoch == 0 else final_epoch
-        final_eval = validate(run, eval_epoch, step, metrics, events)
+        final_eval = validate(run, step, metrics, events)
         saver.offer_best(final_eval, final_epoch, step, ties_win=True)
     summary = {"status": "stopped" if stopped else "completed", "step": step,
                "epoch": final_epoch, "steps_per_epoch": run.per_epoch, "start_step": run.start_step,
@@ -114,7 +113,7 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
             read, pending = [], []
             _report_interval(run, epoch, step, interval, time.time() - interval_start, metrics, events)
             interval_start = time.time()
-        saver.after_step(epoch, step)
+        saver.after_step(step // run.per_epoch, step)
         if step >= run.total_steps:
             break
         if events.stop_requested():
@@ -158,17 +157,18 @@ def _read_checked(run: Run, epoch: int, step: int, pending: list, saver: Checkpo
     return interval
 
 
-def validate(run: Run, epoch: int, step: int, metrics: MetricsWriter,
-             events: Callback) -> Optional[dict]:
-    """Evaluate on the validation split (EMA weights when on); None without one."""
+def validate(run: Run, step: int, metrics: MetricsWriter, events: Callback) -> Optional[dict]:
+    """Evaluate on the validation split (EMA weights when on) after global step `step`; None
+    without one. Its record's epoch is the number of epochs completed, as everywhere."""
     if run.splits.val is None:
         return None
     cfg = run.cfg
     result = evaluate(run.eval_network(), run.splits.val, cfg.data, cfg.train.label_smoothing,
                       run.rank, run.world)
     run.train_step.set_train(True)
+    epoch = step // run.per_epoch
     result.update(epoch=epoch, step=step)
-    log.info("epoch %d eval: %s", epoch + 1, format_result(result, f"step {step}"))
+    log.info("epoch %d eval: %s", epoch, format_result(result, f"step {step}"))
     metrics.write("eval", **result)
     events.on_eval(result)
     return result
@@ -205,7 +205,8 @@ def _report_interval(run: Run, epoch: int, step: int, losses: list, seconds: flo
                         "%d so far", run.interval_overflows, run.cfg.train.loss_scale,
                         run.overflow_steps)
         run.interval_overflows = 0
-    metrics.write("step", epoch=epoch, step=step, loss=losses[-1], loss_mean=float(np.mean(losses)),
+    metrics.write("step", epoch=step // run.per_epoch, step=step, loss=losses[-1],
+                  loss_mean=float(np.mean(losses)),
                   lr=lr, images_per_sec=ips, **extra)
     events.on_step_end({"epoch": epoch, "step": step, "loss": losses[-1], "lr": lr,
                         "images_per_sec": ips})
@@ -217,7 +218,7 @@ def _report_epoch(run: Run, epoch: int, step: int, losses: list, epoch_ms: float
     avg_loss = float(np.mean(losses))
     per_step_ms = epoch_ms / len(losses)
     log.info("epoch time: %.3f, per step time: %.3f, avg loss: %.3f", epoch_ms, per_step_ms, avg_loss)
-    metrics.write("epoch", epoch=epoch, step=step, avg_loss=avg_loss, epoch_time_ms=epoch_ms,
+    metrics.write("epoch", epoch=step // run.per_epoch, step=step, avg_loss=avg_loss, epoch_time_ms=epoch_ms,
                   per_step_ms=per_step_ms, complete=step % run.per_epoch == 0)
     events.on_epoch_end({"epoch": epoch, "step": step, "avg_loss": avg_loss,
                          "epoch_time_ms": epoch_ms, "per_step_ms": per_step_ms})

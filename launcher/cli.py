@@ -84,9 +84,13 @@ def resolve_local_resume(cfg, resume: Optional[str]) -> Optional[str]:
     return resume
 
 
-def resolve_checkpoint_arg(text: str) -> Path:
-    """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint."""
+def resolve_checkpoint_arg(text: str, args=None) -> Path:
+    """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint;
+    an s3:// or obs:// URL of either is fetched into the cache and verified first (as
+    --resume and --pre_trained are: cloud.checkpoint_store, storage.* keys of `args`)."""
     from core import checkpoint as ckpt
+    if "://" in str(text):
+        return Path(fetch_remote_checkpoint(str(text), args))
     path = Path(text)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
@@ -97,6 +101,37 @@ def resolve_checkpoint_arg(text: str) -> Path:
                                        f"directory that holds checkpoints/)")
         return max(periodic, key=lambda f: (ckpt.step_of(f), f.stat().st_mtime))
     return path
+
+
+def fetch_remote_checkpoint(url: str, args=None) -> str:
+    """The local copy of a checkpoint URL: an object (`.../best.ckpt`, checked against the
+    manifest beside it when there is one) or a run's output URL / its checkpoints/ prefix (the
+    manifest's newest good checkpoint, size and sha256 checked). Storage settings come from
+    the recipe's `storage:` section and storage.* overrides."""
+    from cloud.checkpoint_store import MANIFEST_NAME, fetch_checkpoint, resolve_resume
+    from cloud.errors import StorageError
+    from cloud.job import cache_path
+    from cloud.storage import open_storage
+    from cloud.urls import parse_url
+    from launcher.common import load_job_config
+    parsed = parse_url(url)  # a malformed URL or an unknown scheme: one line naming the form
+    settings = None
+    if args is not None:
+        _, settings = load_job_config(getattr(args, "config", None),
+                                      {k: v for k, v in overrides_from(args).items()
+                                       if k.startswith("storage.")})
+    cache = str(cache_path(DEFAULT_CACHE / "jobs", "checkpoints", url))
+    if parsed.prefix.rstrip("/").endswith(".ckpt"):
+        return fetch_checkpoint(url, cache, settings)
+    prefix = parsed.prefix.rstrip("/")
+    if not prefix.endswith("checkpoints"):
+        prefix = f"{prefix}/checkpoints" if prefix else "checkpoints"
+    storage = open_storage(f"{parsed.scheme}://{parsed.bucket}/{prefix}", settings)
+    found = resolve_resume(storage, "", cache)
+    if found is None:
+        raise StorageError(f"no checkpoint under {url}: {storage.describe(MANIFEST_NAME)} does not "
+                           f"exist (pass the URL of a .ckpt object or of a run's output folder)")
+    return found
 
 
 def config_for_checkpoint(args, checkpoint):

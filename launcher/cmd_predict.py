@@ -8,12 +8,13 @@ from launcher.cli import (add_config_flags, add_debug_flag, add_device_flags, ad
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify image files (checkpoint or exported .mindir)",
+        "predict", help="classify image files (checkpoint or exported .mindir/.onnx)",
         description="Print the top classes with probabilities for each image, preprocessed "
                     "exactly as evaluation does.")
     p.add_argument("--checkpoint", "--checkpoint_path", dest="checkpoint_path", required=True,
-                   help="a .ckpt, a run directory (its newest checkpoint), or an exported "
-                        ".mindir with its .card.json beside it")
+                   help="a .ckpt, a run directory (its newest checkpoint), an s3:// or obs:// URL "
+                        "of either, or an exported .mindir or .onnx (onnxruntime) with its card "
+                        "beside it")
     p.add_argument("--image", dest="images", nargs="+", required=True, metavar="IMAGE",
                    help="image files (JPEG, PNG, WebP, BMP, TIFF, GIF, PPM/PGM)")
     p.add_argument("--top", type=int, default=5, help="classes to show per image (default 5)")
@@ -40,14 +41,23 @@ def predictor_for(args):
     from core.inference import network_from_checkpoint, resolve_weights
     from launcher.convert import read_class_names
     classes = read_class_names(args.classes) if args.classes else None
-    if Path(args.checkpoint_path).suffix.lower() == ".mindir":
+    suffix = Path(args.checkpoint_path).suffix.lower()
+    if suffix in predict.GRAPH_SUFFIXES and "://" not in args.checkpoint_path:
         system = {k: v for k, v in overrides_from(args).items() if k.startswith("system.device")}
         system_cfg = load_config(None, system).system
+        if suffix == ".onnx":
+            return predict.from_onnx(args.checkpoint_path, classes)
         gpu_preflight(system_cfg.device_target)
         configure(system_cfg)
         return predict.from_mindir(args.checkpoint_path, classes)
-    path = resolve_checkpoint_arg(args.checkpoint_path)
-    checkpoint = ckpt.load(path)
+    path = resolve_checkpoint_arg(args.checkpoint_path, args)
+    try:
+        checkpoint = ckpt.load(path)
+    except ckpt.CheckpointError:
+        if path.suffix.lower() in (".ckpt", "") or not path.is_file():
+            raise
+        raise ckpt.CheckpointError(f"{path} is not a checkpoint; predict accepts "
+                                   f"{predict.ACCEPTED}") from None
     weights = resolve_weights(checkpoint, getattr(args, "weights", "auto"), path)
     cfg = config_for_checkpoint(args, checkpoint)
     gpu_preflight(cfg.system.device_target)

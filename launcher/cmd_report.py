@@ -10,8 +10,8 @@ def add_parser(subparsers) -> None:
         description="Write report.md and loss/lr/throughput/accuracy PNGs from metrics.jsonl.")
     p.add_argument("run", metavar="RUN_DIR_OR_URL",
                    help="run directory (system.output_dir) or its s3:// / obs:// output URL")
-    p.add_argument("--out", help="output folder (default: RUN_DIR/report, or ./reports/<name> "
-                                 "for a URL)")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/report; for a URL, report/ "
+                                 "in its copy under $MNV3_CACHE_DIR/reports/)")
     p.add_argument("--config", help="recipe whose storage: section reaches the URL (default: "
                                     "endpoint and credentials from the environment)")
     p.add_argument("--no-plots", dest="plots", action="store_false",

@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
     from core.data import open_dataset
     from core.fuse import fuse_for_inference
     from core.inference import classes_of, network_from_checkpoint, resolve_weights
-    path = resolve_checkpoint_arg(args.checkpoint_path)
+    path = resolve_checkpoint_arg(args.checkpoint_path, args)
     checkpoint = ckpt.load(path)
     weights = resolve_weights(checkpoint, args.weights, path)
     cfg = config_for_checkpoint(args, checkpoint)
@@ -140,7 +140,7 @@ def cmd_export(args) -> int:
     from core.device import configure
     from core.export import export_model
     from core.inference import has_ema, network_from_checkpoint, resolve_weights
-    path = resolve_checkpoint_arg(args.checkpoint_path)
+    path = resolve_checkpoint_arg(args.checkpoint_path, args)
     checkpoint = ckpt.load(path)
     weights = resolve_weights(checkpoint, args.weights, path)
     cfg = config_for_checkpoint(args, checkpoint)

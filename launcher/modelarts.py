@@ -119,10 +119,14 @@ def main(argv) -> int:
         launch = dist.prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=env.job_id,
                                      settings=settings, pretrained=args.pre_trained)
     run_dir = launch.run_dir
-    config_path = dist.write_launch_config(launch.ranks_cfg, run_dir, env.node_rank, settings)
+    # a dry run writes the files its plan names (node config, rank table) under the cache,
+    # never into the output folder (train_url)
+    launch_dir = cache_dir / "dry-run" / "launch" if args.dry_run else run_dir / "launch"
+    config_path = dist.write_launch_config(launch.ranks_cfg, launch_dir.parent, env.node_rank, settings)
     plan = plan_for(env, target, PlanInputs(
         config_path, run_dir, cache_dir, launch.resume, launch.pretrained, args.grace_s,
-        args.connect_timeout, args.rank_table_timeout, args.hccn_conf, args.nproc, args.launch))
+        args.connect_timeout, args.rank_table_timeout, args.hccn_conf, args.nproc, args.launch,
+        launch_dir))
     log.info("launch %s (%s)", plan.kind, plan.rule)
     if args.dry_run:
         print(json.dumps(plan.describe(), indent=2))

@@ -66,6 +66,7 @@ class PlanInputs:
     hccn_conf: str
     nproc: Optional[int] = None   # --nproc as given
     launch: str = "auto"          # --launch
+    launch_dir: Optional[Path] = None  # where the rank table goes; None: <run_dir>/launch
 
     def worker_argv(self, env, **topology) -> list[str]:
         return [sys.executable] + dist.worker_argv(
@@ -144,7 +145,7 @@ def node_table(env, nproc: int, inputs: PlanInputs) -> NodeTable:
         raise ConfigError(f"--nproc {inputs.nproc} but the rank table gives this node "
                           f"({own.label()}) {len(own.devices)} devices; drop --nproc or fix the "
                           f"table")
-    path = rt.write_table(job.table, inputs.run_dir / "launch" / "rank_table.json")
+    path = rt.write_table(job.table, (inputs.launch_dir or inputs.run_dir / "launch") / "rank_table.json")
     return NodeTable(job, path, own, f"{own.label()}: {rule}")
 
 

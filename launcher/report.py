@@ -315,7 +315,7 @@ def make_report(source: str, out_dir: Optional[str | Path] = None, plots: bool =
             from launcher.cli import DEFAULT_CACHE
             cache_root = DEFAULT_CACHE / "reports"
         run_dir = fetch_run(source, cache_dir_for(source, cache_root), settings)
-        default_out = Path("reports") / cache_dir_for(source, Path(".")).name
+        default_out = run_dir / "report"  # beside the fetched copy in the cache, not in cwd
     else:
         run_dir = Path(source)
         if not run_dir.is_dir():

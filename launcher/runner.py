@@ -28,12 +28,53 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
     other ranks log to train.rank<N>.log, with a rank prefix on every line. Rank 0 first takes
     the directory's run lock (core.run_lock): a second run into it is refused before it writes."""
     run_dir = Path(cfg.system.output_dir)
+    created = _first_missing(run_dir)  # what this run creates, if anything (parents too)
+    began = _Began()
     lock = claim_run_dir(cfg, resume, job_id or f"pid-{os.getpid()}") if rank == 0 else None
     try:
-        return _run(cfg, run_dir, resume, pretrained, callbacks, rank, world)
+        return _run(cfg, run_dir, resume, pretrained, [*callbacks, began], rank, world)
     finally:
         if lock:
             lock.release()
+        if created is not None and not began.seen:  # refused before training began
+            _remove_unstarted(run_dir, created)
+
+
+class _Began(Callback):
+    seen = False
+
+    def on_train_begin(self, info: dict) -> None:
+        self.seen = True
+
+
+def _first_missing(path: Path) -> Optional[Path]:
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove_unstarted(run_dir: Path, created: Path) -> None:
+    """A run refused at start leaves nothing behind in a directory it created itself: its logs
+    (closed first) and the folder, if nothing else was put there."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.absolute():
+            root.removeHandler(handler)
+            handler.close()
+    for log_file in run_dir.glob("train*.log"):
+        log_file.unlink(missing_ok=True)
+    folder = run_dir.absolute()
+    while True:
+        try:
+            folder.rmdir()
+        except OSError:
+            return  # something else is in it (another rank's log, a user's file): leave it
+        if folder == created:
+            return
+        folder = folder.parent
 
 
 def claim_run_dir(cfg: Config, resume: Optional[str], job_id: str) -> RunLock:

@@ -71,7 +71,7 @@ def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
     result = run("export", "--checkpoint_path", out, "--format", "ONNX")
     assert result.returncode == 0, result.stderr
     assert (out / "export" / "mobilenetv3_small.onnx").exists()
-    card = json.loads((out / "export" / "mobilenetv3_small.card.json").read_text())
+    card = json.loads((out / "export" / "mobilenetv3_small.onnx.card.json").read_text())
     assert card["eval"]["images"] == 30 and len(card["class_names"]) == 10
 
     # a second train into the same directory must not overwrite the run

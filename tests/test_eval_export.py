@@ -63,7 +63,8 @@ def test_export_writes_graph_classes_and_card(trained, fmt, tmp_path):
     path = export_model(net, cfg, tmp_path, classes, "CPU", eval_result={"Top_1_Acc": 0.5})
     assert path.exists() and path.suffix == {"MINDIR": ".mindir", "ONNX": ".onnx"}[fmt]
     assert json.loads((tmp_path / "classes.json").read_text()) == list(classes)
-    card = json.loads((tmp_path / f"{cfg.export.file_name}.card.json").read_text())
+    card = json.loads((tmp_path / f"{path.name}.card.json").read_text())
+    assert card["format"] == fmt and card["file"] == path.name
     assert card["input"]["shape"] == [1, 3, 32, 32] and card["class_names"] == list(classes)
     assert card["preprocess"]["resize_shorter_side"] == 36 and card["eval"] == {"Top_1_Acc": 0.5}
     assert card["depthwise_padding"] == "symmetric"

@@ -153,6 +153,20 @@ def test_checkpoint_url_folder_means_its_newest_checkpoint(platform, tmp_path, c
     assert flag(plan["processes"][0]["argv"], "--resume").endswith("s00000012.ckpt")
 
 
+def test_dry_run_writes_nothing_into_the_output_folder(platform, tmp_path, capsys):
+    """The files a dry run's plan names (node config, rank table) go under the cache's dry-run/
+    folder; the output folder (train_url) is not created (it held launch/ before)."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    plan = dry_run(capsys, "--device_target", "CPU", "--data_url", tmp_path / "data",
+                   "--train_url", out, "--cache_dir", cache)
+    assert not out.exists()
+    config = Path(flag(plan["processes"][0]["argv"], "--config"))
+    assert config.is_file() and config.parent == cache / "dry-run" / "launch"
+    plan = dry_run(capsys, "--device_target", "Ascend", "--nproc", 8, "--data_url", tmp_path / "data",
+                   "--train_url", out, "--cache_dir", cache, "--hccn_conf", FIXTURES / "hccn.conf")
+    assert not out.exists() and Path(plan["rank_table"]).parent == cache / "dry-run" / "launch"
+
+
 # --- arguments and the job definition ----------------------------------------------------------
 
 

@@ -147,3 +147,21 @@ def run_cli(argv) -> int:
     cmd_report.add_parser(top.add_subparsers(dest="command", required=True))
     args = top.parse_args(argv)
     return args.func(args)
+
+
+def test_report_of_a_url_writes_nothing_into_the_working_directory(tmp_path, s3_server, monkeypatch):
+    """Without --out, a URL's report goes beside its fetched copy in the cache (it went to
+    ./reports/<name>/ before)."""
+    from cloud.storage import open_storage
+    from cloud.sync import upload_tree
+    run_dir = write_run(tmp_path / "run")
+    bucket = s3_server.make_bucket()
+    upload_tree(str(run_dir), open_storage(f"s3://{bucket}/jobs/run8", s3_server.settings()), "")
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    report = rp.make_report(f"s3://{bucket}/jobs/run8", plots=False, cache_root=tmp_path / "cache")
+    assert list(cwd.iterdir()) == []
+    assert report.parent.parent.parent == tmp_path / "cache" and report.parent.name == "report"

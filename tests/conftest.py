@@ -1,4 +1,5 @@
 import launcher.openmp  # noqa: F401  (OMP_WAIT_POLICY before MindSpore loads libgomp)
+import pytest
 
 pytest_plugins = ["tests.s3_server", "tests.core_fixtures"]
 
@@ -13,3 +14,12 @@ def pytest_configure(config):
     if isa:
         from core import fast_conv
         fast_conv.select_variant(isa)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_choice_per_test():
+    """A test that ran core.device.configure (in this process) leaves the host's measured kernel
+    choice in core.fast_conv; the next test starts from every custom operator again."""
+    yield
+    from core import fast_conv
+    fast_conv.prefer_native(())

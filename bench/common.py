@@ -84,14 +84,30 @@ def add_isa_argument(parser) -> None:
                              "best this CPU executes); avx2 or baseline reproduce those hosts")
 
 
+# What the other libraries of a run read to cap their own instruction set, so the peers and
+# MindSpore's own operators run their AVX2 (or SSE) paths too: oneDNN (MindSpore's and
+# PyTorch's convolutions), PyTorch's ATen kernels, MKL. onnxruntime's MLAS has no such switch:
+# it runs its AVX-512 kernels on an AVX-512 host whatever --isa says (a harder peer than it is
+# on an AVX2 host).
+PEER_ISA_ENV = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "DNNL_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "baseline": {"ONEDNN_MAX_CPU_ISA": "SSE41", "DNNL_MAX_CPU_ISA": "SSE41",
+                 "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+
+
 def set_isa(isa: str) -> str:
     """Force the project's sides onto build `isa` (checked here: one line if this CPU cannot run
-    it); returns the build they run. Printed with the CPU at the start of every benchmark."""
+    it), and cap MindSpore's and the peers' libraries to the same instruction set (PEER_ISA_ENV);
+    returns the build the project runs. Printed with the CPU at the start of every benchmark."""
     from core import native
     variants = native.host_variants()
     if isa != "auto" and isa not in variants:
         raise SystemExit(f"error: --isa {isa}: this CPU ({cpu_model()}) executes {', '.join(variants)}")
     os.environ[ISA_ENV] = isa
+    if isa != variants[0]:
+        os.environ.update(PEER_ISA_ENV.get(isa, {}))
     used = variants[0] if isa == "auto" else isa
     print(f"host: {cpu_model()} ({cpu_flags() or 'no AVX2'}), {os.cpu_count()} cores; "
           f"project CPU operators: {used} build", file=sys.stderr)
@@ -113,7 +129,9 @@ def kernel_isa() -> str:
 
 
 def machine() -> dict:
-    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "kernel_isa": kernel_isa(), "cores": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "kernel_isa": kernel_isa(),
+            "isa_caps": {k: os.environ[k] for k in PEER_ISA_ENV.get(kernel_isa(), {}) if k in os.environ},
+            "cores": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "platform": platform.platform(), "versions": versions(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S %z")}

@@ -9,7 +9,6 @@ temporary directory. A missing cross compiler or qemu fails (never skips): insta
 tests/kernels/install_cross.sh. Two tests show the harness can fail: errors injected into every
 output are all caught, and a kernel compiled with a wrong hard-swish fails the hard-swish cases."""
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -17,6 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from core import native
+from core.native import machine
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_DIR = REPO / "core" / "kernels"
@@ -36,41 +38,16 @@ COMPILE_TIMEOUT = 600
 RUN_TIMEOUT = 300  # the whole harness takes well under 1 s natively, about 5 s under qemu
 QEMU_TIMEOUT = 900
 
-# x86-64 variants: name, -march, the /proc/cpuinfo flags the micro-architecture level needs
-# ("abm" is how Linux names LZCNT), the harness's ISA line
-X86_VARIANTS = (
-    ("avx512", "x86-64-v4",
-     {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl", "avx2", "fma", "bmi2"}, "AVX-512"),
-    ("avx2", "x86-64-v3", {"avx", "avx2", "fma", "bmi1", "bmi2", "f16c", "movbe", "abm", "xsave"}, "AVX2"),
-    ("baseline", "x86-64", set(), "baseline"),
-)
-
-
-def machine() -> str:
-    name = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
-
-
-def cpu_flags() -> set:
-    try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
-    return set()
+# each build's compiler flags (as core/kernels/build.sh gives them) and the harness's ISA line
+VARIANT_FLAGS = {"avx512": (["-march=x86-64-v4"], "AVX-512"), "avx2": (["-march=x86-64-v3"], "AVX2"),
+                 "baseline": (["-march=x86-64"], "baseline"), "neon": ([], "aarch64 NEON"),
+                 "generic": ([], "")}
 
 
 def native_variants() -> list:
-    """(name, compiler flags, ISA line) of every build this host executes, best first."""
-    if machine() == "x86_64":
-        flags = cpu_flags()
-        return [(name, [f"-march={march}"], isa)
-                for name, march, need, isa in X86_VARIANTS if need <= flags]
-    if machine() == "aarch64":  # an aarch64 host runs the NEON build natively
-        return [("neon", [], "aarch64 NEON")]
-    return [("generic", [], "")]
+    """(name, compiler flags, ISA line) of every build this host executes, best first (the
+    runner's own detection, core.native.host_variants)."""
+    return [(name, *VARIANT_FLAGS[name]) for name in native.host_variants()]
 
 
 NATIVE = native_variants()
@@ -304,3 +281,14 @@ def test_the_harness_catches_an_access_outside_a_buffer(builds, where):
     proc = run([builds.native(FIRST)["binary"], *options], RUN_TIMEOUT, env=harness_env(1))
     assert proc.returncode == 4, (proc.returncode, proc.stdout, proc.stderr)
     assert "CRASH  guard self-test: SIGSEGV" in proc.stderr
+
+
+@pytest.mark.parametrize("variant", [v[0] for v in NATIVE])
+def test_the_libraries_build_sh_made_pass_the_harness(builds, variant):
+    """The libraries the runner loads (core/kernels/libmnv3_depthwise.<isa>.so, built by
+    build.sh with its own flags), not only the harness's own compiles of the source."""
+    (_, _, isa), = [v for v in NATIVE if v[0] == variant]
+    library = native.variant_library("libmnv3_depthwise", variant)
+    assert library.exists(), f"{library} not built: run 'make kernels'"
+    proc = run([builds.native(variant)["binary"], "--lib", str(library)], RUN_TIMEOUT, env=harness_env(2))
+    assert_parity(proc, f"{library.name} --lib", isa)

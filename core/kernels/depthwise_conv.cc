@@ -1085,6 +1085,14 @@ void conv_fwd_all(const float *x, const float *w, const float *b, int act, float
 
 }  // namespace
 
+// What an entry point returns to MindSpore; anything but kOk fails the op with that code.
+enum Status : int {
+  kOk = 0,
+  kBadArity = 1,  // wrong number of inputs and outputs, or of dimensions
+  kBadDtype = 2,  // an input that is not float32 (uint8 where said)
+  kBadShape = 3,  // shapes that do not fit together
+};
+
 extern "C" {
 
 // Exported AOT entry points that only bind arguments of a shared implementation:
@@ -1102,40 +1110,42 @@ extern "C" {
 
 int DepthwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                  void *stream, void *extra) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  if (!all_f32(2, dtypes)) return 2;
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   Geom g;
-  if (!infer_geom(shapes[0], shapes[2], shapes[1], &g)) return 3;
+  if (!infer_geom(shapes[0], shapes[2], shapes[1], &g)) return kBadShape;
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   conv_fwd_all(x, w, nullptr, kNone, static_cast<float *>(params[2]), g);
-  return 0;
+  return kOk;
 }
 
 int DepthwiseBwdInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                       void *stream, void *extra) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[3] != 4) return 1;
+  if (nparam != 4 || ndims[0] != 4 || ndims[3] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   Geom g;
-  if (!infer_geom(shapes[3], shapes[0], shapes[1], &g)) return 3;
+  if (!infer_geom(shapes[3], shapes[0], shapes[1], &g)) return kBadShape;
   const float *dy = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[3]);
   if (is_depthwise(g)) dw_bwd_input_all(dy, w, dx, g);
   else bwd_input_all(dy, w, dx, g);
-  return 0;
+  return kOk;
 }
 
 int DepthwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                        void *stream, void *extra) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4) return 1;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   Geom g;
-  if (!infer_geom(shapes[1], shapes[0], shapes[3], &g)) return 3;
+  if (!infer_geom(shapes[1], shapes[0], shapes[3], &g)) return kBadShape;
   const float *dy = static_cast<const float *>(params[0]);
   const float *x = static_cast<const float *>(params[1]);
   float *dw = static_cast<float *>(params[3]);
   if (is_depthwise(g)) dw_bwd_weight_all(dy, x, dw, g);
   else grp_bwd_weight_all(dy, x, dw, g);
-  return 0;
+  return kOk;
 }
 
 // Inference entry points (core/fuse.py): conv with the BN folded into (w, b), then activation.
@@ -1144,15 +1154,15 @@ int DepthwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, 
 //   SqueezeExcite(x, w1[S,C,1,1], b1[S], w2[C,S,1,1], b2[C]) -> y
 static int conv_bias_act(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                          int act) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 4) return 1;
-  if (!all_f32(3, dtypes)) return 2;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[3] != 4) return kBadArity;
+  if (!all_f32(3, dtypes)) return kBadDtype;
   Geom g;
-  if (!infer_geom(shapes[0], shapes[3], shapes[1], &g) || shapes[2][0] != g.co) return 3;
+  if (!infer_geom(shapes[0], shapes[3], shapes[1], &g) || shapes[2][0] != g.co) return kBadShape;
   const float *x = static_cast<const float *>(params[0]);
   const float *w = static_cast<const float *>(params[1]);
   const float *b = static_cast<const float *>(params[2]);
   conv_fwd_all(x, w, b, act, static_cast<float *>(params[3]), g);
-  return 0;
+  return kOk;
 }
 
 AOT_ACT_ENTRIES(DepthwiseFwdBias, conv_bias_act)
@@ -1160,18 +1170,18 @@ AOT_ACT_ENTRIES(DepthwiseFwdBias, conv_bias_act)
 static int bias_act(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                     int act, bool residual) {
   const int nin = residual ? 3 : 2;
-  if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 1 || ndims[nin] != 4) return 1;
-  if (!all_f32(2, dtypes)) return 2;
+  if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 1 || ndims[nin] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[0];
-  if (shapes[1][0] != sx[1]) return 3;
+  if (shapes[1][0] != sx[1]) return kBadShape;
   if (residual) {
-    if (ndims[2] != 4 || !is_f32(dtypes[2])) return 1;
-    if (!same_shape4(shapes[2], sx)) return 3;
+    if (ndims[2] != 4 || !is_f32(dtypes[2])) return kBadArity;
+    if (!same_shape4(shapes[2], sx)) return kBadShape;
   }
   bias_act_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                residual ? static_cast<const float *>(params[2]) : nullptr, act,
                static_cast<float *>(params[nin]), sx[0], sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 AOT_ACT_ENTRIES(BiasAct, bias_act, false)
@@ -1179,17 +1189,17 @@ AOT_ENTRY(BiasAddResidual, bias_act, kNone, true)
 
 int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                   void *stream, void *extra) {
-  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || ndims[5] != 4) return 1;
-  if (!all_f32(5, dtypes)) return 2;
+  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4 || ndims[5] != 4) return kBadArity;
+  if (!all_f32(5, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[0], c = sx[1], sq = shapes[1][0];
   if (shapes[1][1] != c || shapes[2][0] != sq || shapes[3][0] != c || shapes[3][1] != sq ||
       shapes[4][0] != c)
-    return 3;
+    return kBadShape;
   squeeze_excite_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                      static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
                      static_cast<const float *>(params[4]), static_cast<float *>(params[5]), sx[0], c,
                      sq, sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 // Inference GEMM entry points (core/fuse.py):
@@ -1199,18 +1209,18 @@ int SqueezeExcite(int nparam, void **params, int *ndims, int64_t **shapes, const
 static int pointwise(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act,
                      bool residual) {
   const int nin = residual ? 4 : 3;
-  if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[nin] != 4) return 1;
-  if (!all_f32(nin, dtypes)) return 2;
+  if (nparam != nin + 1 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 1 || ndims[nin] != 4) return kBadArity;
+  if (!all_f32(nin, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[0], *sw = shapes[1], m = sw[0], hw = sx[2] * sx[3];
-  if (sw[1] != sx[1] || sw[2] != 1 || sw[3] != 1 || shapes[2][0] != m) return 3;
+  if (sw[1] != sx[1] || sw[2] != 1 || sw[3] != 1 || shapes[2][0] != m) return kBadShape;
   if (residual) {
     if (ndims[3] != 4 || shapes[3][0] != sx[0] || shapes[3][1] != m || shapes[3][2] * shapes[3][3] != hw)
-      return 3;
+      return kBadShape;
   }
   pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]),
             static_cast<const float *>(params[2]), residual ? static_cast<const float *>(params[3]) : nullptr,
             act, static_cast<float *>(params[nin]), sx[0], m, sx[1], hw);
-  return 0;
+  return kOk;
 }
 
 AOT_ACT_ENTRIES(Pointwise, pointwise, false)
@@ -1227,36 +1237,36 @@ static bool pw_shapes(const int64_t *sx, const int64_t *sw, const int64_t *sy) {
 }
 
 int PointwiseFwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return 1;
-  if (!all_f32(2, dtypes)) return 2;
+  if (nparam != 3 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[0], *sw = shapes[1];
-  if (!pw_shapes(sx, sw, shapes[2])) return 3;
+  if (!pw_shapes(sx, sw, shapes[2])) return kBadShape;
   pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]), nullptr, nullptr,
             kNone, static_cast<float *>(params[2]), sx[0], sw[0], sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 int PointwiseBwdInput(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                       void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
-  if (!all_f32(2, dtypes)) return 2;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   const int64_t *sdy = shapes[0], *sw = shapes[1], *sx = shapes[3];
-  if (!pw_shapes(sx, sw, sdy)) return 3;
+  if (!pw_shapes(sx, sw, sdy)) return kBadShape;
   // dx[n] = W^T dy[n]: the forward GEMM with M and K swapped and W read transposed
   pw_images(static_cast<const float *>(params[1]), static_cast<const float *>(params[0]), nullptr, nullptr,
             kNone, static_cast<float *>(params[3]), sx[0], sx[1], sw[0], sx[2] * sx[3], true);
-  return 0;
+  return kOk;
 }
 
 int PointwiseBwdWeight(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                        void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return 1;
-  if (!all_f32(2, dtypes)) return 2;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 4) return kBadArity;
+  if (!all_f32(2, dtypes)) return kBadDtype;
   const int64_t *sdy = shapes[0], *sx = shapes[1], *sw = shapes[3];
-  if (!pw_shapes(sx, sw, sdy)) return 3;
+  if (!pw_shapes(sx, sw, sdy)) return kBadShape;
   pw_wgrad_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                static_cast<float *>(params[3]), sx[0], sw[0], sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 // Training BatchNorm (batch statistics) + activation (core/fast_conv.py ConvBNAct):
@@ -1272,34 +1282,34 @@ static bool bn_inputs_ok(int nin, int *ndims, int64_t **shapes, const char **dty
 }
 
 static int bn_act_fwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
-  if (nparam != 7 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 4) return 1;
-  if (!bn_inputs_ok(4, ndims, shapes, dtypes)) return 2;
+  if (nparam != 7 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 1 || ndims[4] != 4) return kBadArity;
+  if (!bn_inputs_ok(4, ndims, shapes, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[0];
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
   bn_act_fwd_all(f(0), f(1), f(2), *f(3), act, f(4), f(5), f(6), sx[0], sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 static int bn_act_bwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
-  if (nparam != 10 || ndims[1] != 4 || ndims[7] != 4) return 1;
-  if (!bn_inputs_ok(7, ndims, shapes, dtypes)) return 2;
+  if (nparam != 10 || ndims[1] != 4 || ndims[7] != 4) return kBadArity;
+  if (!bn_inputs_ok(7, ndims, shapes, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[1];
-  if (!same_shape4(shapes[0], sx)) return 3;
+  if (!same_shape4(shapes[0], sx)) return kBadShape;
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
   bn_act_bwd_all(f(0), f(1), f(2), f(3), f(4), f(5), *f(6), act, f(7), f(8), f(9), sx[0], sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 AOT_ACT_ENTRIES(BnActFwd, bn_act_fwd)
 AOT_ACT_ENTRIES(BnActBwd, bn_act_bwd)
 
 int MeanHW(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 2) return 1;
-  if (!is_f32(dtypes[0])) return 2;
+  if (nparam != 2 || ndims[0] != 4 || ndims[1] != 2) return kBadArity;
+  if (!is_f32(dtypes[0])) return kBadDtype;
   const int64_t *sx = shapes[0];
   mean_hw_all(static_cast<const float *>(params[0]), static_cast<float *>(params[1]), sx[0] * sx[1],
               sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 // Squeeze-excite and the global average pool in training (core/fast_conv.py GlobalAvgPool,
@@ -1313,55 +1323,55 @@ static bool per_plane(int ndim, const int64_t *shape, const int64_t *sx) {
 }
 
 int MeanHWBwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 3 || ndims[1] != 4 || ndims[2] != 4 || !per_plane(ndims[0], shapes[0], shapes[1])) return 1;
-  if (!all_f32(3, dtypes)) return 2;
+  if (nparam != 3 || ndims[1] != 4 || ndims[2] != 4 || !per_plane(ndims[0], shapes[0], shapes[1])) return kBadArity;
+  if (!all_f32(3, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[1];
   mean_hw_bwd_all(static_cast<const float *>(params[0]), static_cast<float *>(params[2]), sx[0] * sx[1],
                   sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 int ScaleChannels(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 3 || ndims[0] != 4 || ndims[2] != 4 || !per_plane(ndims[1], shapes[1], shapes[0])) return 1;
-  if (!all_f32(3, dtypes)) return 2;
+  if (nparam != 3 || ndims[0] != 4 || ndims[2] != 4 || !per_plane(ndims[1], shapes[1], shapes[0])) return kBadArity;
+  if (!all_f32(3, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[0];
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
   scale_channels_all(f(0), f(1), f(2), sx[0] * sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 int ScaleChannelsBwd(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *,
                      void *) {
-  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return 1;
-  if (!per_plane(ndims[2], shapes[2], shapes[1]) || !per_plane(ndims[4], shapes[4], shapes[1])) return 1;
-  if (!same_shape4(shapes[0], shapes[1])) return 3;
-  if (!all_f32(5, dtypes)) return 2;
+  if (nparam != 5 || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 4) return kBadArity;
+  if (!per_plane(ndims[2], shapes[2], shapes[1]) || !per_plane(ndims[4], shapes[4], shapes[1])) return kBadArity;
+  if (!same_shape4(shapes[0], shapes[1])) return kBadShape;
+  if (!all_f32(5, dtypes)) return kBadDtype;
   const int64_t *sx = shapes[1];
   auto f = [&](int i) { return static_cast<float *>(params[i]); };
   scale_channels_bwd_all(f(0), f(1), f(2), f(3), f(4), sx[0] * sx[1], sx[2] * sx[3]);
-  return 0;
+  return kOk;
 }
 
 //   NormalizeNhwc(x uint8 [N,H,W,C], mean[C], std[C]) -> float32 [N,C,H,W]
 int NormalizeNhwc(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *, void *) {
-  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 4) return 1;
-  if (std::strcmp(dtypes[0], "uint8") != 0 || !all_f32(3, dtypes + 1)) return 2;
+  if (nparam != 4 || ndims[0] != 4 || ndims[1] != 1 || ndims[2] != 1 || ndims[3] != 4) return kBadArity;
+  if (std::strcmp(dtypes[0], "uint8") != 0 || !all_f32(3, dtypes + 1)) return kBadDtype;
   const int64_t *sx = shapes[0];
-  if (shapes[1][0] != sx[3] || shapes[2][0] != sx[3]) return 3;
+  if (shapes[1][0] != sx[3] || shapes[2][0] != sx[3]) return kBadShape;
   normalize_nhwc_all(static_cast<const uint8_t *>(params[0]), static_cast<const float *>(params[1]),
                      static_cast<const float *>(params[2]), static_cast<float *>(params[3]), sx[0], sx[1],
                      sx[2], sx[3]);
-  return 0;
+  return kOk;
 }
 
 static int linear(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, int act) {
-  if (nparam != 4 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 1 || ndims[3] != 2) return 1;
-  if (!all_f32(3, dtypes)) return 2;
+  if (nparam != 4 || ndims[0] != 2 || ndims[1] != 2 || ndims[2] != 1 || ndims[3] != 2) return kBadArity;
+  if (!all_f32(3, dtypes)) return kBadDtype;
   const int64_t n = shapes[0][0], k = shapes[0][1], m = shapes[1][0];
-  if (shapes[1][1] != k || shapes[2][0] != m) return 3;
+  if (shapes[1][1] != k || shapes[2][0] != m) return kBadShape;
   linear_all(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
              static_cast<const float *>(params[2]), act, static_cast<float *>(params[3]), n, m, k);
-  return 0;
+  return kOk;
 }
 
 AOT_ENTRY(Linear, linear, kNone)

@@ -168,7 +168,8 @@ def validate(run: Run, step: int, metrics: MetricsWriter, events: Callback) -> O
     run.train_step.set_train(True)
     epoch = step // run.per_epoch
     result.update(epoch=epoch, step=step)
-    log.info("epoch %d eval: %s", epoch, format_result(result, f"step {step}"))
+    # the console counts the epoch in progress from 1, as the model-zoo lines do
+    log.info("epoch %d eval: %s", -(-step // run.per_epoch), format_result(result, f"step {step}"))
     metrics.write("eval", **result)
     events.on_eval(result)
     return result

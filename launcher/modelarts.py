@@ -36,7 +36,7 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 
 from launcher import distributed as dist  # noqa: E402
 from launcher.common import run_main  # noqa: E402
-from launcher.modelarts_args import (build_config, cache_root, parser,  # noqa: E402
+from launcher.modelarts_args import (build_config, cache_root, parse_boot_args,  # noqa: E402
                                      resume_point, split_hyperparameters)
 from launcher.modelarts_plan import DYNAMIC_CLUSTER_VARS, PlanInputs, plan_for  # noqa: E402
 
@@ -89,8 +89,11 @@ def main(argv) -> int:
         from launcher.modelarts_jobs import main as jobs_main
         return jobs_main(argv)
     argv, hyper = split_hyperparameters(list(argv))
-    args = parser().parse_args(argv)
+    args, ignored = parse_boot_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ignored:  # what the platform appends (task indices, --init_method, ...): not ours
+        log.info("ignoring %d argument(s) the boot file does not declare (added by the "
+                 "platform): %s", len(ignored), " ".join(ignored))
     if args.print_job_spec:
         cfg, _, overrides = build_config(args, hyper, args.data_url, args.train_url)
         from launcher.modelarts_spec import job_spec

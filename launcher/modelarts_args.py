@@ -8,6 +8,7 @@ whose `submit` builds the same job definition as `--print-job-spec`).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 from pathlib import Path
 from typing import Optional
@@ -15,12 +16,16 @@ from typing import Optional
 from core.config import ConfigError, known_keys, parse_override
 from launcher.cli import DEFAULT_CACHE, add_debug_flag, resolve_checkpoint_arg
 from launcher.modelarts_plan import DEFAULT_CONNECT_TIMEOUT_S
+from launcher.modelarts_spec import MAX_RETRIES
 from launcher.signals import DEFAULT_GRACE_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DESCRIPTION = "ModelArts boot file: one command for one- and multi-node jobs on Ascend, GPU or CPU."
 # Arguments some ModelArts engines add on their own; they mean nothing here.
 IGNORED_HYPERPARAMETERS = ("init_method", "num_gpus")
+# An undeclared argument whose name is at least this similar (difflib ratio) to one of ours is a
+# misspelling of ours (an error naming the nearest); anything else is the platform's, ignored.
+MISSPELT_CUTOFF = 0.85
 
 
 def parser() -> argparse.ArgumentParser:
@@ -64,8 +69,15 @@ def parser() -> argparse.ArgumentParser:
     spec.add_argument("--env", action="append", metavar="NAME=VALUE",
                       help="environment variable for the job (repeatable)")
     spec.add_argument("--max_retries", type=int, default=3,
-                      help="restarts on a detected fault (0: none); the restarted job resumes "
-                           "from train_url's checkpoints")
+                      help=f"restarts on a detected fault, {MAX_RETRIES[0]}-{MAX_RETRIES[1]} "
+                           f"(fault-tolerance/job-retry-num; 0: none); the restarted job resumes "
+                           f"from train_url's checkpoints")
+    spec.add_argument("--unconditional_retry", action="store_true",
+                      help="also restart when the training code itself fails (exit code not 0): "
+                           "fault-tolerance/job-unconditional-retry")
+    spec.add_argument("--hang_retry", action="store_true",
+                      help="also restart in place when ModelArts detects a hang: "
+                           "fault-tolerance/hang-retry")
     spec.add_argument("--no_prefetch_output", dest="prefetch_output", action="store_false",
                       help="do not ask ModelArts to download train_url into the job before it "
                            "starts (then a restarted job cannot resume from a mounted output)")
@@ -97,6 +109,61 @@ def split_hyperparameters(argv: list[str]) -> tuple[list[str], dict]:
         if key:
             found[key] = parse_override(f"{key}={value}")[1]
     return rest, found
+
+
+def parse_boot_args(argv: list[str]):
+    """The boot file's arguments, tolerant of what the platform appends.
+
+    ModelArts appends arguments no script declared (`--init_method=tcp://...`, task indices,
+    others; its troubleshooting page "ModelArts Training Job Failed to Parse Parameters" tells
+    scripts to use parse_known_args). Returns (args, ignored): `ignored` names every undeclared
+    `--name` whose name is not close to one of ours. One that is close (`--train_epoch=5` for
+    `--train_epochs`) is a misspelling: ConfigError naming the nearest (exit 2)."""
+    p = parser()
+    options = [o for o in p._option_string_actions if o.startswith("--")]
+    args, unknown = p.parse_known_args(_glue_values(argv, options))
+    ignored = []
+    for token in unknown:
+        name = token.partition("=")[0]
+        if not name.startswith("--") or name == "--":
+            raise ConfigError(f"unexpected argument {token!r}: config overrides are KEY=VALUE "
+                              f"(e.g. train.epochs=3) or --section_key=VALUE")
+        nearest = nearest_name(name[2:])
+        if nearest:
+            raise ConfigError(f"unknown parameter {name}: did you mean {nearest}? (an argument "
+                              f"this close to one of ours is taken for a misspelling, not for "
+                              f"one the platform added)")
+        ignored.append(name)
+    return args, ignored
+
+
+def _glue_values(argv: list[str], options: list[str]) -> list[str]:
+    """`--undeclared VALUE` -> `--undeclared=VALUE`, so the value is not taken for a KEY=VALUE
+    override."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        name = token.partition("=")[0]
+        if (token.startswith("--") and "=" not in token and name not in options
+                and i + 1 < len(argv) and not argv[i + 1].startswith("-")
+                and "=" not in argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def nearest_name(name: str) -> Optional[str]:
+    """The parameter of ours `name` is a misspelling of (`--train_epochs`, or a flag), or None."""
+    keys = set(known_keys()) | {f"storage.{field}" for field in storage_fields()}
+    ours = {key.replace(".", "_", 1): f"--{key.replace('.', '_', 1)} (config key {key})"
+            for key in keys}
+    ours.update({key: f"--{key.replace('.', '_', 1)} (config key {key})" for key in keys})
+    ours.update({o[2:]: o for o in parser()._option_string_actions if o.startswith("--")})
+    close = difflib.get_close_matches(name, list(ours), n=1, cutoff=MISSPELT_CUTOFF)
+    return ours[close[0]] if close else None
 
 
 def storage_fields() -> list[str]:

@@ -43,6 +43,11 @@ OUTPUT_DIR = "/home/ma-user/modelarts/outputs/train_url_0"
 # which the job receives as a parameter, unless the job's environment already has it).
 DEFAULT_ENVIRONMENT: dict = {}
 RETRY_ANNOTATION = "fault-tolerance/job-retry-num"
+UNCONDITIONAL_RETRY_ANNOTATION = "fault-tolerance/job-unconditional-retry"
+HANG_RETRY_ANNOTATION = "fault-tolerance/hang-retry"
+# What --max_retries may be: the values ModelArts takes for fault-tolerance/job-retry-num (0
+# leaves the annotation out: no restart).
+MAX_RETRIES = (1, 3)
 
 PARAMETER_NAME = re.compile(r"^[A-Za-z0-9_-]+$")      # what ModelArts accepts
 JOB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -224,11 +229,19 @@ def metadata_part(args, cfg) -> dict:
     if not JOB_NAME.match(args.job_name or ""):
         raise ConfigError(f"--job_name {args.job_name!r}: 1-64 letters, digits, '-' or '_'")
     retries = getattr(args, "max_retries", 0) or 0
-    if retries < 0:
-        raise ConfigError(f"--max_retries {retries}: 0 (no restart) or more")
+    low, high = MAX_RETRIES
+    if not (retries == 0 or low <= retries <= high):
+        raise ConfigError(f"--max_retries {retries}: ModelArts takes {low}-{high} restarts "
+                          f"(fault-tolerance/job-retry-num), or 0 for none")
+    extra = {UNCONDITIONAL_RETRY_ANNOTATION: getattr(args, "unconditional_retry", False),
+             HANG_RETRY_ANNOTATION: getattr(args, "hang_retry", False)}
+    if not retries and any(extra.values()):
+        raise ConfigError("--unconditional_retry and --hang_retry need --max_retries 1-3: "
+                          "ModelArts restarts only a job with fault-tolerance/job-retry-num")
     found = {"name": args.job_name,
              "description": f"MobileNetV3-Small, config {args.config or 'defaults'}, "
                             f"digest {cfg.digest()}"}
     if retries:
-        found["annotations"] = {RETRY_ANNOTATION: str(retries)}
+        found["annotations"] = {RETRY_ANNOTATION: str(retries),
+                                **{name: "true" for name, on in extra.items() if on}}
     return found

@@ -1,0 +1,101 @@
+"""Issue 24: the whole life of a ModelArts job -- arguments the platform appends, restart
+annotations, restarts that resume from OBS, hangs, stops, long logs, disk space.
+
+Each test names the public source its fixture's format comes from.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from launcher import modelarts
+from tests.test_modelarts import PLATFORM_VARS, dry_run, flag, platform  # noqa: F401 (fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# --- 1. arguments the platform adds -------------------------------------------------------------
+# Source: ModelArts Troubleshooting, "ModelArts Training Job Failed to Parse Parameters and an Error
+# Is Displayed in the Log", https://support.huaweicloud.com/intl/en-us/trouble-modelarts/
+# modelarts_13_0012.html: "error: unrecognized arguments: --init_method=tcp://job", "Unknown
+# command line flag 'task_index'"; "the system may input parameters that are not defined in the
+# Python script ... Replace args = parser.parse_args() with args, unparsed =
+# parser.parse_known_args()". Parameters arrive as --name=value.
+
+
+def test_platform_arguments_are_ignored_in_one_line_and_ours_kept(platform, tmp_path, capsys,
+                                                                  caplog):
+    platform(VC_TASK_INDEX=0, VC_WORKER_NUM=1, MA_NUM_GPUS=0, MA_VJ_NAME="job-args")
+    caplog.set_level(logging.INFO, logger="launcher.modelarts")
+    plan = dry_run(capsys, "--device_target=CPU", f"--data_url={tmp_path / 'data'}",
+                   f"--train_url={tmp_path / 'out'}", f"--cache_dir={tmp_path / 'cache'}",
+                   "--task_index=0", "--some_new_platform_arg=1", "--init_method=tcp://job:6666",
+                   "--rank_size", "8", "--train_epochs=5", "--optim_lr=0.3")
+    ignored = [r.getMessage() for r in caplog.records if "does not declare" in r.getMessage()]
+    assert len(ignored) == 1, ignored
+    assert "--task_index --some_new_platform_arg --rank_size" in ignored[0]
+    import yaml
+    config = yaml.safe_load(Path(flag(plan["processes"][0]["argv"], "--config")).read_text())
+    assert config["train"]["epochs"] == 5 and config["optim"]["lr"] == 0.3
+
+
+def test_a_misspelt_hyperparameter_of_ours_is_still_an_error(tmp_path):
+    """As a new user runs it: the boot file's own process, exit 2, one line naming the key."""
+    proc = subprocess.run([sys.executable, "launcher/modelarts.py", f"--data_url={tmp_path}",
+                           f"--train_url={tmp_path / 'out'}", "--task_index=0",
+                           "--train_epoch=5", "--dry-run"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--train_epoch" in errors[0], proc.stderr[-2000:]
+    assert "--train_epochs (config key train.epochs)" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+# --- 3. fault tolerance as documented ----------------------------------------------------------
+# Sources: "Enabling Unconditional Auto Restart", https://support.huaweicloud.com/intl/en-us/
+# usermanual-standard-modelarts/develop-modelarts-0041.html (annotations
+# "fault-tolerance/job-retry-num" and "fault-tolerance/job-unconditional-retry": "true" in
+# metadata.annotations; unconditional restarts at most three consecutive times) and "Training Job
+# Restart Upon Suspension", https://support.huaweicloud.com/intl/en-us/usermanual-standard-
+# modelarts/develop-modelarts-0043.html ("fault-tolerance/hang-retry"; at most three consecutive
+# times). The 1-3 range for job-retry-num is the project's reading of the training docs
+# (PLATFORM_NOTES.md); the unconditional-restart page quotes 1-128 for the API.
+
+SPEC = ["--print-job-spec", "--image", "swr.example/org/mnv3:1", "--device_target", "CPU",
+        "--data_url", "obs://b/d", "--train_url", "obs://b/o", "--flavor", "f"]
+
+
+def annotations(capsys, *extra) -> dict:
+    assert modelarts.main([*SPEC, *extra]) == 0
+    return json.loads(capsys.readouterr().out)["metadata"].get("annotations", {})
+
+
+def test_restart_annotations_as_documented(platform, capsys):
+    assert annotations(capsys, "--max_retries", "1") == {"fault-tolerance/job-retry-num": "1"}
+    assert annotations(capsys, "--max_retries", "3", "--unconditional_retry", "--hang_retry") == {
+        "fault-tolerance/job-retry-num": "3", "fault-tolerance/job-unconditional-retry": "true",
+        "fault-tolerance/hang-retry": "true"}
+    assert annotations(capsys, "--max_retries", "0") == {}
+
+
+@pytest.mark.parametrize("value", ["4", "-1", "128"])
+def test_max_retries_outside_1_to_3_is_one_line_before_any_api_call(value, tmp_path, monkeypatch,
+                                                                   capsys):
+    """`submit` refuses it before it opens the API (no credentials are even needed)."""
+    from launcher import modelarts_jobs
+    from launcher.common import run_main
+
+    def no_api(args):
+        raise AssertionError("the API was opened")
+    monkeypatch.setattr(modelarts_jobs, "open_api", no_api)
+    code = run_main(modelarts.main, ["submit", *SPEC[1:], "--max_retries", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--max_retries" in err[0] and "1-3" in err[0], err
+    code = run_main(modelarts.main, ["submit", *SPEC[1:], "--max_retries", "0", "--hang_retry"])
+    assert code == 2 and "need --max_retries" in capsys.readouterr().err

@@ -37,7 +37,7 @@ import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see th
 from launcher import distributed as dist  # noqa: E402
 from launcher.common import run_main  # noqa: E402
 from launcher.modelarts_args import (build_config, cache_root, parse_boot_args,  # noqa: E402
-                                     resume_point, split_hyperparameters)
+                                     parser, resume_point, split_hyperparameters)
 from launcher.modelarts_plan import DYNAMIC_CLUSTER_VARS, PlanInputs, plan_for  # noqa: E402
 
 log = logging.getLogger("launcher.modelarts")
@@ -76,6 +76,7 @@ def become_rank(plan, secrets: dict) -> None:
 # --- main ------------------------------------------------------------------------------------
 
 
+__all__ = ["main", "parser", "split_hyperparameters"]
 # Subcommands run on the user's machine (not inside a job): launcher/modelarts_jobs.py.
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
 

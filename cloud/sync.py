@@ -270,6 +270,7 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
             stats.bytes_skipped += info.size
         else:
             todo.append((rel, info, local))
+    check_free_space(todo, dest_dir, source)
     for directory in sorted({os.path.dirname(local) for _, _, local in todo}):
         try:
             os.makedirs(directory, exist_ok=True)
@@ -317,6 +318,38 @@ def _download(storage: Storage, prefix: str, dest_dir: str, source: str,
                            f"(the others are cached; re-run to retry); first: {errors[0]}")
     log.info("download %s -> %s: %s", source, dest_dir, stats.summary())
     return stats
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def check_free_space(todo: list, dest_dir: str, source: str) -> None:
+    """Before anything is downloaded: what is still to stage must fit in the cache's free
+    space (ModelArts' /cache is about 50 GB on some flavours), else one line naming both sizes
+    and the way out, instead of a disk-full error halfway through."""
+    import shutil
+    needed = 0
+    for _, info, local in todo:  # a file replaced in place frees its old size
+        try:
+            needed += info.size - os.path.getsize(local)
+        except OSError:
+            needed += info.size
+    probe = dest_dir
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe) or "."
+    free = shutil.disk_usage(probe).free
+    if needed > free:
+        raise StorageError(
+            f"{source} needs {_size(needed)} more in {dest_dir} but only {_size(free)} is free "
+            f"there: stage it on a larger disk (--cache_dir or MNV3_CACHE_DIR on the node's NVMe or "
+            f"an SFS mount; on ModelArts a flavour with a larger /cache), or pack it smaller "
+            f"(local.py pack); reading straight from OBS without staging (issue \"Streaming\") is "
+            f"not available yet")
 
 
 def _record(stats: SyncStats, attempted: int, errors: list, progress, started: float) -> None:

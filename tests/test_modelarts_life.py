@@ -99,3 +99,40 @@ def test_max_retries_outside_1_to_3_is_one_line_before_any_api_call(value, tmp_p
     assert code == 2 and len(err) == 1 and "--max_retries" in err[0] and "1-3" in err[0], err
     code = run_main(modelarts.main, ["submit", *SPEC[1:], "--max_retries", "0", "--hang_retry"])
     assert code == 2 and "need --max_retries" in capsys.readouterr().err
+
+
+# --- 8. disk -----------------------------------------------------------------------------------
+# Source for the sizes: PLATFORM_NOTES.md "ModelArts: what a job's life adds" (/cache about 50 GB
+# on some CPU flavours); the check itself needs no platform: staging compares the bytes still to
+# download with the cache's free space before it writes anything.
+
+
+def test_staging_more_than_the_cache_holds_stops_before_writing(tmp_path, monkeypatch):
+    import shutil as real_shutil
+
+    from cloud.errors import StorageError
+    from cloud.storage import open_storage
+    from cloud.sync import download_tree
+    src = tmp_path / "bucket" / "imagenet"
+    for i in range(3):
+        (src / "train").mkdir(parents=True, exist_ok=True)
+        (src / "train" / f"shard-{i}.bin").write_bytes(b"x" * 400_000)
+    dest = tmp_path / "cache" / "data"
+    usage = real_shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(real_shutil, "disk_usage",
+                        lambda path: usage._replace(free=1_000_000))  # 1 MB free, 1.2 MB to stage
+    with pytest.raises(StorageError) as caught:
+        download_tree(open_storage(str(src)), "", str(dest))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "needs 1.1 MB more" in message and "only 976.6 KB is free" in message
+    assert "--cache_dir" in message and "Streaming" in message
+    assert not any(p.is_file() for p in dest.rglob("*"))
+    # what is already staged counts: with two shards cached, the third one fits
+    monkeypatch.setattr(real_shutil, "disk_usage", lambda path: usage)
+    download_tree(open_storage(str(src)), "", str(dest))
+    (dest / "train" / "shard-2.bin").unlink()
+    monkeypatch.setattr(real_shutil, "disk_usage",
+                        lambda path: usage._replace(free=500_000))
+    download_tree(open_storage(str(src)), "", str(dest))
+    assert (dest / "train" / "shard-2.bin").stat().st_size == 400_000

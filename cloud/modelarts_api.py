@@ -6,6 +6,9 @@ Calls (all in huaweicloudsdkmodelarts.v1's ModelArtsClient, SDK 3.1.219), paths 
   create   POST  /training-jobs                                   CreateTrainingJobRequest
   show     GET   /training-jobs/{id}                              ShowTrainingJobDetailsRequest
   logs     GET   /training-jobs/{id}/tasks/{task}/logs/preview    ShowTrainingJobLogsPreviewRequest
+  full log GET   /training-jobs/{id}/tasks/{task}/logs/url        (ShowObsUrlOfTrainingJobLogs; not
+                 in SDK 3.1.219: sent through the SDK's signed _call_api) -> {"obs_url"}, a
+                 temporary OBS link to the whole log, read with plain HTTP GETs (Range)
   stop     POST  /training-jobs/{id}/actions                      StopTrainingJobRequest
                  {"action_type": "terminate"}
   flavors  GET   /training-job-flavors                            ShowTrainingJobFlavorsRequest
@@ -213,6 +216,49 @@ class ModelArtsApi:
                       else len(content.encode()))
         full = int(response.full_size if response.full_size is not None else current)
         return LogPreview(content, current, full)
+
+    def log_url(self, job_id: str, task: str) -> str:
+        """A temporary (about 5 minutes) OBS link to the task's whole log: the preview holds at
+        most 5 MB. API reference "Querying the Logs of a Specified Task in a Training Job (OBS
+        Link)": GET .../tasks/{task_id}/logs/url, Content-Type text/plain for a preview link
+        (application/octet-stream, the download link, would make the SDK send a stream body),
+        answer {"obs_url": ...}."""
+        import json
+        what = f"get the full-log link of job {job_id} task {task}"
+        http_info = {"method": "GET",
+                     "resource_path": "/v2/{project_id}/training-jobs/{training_job_id}/tasks/"
+                                      "{task_id}/logs/url",
+                     "request_type": "ShowObsUrlOfTrainingJobLogsRequest",
+                     # the SDK has no model for the answer: any model parses it, raw_content is read
+                     "response_type": "ShowTrainingJobLogsPreviewResponse",
+                     "cname": None, "collection_formats": {},
+                     "path_params": {"training_job_id": job_id, "task_id": task},
+                     "query_params": [], "header_params": {"Content-Type": "text/plain"},
+                     "post_params": {}, "body": None, "response_headers": []}
+        response = self._call(what, lambda: self._client._call_api(**http_info))
+        try:
+            url = json.loads(response.raw_content or b"{}").get("obs_url")
+        except ValueError:
+            url = None
+        if not url:
+            raise ModelArtsApiError(f"ModelArts API: {what}: the answer has no obs_url")
+        return url
+
+    def read_log(self, url: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a full log behind a temporary OBS link (no signing: the link
+        carries its own)."""
+        import urllib.error
+        import urllib.request
+        request = urllib.request.Request(url, headers={"Range": f"bytes={start}-{end - 1}"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as answer:
+                data = answer.read()
+                if answer.status == 200:  # the whole object: Range not honoured
+                    data = data[start:end]
+        except (urllib.error.URLError, OSError) as exc:
+            raise ModelArtsApiError(f"cannot read the full log (its temporary OBS link): "
+                                    f"{self._scrub(str(exc))[:200]}", transient=True) from None
+        return data
 
     def stop_job(self, job_id: str) -> JobStatus:
         from huaweicloudsdkmodelarts.v1 import JobActionType, StopTrainingJobRequest

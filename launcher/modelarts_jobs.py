@@ -139,11 +139,14 @@ def upload_code(code_dir: str, settings, root: Optional[Path] = None):
 
 class LogFollower:
     """Prints only what is new in a task's log. The preview holds the last few MB of the log
-    (`content` = the last `current_size` of `full_size` bytes); a line is printed once it is
-    complete, the rest at the end."""
+    (at most 5 MB: `content` = the last `current_size` of `full_size` bytes); what it has cut
+    since the last poll is read from the whole log (`fill(start, end)` -> bytes, the full-log
+    OBS link), so no line is lost or printed twice. A line is printed once it is complete, the
+    rest at the end."""
 
-    def __init__(self, out=None):
+    def __init__(self, out=None, fill: Optional[Callable[[int, int], bytes]] = None):
         self.out = out or sys.stdout
+        self.fill = fill
         self.consumed = 0       # bytes of the whole log taken in so far (printed or pending)
         self.pending = b""      # an incomplete last line, printed when completed or at the end
 
@@ -155,9 +158,13 @@ class LogFollower:
             note("the log started again (the job was restarted?)")
             self.consumed, self.pending = 0, b""
         if start > self.consumed:
-            note(f"{start - self.consumed} bytes of the log are not in the preview (it holds "
-                 f"the last part only): the whole log is in the log export folder (--log_url)")
-            self.consumed, self.pending = start, b""
+            gap = self._fill(self.consumed, start)
+            if gap is None:
+                note(f"{start - self.consumed} bytes of the log are not in the preview (it holds "
+                     f"the last part only): the whole log is in the log export folder (--log_url)")
+                self.consumed, self.pending = start, b""
+            else:
+                data, start = gap + data, self.consumed
         new = self.pending + data[self.consumed - start:]
         self.consumed = full_size
         cut = len(new) if final else new.rfind(b"\n") + 1
@@ -166,6 +173,27 @@ class LogFollower:
             self.out.write(text if text.endswith("\n") else text + "\n")
             self.out.flush()
         self.pending = new[cut:]
+
+
+    def _fill(self, start: int, end: int) -> Optional[bytes]:
+        if self.fill is None:
+            return None
+        try:
+            gap = self.fill(start, end)
+        except ModelArtsApiError as exc:
+            if exc.transient:  # nothing consumed: the next poll asks again
+                raise
+            note(f"{exc}")
+            return None
+        return gap if len(gap) == end - start else None
+
+
+def full_log_reader(api: ModelArtsApi, job_id: str, task: str) -> Callable[[int, int], bytes]:
+    """fill() for LogFollower: bytes of the whole log through its temporary OBS link (asked
+    for when needed: the link expires after a few minutes)."""
+    def fill(start: int, end: int) -> bytes:
+        return api.read_log(api.log_url(job_id, task), start, end)
+    return fill
 
 
 def note(text: str) -> None:
@@ -185,6 +213,7 @@ def watch(api: ModelArtsApi, job_id: str, *, poll_s: float, task: Optional[str] 
                 phase = status.phase
             name = task or (status.tasks[0] if status.tasks else None)
             if logs and name and status.phase not in ("Creating", "Pending"):
+                follower.fill = full_log_reader(api, job_id, name)
                 preview = api.log_preview(job_id, name)
                 follower.feed(preview.content, preview.current_size, preview.full_size,
                               final=status.finished)
@@ -282,7 +311,8 @@ def logs_command(argv: list[str]) -> int:
             raise ModelArtsApiError(f"job {args.job_id} ({status.phase}) has no task with a log "
                                     f"yet: try again once it runs")
         preview = api.log_preview(args.job_id, name)
-        LogFollower().feed(preview.content, preview.current_size, preview.full_size, final=True)
+        LogFollower(fill=full_log_reader(api, args.job_id, name)).feed(
+            preview.content, preview.current_size, preview.full_size, final=True)
         return 0
 
 

@@ -12,7 +12,14 @@ malformed body, unknown job) are this stand-in's own, in the same JSON shape.
   GET  /v2/{project_id}/training-jobs/{id}                          -> the job (one step further)
   GET  /v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/preview -> {"content", "current_size",
                                                                        "full_size"}
+  GET  /v2/{project_id}/training-jobs/{id}/tasks/{task}/logs/url    -> {"obs_url"}: a temporary
+                                                                       link to the whole log
   POST /v2/{project_id}/training-jobs/{id}/actions {"action_type": "terminate"} -> the job
+  GET  /obs-log/{id}?AWSAccessKeyId=..&Signature=..  the whole log behind that link (no API
+       signature: the link carries its own; honours Range, as OBS does)
+
+The preview holds at most PREVIEW_LIMIT bytes (5 MB), the last ones: `content` is the last
+`current_size` of `full_size` bytes.
 
 A job follows `script`: each status read moves it one step, (phase, text appended to its log).
 
@@ -24,6 +31,11 @@ Sources:
   HMAC-SHA256(SK, StringToSign); header "SDK-HMAC-SHA256 Access=AK, SignedHeaders=..,
   Signature=.."), and the gateway's 401 {"error_code": "APIGW.0301", "error_msg": "Incorrect IAM
   authentication information: verify aksk signature fail"} quoted from Huawei's APIG error list.
+* Logs: https://support.huaweicloud.com/intl/en-us/api-modelarts/ShowTrainingJobLogsPreview.html
+  (content, current_size, full_size) and https://support.huaweicloud.com/intl/en-us/api-modelarts/
+  ShowObsUrlOfTrainingJobLogs.html (GET .../logs/url, Content-Type text/plain or
+  application/octet-stream, answer {"obs_url": "...?AWSAccessKeyId=..."}, valid 5 minutes); the
+  5 MB preview limit from PLATFORM_NOTES.md ("Log preview returns at most 5 MB").
 * Calls and fields: https://support.huaweicloud.com/intl/en-us/api-modelarts/CreateTrainingJob.html
   (POST /v2/{project_id}/training-jobs; kind, metadata.name 1-64 of [A-Za-z0-9_-], algorithm
   code_dir+boot_file / engine / parameters / inputs / outputs, spec.resource), and the request and
@@ -49,6 +61,9 @@ JOB_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 AUTH = re.compile(r"^SDK-HMAC-SHA256 Access=([^,]+), SignedHeaders=([^,]+), "
                   r"Signature=([0-9a-f]{64})$")
 MAX_SKEW = dt.timedelta(minutes=15)
+PREVIEW_LIMIT = 5 * 1024 * 1024
+
+RAW = object()  # marks a raw-bytes answer in handle()'s result
 
 COMPLETED = [("Creating", ""), ("Pending", ""), ("Running", "step 1 loss 6.9\nstep 2 lo"),
              ("Running", "ss 6.8\nstep 3 loss 6.7\n"), ("Running", "epoch 1 top1 0.1\n"),
@@ -92,6 +107,8 @@ class ModelArtsStandIn:
     rejected: list = field(default_factory=list)     # (path, error_code) of refused ones
     jobs: dict = field(default_factory=dict)
     fail_next: list = field(default_factory=list)    # (status, code, msg) to answer next, in order
+    log_links: int = 0                               # full-log links handed out
+    log_bytes_read: int = 0                          # bytes read through them
     server: ThreadingHTTPServer | None = None
     thread: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -146,6 +163,8 @@ class ModelArtsStandIn:
 
     def handle(self, method: str, raw_path: str, headers: dict, body: bytes):
         parts = urlsplit(raw_path)
+        if method == "GET" and parts.path.startswith("/obs-log/"):
+            return self.full_log(parts.path.rsplit("/", 1)[1], headers)
         parsed = json.loads(body) if body else None
         with self.lock:
             self.requests.append((method, parts.path, headers, parsed, body))
@@ -181,8 +200,19 @@ class ModelArtsStandIn:
         if method == "GET" and route[2:3] == ["tasks"] and route[4:] == ["logs", "preview"]:
             if route[3] != "worker-0":
                 return 400, "ModelArts.2763", f"task {route[3]} not found"
-            size = len(job.log.encode())
-            return 200, {"content": job.log, "current_size": size, "full_size": size}
+            data = job.log.encode()
+            tail = data[-PREVIEW_LIMIT:]
+            while tail and (tail[0] & 0xC0) == 0x80:  # start on a whole character
+                tail = tail[1:]
+            return 200, {"content": tail.decode(), "current_size": len(tail),
+                         "full_size": len(data)}
+        if method == "GET" and route[2:3] == ["tasks"] and route[4:] == ["logs", "url"]:
+            if route[3] != "worker-0":
+                return 400, "ModelArts.2763", f"task {route[3]} not found"
+            with self.lock:
+                self.log_links += 1
+            return 200, {"obs_url": f"{self.endpoint}/obs-log/{job.id}?AWSAccessKeyId=AK"
+                                    f"&Expires=300&Signature=stand-in"}
         if method == "POST" and route[2:] == ["actions"]:
             if parsed != {"action_type": "terminate"}:
                 return 400, "ModelArts.2701", "action_type must be terminate"
@@ -190,6 +220,23 @@ class ModelArtsStandIn:
                 job.phase = "Terminated"
             return 200, job.answer()
         return 404, "ModelArts.0404", f"no such API: {method} {parts.path}"
+
+    def full_log(self, job_id: str, headers: dict):
+        """The object behind the temporary link: bytes, with Range as OBS answers it."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return 404, "NoSuchKey", "no such log"
+        data = job.log.encode()
+        match = re.match(r"bytes=(\d+)-(\d*)$", headers.get("Range", ""))
+        if match:
+            start = int(match.group(1))
+            end = int(match.group(2)) + 1 if match.group(2) else len(data)
+            with self.lock:
+                self.log_bytes_read += len(data[start:end])
+            return 206, RAW, data[start:end]
+        with self.lock:
+            self.log_bytes_read += len(data)
+        return 200, RAW, data
 
     def check_job(self, body) -> str | None:
         """What the API refuses in a job definition (the fields this project sends)."""
@@ -232,6 +279,13 @@ class ModelArtsStandIn:
                 body = self.rfile.read(length) if length else b""
                 status, *payload = stand_in.handle(self.command, self.path, dict(self.headers),
                                                    body)
+                if len(payload) == 2 and payload[0] is RAW:  # bytes, not JSON
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(payload[1])))
+                    self.end_headers()
+                    self.wfile.write(payload[1])
+                    return
                 if len(payload) == 2:   # an error: (status, code, message)
                     code, message = payload
                     answer = {"error_code": code, "error_msg": message}

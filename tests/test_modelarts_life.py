@@ -136,3 +136,61 @@ def test_staging_more_than_the_cache_holds_stops_before_writing(tmp_path, monkey
                         lambda path: usage._replace(free=500_000))
     download_tree(open_storage(str(src)), "", str(dest))
     assert (dest / "train" / "shard-2.bin").stat().st_size == 400_000
+
+
+# --- 6. logs -----------------------------------------------------------------------------------
+# Sources: API reference "Querying the Logs of a Specified Task in a Given Training Job (Preview)",
+# https://support.huaweicloud.com/intl/en-us/api-modelarts/ShowTrainingJobLogsPreview.html
+# (content, current_size, full_size), and "Querying the Logs of a Specified Task in a Training Job
+# (OBS Link)", https://support.huaweicloud.com/intl/en-us/api-modelarts/
+# ShowObsUrlOfTrainingJobLogs.html (GET .../logs/url -> {"obs_url"}, "view the current complete
+# logs"); the preview's 5 MB limit: PLATFORM_NOTES.md. The stand-in (tests/modelarts_api_server.py)
+# serves both, the preview cut to its last 5 MB.
+
+IMAGE_JOB = ["--image", "swr.example/org/mnv3:1", "--data_url", "obs://bucket/d",
+             "--train_url", "obs://bucket/o", "--flavor", "modelarts.vm.cpu.8u",
+             "--device_target", "CPU"]
+
+
+def numbered(first: int, count: int) -> str:
+    return "".join(f"step {i:07d} loss 6.9 {'.' * 77}\n" for i in range(first, first + count))
+
+
+def test_logs_follow_a_job_past_the_5_mb_preview_without_losing_or_repeating(capsys):
+    from tests.modelarts_api_server import PREVIEW_LIMIT
+    from tests.test_modelarts_jobs import API_AK, API_SK, PROJECT_ID, CREDENTIAL_VARS
+    from launcher.common import run_main
+    from tests.modelarts_api_server import ModelArtsStandIn
+    stand_in = ModelArtsStandIn(ak=API_AK, sk=API_SK, project_id=PROJECT_ID).start()
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in CREDENTIAL_VARS:
+            mp.delenv(name, raising=False)
+        for name, value in {"HUAWEICLOUD_SDK_AK": API_AK, "HUAWEICLOUD_SDK_SK": API_SK,
+                            "HUAWEICLOUD_PROJECT_ID": PROJECT_ID,
+                            "MODELARTS_ENDPOINT": stand_in.endpoint}.items():
+            mp.setenv(name, value)
+        # 1 MB, then 6 MB more in one poll (the 5 MB preview then misses 0.76 MB), a cut line,
+        # the end
+        chunks = [numbered(0, 10_000), numbered(10_000, 60_000), "step 70000 lo",
+                  "ss 6.8\n" + numbered(70_001, 10) + "done"]
+        stand_in.script = [("Creating", ""), ("Running", chunks[0]), ("Running", chunks[1]),
+                           ("Running", chunks[2]), ("Completed", chunks[3])]
+        whole = "".join(chunks)
+        gap = len(chunks[0]) + len(chunks[1]) - PREVIEW_LIMIT - len(chunks[0])
+        assert gap > 0
+        code = run_main(modelarts.main, ["submit", *IMAGE_JOB, "--poll_s", "0.01"])
+        out, err = capsys.readouterr()
+        assert code == 0, err[-2000:]
+        assert out.split("\n", 1)[1] == whole + "\n"  # after the "job ... created" line
+        assert "not in the preview" not in err
+        assert (stand_in.log_links, stand_in.log_bytes_read) == (1, gap)
+        # `logs JOB` of the finished job: the whole log, the head read through the link
+        job_id = next(iter(stand_in.jobs))
+        code = run_main(modelarts.main, ["logs", job_id])
+        out, err = capsys.readouterr()
+        assert code == 0 and out == whole + "\n", err[-2000:]
+        assert stand_in.log_bytes_read == gap + len(whole) - PREVIEW_LIMIT
+    finally:
+        mp.undo()
+        stand_in.stop()

@@ -94,7 +94,7 @@ def main():
     if common.need_peers():
         proc = subprocess.run([str(common.PEERS_PY), "-c", TORCH, str(args.batch),
                                json.dumps(SHAPES), str(args.reps)], capture_output=True, text=True,
-                              env=common.child_env())
+                              env=common.peer_env())
         torch = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
     rows = []
     for name, *_ in SHAPES:

@@ -115,7 +115,7 @@ def peer_configs(args) -> list[tuple[int, str]]:
 
 
 def run_torch(root: Path, workers: int, policy: str, batch: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env = {k: v for k, v in common.peer_env().items() if k != "OMP_WAIT_POLICY"}
     if policy != "default":
         env["OMP_WAIT_POLICY"] = policy
     return common.run_peer("torch_eval.py", [root / "val", "--workers", workers, "--batch", batch], env=env)

@@ -90,7 +90,7 @@ def run_torch(what: str, size: int, batch: int, steps: int, warmup: int) -> dict
     is the peer's figure, so the project's setting never handicaps the peer."""
     runs = []
     for policy in ("default", "PASSIVE"):
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        env = {k: v for k, v in common.peer_env().items() if k != "OMP_WAIT_POLICY"}
         if policy != "default":
             env["OMP_WAIT_POLICY"] = policy
         run = common.run_peer("torch_models.py", [what, "--size", size, "--batch", batch,

@@ -121,7 +121,7 @@ def torch_e2e(root: Path, workers: int, warmup: int, steps: int) -> dict:
     launchers set PASSIVE: launcher/openmp.py), so the project's setting never handicaps it."""
     runs = []
     for policy in ("default", "PASSIVE"):
-        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        env = {k: v for k, v in common.peer_env().items() if k != "OMP_WAIT_POLICY"}
         if policy != "default":
             env["OMP_WAIT_POLICY"] = policy
         cmd = [str(common.PEERS_PY), os.path.abspath(__file__), "--torch-side", str(root),

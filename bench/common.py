@@ -168,12 +168,22 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
+def peer_env() -> dict:
+    """child_env() for a peer (PyTorch, torchvision): without the oneDNN cap the project's
+    launchers set for MindSpore (launcher/openmp.py), unless --isa put it there for every side."""
+    env = child_env()
+    if kernel_isa() not in PEER_ISA_ENV:
+        for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+            env.pop(name, None)
+    return env
+
+
 def run_peer(script: str, args: list[str], timeout: int = 1800, env: dict | None = None) -> dict:
     """Run bench/peers/<script> in the peers venv; it prints one JSON line last. `env`: the
-    environment (default: child_env())."""
+    environment (default: peer_env())."""
     cmd = [str(PEERS_PY), str(BENCH_DIR / "peers" / script)] + [str(a) for a in args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env=child_env() if env is None else env)
+                          env=peer_env() if env is None else env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -168,14 +168,14 @@ def native_families(timings: dict) -> list:
 
 
 def host_key(threads: Optional[int]) -> str:
-    """What the choice depends on: CPU, instruction-set build, threads, the library's build and
-    MindSpore's version."""
+    """What the choice depends on: CPU, instruction-set build, threads, the library's build,
+    MindSpore's version and the instruction set its oneDNN may use."""
     library = fast_conv.library_path()
     stat = library.stat() if library else None
     return "|".join([native.cpu_model(), f"{os.cpu_count()} cpus", f"threads={threads or 'default'}",
                      f"build={fast_conv.variant()}",
                      f"lib={stat.st_size}:{stat.st_mtime_ns}" if stat else "lib=none",
-                     f"mindspore={ms.__version__}"])
+                     f"mindspore={ms.__version__}", f"onednn={native.onednn_isa()}"])
 
 
 def _read(cache: Path) -> dict:

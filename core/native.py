@@ -64,6 +64,20 @@ def host_variants(flags: Optional[set] = None) -> tuple:
     return tuple(v for v in VARIANTS["x86_64"] if _X86_LEVEL_FLAGS[v] <= flags)
 
 
+def onednn_isa() -> str:
+    """The instruction set MindSpore's oneDNN runs its CPU convolutions with (dnnl's ISA mask, as
+    capped by the process's runtime settings), or "unknown": what MindSpore's side of the kernel
+    choice depends on."""
+    import ctypes
+
+    try:
+        import mindspore
+        lib = ctypes.CDLL(str(Path(mindspore.__file__).parent / "lib" / "libdnnl.so.3"))
+        return hex(lib.dnnl_get_effective_cpu_isa())
+    except (OSError, AttributeError):
+        return "unknown"
+
+
 def variant_library(stem: str, variant: str) -> Path:
     return KERNEL_DIR / f"{stem}.{variant}.so"
 

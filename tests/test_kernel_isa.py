@@ -81,3 +81,38 @@ def test_the_forced_build_is_the_one_that_runs():
     finally:
         fast_conv.select_variant("auto")
     assert fast_conv.variant() == variants[0]
+
+
+ONEDNN_PROBE = r"""
+import launcher.openmp, os, numpy as np
+import mindspore as ms
+from mindspore import nn
+ms.set_context(mode=ms.GRAPH_MODE); ms.set_device("CPU")
+nn.Conv2d(8, 8, 3, pad_mode="pad", padding=1)(ms.Tensor(np.ones((1, 8, 8, 8), np.float32))).asnumpy()
+print("cap=" + os.environ.get("ONEDNN_MAX_CPU_ISA", ""))
+"""
+
+
+def onednn_isa(env: dict) -> tuple:
+    """(the cap the entry point left in the environment, the ISA MindSpore's oneDNN reports)."""
+    proc = subprocess.run([sys.executable, "-c", ONEDNN_PROBE], cwd=REPO, capture_output=True, text=True,
+                          env={**env, "ONEDNN_VERBOSE": "1"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    [isa] = [line.split("isa:", 1)[1] for line in out.splitlines() if ",cpu,isa:" in line]
+    [cap] = [line[4:] for line in out.splitlines() if line.startswith("cap=")]
+    return cap, isa
+
+
+def test_entry_points_cap_mindspores_onednn_at_avx2_and_keep_a_users_choice():
+    """launcher.openmp caps oneDNN (MindSpore's own convs) at AVX2 on x86-64: its AVX-512 code
+    for MindSpore's NCHW tensors was an order of magnitude slower (README "CPU speed")."""
+    if native.machine() != "x86_64":
+        pytest.fail("written for x86-64 hosts")
+    env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
+    cap, isa = onednn_isa(env)
+    assert cap == "AVX2" and isa.strip() == "Intel AVX2", (cap, isa)
+    cap, isa = onednn_isa({**env, "ONEDNN_MAX_CPU_ISA": "ALL"})
+    assert cap == "ALL"
+    if "avx512" in native.host_variants():
+        assert "AVX-512" in isa, isa

@@ -104,6 +104,11 @@ class TrainConfig:
     log_interval: int = _spec(100, minimum=1, help="steps between progress lines")
     eval_interval: int = _spec(0, minimum=0, help="validate every N epochs (0 = only at the end)")
     eval_at_end: bool = _spec(True, help="validate after the last epoch")
+    hang_timeout_s: float = _spec(600.0, minimum=0.0,
+                                  help="a rank with no step done for this long (3x for the first "
+                                       "step: graph compile) logs every thread's stack and exits "
+                                       "non-zero (0 = off); ModelArts' own hang detection waits "
+                                       "30 min")
 
 
 @dataclass

@@ -159,7 +159,9 @@ def train_rank(args) -> int:
                           writer=env.is_primary, settings=storage_settings(settings),
                           pretrained=args.pretrained)
         resume = local_checkpoint(job.cfg, job.resume)
-        callbacks = [stop, ResumeAgreement(), ShardLog(cfg.data.batch_size), *job.callbacks]
+        from launcher.watchdog import HangWatchdog
+        callbacks = [stop, HangWatchdog(cfg.train.hang_timeout_s, env.rank), ResumeAgreement(),
+                     ShardLog(cfg.data.batch_size), *job.callbacks]
         summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
                                callbacks=callbacks, rank=env.rank, world=env.world_size,
                                job_id=job_id)

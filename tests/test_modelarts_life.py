@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from launcher import modelarts
+from tests.test_distributed import launched  # noqa: F401 (fixture)
 from tests.test_modelarts import PLATFORM_VARS, dry_run, flag, platform  # noqa: F401 (fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,3 +195,56 @@ def test_logs_follow_a_job_past_the_5_mb_preview_without_losing_or_repeating(cap
     finally:
         mp.undo()
         stand_in.stop()
+
+
+# --- 4. hangs ----------------------------------------------------------------------------------
+# Source for the platform's side: "Training Job Restart Upon Suspension", https://support.
+# huaweicloud.com/intl/en-us/usermanual-standard-modelarts/develop-modelarts-0043.html (the
+# platform's own hang detection restarts in place; its rules, MA_HANG_DETECT_TIME, default 30 min:
+# PLATFORM_NOTES.md). Ours fires well before: train.hang_timeout_s, default 600 s.
+
+
+def test_a_rank_blocked_in_training_ends_the_job_and_names_itself(tiny_dataset, tmp_path,
+                                                                  launched):
+    import time
+
+    from tests.test_distributed import TINY, checkpoint_files, hooked
+    out, timeout = tmp_path / "run", 10
+    proc = launched.start(["launcher/local.py", "train", "--nproc", "2", "--dataset_path",
+                           tiny_dataset, "--output_dir", out, "train.epochs=20",
+                           "train.eval_at_end=false", f"train.hang_timeout_s={timeout}",
+                           "checkpoint.interval_steps=2", *TINY],
+                          hooked(MNV3_TEST_HANG_AT="1:3"))
+    code = launched.wait(proc, 240)
+    ended = time.monotonic()
+    output = launched.output()
+    hung = launched.first_time("injected hang (MNV3_TEST_HANG_AT) on rank 1 at step 3")
+    assert code != 0 and hung is not None, output[-4000:]
+    assert "rank 1 hung: no training step completed for" in output and "after step 3, outside" in output, \
+        output[-6000:]
+    assert "in on_step_end" in output and "train_hooks.py" in output  # rank 1's own stack
+    assert ended - hung < timeout + 20, f"the job ended {ended - hung:.0f} s after the hang"
+    assert "mobilenetv3-e0000-s00000002.ckpt" in " ".join(checkpoint_files(out)) or \
+        any("s00000002" in name for name in checkpoint_files(out)), checkpoint_files(out)
+    time.sleep(1)
+    assert not launched.tagged(), "ranks outlived the hung job"
+
+
+def test_watchdog_fires_only_after_the_timeout_and_counts_the_first_step_longer():
+    import time
+
+    from launcher.watchdog import EXIT_HUNG, HangWatchdog
+    exits = []
+    dog = HangWatchdog(0.3, exit=exits.append)
+    dog.on_train_begin({"rank": 2, "start_step": 40})
+    time.sleep(0.6)                      # compiling: 3 x 0.3 s allowed before the first step
+    assert exits == []
+    for _ in range(5):
+        dog.stop_requested()
+        time.sleep(0.1)
+    assert exits == [] and dog.step == 45
+    time.sleep(0.8)
+    assert exits == [EXIT_HUNG]
+    off = HangWatchdog(0, exit=exits.append)
+    off.on_train_begin({"rank": 0, "start_step": 0})
+    assert off._thread is None

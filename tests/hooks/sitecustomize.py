@@ -33,5 +33,6 @@ class _WrapTrainOnImport(importlib.abc.MetaPathFinder):
         return spec
 
 
-if any(os.environ.get(name) for name in ("MNV3_TEST_DUMP_DIR", "MNV3_TEST_CRASH_AT")):
+if any(os.environ.get(name) for name in ("MNV3_TEST_DUMP_DIR", "MNV3_TEST_CRASH_AT",
+                                         "MNV3_TEST_HANG_AT")):
     sys.meta_path.insert(0, _WrapTrainOnImport())

@@ -7,6 +7,8 @@ the processes a test starts; in-process tests use the classes directly).
                            set in "read" and in read order in "order").
   MNV3_TEST_CRASH_AT=R:S   rank R raises RuntimeError at the first progress report at or after
                            global step S (train.log_interval=1 for exactness).
+  MNV3_TEST_HANG_AT=R:S    rank R blocks for good (a sleep in the main thread, as a rank stuck
+                           in a collective) at the first progress report at or after step S.
 """
 from __future__ import annotations
 
@@ -37,6 +39,18 @@ class CrashAt(Callback):
         if self.rank == self.crash_rank and info["step"] >= self.crash_step:
             raise RuntimeError(f"injected crash (MNV3_TEST_CRASH_AT) on rank {self.rank} at "
                                f"step {info['step']}")
+
+
+class HangAt(CrashAt):
+    """An injected hang, for testing the hang watchdog (launcher/watchdog.py)."""
+
+    def on_step_end(self, info):
+        if self.rank == self.crash_rank and info["step"] >= self.crash_step:
+            import time
+            print(f"injected hang (MNV3_TEST_HANG_AT) on rank {self.rank} at step {info['step']}",
+                  flush=True)
+            while True:
+                time.sleep(3600)
 
 
 class DebugDump(Callback):
@@ -95,6 +109,8 @@ def callbacks_from_environ(environ=os.environ) -> list:
     found = []
     if environ.get("MNV3_TEST_CRASH_AT"):
         found.append(CrashAt(environ["MNV3_TEST_CRASH_AT"]))
+    if environ.get("MNV3_TEST_HANG_AT"):
+        found.append(HangAt(environ["MNV3_TEST_HANG_AT"]))
     if environ.get("MNV3_TEST_DUMP_DIR"):
         found.append(DebugDump(environ["MNV3_TEST_DUMP_DIR"]))
     return found

@@ -283,8 +283,11 @@ def update_readme() -> Path:
             parts += [f"Machine: {m}", ""]
         elif m:
             v = ", ".join(f"{k} {val}" for k, val in m.get("versions", {}).items())
-            parts += [f"Machine: {m.get('cpu')} ({m.get('cpu_flags')}), {m.get('cores')} cores, "
-                      f"load average {m.get('load_average')} at {m.get('time')}; {v}.", ""]
+            build = f"; the project's CPU operators: {m['kernel_isa']} build" if m.get("kernel_isa") else ""
+            caps = ", ".join(f"{k}={val}" for k, val in (m.get("isa_caps") or {}).items())
+            parts += [f"Machine: {m.get('cpu')} ({m.get('cpu_flags')}), {m.get('cores')} cores{build}"
+                      + (f" (every side capped: {caps})" if caps else "")
+                      + f", load average {m.get('load_average')} at {m.get('time')}; {v}.", ""]
     path = RESULTS / "README.md"
     path.write_text("\n".join(parts))
     return path

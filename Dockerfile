@@ -104,9 +104,10 @@ COPY --chown=1000:100 launcher ./launcher
 COPY --chown=1000:100 configs ./configs
 COPY --chown=1000:100 requirements.txt ./requirements.txt
 
-# The native CPU libraries (core/kernels/build.sh; plain build where x86's target_clones is
-# unavailable, e.g. aarch64): the training-image decoder speeds up the host pipeline that feeds
-# any accelerator; the CPU convolutions serve CPU jobs. g++ is installed for the build only.
+# The native CPU libraries (core/kernels/build.sh: the CPU operators once per instruction set,
+# avx512/avx2/baseline on x86-64 and neon on aarch64, the runner loading what the host executes):
+# the training-image decoder speeds up the host pipeline that feeds any accelerator; the CPU
+# operators serve CPU jobs. g++ is installed for the build only.
 # Without apt or a compiler the build is skipped with a warning and the runner uses MindSpore's
 # own ops.
 # hadolint ignore=DL3008

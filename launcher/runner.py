@@ -29,7 +29,8 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
     the directory's run lock (core.run_lock): a second run into it is refused before it writes."""
     run_dir = Path(cfg.system.output_dir)
     created = _first_missing(run_dir)  # what this run creates, if anything (parents too)
-    began = _Began()
+    began = _Began(_LogFile(run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log"),
+                            f"[rank {rank}] " if world > 1 else ""))
     lock = claim_run_dir(cfg, resume, job_id or f"pid-{os.getpid()}") if rank == 0 else None
     try:
         return _run(cfg, run_dir, resume, pretrained, [*callbacks, began], rank, world)
@@ -41,10 +42,52 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
 
 
 class _Began(Callback):
+    """Training began (data, model and resume point passed their checks): from here on the run
+    directory is the run's, and its log file is written."""
     seen = False
+
+    def __init__(self, log_file: "_LogFile"):
+        self.log_file = log_file
 
     def on_train_begin(self, info: dict) -> None:
         self.seen = True
+        self.log_file.begin()
+
+
+class _LogFile(logging.Handler):
+    """The run's train.log, written from the moment training begins with what was logged
+    before it: a run refused at start (bad data, config or checkpoint) neither creates a log in
+    a new directory nor appends to the log of the run it was asked to continue (its lines were
+    on the console)."""
+
+    def __init__(self, path: Path, rank_prefix: str):
+        super().__init__()
+        self.path = path
+        # launcher.common.setup_logging's file format
+        self.setFormatter(logging.Formatter(f"%(asctime)s {rank_prefix}%(levelname)s %(name)s: %(message)s"))
+        self.held: list = []
+        self.file: Optional[logging.FileHandler] = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.file is None:
+            self.held.append(record)
+        else:
+            self.file.handle(record)
+
+    def begin(self) -> None:
+        if self.file is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = logging.FileHandler(self.path, encoding="utf-8")
+        self.file.setFormatter(self.formatter)
+        held, self.held = self.held, []
+        for record in held:
+            self.file.handle(record)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        super().close()
 
 
 def _first_missing(path: Path) -> Optional[Path]:
@@ -57,15 +100,8 @@ def _first_missing(path: Path) -> Optional[Path]:
 
 
 def _remove_unstarted(run_dir: Path, created: Path) -> None:
-    """A run refused at start leaves nothing behind in a directory it created itself: its logs
-    (closed first) and the folder, if nothing else was put there."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.absolute():
-            root.removeHandler(handler)
-            handler.close()
-    for log_file in run_dir.glob("train*.log"):
-        log_file.unlink(missing_ok=True)
+    """A run refused at start leaves nothing behind in the folders it created itself (the run
+    lock made them), if nothing else was put there."""
     folder = run_dir.absolute()
     while True:
         try:
@@ -96,8 +132,9 @@ def claim_run_dir(cfg: Config, resume: Optional[str], job_id: str) -> RunLock:
 
 def _run(cfg: Config, run_dir: Path, resume, pretrained, callbacks, rank: int, world: int) -> dict:
     run_dir.mkdir(parents=True, exist_ok=True)
-    log_name = "train.log" if rank == 0 else f"train.rank{rank}.log"
-    setup_logging(run_dir / log_name, rank_prefix=f"[rank {rank}] " if world > 1 else "")
+    setup_logging(None, rank_prefix=f"[rank {rank}] " if world > 1 else "")
+    began = next(c for c in callbacks if isinstance(c, _Began))
+    logging.getLogger().addHandler(began.log_file)  # train.log once training begins
     native = startup_warning() if rank == 0 else None
     if native:  # e.g. an image whose base had no compiler: said at start-up, not silent
         log.warning("%s", native)

@@ -105,7 +105,7 @@ class PreparedJob:
 
 def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job_id: str,
                 writer: bool = True, settings: Any = None,
-                pretrained: Optional[str] = None) -> PreparedJob:
+                pretrained: Optional[str] = None, output_url: Optional[str] = None) -> PreparedJob:
     """Stage remote data, map a remote output URL to a local run directory, resolve resume.
 
     `job_id` makes the per-node staging lock belong to this job; `writer` is true on the rank
@@ -141,12 +141,52 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
             job.callbacks.append(CheckpointUpload(job.uploader))
     try:
         _resolve(job, cfg, output_storage, resume, pretrained, cache_dir, job_id, settings)
+        if job.resume == "auto" and output_url and is_remote(output_url):
+            job.resume = resume_from_output_url(cfg, output_url, cache_dir / "resume" / job_id,
+                                                settings)
     except BaseException:
         if job.uploader:
             job.uploader.close(timeout=5)
         job.release()
         raise
     return job
+
+
+def resume_from_output_url(cfg, output_url: str, cache_dir: Path, settings) -> str:
+    """`--resume auto` with a local output folder that the platform mirrors to `output_url`
+    (ModelArts' train_url: its output is uploaded, but not necessarily downloaded again before a
+    restart). The local folder's checkpoints win; when it has none, the checkpoints at
+    `output_url` are read directly (with the node's credentials, e.g. storage.metadata_url's
+    agency): the manifest's newest good one, else the newest `checkpoints/*.ckpt` object (a
+    folder the platform uploaded has no manifest). Returns "auto" when neither holds any. A store
+    that holds checkpoints but cannot be read is a StorageError: never a silent start at step 0."""
+    local = Path(cfg.system.output_dir) / "checkpoints"
+    if local.is_dir() and any(local.glob("*.ckpt")):
+        return "auto"
+    try:
+        storage = open_storage(output_url, settings)
+        manifest = read_manifest(storage, CHECKPOINT_PREFIX)
+        if manifest is not None:
+            found = resolve_resume(storage, CHECKPOINT_PREFIX, str(cache_dir))
+        else:
+            names = sorted(info.key for info in storage.list(f"{CHECKPOINT_PREFIX}/")
+                           if info.key.endswith(".ckpt") and "/superseded-" not in info.key)
+            found = None
+            if names:
+                key = names[-1]  # names sort by epoch and step (zero-padded)
+                found = str(cache_dir / Path(key).name)
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                storage.download_file(key, found)
+    except StorageError as exc:
+        raise StorageError(f"cannot read the checkpoints of {output_url} to resume this "
+                           f"(re)started job: {exc}; refusing to start again from step 0 (fix "
+                           f"the store's access, e.g. storage.metadata_url, or pass --resume none "
+                           f"to start over on purpose)") from exc
+    if found is None:
+        log.info("no checkpoints in %s or at %s: starting fresh", local, output_url)
+        return "auto"
+    log.info("the local output folder holds no checkpoint: resuming from %s's %s", output_url, found)
+    return found
 
 
 def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_dir: Path, job_id,

@@ -504,7 +504,7 @@ class Launch:
 
 
 def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str, settings=None,
-                   pretrained: Optional[str] = None):
+                   pretrained: Optional[str] = None, output_url: Optional[str] = None):
     """Stage remote data and weights once on this node and resolve the resume point, before
     the ranks start.
 
@@ -517,7 +517,7 @@ def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str, 
     from cloud.job import prepare_job
     from launcher.cli import resolve_local_resume
     job = prepare_job(cfg, resume=resume, cache_dir=cache_dir, job_id=job_id, writer=False,
-                      settings=settings, pretrained=pretrained)
+                      settings=settings, pretrained=pretrained, output_url=output_url)
     if job.resume == "auto" or (job.resume is None and not job.output_url):
         resume = resolve_local_resume(job.cfg, job.resume)
     else:

@@ -76,6 +76,14 @@ def become_rank(plan, secrets: dict) -> None:
 # --- main ------------------------------------------------------------------------------------
 
 
+def output_url(args):
+    """Where the platform mirrors the output folder (train_url): the `output_url` parameter that
+    `submit` adds, or train_url itself when it is a URL. A restarted job reads its checkpoints
+    there when the local folder came back empty (cloud.job.resume_from_output_url)."""
+    from launcher.modelarts_args import from_env
+    return args.output_url or from_env("output_url")
+
+
 __all__ = ["main", "parser", "split_hyperparameters"]
 # Subcommands run on the user's machine (not inside a job): launcher/modelarts_jobs.py.
 JOB_COMMANDS = ("submit", "status", "logs", "stop")
@@ -121,7 +129,8 @@ def main(argv) -> int:
         launch = dist.Launch(cfg, dist.local_run_dir(cfg, cache_dir), resume, args.pre_trained, None)
     else:  # stage data and weights once on this node, map the output, resolve the resume point
         launch = dist.prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=env.job_id,
-                                     settings=settings, pretrained=args.pre_trained)
+                                     settings=settings, pretrained=args.pre_trained,
+                                     output_url=output_url(args))
     run_dir = launch.run_dir
     # a dry run writes the files its plan names (node config, rank table) under the cache,
     # never into the output folder (train_url)

@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data_url", help="dataset: OBS URL or local folder (ImageFolder root)")
     p.add_argument("--train_url", help="outputs: OBS URL or local folder")
     p.add_argument("--checkpoint_url", help="checkpoint to resume from (.ckpt, or a folder)")
+    p.add_argument("--output_url", help="the OBS URL the platform mirrors a local train_url to "
+                                        "(submit adds it): a restarted job whose local output "
+                                        "is empty resumes from the checkpoints there")
     p.add_argument("--pre_trained", help="weights to fine-tune from (local path or URL)")
     p.add_argument("--config", help="YAML recipe (relative paths: cwd, then the code dir)")
     p.add_argument("--nproc", type=int, help="ranks on this node (default: accelerators per node)")

@@ -154,8 +154,12 @@ def parameters(args, overrides: dict) -> list[dict]:
             found.append({"name": option, "value": getattr(args, option)})
     if getattr(args, "connect_timeout", None):
         found.append({"name": "connect_timeout", "value": str(args.connect_timeout)})
-    # Explicit: after a restart on fault the boot file continues from train_url's checkpoints.
+    # Explicit: after a restart on fault the boot file continues from train_url's checkpoints,
+    # read from OBS itself when the output folder comes back empty (prefetch_to_local is in no
+    # API table or SDK model: nothing guarantees the platform downloads it).
     found.append({"name": "resume", "value": args.resume or "auto"})
+    if getattr(args, "train_url", None):
+        found.append({"name": "output_url", "value": obs_url(args.train_url)})
     for item in found:
         if not PARAMETER_NAME.match(item["name"]):
             raise ConfigError(f"parameter name {item['name']!r}: ModelArts accepts only letters, "

@@ -209,7 +209,8 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
     parameters = {p["name"]: p["value"] for p in algorithm["parameters"]}
     assert parameters == {"config": "configs/ascend_8p.yaml", "train_epochs": "300",
                           "optim_lr": "0.4", "pre_trained": "obs://bucket/w.ckpt",
-                          "connect_timeout": "1800", "resume": "auto"}
+                          "connect_timeout": "1800", "resume": "auto",
+                          "output_url": "obs://bucket/out/"}
     assert algorithm["environments"] == {"HCCL_CONNECT_TIMEOUT": "600", "MY_FLAG": "1"}
     assert spec["spec"] == {"resource": {"flavor_id": "modelarts.kat1.8xlarge", "node_count": 2,
                                          "pool_id": "pool-abc"},
@@ -220,7 +221,7 @@ def test_print_job_spec_has_what_modelarts_needs(platform, capsys):
     rest, hyper = modelarts.split_hyperparameters(argv)
     assert hyper == {"train.epochs": 300, "optim.lr": 0.4}
     assert rest == ["--config=configs/ascend_8p.yaml", "--pre_trained=obs://bucket/w.ckpt",
-                    "--connect_timeout=1800", "--resume=auto"]
+                    "--connect_timeout=1800", "--resume=auto", "--output_url=obs://bucket/out/"]
     boot = modelarts.parser().parse_args(rest)
     assert (boot.connect_timeout, boot.pre_trained) == (1800, "obs://bucket/w.ckpt")
     assert (Path(modelarts.REPO_ROOT) / "launcher" / "modelarts.py").is_file()

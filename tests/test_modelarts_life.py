@@ -248,3 +248,90 @@ def test_watchdog_fires_only_after_the_timeout_and_counts_the_first_step_longer(
     off = HangWatchdog(0, exit=exits.append)
     off.on_train_begin({"rank": 0, "start_step": 0})
     assert off._thread is None
+
+
+# --- 2. a restarted job resumes without prefetch_to_local --------------------------------------
+# Sources: API reference "Creating a Training Job", https://support.huaweicloud.com/intl/en-us/
+# api-modelarts/CreateTrainingJob.html (the Output table: name, description, local_dir, remote; no
+# prefetch_to_local), and huaweicloudsdkmodelarts 3.1.219's Output model (no such field either).
+# So a restarted job may find its mounted output folder (train_url, /home/ma-user/modelarts/
+# outputs/train_url_0) empty: it reads the checkpoints at the output's OBS URL, which `submit`
+# passes as the output_url parameter. The store is SeaweedFS (tests/s3_server.py).
+
+
+def restart_config(tmp_path, tiny_dataset):
+    from launcher.common import load_job_config
+    local_out = tmp_path / "outputs" / "train_url_0"
+    cfg, _ = load_job_config(None, {"data.path": str(tiny_dataset),
+                                    "system.output_dir": str(local_out),
+                                    "system.device_target": "CPU"})
+    return cfg, local_out
+
+
+def test_restart_with_an_empty_output_folder_resumes_from_obs(tiny_dataset, tmp_path, s3_server):
+    from cloud.checkpoint_store import CheckpointUploader
+    from cloud.storage import open_storage
+    from launcher.distributed import prepare_launch
+    bucket = s3_server.make_bucket()
+    settings = s3_server.settings()
+    store = open_storage(f"s3://{bucket}/out", settings)
+    earlier = tmp_path / "first-run"
+    earlier.mkdir()
+    with CheckpointUploader(store, "checkpoints", keep=3) as uploader:
+        for step in (7, 14):
+            path = earlier / f"mobilenetv3-e{step // 7:04d}-s{step:08d}.ckpt"
+            path.write_bytes(f"checkpoint at {step}".encode() * 1000)
+            uploader.submit(str(path), {"epoch": step // 7, "step": step})
+    cfg, local_out = restart_config(tmp_path, tiny_dataset)
+    launch = prepare_launch(cfg, "auto", cache_dir=tmp_path / "cache", job_id="job-restart",
+                            settings=settings, output_url=f"s3://{bucket}/out")
+    assert Path(launch.resume).name == "mobilenetv3-e0002-s00000014.ckpt"
+    assert Path(launch.resume).read_bytes() == b"checkpoint at 14" * 1000
+    # the local folder's own checkpoints win (the platform did download it)
+    (local_out / "checkpoints").mkdir(parents=True)
+    (local_out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt").write_bytes(b"x")
+    launch = prepare_launch(cfg, "auto", cache_dir=tmp_path / "cache", job_id="job-restart",
+                            settings=settings, output_url=f"s3://{bucket}/out")
+    assert Path(launch.resume).name == "mobilenetv3-e0003-s00000021.ckpt"
+
+
+def test_checkpoints_the_platform_uploaded_without_a_manifest_are_found(tiny_dataset, tmp_path,
+                                                                        s3_server):
+    from cloud.storage import open_storage
+    from launcher.distributed import prepare_launch
+    bucket = s3_server.make_bucket()
+    settings = s3_server.settings()
+    store = open_storage(f"s3://{bucket}/out", settings)
+    for step in (7, 14):
+        store.write_bytes(f"checkpoints/mobilenetv3-e{step // 7:04d}-s{step:08d}.ckpt", b"ck")
+    store.write_bytes("metrics.jsonl", b"{}\n")
+    cfg, _ = restart_config(tmp_path, tiny_dataset)
+    launch = prepare_launch(cfg, "auto", cache_dir=tmp_path / "cache", job_id="job-upl",
+                            settings=settings, output_url=f"s3://{bucket}/out")
+    assert Path(launch.resume).name == "mobilenetv3-e0002-s00000014.ckpt"
+
+
+def test_unreadable_checkpoints_on_obs_never_start_from_step_0(tiny_dataset, tmp_path, s3_server,
+                                                               capsys):
+    """Wrong keys (as a node without the agency would have): one error line, exit 2."""
+    from launcher.common import run_main
+    bucket = s3_server.make_bucket()
+    env = {name: "" for name in PLATFORM_VARS}
+    env.update(VC_TASK_INDEX="0", VC_WORKER_NUM="1", MA_NUM_GPUS="0", MA_VJ_NAME="job-denied")
+    mp = pytest.MonkeyPatch()
+    try:
+        for name, value in env.items():
+            mp.setenv(name, value)
+        mp.setenv("OBS_ENDPOINT", s3_server.endpoint)
+        mp.setenv("OBS_ACCESS_KEY_ID", "WRONG")
+        mp.setenv("OBS_SECRET_ACCESS_KEY", "WRONG")
+        code = run_main(modelarts.main, [
+            f"--data_url={tiny_dataset}", f"--train_url={tmp_path / 'out'}",
+            f"--output_url=obs://{bucket}/out", f"--cache_dir={tmp_path / 'cache'}",
+            "--device_target=CPU", "--storage.addressing_style=path"])
+    finally:
+        mp.undo()
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1, errors
+    assert f"obs://{bucket}/out" in errors[0] and "refusing to start again from step 0" in errors[0]
+    assert not (tmp_path / "out" / "summary.json").exists()

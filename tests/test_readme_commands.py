@@ -7,10 +7,13 @@ Which commands run is marked in README.md itself: an HTML comment (invisible whe
 
 right before a ```bash block runs that block's commands 1 and 3 (counted from 1, a command
 being a line not starting with `#`, with its `\\` continuation lines); `run` alone runs them all.
-Everything else (cloud, accelerators, user data such as /data/flowers) is left out by not being
-marked. The commands run as written, except:
+`<!-- readme-test: run 1,2; /data/flowers: a small ImageFolder -->` also stands a small real
+ImageFolder (3 classes of JPEGs) in for the user's data path. Everything else (cloud,
+accelerators, weights the project does not have) is left out by not being marked. The commands
+run as written, except:
 
 - `.venv/bin/python` is this interpreter; `make demo` runs the Makefile's demo recipe;
+- `train ...` (the README's "the same arguments as above") is the block's previous train command;
 - every `launcher/local.py train` gets `train.max_steps=2` appended (small step counts: a key=value
   override anywhere on the line, last one wins);
 - image arguments (`*.jpg`) that do not exist are copied from the demo's validation images, as a
@@ -33,13 +36,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MARK = re.compile(r"^<!-- readme-test: run(?: ([0-9, ]+))? -->\s*$")
+MARK = re.compile(r"^<!-- readme-test: run(?: ([0-9, ]+))?(?:; (\S+): a small ImageFolder)? -->\s*$")
 SMALL_TRAIN = ["train.max_steps=2"]
 
 
 def marked_commands(readme: str) -> list[str]:
-    """The marked commands of README.md in order; a marker not followed by a bash block or
-    naming a command the block does not have is an error (the marks must stay true)."""
+    """The marked commands of README.md in order (a data path standing in for the user's is
+    written `<path>` in front: see substitute); a marker not followed by a bash block or naming
+    a command the block does not have is an error (the marks must stay true)."""
     lines = readme.splitlines()
     selected = []
     for i, line in enumerate(lines):
@@ -66,7 +70,8 @@ def marked_commands(readme: str) -> list[str]:
                   if match.group(1) else list(range(1, len(commands) + 1)))
         for n in wanted:
             assert 1 <= n <= len(commands), f"README line {i + 1}: the block has no command {n}"
-            selected.append(commands[n - 1])
+            data = match.group(2)
+            selected.append(f"<{data}> {commands[n - 1]}" if data else commands[n - 1])
     return selected
 
 
@@ -98,10 +103,22 @@ def fresh_copy(dest: Path) -> Path:
     return dest
 
 
-def argv_of(command: str, workdir: Path) -> list[str]:
+def argv_of(command: str, workdir: Path, previous: dict) -> list[str]:
     argv = shlex.split(command)
+    if argv[0].startswith("<") and argv[0].endswith(">"):  # the user's data path: a small set
+        from tests.core_fixtures import colour_dataset
+        path = argv.pop(0)[1:-1]
+        data = workdir / "user-data"
+        if not data.exists():
+            colour_dataset(data)
+        argv = [str(data) if a == path else a for a in argv]
     if argv[0] == ".venv/bin/python":
         argv[0] = sys.executable
+    if "..." in argv:
+        at = argv.index("...")
+        argv[at:at + 1] = previous[tuple(argv[1:at])]
+    if len(argv) > 2:
+        previous[tuple(argv[1:3])] = argv[3:]
     if len(argv) > 2 and argv[1] == "launcher/local.py" and argv[2] == "train":
         argv += SMALL_TRAIN
     for arg in argv:
@@ -116,21 +133,24 @@ def test_marks_select_the_cpu_commands():
     readme = ("text\n<!-- readme-test: run 2 -->\n```bash\n# comment\nrun one \\\n    --flag x\n"
               "run two   # trailing comment\n```\n<!-- readme-test: run -->\n```bash\na\nb\n```\n")
     assert marked_commands(readme) == ["run two", "a", "b"]
+    assert marked_commands("<!-- readme-test: run 1; /d/x: a small ImageFolder -->\n```bash\n"
+                           "p --data /d/x\n```\n") == ["</d/x> p --data /d/x"]
     with pytest.raises(AssertionError, match="no command 3"):
         marked_commands("<!-- readme-test: run 3 -->\n```bash\na\n```\n")
     commands = marked_commands((REPO / "README.md").read_text())
     assert "make demo" in commands and any("--nproc 2" in c for c in commands)
+    assert any(c.startswith("</data/flowers> ") and "--resume auto" in c for c in commands)
 
 
 def test_readme_commands_run_in_a_fresh_copy(tmp_path):
     workdir = fresh_copy(tmp_path / "project")
     env = dict(os.environ, MNV3_CACHE_DIR=str(workdir / "cache"), PYTHONUNBUFFERED="1")
     env.pop("PYTHONPATH", None)
-    ran = []
+    ran, previous = [], {}
     for command in marked_commands((REPO / "README.md").read_text()):
         steps = makefile_recipe("demo") if command == "make demo" else [command]
         for step in steps:
-            argv = argv_of(step, workdir)
+            argv = argv_of(step, workdir, previous)
             result = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True,
                                     timeout=600)
             assert result.returncode == 0, (f"README command failed: {step}\n"
@@ -139,6 +159,7 @@ def test_readme_commands_run_in_a_fresh_copy(tmp_path):
     assert len(ran) >= 6, [step for step, _ in ran]
     # what the commands say they leave behind is there
     assert (workdir / "runs" / "cpu_demo" / "eval.json").is_file()
+    assert (workdir / "runs" / "flowers" / "export" / "mobilenetv3_small.onnx").is_file()
     assert (workdir / "runs" / "cpu_demo" / "export" / "mobilenetv3_small.onnx.card.json").is_file()
     assert (workdir / "runs" / "cpu_demo_2p" / "summary.json").is_file()
     assert (workdir / "runs" / "cpu_demo" / "report" / "report.md").is_file()

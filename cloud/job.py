@@ -87,14 +87,9 @@ class PreparedJob:
                 log.error("some checkpoint uploads failed%s; local copies are kept in %s",
                           f" or did not finish within {timeout_s} s" if report.pending else "",
                           self.cfg.system.output_dir)
-        if self.lease is not None:  # a writer stopped past its lease (SIGSTOP, a hung node) and
-            try:                    # taken over meanwhile publishes nothing over the new owner
-                self.lease.confirm()
-            except StorageError as exc:
-                raise StorageError(f"the run ended but its outputs were not published to "
-                                   f"{self.output_url}: {exc}; everything is kept in "
-                                   f"{self.cfg.system.output_dir}") from exc
         try:
+            if self.lease is not None:  # a writer stopped past its lease (SIGSTOP, a hung node)
+                self.lease.confirm()    # and taken over meanwhile publishes nothing over the new owner
             stats = upload_tree(self.cfg.system.output_dir, open_storage(self.output_url, self.settings), "")
         except StorageError as exc:
             raise StorageError(f"the run ended but its outputs could not be published to "

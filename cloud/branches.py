@@ -85,7 +85,5 @@ def resume_from_cache(run_dir: Path, ckpt_prefix: str, keep: int, uploader, wher
                 " (this process does not upload: the next checkpoint starts the manifest)")
     if uploader is not None:
         for path in good:
-            meta = load(path).meta
-            uploader.submit(str(path), {"epoch": meta.get("epoch"), "step": meta.get("step"),
-                                        "kind": meta.get("kind")})
+            uploader.submit_checkpoint(str(path), load(path).meta)
     return str(good[-1])

@@ -135,6 +135,11 @@ class CheckpointUploader:
         self._thread = threading.Thread(target=self._run, name="checkpoint-uploader", daemon=True)
         self._thread.start()
 
+    def submit_checkpoint(self, local_path: str, meta: Mapping[str, Any]) -> None:
+        """Queue a checkpoint with what its manifest entry records of the checkpoint's own
+        metadata (epoch, step, kind)."""
+        self.submit(local_path, {name: meta.get(name) for name in ("epoch", "step", "kind")})
+
     def submit(self, local_path: str, meta: Mapping[str, Any] | None = None) -> None:
         """Queue ``local_path`` for upload; ``meta`` should hold ``epoch`` and ``step``."""
         meta = dict(meta or {})

@@ -29,7 +29,7 @@ from typing import Optional
 
 from cloud.errors import PreconditionFailed, StorageError
 from cloud.storage import S3Storage, Storage, s3_error_code
-from core.run_lock import pid_alive
+from core.train.run_lock import pid_alive
 
 log = logging.getLogger("cloud.lease")
 LEASE_NAME = ".lease.json"
@@ -52,7 +52,6 @@ class Lease:
         self.wait_s = wait_s            # None: until the current owner's lease would expire
         self.owner = uuid.uuid4().hex
         self.conditional = False
-        self._etag: Optional[str] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 

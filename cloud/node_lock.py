@@ -64,11 +64,6 @@ def _marker_for(directory: str, name: str, job_id: str, source: str) -> dict:
     return {}
 
 
-def is_done(directory: str, name: str, job_id: str, source: str = "") -> bool:
-    """True when this job already completed ``name`` here (marker matches)."""
-    return _marker_for(directory, name, job_id, source).get("status") == "done"
-
-
 def run_once_per_node(directory: str, job_id: str, work: Callable[[], T], *,
                       name: str = "stage", source: str = "", timeout_s: float = 3600.0,
                       poll_s: float = 0.2) -> tuple[bool, T | None]:

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from cloud.errors import PreconditionFailed, StorageError
 from cloud.settings import StorageSettings, to_settings
 from cloud.urls import StorageURL, check_relative_key, parse_url, safe_local_path
-from core.run_lock import pid_alive
+from core.train.run_lock import pid_alive
 
 log = logging.getLogger("cloud.storage")
 

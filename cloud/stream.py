@@ -5,7 +5,7 @@ mid-object, the read goes on from the byte it reached with a ranged GET (`Range:
 checked against the object's ETag so a replaced object is not spliced), a few times before
 giving up with one StorageError line. A thread reads a few chunks ahead (ReadAhead), so the
 transfer overlaps the reader's work. `StorageFiles` gives a Storage the shape core's
-ImageNet reader wants (core.imagenet_archives.SourceFiles).
+ImageNet reader wants (core.data.imagenet_archives.SourceFiles).
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def open_stream(storage: Storage, key: str):
 
 
 class StorageFiles:
-    """A Storage as core.imagenet_archives.SourceFiles."""
+    """A Storage as core.data.imagenet_archives.SourceFiles."""
 
     def __init__(self, storage: Storage):
         self.storage = storage

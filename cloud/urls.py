@@ -64,8 +64,11 @@ class StorageURL:
         return self.path
 
 
-def is_remote_url(url: str) -> bool:
-    """True for ``s3://`` and ``obs://`` URLs (the launchers' one test)."""
+def is_remote_url(url) -> bool:
+    """True for ``s3://`` and ``obs://`` URLs (the one test of cloud and the launchers); False
+    for None, empty strings and local paths."""
+    if not url:
+        return False
     match = _SCHEME_RE.match(str(url).strip())
     return bool(match) and match.group(1).lower() in REMOTE_SCHEMES
 

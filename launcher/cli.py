@@ -64,7 +64,7 @@ def overrides_from(args) -> dict:
 
 
 def demo_dataset_path() -> str:
-    from core.synthetic import ensure_demo_dataset
+    from core.data.synthetic import ensure_demo_dataset
     return str(ensure_demo_dataset(DEFAULT_CACHE / "demo_dataset_v1"))
 
 

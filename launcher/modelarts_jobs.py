@@ -35,6 +35,7 @@ from typing import Callable, Optional
 from cloud.modelarts_api import (JobStatus, ModelArtsApi, ModelArtsApiError,
                                  resolve_settings)
 from core.config import ConfigError
+from launcher.common import setup_logging
 
 log = logging.getLogger("launcher.modelarts_jobs")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -334,6 +335,5 @@ def main(argv) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: launcher/modelarts.py {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(stream=sys.stderr, console_datefmt=None)
     return COMMANDS[argv[0]](argv[1:])

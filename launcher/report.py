@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.config import ConfigError
-from core.metrics import read_metrics_counted
+from core.train.metrics import read_metrics_counted
 
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "eval.json")
 PLOTS = ("loss", "lr", "throughput", "accuracy")

@@ -25,13 +25,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # python launcher/worker.py: the repository root onto sys.path
+    import bootstrap  # noqa: F401
+
 
 import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
 
-from core.callbacks import Callback  # noqa: E402
+from core.train.callbacks import Callback  # noqa: E402
 from core.config import ConfigError  # noqa: E402
 from launcher.cli import DEFAULT_CACHE, add_debug_flag  # noqa: E402
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402

@@ -31,7 +31,7 @@ from cloud.job import cache_path, prepare_job
 from cloud.storage import PART_MARK, open_storage
 from cloud.sync import STATE_NAME, upload_tree
 from core import checkpoint as ckpt
-from core.metrics import read_metrics
+from core.train.metrics import read_metrics
 from tests.core_fixtures import tiny_config
 from tests.fault_tools import (DRIVER, LOCAL, TINY, base_env, listed, manifest_of, one_line_error,
                                procs, read_object)  # noqa: F401 (procs: a fixture)

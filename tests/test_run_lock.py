@@ -1,4 +1,4 @@
-"""A run owns its directory (core.run_lock) and its output URL (cloud.lease): a second writer
+"""A run owns its directory (core.train.run_lock) and its output URL (cloud.lease): a second writer
 is refused with one line; an owner that is provably gone (or whose lease expired) is taken over."""
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from botocore.exceptions import ClientError
 from cloud.checkpoint_store import CheckpointUploader, read_manifest
 from cloud.lease import Lease, LeaseError
 from cloud.storage import open_storage
-from core.run_lock import LOCK_NAME, RunLock, RunLockError
+from core.train.run_lock import LOCK_NAME, RunLock, RunLockError
 
 REPO = Path(__file__).resolve().parent.parent
-HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.run_lock import RunLock; "
+HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.train.run_lock import RunLock; "
           "RunLock(sys.argv[2], sys.argv[3]).acquire(); print('held', flush=True); time.sleep(60)")
 
 

@@ -180,7 +180,8 @@ run() {  # docker run as ModelArts' ma-user on the host network
 # Both images: the venv interpreter, MindSpore from where it should be, the native libraries.
 check_image='
 import os, sys, mindspore, yaml, boto3, PIL
-from core import fast_conv, jpeg_augment
+from core.nn import cpu_ops
+from core.data.sources import jpeg_augment
 assert sys.executable == "/opt/mnv3/venv/bin/python", sys.executable
 assert sys.prefix == "/opt/mnv3/venv", sys.prefix
 expect = os.environ["MS_FROM"]
@@ -188,7 +189,7 @@ assert mindspore.__file__.startswith(expect), (mindspore.__file__, expect)
 for m in (yaml, boto3, PIL):
     assert m.__file__.startswith("/opt/mnv3/venv/"), m.__file__
 assert jpeg_augment.available(), jpeg_augment.load_error()
-assert fast_conv.available()
+assert cpu_ops.available()
 print("ok:", mindspore.__version__, "from", os.path.dirname(mindspore.__file__),
       "| native libraries load | jpeg:", jpeg_augment.linked_jpeg_library())
 '
@@ -214,7 +215,7 @@ JOB=$RUN_DIR/job
 mkdir -p "$JOB/data" "$JOB/outputs"
 chown -R 1000:100 "$JOB"
 run --rm -v "$JOB/data:/data" "$IMAGE" "$PY" -c \
-    "from core.synthetic import ensure_demo_dataset; ensure_demo_dataset('/data/imagefolder')" >/dev/null
+    "from core.data.synthetic import ensure_demo_dataset; ensure_demo_dataset('/data/imagefolder')" >/dev/null
 job_args=(-e VC_TASK_INDEX=0 -e VC_WORKER_NUM=1 -e VC_WORKER_HOSTS=127.0.0.1 -e MA_NUM_GPUS=0
           -e MA_NUM_HOSTS=1 -e MA_VJ_NAME=mnv3-docker-test -e MA_CURRENT_INSTANCE_NAME=mnv3-docker-test-worker-0
           -e MA_CURRENT_IP=127.0.0.1 -e MA_JOB_DIR=/home/ma-user/mnv3 -e MA_LOG_DIR=/tmp/log

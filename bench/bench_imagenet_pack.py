@@ -137,8 +137,8 @@ def main() -> int:
         timings: dict[str, list] = {"archives": [], "shell": []}
         files = None
         if not args.no_s3:
-            from cloud.storage import open_storage
-            from cloud.stream import StorageFiles
+            from cloud.storage.store import open_storage
+            from cloud.storage.stream import StorageFiles
             from launcher.seaweedfs import start_s3_server
             server = start_s3_server(os.path.join(workdir, "seaweedfs"))
             bucket = server.make_bucket("bench")

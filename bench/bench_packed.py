@@ -3,7 +3,7 @@
 On one dataset (default 20,000 JPEGs of ~110 KB, 500x375, in 100 classes):
 
 * pack: time of core.data.packing.pack_imagefolder;
-* staging from a local SeaweedFS into an empty cache with cloud.sync.download_tree, each
+* staging from a local SeaweedFS into an empty cache with cloud.storage.sync.download_tree, each
   timed with its request count (HTTP requests, and objects): the ImageFolder (one object per
   image), the packed dataset (shards, .db files, index.json; then verify_packed), and the
   same bytes as ONE large object (the floor for moving that many bytes);
@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cloud.storage import open_storage  # noqa: E402
-from cloud.sync import download_tree, upload_tree  # noqa: E402
+from cloud.storage.store import open_storage  # noqa: E402
+from cloud.storage.sync import download_tree, upload_tree  # noqa: E402
 from core.data.packed import verify_packed  # noqa: E402
 from core.data.packing import pack_imagefolder  # noqa: E402
 from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402

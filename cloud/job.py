@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cloud.branches import resume_from_cache, supersede_remote
-from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
-from cloud.errors import StorageError
-from cloud.lease import Lease
-from cloud.node_lock import run_once_per_node
-from cloud.settings import to_settings
-from cloud.storage import open_storage
-from cloud.sync import download_tree, upload_tree
-from cloud.urls import is_remote_url, parse_url
+from cloud.storage.branches import resume_from_cache, supersede_remote
+from cloud.storage.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
+from cloud.storage.errors import StorageError
+from cloud.storage.lease import Lease
+from cloud.storage.node_lock import run_once_per_node
+from cloud.storage.settings import to_settings
+from cloud.storage.store import open_storage
+from cloud.storage.sync import download_tree, upload_tree
+from cloud.storage.urls import is_remote_url, parse_url
 from core.train.callbacks import Callback
 from core.data.sources import open_dataset
 
@@ -59,7 +59,7 @@ class PreparedJob:
     output_url: Optional[str] = None        # where finish() publishes the run directory
     settings: Any = None
     uploader: Optional[CheckpointUploader] = None
-    lease: Optional[Lease] = None           # the writer's ownership of output_url (cloud.lease)
+    lease: Optional[Lease] = None           # the writer's ownership of output_url (cloud.storage.lease)
 
     def finish(self, timeout_s: Optional[float] = None) -> None:
         """Wait for checkpoint uploads, mirror the run directory to the output URL, release
@@ -182,7 +182,7 @@ def resume_from_output_url(cfg, output_url: str, cache_dir: Path, settings) -> s
 def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_dir: Path, job_id,
              settings) -> None:
     """The resume point (and pre-trained weights) as local paths; the store's side of the
-    branch rule (cloud.branches) for an explicit older checkpoint."""
+    branch rule (cloud.storage.branches) for an explicit older checkpoint."""
     resume_cache = cache_dir / "resume" / job_id
     if pretrained:
         job.pretrained = (fetch_checkpoint(pretrained, str(cache_dir / "pretrained"), settings)

@@ -16,11 +16,11 @@ USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotF
 
 def user_error_types() -> tuple:
     """Errors the user can fix; cloud adds its own when it is importable."""
-    from cloud.environment import EnvironmentConfigError
-    from cloud.errors import StorageError
-    from cloud.gpu_check import GpuRuntimeError
-    from cloud.rank_table import RankTableError
-    from cloud.modelarts_api import ModelArtsApiError
+    from cloud.cluster.environment import EnvironmentConfigError
+    from cloud.storage.errors import StorageError
+    from cloud.cluster.gpu_check import GpuRuntimeError
+    from cloud.cluster.rank_table import RankTableError
+    from cloud.cluster.modelarts_api import ModelArtsApiError
     return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError, ModelArtsApiError,
                           GpuRuntimeError)
 
@@ -28,7 +28,7 @@ def user_error_types() -> tuple:
 def load_job_config(path, overrides: dict):
     """(core Config, cloud StorageSettings) from one recipe: the `storage:` section and
     `storage.*` overrides go to the cloud layer, everything else to the trainer."""
-    from cloud.settings import to_settings
+    from cloud.storage.settings import to_settings
     from core.config import ConfigError, load_config, read_recipe_file
     trainer = {k: v for k, v in overrides.items() if not k.startswith("storage.")}
     recipe = read_recipe_file(path) if path else None

@@ -491,7 +491,7 @@ def parser() -> argparse.ArgumentParser:
 def local_run_dir(cfg, cache_dir: Path) -> Path:
     """Where this node keeps the run directory: the output itself, or its cache for a URL."""
     from cloud.job import cache_path
-    from cloud.urls import is_remote_url
+    from cloud.storage.urls import is_remote_url
     output = cfg.system.output_dir
     return cache_path(cache_dir, "output", output) if is_remote_url(output) else Path(output).resolve()
 
@@ -530,7 +530,7 @@ def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str, 
 
 
 def main(argv) -> int:
-    from cloud.environment import detect_environment
+    from cloud.cluster.environment import detect_environment
     from core.config import ConfigError
     from launcher.common import load_job_config
     from launcher.cli import DEFAULT_CACHE, demo_dataset_path, gpu_preflight, overrides_from

@@ -90,7 +90,7 @@ JOB_COMMANDS = ("submit", "status", "logs", "stop")
 
 
 def main(argv) -> int:
-    from cloud.environment import detect_environment
+    from cloud.cluster.environment import detect_environment
     from core.device import resolve_target
 
     argv = list(argv)

@@ -75,7 +75,7 @@ def is_url(text: str) -> bool:
 def fetch_run(url: str, dest: str | Path, settings=None) -> Path:
     """Copy the report's inputs (not the checkpoints) from an output URL into `dest`.
     `settings`: cloud storage settings (None: endpoint and credentials from the environment)."""
-    from cloud.storage import open_storage
+    from cloud.storage.store import open_storage
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, settings)

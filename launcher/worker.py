@@ -5,7 +5,7 @@
         [--job_id ID] [--cache_dir DIR] [--nnodes M --node_rank R --nproc_per_node N]
 
 The launchers write the resolved config to a file and pass its path: secrets never travel on
-command lines. This process works out its rank from the environment (cloud.environment),
+command lines. This process works out its rank from the environment (cloud.cluster.environment),
 binds its accelerator, maps remote data/outputs to local paths (cloud.job), and trains through
 launcher.runner like every other entry point. Rank 0 publishes the outputs at the end.
 
@@ -77,7 +77,7 @@ def run_scheduler(node_rank: Optional[int]) -> int:
 def locate(args):
     """This process's place in the job; the launcher's topology overrides what the environment
     cannot tell (msrun does not export its --local_worker_num)."""
-    from cloud.environment import detect_environment
+    from cloud.cluster.environment import detect_environment
     overrides = {"node_count": args.nnodes, "node_rank": args.node_rank,
                  "devices_per_node": args.nproc_per_node}
     return detect_environment(overrides={k: v for k, v in overrides.items() if v is not None})

@@ -308,9 +308,9 @@ def test_an_inconsistent_index_is_refused_when_the_pack_is_opened(packed_tiny, t
 def test_a_too_long_key_says_so_once_and_does_not_blame_conditional_writes(s3_server, shared_bucket, caplog):
     """Was: a warning that the store ignores conditional writes (the probe's KeyTooLongError
     read as "unsupported"), then the lease write failing with KeyTooLongError."""
-    from cloud.errors import StorageError
-    from cloud.lease import Lease
-    from cloud.storage import open_storage
+    from cloud.storage.errors import StorageError
+    from cloud.storage.lease import Lease
+    from cloud.storage.store import open_storage
     prefix = "/".join(["p" * 99] * 10)  # 999 characters: every key the run writes is longer
     storage = open_storage(f"s3://{shared_bucket}/{prefix}", s3_server.settings())
     with caplog.at_level("WARNING"), pytest.raises(StorageError) as caught:
@@ -406,9 +406,9 @@ def test_a_stalled_store_warns_and_gives_up_after_the_stall_timeout(private_s3, 
     import os
     import time
 
-    from cloud.errors import StorageError
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree
+    from cloud.storage.errors import StorageError
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree
     server = private_s3()
     bucket = server.make_bucket()
     # the objects are written with the default timeouts: a busy machine's SeaweedFS may take
@@ -485,9 +485,9 @@ def test_a_writer_stopped_past_its_lease_uploads_nothing_when_it_continues(priva
     import signal
     import time
 
-    from cloud.checkpoint_store import CheckpointUploader, read_manifest
-    from cloud.lease import Lease
-    from cloud.storage import open_storage
+    from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+    from cloud.storage.lease import Lease
+    from cloud.storage.store import open_storage
     server = private_s3()
     bucket = server.make_bucket()
     url = f"s3://{bucket}/out"

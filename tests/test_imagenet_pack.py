@@ -215,9 +215,9 @@ def test_bad_sources_are_one_line(mini, tmp_path):
 def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
     """A connection lost mid-archive: the read goes on from that byte with a ranged GET; an
     error the stream cannot ride out reaches the reader through the read-ahead thread."""
-    from cloud.errors import StorageError
-    from cloud.storage import open_storage
-    from cloud.stream import ReadAhead, S3ReadStream, open_stream
+    from cloud.storage.errors import StorageError
+    from cloud.storage.store import open_storage
+    from cloud.storage.stream import ReadAhead, S3ReadStream, open_stream
     bucket = s3_server.make_bucket()
     blob = os.urandom(3 * 2 ** 20 + 123)
     s3_server.client().put_object(Bucket=bucket, Key="a/big.tar", Body=blob)

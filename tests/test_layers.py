@@ -39,9 +39,9 @@ def tree_copy(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("module, line, broken", [
-    ("core/nn/model.py", "import cloud.storage", "core knows neither cloud nor launcher"),
+    ("core/nn/model.py", "import cloud.storage.store", "core knows neither cloud nor launcher"),
     ("core/train/loop.py", "from launcher import runner", "Layers: launcher above cloud above core"),
-    ("cloud/sync.py", "import launcher.common", "Layers: launcher above cloud above core"),
+    ("cloud/storage/sync.py", "import launcher.common", "Layers: launcher above cloud above core"),
     ("launcher/runner.py", "import tests.core_fixtures", "Product code imports neither bench nor tests"),
     ("bench/bench_depthwise.py", "import tests.core_fixtures", "Benchmarks import no test code"),
     ("core/data/pipeline.py", "import core.train.loop", "No import cycles between the modules of a package"),

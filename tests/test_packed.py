@@ -255,8 +255,8 @@ def run_pack(argv) -> int:
 
 
 def test_pack_command_through_s3(s3_server, tiny_dataset, packed, tmp_path, monkeypatch):
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree, upload_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree, upload_tree
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     bucket = s3_server.make_bucket()
@@ -280,7 +280,7 @@ def test_pack_command_through_s3(s3_server, tiny_dataset, packed, tmp_path, monk
 
 
 def test_pack_command_errors_are_one_line(tmp_path):
-    from cloud.errors import StorageError
+    from cloud.storage.errors import StorageError
     with pytest.raises(DatasetError, match=r"^\S+/train not found: pack expects an ImageFolder root"):
         run_pack(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "out")])
     with pytest.raises(StorageError, match="malformed storage URL 's3://A_B/x'"):

@@ -28,8 +28,8 @@ import pytest
 from botocore.config import Config
 
 from cloud.job import cache_path, prepare_job
-from cloud.storage import PART_MARK, open_storage
-from cloud.sync import STATE_NAME, upload_tree
+from cloud.storage.store import PART_MARK, open_storage
+from cloud.storage.sync import STATE_NAME, upload_tree
 from core import checkpoint as ckpt
 from core.train.metrics import read_metrics
 from tests.core_fixtures import tiny_config

@@ -16,7 +16,7 @@
 #     /home/ma-user/modelarts/outputs/train_url_0) stopped with SIGTERM after its first
 #     checkpoint and started again: the second run must resume (summary.json start_step > 0);
 #  6. builds the gpu target on a stand-in for the CUDA image (tests/docker/fake-cuda.Dockerfile:
-#     its layout, empty library files) and runs cloud.gpu_check in it: no driver, a stand-in
+#     its layout, empty library files) and runs cloud.cluster.gpu_check in it: no driver, a stand-in
 #     V100 (passes), a stand-in H100 (refused). Real CUDA is not exercised here.
 #
 # Variables: DOCKER_TEST_STATE (data root + base tarball, kept between runs for the layer cache;
@@ -274,7 +274,7 @@ chmod 755 "$RUN_DIR/nvidia/bin/nvidia-smi"
 gpu_check() {  # gpu_check [docker run options]: the check as the launchers report it
     run --rm "$@" "$IMAGE_GPU" "$PY" -c "import sys
 from launcher.common import run_main
-from cloud.gpu_check import check_gpu_runtime
+from cloud.cluster.gpu_check import check_gpu_runtime
 sys.exit(run_main(lambda argv: print(check_gpu_runtime().summary())))" 2>&1
 }
 out=$(gpu_check) && fail "gpu check passed without a driver: $out"

@@ -27,11 +27,11 @@ import time
 import uuid
 from typing import Optional
 
-from cloud.errors import PreconditionFailed, StorageError
-from cloud.storage import S3Storage, Storage, s3_error_code
+from cloud.storage.errors import PreconditionFailed, StorageError
+from cloud.storage.store import S3Storage, Storage, s3_error_code
 from core.train.run_lock import pid_alive
 
-log = logging.getLogger("cloud.lease")
+log = logging.getLogger("cloud.storage.lease")
 LEASE_NAME = ".lease.json"
 DEFAULT_TTL_S = 90.0
 

@@ -9,7 +9,7 @@ H100/H200) or newer, and CUDA 11.6 predates Ada (sm_89: PTX only, a warning). Wi
 MindSpore picks the plugin by running $CUDA_HOME/bin/nvcc and loads none when that is missing or
 reports another major version.
 
-    from cloud.gpu_check import check_gpu_runtime, GpuRuntimeError
+    from cloud.cluster.gpu_check import check_gpu_runtime, GpuRuntimeError
     report = check_gpu_runtime()      # raises GpuRuntimeError (one line) when GPU cannot work
     log.info("%s", report.summary())  # e.g. "GPU runtime: CUDA 11.6, cuDNN 8.4.1, driver ..."
     for w in report.warnings: log.warning("%s", w)

@@ -9,7 +9,7 @@ suit manifests and checkpoints. Many-object work goes through
 :meth:`Storage.batch`, a context that runs transfers in parallel (for S3: one
 lean signed request per object below the multipart threshold, see
 :mod:`cloud.s3lean`, and boto3's transfer manager in parts above it) and waits
-for them on exit; :mod:`cloud.sync` builds trees on it.
+for them on exit; :mod:`cloud.storage.sync` builds trees on it.
 
 Downloads are atomic: data goes to ``<final>.cloud-part-<pid>`` in the same
 directory and is renamed when complete, so a crash never leaves a half file
@@ -26,12 +26,12 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
-from cloud.errors import PreconditionFailed, StorageError
-from cloud.settings import StorageSettings, to_settings
-from cloud.urls import StorageURL, check_relative_key, parse_url, safe_local_path
+from cloud.storage.errors import PreconditionFailed, StorageError
+from cloud.storage.settings import StorageSettings, to_settings
+from cloud.storage.urls import StorageURL, check_relative_key, parse_url, safe_local_path
 from core.train.run_lock import pid_alive
 
-log = logging.getLogger("cloud.storage")
+log = logging.getLogger("cloud.storage.store")
 
 PART_MARK = ".cloud-part-"
 INTERNAL_PREFIX = ".cloud-"  # state, lock and marker files of this package
@@ -306,7 +306,7 @@ class S3Storage(Storage):
     """A bucket prefix on S3 or OBS, through boto3."""
 
     def __init__(self, url: StorageURL, settings: StorageSettings):
-        from cloud import s3client  # boto3 is imported only when S3 is used
+        from cloud.storage import s3client  # boto3 is imported only when S3 is used
         self.url = url
         self.settings = settings
         self.bucket = url.bucket
@@ -391,7 +391,7 @@ class S3Storage(Storage):
     def write_if(self, key: str, data: bytes, *, if_match: str | None = None) -> None:
         """Create `key` only if it does not exist (if_match None: `If-None-Match: *`), or replace
         only the version `if_match`; PreconditionFailed when the store holds another. Stores
-        that ignore the headers write unconditionally (see cloud.lease's probe)."""
+        that ignore the headers write unconditionally (see cloud.storage.lease's probe)."""
         condition = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
         try:
             with self._explained(key):

@@ -16,10 +16,10 @@ import threading
 import time
 from typing import Iterator, Optional
 
-from cloud.errors import StorageError
-from cloud.storage import S3Storage, Storage
+from cloud.storage.errors import StorageError
+from cloud.storage.store import S3Storage, Storage
 
-log = logging.getLogger("cloud.stream")
+log = logging.getLogger("cloud.storage.stream")
 RETRIES = 5
 
 

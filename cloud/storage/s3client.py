@@ -28,7 +28,7 @@ Credentials, first complete pair wins:
   ``settings.metadata_url`` (e.g. Huawei Cloud's
   ``http://169.254.169.254/openstack/latest/securitykey``) comes second, before the
   environment: the temporary keys of the node's IAM agency, refreshed before they expire
-  (:mod:`cloud.metadata_credentials`).
+  (:mod:`cloud.storage.metadata_credentials`).
 
 OBS gets virtual-hosted addressing and SigV4. All clients send and check
 checksums only when an operation requires them (OBS and most S3-compatible
@@ -59,9 +59,9 @@ from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError
 from urllib3.exceptions import ProtocolError
 from botocore.utils import parse_timestamp
 
-from cloud.errors import StorageError
-from cloud.settings import StorageSettings, to_settings
-from cloud.urls import StorageURL
+from cloud.storage.errors import StorageError
+from cloud.storage.settings import StorageSettings, to_settings
+from cloud.storage.urls import StorageURL
 
 log = logging.getLogger("cloud.s3client")
 
@@ -134,7 +134,7 @@ def _botocore_session(profile: str | None,
             if profile:
                 session.set_config_variable("profile", profile)
             if metadata_url:  # first in the chain: refreshable temporary keys
-                from cloud.metadata_credentials import MetadataCredentialProvider
+                from cloud.storage.metadata_credentials import MetadataCredentialProvider
                 session.get_component("credential_provider").insert_before(
                     "env", MetadataCredentialProvider(metadata_url))
             session.get_component("response_parser_factory").set_parser_defaults(

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from cloud.errors import UnsafeKeyError, URLError
+from cloud.storage.errors import UnsafeKeyError, URLError
 
 REMOTE_SCHEMES = ("s3", "obs")
 # S3 bucket naming rules (3-63 chars, lower case letters, digits, dots, hyphens;

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from cloud.checkpoint_store import MANIFEST_NAME, ENTRY_FIELDS, read_manifest
-from cloud.errors import StorageError
-from cloud.storage import S3Storage, Storage
-from cloud.urls import check_relative_key
+from cloud.storage.checkpoint_store import MANIFEST_NAME, ENTRY_FIELDS, read_manifest
+from cloud.storage.errors import StorageError
+from cloud.storage.store import S3Storage, Storage
+from cloud.storage.urls import check_relative_key
 
-log = logging.getLogger("cloud.branches")
+log = logging.getLogger("cloud.storage.branches")
 
 
 def _copy(storage: Storage, src: str, dst: str, scratch: str) -> None:

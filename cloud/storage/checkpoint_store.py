@@ -5,8 +5,8 @@ Layout under the output prefix::
     <prefix>/<checkpoint file name>     one object per uploaded checkpoint
     <prefix>/latest.json                the manifest, always written last
     <prefix>/superseded-<S>-<time>/     checkpoints after step S, moved aside when a run
-                                        continued from S (cloud.branches)
-    <output>/.lease.json                the writing run's lease (cloud.lease), confirmed
+                                        continued from S (cloud.storage.branches)
+    <output>/.lease.json                the writing run's lease (cloud.storage.lease), confirmed
                                         before every object and manifest write
 
 The manifest (format 1)::
@@ -36,12 +36,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from cloud.errors import StorageError
-from cloud.lease import LeaseError
-from cloud.storage import Storage, open_storage
-from cloud.urls import StorageURL, check_relative_key, parse_url
+from cloud.storage.errors import StorageError
+from cloud.storage.lease import LeaseError
+from cloud.storage.store import Storage, open_storage
+from cloud.storage.urls import StorageURL, check_relative_key, parse_url
 
-log = logging.getLogger("cloud.checkpoint_store")
+log = logging.getLogger("cloud.storage.checkpoint_store")
 
 MANIFEST_NAME = "latest.json"
 MANIFEST_FORMAT = 1
@@ -108,7 +108,7 @@ class CheckpointUploader:
     What still failed is collected for :meth:`wait`; nothing raises in the
     caller. Local files are never deleted.
 
-    With a ``lease`` (cloud.lease), ownership is confirmed before each object
+    With a ``lease`` (cloud.storage.lease), ownership is confirmed before each object
     and each manifest write: a writer that lost the output URL to another run
     writes nothing more there (reported as failed, not retried).
     """

@@ -20,7 +20,7 @@ are asked per request), TLS verification (``verify_ssl``, botocore's CA bundle) 
 timeouts.
 
 Used for objects below the multipart threshold, and for the parts of larger ones whose size
-and ETag the listing gave (:class:`cloud.storage._S3Batch`), unless ``storage.engine`` is
+and ETag the listing gave (:class:`cloud.storage.store._S3Batch`), unless ``storage.engine`` is
 ``boto3``. Not used when a proxy is configured for the endpoint, without credentials, or for a
 signature other than SigV4. Each request is shown to botocore's
 ``before-send.s3.<Operation>`` handlers first, like botocore's own requests; a handler that

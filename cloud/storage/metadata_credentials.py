@@ -16,7 +16,7 @@ import urllib.request
 
 from botocore.credentials import CredentialProvider, RefreshableCredentials
 
-from cloud.errors import StorageError
+from cloud.storage.errors import StorageError
 
 HUAWEI_METADATA_URL = "http://169.254.169.254/openstack/latest/securitykey"
 METHOD = "huaweicloud-metadata"

@@ -10,12 +10,12 @@
   for each completed download, the object's size and ETag and the local file's
   size and mtime; an object whose listing still matches, with its local file
   untouched, is skipped without a request;
-* atomic per file (see :mod:`cloud.storage`), and the state is saved as files
+* atomic per file (see :mod:`cloud.storage.store`), and the state is saved as files
   complete, so an interrupted stage resumes where it stopped;
 * safe: every key is checked before anything is written; one with ``..``, an
   absolute path, a backslash, or resolving outside the cache fails the whole
   stage with an error naming it;
-* optionally once per node (``job_id``; see :mod:`cloud.node_lock`).
+* optionally once per node (``job_id``; see :mod:`cloud.storage.node_lock`).
 
 ``upload_tree`` mirrors a local directory to a prefix, skipping files whose
 remote copy has the same size and is not older than the local file. Object
@@ -38,14 +38,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from cloud.errors import StorageError, UnsafeKeyError
-from cloud.node_lock import run_once_per_node
-from cloud.storage import (INTERNAL_PREFIX, PART_MARK, ObjectInfo, Storage, remove_stale_parts,
+from cloud.storage.errors import StorageError, UnsafeKeyError
+from cloud.storage.node_lock import run_once_per_node
+from cloud.storage.store import (INTERNAL_PREFIX, PART_MARK, ObjectInfo, Storage, remove_stale_parts,
                            walk_files)
-from cloud.urls import check_relative_key, safe_local_path
+from cloud.storage.urls import check_relative_key, safe_local_path
 from core.progress import Progress
 
-log = logging.getLogger("cloud.sync")
+log = logging.getLogger("cloud.storage.sync")
 
 STATE_NAME = ".cloud-sync-state.json"
 STATE_FORMAT = 1
@@ -232,7 +232,7 @@ def download_tree(storage: Storage, prefix: str, dest_dir: str, *, workers: int 
     """Stage every object under ``prefix`` of ``storage`` into ``dest_dir``.
 
     ``workers`` defaults to ``storage.settings.workers``. With ``job_id``, only
-    one process per node downloads (the others wait; see cloud.node_lock).
+    one process per node downloads (the others wait; see cloud.storage.node_lock).
     Raises StorageError (after finishing the other files) if any download
     fails, and UnsafeKeyError, before writing anything, for a hostile key.
     """

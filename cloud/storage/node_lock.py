@@ -28,9 +28,9 @@ import socket
 import time
 from typing import Callable, TypeVar
 
-from cloud.errors import StorageError
+from cloud.storage.errors import StorageError
 
-log = logging.getLogger("cloud.node_lock")
+log = logging.getLogger("cloud.storage.node_lock")
 
 T = TypeVar("T")
 

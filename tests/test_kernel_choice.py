@@ -56,6 +56,15 @@ def test_the_choice_is_measured_once_per_host_and_cached(tmp_path):
     assert len(__import__("json").loads(cache.read_text())) == 2
 
 
+def test_the_cache_keeps_the_newest_host_keys(tmp_path, monkeypatch):
+    cache = tmp_path / "kernel_choice.json"
+    monkeypatch.setattr(kernel_choice, "KEEP_ENTRIES", 3)
+    for threads in range(1, 6):
+        kernel_choice.choose(cache, threads, lambda: {"kxk": (0.001, 0.002)})
+    kept = list(__import__("json").loads(cache.read_text()))
+    assert [k.split("|")[2] for k in kept] == ["threads=3", "threads=4", "threads=5"]
+
+
 def test_apply_builds_the_losing_family_with_mindspores_operator(tmp_path, caplog):
     cache = tmp_path / "kernel_choice.json"
     system = SimpleNamespace(ops_impl="auto", kernel_choice_cache=str(cache), cpu_threads=None)

@@ -33,6 +33,7 @@ REPEATS = 7
 # MindSpore's operator replaces the project's only when it is this much faster: a probe's
 # timings scatter by a few percent, and a tie should not flip from run to run
 MARGIN = 1.05
+KEEP_ENTRIES = 16  # host keys a cache file remembers (each rebuild of the library adds one)
 
 _grad = ops.GradOperation(get_all=True, get_by_list=True, sens_param=True)
 
@@ -208,6 +209,8 @@ def choose(cache: Optional[Path], threads: Optional[int] = None,
                  "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
         data = _read(cache)
         data[key] = entry
+        for stale in list(data)[:-KEEP_ENTRIES]:  # oldest first: earlier builds, other settings
+            del data[stale]
         tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=1))
         os.replace(tmp, cache)

@@ -52,14 +52,17 @@ def setup_logging(log_file: Path | None = None, rank_prefix: str = "", level=log
     fmt = f"%(asctime)s {rank_prefix}%(levelname)s %(name)s: %(message)s"
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for handler in list(root.handlers):  # ours from an earlier call; others' (pytest's) stay
+        if getattr(handler, "mnv3", False):
+            root.removeHandler(handler)
     console = logging.StreamHandler(stream or sys.stdout)
+    console.mnv3 = True
     console.setFormatter(logging.Formatter(fmt, console_datefmt))
     root.addHandler(console)
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.mnv3 = True
         handler.setFormatter(logging.Formatter(fmt))
         root.addHandler(handler)
 

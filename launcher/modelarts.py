@@ -30,6 +30,7 @@ from pathlib import Path
 
 if not __package__:  # python launcher/modelarts.py: the repository root onto sys.path
     import bootstrap  # noqa: F401
+from launcher.bootstrap import REPO_ROOT  # noqa: E402  (the code folder a job uploads)
 
 
 import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)

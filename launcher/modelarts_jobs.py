@@ -18,7 +18,7 @@ Ctrl-C only stops watching: the job keeps running (`stop JOB_ID` stops it).
 
 Credentials and endpoint come from the environment (see cloud.cluster.modelarts_api): HUAWEICLOUD_SDK_AK,
 HUAWEICLOUD_SDK_SK, HUAWEICLOUD_PROJECT_ID (or --project_id), HUAWEICLOUD_REGION (or --region,
-or --endpoint). The code upload uses the OBS settings of cloud.s3client (OBS_ENDPOINT or
+or --endpoint). The code upload uses the OBS settings of cloud.storage.s3client (OBS_ENDPOINT or
 OBS_REGION, OBS_ACCESS_KEY_ID / OBS_SECRET_ACCESS_KEY ...). Keys are never printed.
 """
 from __future__ import annotations

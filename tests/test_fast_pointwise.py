@@ -65,7 +65,7 @@ def test_small_planes_run_nn_conv2d_and_large_ones_the_gemm():
         ref = nn.Conv2d(96, 144, 1, pad_mode="pad", padding=0, has_bias=False)
         fast = cpu_ops.FastPointwise2d(96, 144)
         fast.weight.set_data(ref.weight.data)
-        fast.cpu_ops = _Marker()
+        fast.custom_op = _Marker()
         x = ms.Tensor(rng.standard_normal((2, 96, size, size)).astype(np.float32))
         y_fast = fast(x).asnumpy()
         assert np.all(y_fast == 7.0) == gemm, size

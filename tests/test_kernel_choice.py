@@ -67,7 +67,7 @@ def test_the_cache_keeps_the_newest_host_keys(tmp_path, monkeypatch):
 
 def test_apply_builds_the_losing_family_with_mindspores_operator(tmp_path, caplog):
     cache = tmp_path / "kernel_choice.json"
-    system = SimpleNamespace(ops_impl="auto", kernel_choice_cache=str(cache), cpu_threads=None)
+    system = SimpleNamespace(cpu_ops="auto", kernel_choice_cache=str(cache), cpu_threads=None)
     key = kernel_choice.host_key(None)
     cache.write_text(__import__("json").dumps({key: {"native": ["kxk", "fused"], "timings": {}}}))
     with caplog.at_level(logging.INFO, logger="core.nn.kernel_choice"):
@@ -83,7 +83,7 @@ def test_apply_builds_the_losing_family_with_mindspores_operator(tmp_path, caplo
     assert fuse_for_inference(net) is net  # the fused inference graph lost too
     # the user's setting overrides the measurement
     assert cpu_ops.use_custom("custom", "kxk")
-    assert kernel_choice.apply(SimpleNamespace(**{**vars(system), "ops_impl": "native"})) is None
+    assert kernel_choice.apply(SimpleNamespace(**{**vars(system), "cpu_ops": "native"})) is None
     assert cpu_ops.use_custom("auto", "kxk")
 
 
@@ -91,7 +91,7 @@ def test_an_unwritable_cache_measures_without_it(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setattr(kernel_choice, "measure", lambda: {"kxk": (0.001, 0.002)})
-    system = SimpleNamespace(ops_impl="auto", kernel_choice_cache=str(blocker / "sub" / "c.json"),
+    system = SimpleNamespace(cpu_ops="auto", kernel_choice_cache=str(blocker / "sub" / "c.json"),
                              cpu_threads=None)
     with caplog.at_level(logging.WARNING, logger="core.nn.kernel_choice"):
         choice = kernel_choice.apply(system)

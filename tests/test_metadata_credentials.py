@@ -83,7 +83,7 @@ def test_storage_uses_refreshed_temporary_keys(s3_server, s3_bucket, metadata, t
 
 
 def test_the_security_token_goes_out_with_each_request(s3_server, s3_bucket):
-    from cloud.s3client import connect
+    from cloud.storage.s3client import connect
     from cloud.storage.urls import parse_url
     service = MetadataService("TEMPAK", "TEMPSK", lifetime_s=3600, token="tok-" * 20)
     try:

@@ -47,8 +47,10 @@ def kernel_sources(tmp_path):
     Pillow's libjpeg), no libraries built."""
     kernels = tmp_path / "core" / "kernels"
     shutil.copytree(native.KERNEL_DIR, kernels, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    for module in (REPO / "core").glob("*.py"):  # build.sh imports core.data.jpeg_augment
-        shutil.copy(module, tmp_path / "core" / module.name)
+    for module in (REPO / "core").rglob("*.py"):  # build.sh imports core.data.jpeg_augment
+        target = tmp_path / module.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(module, target)
     return kernels
 
 

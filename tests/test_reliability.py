@@ -327,7 +327,7 @@ def test_s3_down_during_staging_then_back_staging_resumes_without_half_files(
     """The cloud layer the launchers call (prepare_job): the server dies after 120 of 400 GETs
     (16 workers), the stage fails with one line; after the restart a new job stages only what
     is missing, and no file under its final name was ever partial."""
-    from cloud.s3client import _botocore_session
+    from cloud.storage.s3client import _botocore_session
 
     server = alive(outage_server)
     bucket = server.make_bucket()

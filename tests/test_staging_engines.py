@@ -1,4 +1,4 @@
-"""storage.engine: the lean request path (cloud.s3lean) against botocore and SeaweedFS.
+"""storage.engine: the lean request path (cloud.storage.s3lean) against botocore and SeaweedFS.
 
 The guarantees of staging (incremental, atomic, once per node, traversal refusal) are tested
 on both engines in tests/test_sync.py; this module checks the lean path itself: it carries

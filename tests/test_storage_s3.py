@@ -1,4 +1,4 @@
-"""cloud.storage.urls, cloud.storage.settings, cloud.s3client and cloud.storage.store, against SeaweedFS."""
+"""cloud.storage.urls, cloud.storage.settings, cloud.storage.s3client and cloud.storage.store, against SeaweedFS."""
 
 from __future__ import annotations
 

@@ -206,7 +206,7 @@ class BrokenStream:
 
 
 class BrokenLeanResponse:
-    """A lean GET's answer (cloud.s3lean) whose body dies after ``limit`` bytes."""
+    """A lean GET's answer (cloud.storage.s3lean) whose body dies after ``limit`` bytes."""
 
     def __init__(self, response, limit):
         self._response, self._left = response, limit
@@ -228,7 +228,7 @@ class BrokenLeanResponse:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_failed_download_leaves_no_partial_file(s3_server, shared_bucket, tmp_path, monkeypatch,
                                                 engine):
-    from cloud.s3lean import LeanS3
+    from cloud.storage.s3lean import LeanS3
     settings = s3_server.settings(multipart_threshold_mb=1, multipart_chunksize_mb=1, workers=2,
                                   engine=engine)
     storage = open_storage(f"{fresh_prefix(shared_bucket)}/pre", settings)

@@ -20,7 +20,7 @@ models lack (the output channel's prefetch_to_local).
 
 Settings, first match wins:
   credentials  HUAWEICLOUD_SDK_AK / HUAWEICLOUD_SDK_SK (+ HUAWEICLOUD_SDK_SECURITY_TOKEN), the SDK's
-               own names; then the OBS names this project uses (cloud.s3client):
+               own names; then the OBS names this project uses (cloud.storage.s3client):
                OBS_ACCESS_KEY_ID / OBS_SECRET_ACCESS_KEY (+ OBS_SECURITY_TOKEN), then
                ACCESS_KEY_ID / SECRET_ACCESS_KEY (+ SECURITY_TOKEN).
   project id   --project_id, HUAWEICLOUD_PROJECT_ID, HUAWEICLOUD_SDK_PROJECT_ID.

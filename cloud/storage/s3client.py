@@ -63,7 +63,7 @@ from cloud.storage.errors import StorageError
 from cloud.storage.settings import StorageSettings, to_settings
 from cloud.storage.urls import StorageURL
 
-log = logging.getLogger("cloud.s3client")
+log = logging.getLogger("cloud.storage.s3client")
 
 CREDENTIAL_ENV = {
     "aws": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),

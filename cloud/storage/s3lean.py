@@ -37,7 +37,7 @@ import threading
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-log = logging.getLogger("cloud.s3lean")
+log = logging.getLogger("cloud.storage.s3lean")
 
 # After this many fallbacks in a row (no lean request succeeding in between) a batch stops
 # trying: a store that refuses every lean request is not worth a wasted request per object.

@@ -3,7 +3,7 @@
 Every field has a default that works on this project's targets; launchers pass
 a dict (e.g. the ``storage:`` section of a YAML config), a namespace, or an
 instance. Environment variables are read later, when a client is built
-(see :mod:`cloud.s3client`), so a settings object stays a plain value.
+(see :mod:`cloud.storage.s3client`), so a settings object stays a plain value.
 Secrets are excluded from ``repr`` so a logged settings object leaks nothing.
 """
 
@@ -40,7 +40,7 @@ class StorageSettings:
                         through boto3's transfer manager.
     io_chunksize_kb     read/write block size of the transfer manager.
     engine              what carries objects below the multipart threshold: "auto" (one lean
-                        signed request per object, cloud.s3lean, falling back to boto3 for
+                        signed request per object, cloud.storage.s3lean, falling back to boto3 for
                         that object on any other answer; boto3 wherever it cannot be used, e.g.
                         behind a proxy) or "boto3" (every request through botocore).
                         Multipart objects always go through boto3's transfer manager.

@@ -8,7 +8,7 @@ Single-object calls (``upload_file``, ``download_file``, ``read_bytes``...)
 suit manifests and checkpoints. Many-object work goes through
 :meth:`Storage.batch`, a context that runs transfers in parallel (for S3: one
 lean signed request per object below the multipart threshold, see
-:mod:`cloud.s3lean`, and boto3's transfer manager in parts above it) and waits
+:mod:`cloud.storage.s3lean`, and boto3's transfer manager in parts above it) and waits
 for them on exit; :mod:`cloud.storage.sync` builds trees on it.
 
 Downloads are atomic: data goes to ``<final>.cloud-part-<pid>`` in the same
@@ -446,7 +446,7 @@ class _S3Batch(TransferBatch):
     Objects known to be below the multipart threshold skip the manager: one
     GetObject (PutObject) by a pool thread is what the manager would do, minus
     four thread hand-offs per file. With ``storage.engine`` auto that request
-    is a lean one (cloud.s3lean: a fraction of botocore's client CPU per
+    is a lean one (cloud.storage.s3lean: a fraction of botocore's client CPU per
     object, which on 2 cores is most of staging many small files), and an
     object above the threshold whose size and ETag the listing gave is fetched
     as lean ranged GETs by the same pool into one preallocated part file
@@ -457,7 +457,7 @@ class _S3Batch(TransferBatch):
 
     def __init__(self, storage: S3Storage, workers: int):
         from boto3.s3.transfer import create_transfer_manager
-        from cloud.s3lean import lean_for
+        from cloud.storage.s3lean import lean_for
         self._storage = storage
         self._config = storage.transfer_config(workers)
         self._manager = create_transfer_manager(storage.client, self._config)
@@ -529,8 +529,8 @@ class _S3Batch(TransferBatch):
     def _get_small(self, key, local_path, size, on_bytes, on_done):
         """One object below the threshold into its part file, renamed when complete. Progress
         is reported once, at the end: these are seconds-long at most."""
-        from cloud.s3client import STREAMING_ERRORS
-        from cloud.s3lean import LeanStreamBroken
+        from cloud.storage.s3client import STREAMING_ERRORS
+        from cloud.storage.s3lean import LeanStreamBroken
         storage = self._storage
         tmp = part_path(local_path)
         try:
@@ -649,7 +649,7 @@ class _RangedDownload:
             self.on_bytes(n)
 
     def _part(self, start: int, length: int) -> None:
-        from cloud.s3lean import LeanStreamBroken
+        from cloud.storage.s3lean import LeanStreamBroken
         try:
             if not (self.failure or self.fall_back):
                 lean = self.batch._lean

@@ -3,7 +3,7 @@
 ``download_tree`` stages a prefix into a local cache:
 
 * parallel, through :meth:`Storage.batch`: for S3, one lean signed GET per
-  object below the multipart threshold (:mod:`cloud.s3lean`; boto3 for that
+  object below the multipart threshold (:mod:`cloud.storage.s3lean`; boto3 for that
   object on any other answer, and for all of them with ``storage.engine``
   boto3), boto3's transfer manager in parts above it;
 * incremental: a state file in the cache (``.cloud-sync-state.json``) records,

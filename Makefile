@@ -17,8 +17,8 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-extras.tx
 
 venv: $(VENV)/.installed kernels
 
-# The CPU convolution operator (core/fast_conv.py) and the training-image decoder
-# (core/jpeg_augment.py); core/kernels/build.sh says what happens without a compiler
+# The CPU convolution operator (core/nn/cpu_ops.py) and the training-image decoder
+# (core/data/jpeg_augment.py); core/kernels/build.sh says what happens without a compiler
 # (a warning and the slower fallback; an error under `make test`, whose suite tests them).
 kernels: $(VENV)/.installed
 	@sh core/kernels/build.sh $(PY)

@@ -1,6 +1,6 @@
 """Benchmark: the kxk convolutions of MobileNetV3-Small (stem and depthwise), forward and
-forward+backward, on CPU: the custom operator (core.fast_conv) vs MindSpore's nn.Conv2d vs
-PyTorch's conv2d. The evidence behind system.depthwise_impl=auto.
+forward+backward, on CPU: the custom operator (core.nn.cpu_ops) vs MindSpore's nn.Conv2d vs
+PyTorch's conv2d. The evidence behind system.cpu_ops=auto.
 
     python bench/bench_depthwise.py [--quick]
 """
@@ -49,10 +49,10 @@ def ms_times(batch: int, reps: int) -> dict:
     import mindspore as ms
     import numpy as np
     from mindspore import nn
-    from core import fast_conv
+    from core.nn import cpu_ops
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
-    from core.kernel_choice import Grad
+    from core.nn.kernel_choice import Grad
 
     def med(fn, *a):
         out = fn(*a)
@@ -69,7 +69,7 @@ def ms_times(batch: int, reps: int) -> dict:
         x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, ci, s, s)).astype(np.float32))
         native = nn.Conv2d(ci, co, k, stride=st, pad_mode="pad", padding=(k - 1) // 2, group=g,
                            has_bias=False)
-        custom = fast_conv.FastConv2d(ci, co, k, st, g)
+        custom = cpu_ops.FastConv2d(ci, co, k, st, g)
         custom.weight.set_data(native.weight.data)
         y = native(x)
         dy = ms.Tensor(np.ones(y.shape, np.float32))
@@ -86,9 +86,9 @@ def main():
     args = p.parse_args()
     if args.quick:
         args.reps = 3
-    from core import fast_conv
-    if not fast_conv.available():
-        raise SystemExit(f"{fast_conv.library_file()} is not built: run 'make kernels'")
+    from core.nn import cpu_ops
+    if not cpu_ops.available():
+        raise SystemExit(f"{cpu_ops.library_file()} is not built: run 'make kernels'")
     ms = ms_times(args.batch, args.reps)
     torch = {}
     if common.need_peers():

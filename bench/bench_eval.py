@@ -1,9 +1,9 @@
 """Benchmark: `eval` of a JPEG folder end to end, images/s over a whole pass, 224 px, batch 32.
 
 Project: what `python launcher/local.py eval` runs (launcher.openmp, core.device.configure, the project's
-MobileNetV3-Small with the fused inference graph of core.fuse, core.evaluate.evaluate over an
+MobileNetV3-Small with the fused inference graph of core.nn.fuse, core.infer.evaluate.evaluate over an
 ImageFolder val split: the eval pipeline with data.decoder=auto, i.e. the native decoder of
-core/jpeg_eval.py, batches of float32 NCHW, loss and top-1/top-5), in its own process, after
+core/data/jpeg_eval.py, batches of float32 NCHW, loss and top-1/top-5), in its own process, after
 one warm-up forward (the graph compile is not timed; pipeline start-up is). Also measured in
 that process: the same pipeline alone (no network) and the network alone on a fixed batch.
 Peers: the project with MindSpore's ops (data.decoder=mindspore, the path before the native
@@ -59,11 +59,11 @@ def project_side(root: str, batch: int, decoder: str, workers: int) -> dict:
     import mindspore as ms
     import numpy as np
     from core.config import load_config
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
     from core.device import configure
-    from core.evaluate import evaluate
-    from core.fuse import fuse_for_inference
-    from core.model import build_model
+    from core.infer.evaluate import evaluate
+    from core.nn.fuse import fuse_for_inference
+    from core.nn.model import build_model
     cfg = load_config(None, {"data.path": root, "data.image_size": 224, "data.eval_resize": 256,
                              "data.batch_size": batch, "data.workers": workers,
                              "data.decoder": decoder, "system.device_target": "CPU"})
@@ -73,8 +73,8 @@ def project_side(root: str, batch: int, decoder: str, workers: int) -> dict:
     ms.set_seed(1)
     net = build_model(cfg.model.arch, len(val.classes), cfg.model.width_mult, cfg.model.dropout,
                       depthwise_padding=cfg.model.depthwise_padding,
-                      depthwise_impl=cfg.system.depthwise_impl)
-    net = fuse_for_inference(net, cfg.system.depthwise_impl)
+                      ops_impl=cfg.system.cpu_ops)
+    net = fuse_for_inference(net, cfg.system.cpu_ops)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32))
     net(x).asnumpy()  # compile
     cpu = time.process_time()

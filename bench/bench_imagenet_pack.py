@@ -4,11 +4,11 @@ On one generated set in the official structure (default 50 classes x 100 train J
 ~110 KB, 500x375, in a tar of per-class tars; 1,000 flat val JPEGs; a devkit whose meta.mat
 and ground truth are written like the real ones, bench/imagenet_files.py):
 
-* archives: core.imagenet_pack.pack_imagenet reading the three files in place;
+* archives: core.data.imagenet_pack.pack_imagenet reading the three files in place;
 * archives over S3: the same, reading them from a local SeaweedFS (streaming GETs);
 * shell route: `tar -xf` the train tar, `tar -xf` each inner tar (then delete it), untar the
   val tar and sort its images into class folders by the ground truth (what valprep.sh does),
-  then core.packing.pack_imagefolder on the folder; each step timed.
+  then core.data.packing.pack_imagefolder on the folder; each step timed.
 
 Prints and writes bench/results/imagenet_pack.json: median seconds of `--repeats` interleaved
 runs, images/s and MB/s of archive data, extra disk each route needs, and the ratios (measured
@@ -35,9 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.bench_packed import _unique_images, noise_for, with_comment  # noqa: E402
 from bench.common import Timer, median, write_result  # noqa: E402
-from core.imagenet_archives import LocalFiles  # noqa: E402
-from core.imagenet_pack import pack_imagenet  # noqa: E402
-from core.packing import pack_imagefolder  # noqa: E402
+from core.data.imagenet_archives import LocalFiles  # noqa: E402
+from core.data.imagenet_pack import pack_imagenet  # noqa: E402
+from core.data.packing import pack_imagefolder  # noqa: E402
 from bench.imagenet_files import devkit  # noqa: E402
 
 MB = 1024 * 1024
@@ -137,8 +137,8 @@ def main() -> int:
         timings: dict[str, list] = {"archives": [], "shell": []}
         files = None
         if not args.no_s3:
-            from cloud.storage import open_storage
-            from cloud.stream import StorageFiles
+            from cloud.storage.store import open_storage
+            from cloud.storage.stream import StorageFiles
             from launcher.seaweedfs import start_s3_server
             server = start_s3_server(os.path.join(workdir, "seaweedfs"))
             bucket = server.make_bucket("bench")

@@ -1,12 +1,12 @@
 """Benchmark: eval/inference throughput at 224 px, batch 32, CPU.
 
 Sides (separate processes, alternating rounds, medians):
-* project: what `eval` and `predict` run on CPU: core.model in MindSpore GRAPH mode with the
-  fused inference graph (core/fuse.py: BN folded; every conv, the pool and the classifier in the
+* project: what `eval` and `predict` run on CPU: core.nn.model in MindSpore GRAPH mode with the
+  fused inference graph (core/nn/fuse.py: BN folded; every conv, the pool and the classifier in the
   native kernels with bias, activation and residual fused);
 * project-unfused: the custom kxk conv without the fused graph;
 * project-native: nn.Conv2d everywhere, no fusion (the original path);
-* project ONNX: the project's network exported with core.export (ONNX), run in onnxruntime;
+* project ONNX: the project's network exported with core.infer.export (ONNX), run in onnxruntime;
 * PyTorch torchvision mobilenet_v3_small (eval, inference_mode; bench/.venv-peers).
 Goals (not asserted): project >= 0.8x the project's ONNX export in onnxruntime (issue 17),
 >= 0.5x PyTorch. The project/onnxruntime ratio is also taken per round (both sides measured
@@ -37,8 +37,8 @@ sys.path.insert(0, sys.argv[1])
 import mindspore as ms
 ms.set_context(mode=ms.GRAPH_MODE); ms.set_device("CPU"); ms.set_seed(1)
 from core.config import Config
-from core.export import export_model
-from core.model import build_model
+from core.infer.export import export_model
+from core.nn.model import build_model
 cfg = Config(); cfg.export.format = "ONNX"; cfg.export.batch_size = int(sys.argv[3])
 cfg.data.image_size = int(sys.argv[4])
 net = build_model("mobilenet_v3_small", 1000)

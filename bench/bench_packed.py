@@ -2,8 +2,8 @@
 
 On one dataset (default 20,000 JPEGs of ~110 KB, 500x375, in 100 classes):
 
-* pack: time of core.packing.pack_imagefolder;
-* staging from a local SeaweedFS into an empty cache with cloud.sync.download_tree, each
+* pack: time of core.data.packing.pack_imagefolder;
+* staging from a local SeaweedFS into an empty cache with cloud.storage.sync.download_tree, each
   timed with its request count (HTTP requests, and objects): the ImageFolder (one object per
   image), the packed dataset (shards, .db files, index.json; then verify_packed), and the
   same bytes as ONE large object (the floor for moving that many bytes);
@@ -33,10 +33,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cloud.storage import open_storage  # noqa: E402
-from cloud.sync import download_tree, upload_tree  # noqa: E402
-from core.packed import verify_packed  # noqa: E402
-from core.packing import pack_imagefolder  # noqa: E402
+from cloud.storage.store import open_storage  # noqa: E402
+from cloud.storage.sync import download_tree, upload_tree  # noqa: E402
+from core.data.packed import verify_packed  # noqa: E402
+from core.data.packing import pack_imagefolder  # noqa: E402
 from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402
 
 MB = 1024 * 1024
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       "results", "packed.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench-packed-")
     owns = not args.workdir

@@ -1,7 +1,7 @@
 """Benchmark: training input pipeline, images/s with 1 and 2 workers, 224 px, batch 64.
 
 The project's pipeline (an ImageFolder split's train_pipeline, data.decoder=auto, i.e. the native
-operator of core/jpeg_augment.py: random-resized crop decoded with Pillow's SIMD libjpeg-turbo,
+operator of core/data/jpeg_augment.py: random-resized crop decoded with Pillow's SIMD libjpeg-turbo,
 flip, colour jitter (0.4, 0.4, 0.4); uint8 HWC batches, normalised in the training graph) against
 torchvision ImageFolder + DataLoader with the same augmentations (RandomResizedCrop, flip,
 ColorJitter, ToTensor, Normalize; run in bench/.venv-peers), and against the project's
@@ -65,7 +65,7 @@ def ensure_dataset(root: Path, images: int, classes: int = 10, seed: int = 0) ->
 
 def project_rate(train: Path, workers: int, batches: int, batch: int, decoder: str = "auto") -> float:
     from core.config import Config
-    from core.imagefolder import scan_split
+    from core.data.imagefolder import scan_split
     cfg = Config()
     cfg.data.image_size = 224
     cfg.data.batch_size = batch

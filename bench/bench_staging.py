@@ -4,7 +4,7 @@ One dataset (default 2,000 files of ~110 KB plus 2 files of 200 MB), timed round
 (each round times every entry once, so load changes on a shared machine hit all alike):
 
 downloads, each into an empty directory
-* ``ours_cold``: ``cloud.sync.download_tree`` with the default ``storage.engine`` (auto: lean
+* ``ours_cold``: ``cloud.storage.sync.download_tree`` with the default ``storage.engine`` (auto: lean
   signed GETs below the multipart threshold, boto3's transfer manager above it);
 * ``ours_boto3_cold``: the same with ``storage.engine=boto3`` (every request through botocore);
 * ``s5cmd`` (``cp 's3://bucket/prefix/*' dir/``), ``aws_s3_sync`` and a plain boto3
@@ -12,7 +12,7 @@ downloads, each into an empty directory
 warm, after the last round
 * ``ours_resync_unchanged`` (nothing to do), ``s5cmd_sync_unchanged`` (``s5cmd sync``);
 uploads, each into a fresh prefix (``--skip-uploads`` leaves them out)
-* ``ours_upload`` / ``ours_boto3_upload``: ``cloud.sync.upload_tree`` on both engines;
+* ``ours_upload`` / ``ours_boto3_upload``: ``cloud.storage.sync.upload_tree`` on both engines;
 * ``s5cmd_upload``: ``s5cmd cp dir/ s3://bucket/prefix/``;
 * ``ours_upload_unchanged``: ``upload_tree`` again onto the same prefix.
 
@@ -45,8 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-from cloud.storage import open_storage  # noqa: E402
-from cloud.sync import download_tree, upload_tree  # noqa: E402
+from cloud.storage.store import open_storage  # noqa: E402
+from cloud.storage.sync import download_tree, upload_tree  # noqa: E402
 from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402
 
 MB = 1024 * 1024

@@ -1,9 +1,9 @@
 """Benchmark: CPU train-step throughput, MobileNetV3-Small, at 224 px batch 32 and 64 px batch 64.
 
 Sides, each in its own process, alternating over --repeat rounds (medians kept):
-* project: core.model (kxk convs on the custom CPU operator, system.depthwise_impl=auto) with the
+* project: core.nn.model (kxk convs on the custom CPU operator, system.cpu_ops=auto) with the
   trainer's loss, RMSProp and TrainOneStepCell (GRAPH mode, fp32);
-* project-native: the same with nn.Conv2d everywhere (depthwise_impl=native, the old path);
+* project-native: the same with nn.Conv2d everywhere (ops_impl=native, the old path);
 * MindCV mobilenet_v3_small_100 with the same loss/optimizer/TrainOneStepCell;
 * PyTorch torchvision mobilenet_v3_small, RMSprop(alpha 0.9, momentum 0.9, eps 1e-3), label
   smoothing 0.1 (bench/.venv-peers).

@@ -118,8 +118,8 @@ def apply_isa() -> None:
     """In a child process, before its model is built: the build the parent chose."""
     isa = os.environ.get(ISA_ENV, "auto")
     if isa != "auto":
-        from core import fast_conv
-        fast_conv.select_variant(isa)
+        from core.nn import cpu_ops
+        cpu_ops.select_variant(isa)
 
 
 def kernel_isa() -> str:

@@ -18,11 +18,11 @@ import numpy as np  # noqa: E402
 
 def build(model: str, num_classes: int):
     import mindspore as ms
-    from core import model as core_model
+    from core.nn import model as core_model
     if model in ("project", "project-unfused", "project-native", "project-custom"):
         impl = {"project": "auto", "project-unfused": "auto", "project-native": "native",
                 "project-custom": "custom"}[model]
-        return core_model.build_model("mobilenet_v3_small", num_classes, depthwise_impl=impl)
+        return core_model.build_model("mobilenet_v3_small", num_classes, ops_impl=impl)
     if model == "mindcv":
         import mindcv
         return mindcv.create_model("mobilenet_v3_small_100", num_classes=num_classes, pretrained=False)
@@ -51,9 +51,9 @@ def train(args) -> dict:
     import mindspore as ms
     from mindspore import nn
     from core.config import Config
-    from core.loss import LabelSmoothingCrossEntropy
-    from core.optim import build_optimizer
-    from core.run import NetWithLoss
+    from core.train.loss import LabelSmoothingCrossEntropy
+    from core.train.optim import build_optimizer
+    from core.train.run import NetWithLoss
 
     setup(args)
     cfg = Config()
@@ -61,8 +61,8 @@ def train(args) -> dict:
     loss_fn = LabelSmoothingCrossEntropy(args.classes, cfg.train.label_smoothing)
     lr = ms.Tensor(np.full(1000, 0.01, np.float32))
     optimizer = build_optimizer(net.trainable_params(), cfg.optim, lr)
-    # as core.train feeds it: uint8 NHWC batches, normalised and transposed in the graph
-    from core.pipeline import pixel_normalization
+    # as core.train.loop feeds it: uint8 NHWC batches, normalised and transposed in the graph
+    from core.data.pipeline import pixel_normalization
     step = nn.TrainOneStepCell(NetWithLoss(net, loss_fn, pixel_normalization(cfg.data)), optimizer)
     step.set_train(True)
     rng = np.random.default_rng(0)
@@ -92,7 +92,7 @@ def infer(args) -> dict:
     net = build(args.model, args.classes)
     net.set_train(False)
     if args.model == "project":  # what eval and predict run: BN folded, fused kernels
-        from core.fuse import fuse_for_inference
+        from core.nn.fuse import fuse_for_inference
         net = fuse_for_inference(net)
     image = ms.Tensor(np.random.default_rng(0).standard_normal(
         (args.batch, 3, args.size, args.size)).astype(np.float32))

@@ -16,24 +16,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cloud.branches import resume_from_cache, supersede_remote
-from cloud.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
-from cloud.errors import StorageError
-from cloud.lease import Lease
-from cloud.node_lock import run_once_per_node
-from cloud.settings import to_settings
-from cloud.storage import open_storage
-from cloud.sync import download_tree, upload_tree
-from cloud.urls import parse_url
-from core.callbacks import Callback
-from core.data import open_dataset
+from cloud.storage.branches import resume_from_cache, supersede_remote
+from cloud.storage.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
+from cloud.storage.errors import StorageError
+from cloud.storage.lease import Lease
+from cloud.storage.node_lock import run_once_per_node
+from cloud.storage.settings import to_settings
+from cloud.storage.store import open_storage
+from cloud.storage.sync import download_tree, upload_tree
+from cloud.storage.urls import is_remote_url, parse_url
+from core.train.callbacks import Callback
+from core.data.sources import open_dataset
 
 log = logging.getLogger("cloud.job")
 CHECKPOINT_PREFIX = "checkpoints"
-
-
-def is_remote(url: Optional[str]) -> bool:
-    return bool(url) and parse_url(url).is_remote
 
 
 def cache_path(cache_dir: Path, kind: str, url: str) -> Path:
@@ -51,8 +47,7 @@ class CheckpointUpload(Callback):
         self.uploader = uploader
 
     def on_checkpoint(self, path, meta):
-        self.uploader.submit(str(path), {"epoch": meta.get("epoch"), "step": meta.get("step"),
-                                         "kind": meta.get("kind")})
+        self.uploader.submit_checkpoint(str(path), meta)
 
 
 @dataclass
@@ -64,7 +59,7 @@ class PreparedJob:
     output_url: Optional[str] = None        # where finish() publishes the run directory
     settings: Any = None
     uploader: Optional[CheckpointUploader] = None
-    lease: Optional[Lease] = None           # the writer's ownership of output_url (cloud.lease)
+    lease: Optional[Lease] = None           # the writer's ownership of output_url (cloud.storage.lease)
 
     def finish(self, timeout_s: Optional[float] = None) -> None:
         """Wait for checkpoint uploads, mirror the run directory to the output URL, release
@@ -110,7 +105,7 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
     cache_dir = Path(cache_dir)
     job = PreparedJob(cfg=cfg, resume=None, settings=settings)
 
-    if is_remote(cfg.data.path):
+    if is_remote_url(cfg.data.path):
         storage = open_storage(cfg.data.path, settings)
         storage.check()
         local = cache_path(cache_dir, "data", cfg.data.path)
@@ -122,7 +117,7 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
         cfg.data.path = str(local)
 
     output_storage = None
-    if is_remote(cfg.system.output_dir):
+    if is_remote_url(cfg.system.output_dir):
         job.output_url = cfg.system.output_dir
         output_storage = open_storage(job.output_url, settings)
         output_storage.check()
@@ -136,7 +131,7 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
             job.callbacks.append(CheckpointUpload(job.uploader))
     try:
         _resolve(job, cfg, output_storage, resume, pretrained, cache_dir, job_id, settings)
-        if job.resume == "auto" and output_url and is_remote(output_url):
+        if job.resume == "auto" and output_url and is_remote_url(output_url):
             job.resume = resume_from_output_url(cfg, output_url, cache_dir / "resume" / job_id,
                                                 settings)
     except BaseException:
@@ -187,11 +182,11 @@ def resume_from_output_url(cfg, output_url: str, cache_dir: Path, settings) -> s
 def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_dir: Path, job_id,
              settings) -> None:
     """The resume point (and pre-trained weights) as local paths; the store's side of the
-    branch rule (cloud.branches) for an explicit older checkpoint."""
+    branch rule (cloud.storage.branches) for an explicit older checkpoint."""
     resume_cache = cache_dir / "resume" / job_id
     if pretrained:
         job.pretrained = (fetch_checkpoint(pretrained, str(cache_dir / "pretrained"), settings)
-                          if is_remote(pretrained) else pretrained)
+                          if is_remote_url(pretrained) else pretrained)
     if resume == "auto":
         if output_storage is not None:
             job.resume = resolve_resume(output_storage, CHECKPOINT_PREFIX, str(resume_cache))
@@ -200,7 +195,7 @@ def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_di
                                                cfg.checkpoint.keep, job.uploader, job.output_url)
         else:
             job.resume = "auto"  # the local launcher resolves it in the run directory
-    elif is_remote(resume):
+    elif is_remote_url(resume):
         job.resume = fetch_checkpoint(resume, str(resume_cache), settings)
     elif resume:
         if not Path(resume).is_file():

@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 
 import mindspore as ms
 
-from core.dropout import is_mask
+from core.nn.dropout import is_mask
 
 log = logging.getLogger("core.checkpoint")
 META_KEY = "runner_meta"
@@ -139,7 +139,7 @@ def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
 
 
 class CheckpointManager:
-    """The periodic checkpoints of one prefix in one folder (core.checkpoint_saver writes and
+    """The periodic checkpoints of one prefix in one folder (core.train.checkpoint_saver writes and
     prunes them; best.ckpt is kept apart)."""
 
     def __init__(self, folder: str | os.PathLike, prefix: str, keep: int):

@@ -144,7 +144,7 @@ class SystemConfig:
     mode: str = _spec("graph", choices=("graph", "pynative"), help="MindSpore execution mode")
     output_dir: str = _spec("runs/mobilenetv3_small", help="run directory (checkpoints, logs, exports)")
     distributed: bool = _spec(False, help="data-parallel across ranks (set by the launchers)")
-    depthwise_impl: str = _spec("auto", choices=("auto", "native", "custom"),
+    cpu_ops: str = _spec("auto", choices=("auto", "native", "custom"),
                                 help="convs (depthwise, stem, 1x1), training BN+activation, "
                                      "squeeze-excite, pooling and the batch's normalisation: "
                                      "auto = the project's CPU operators on CPU when built "
@@ -154,7 +154,7 @@ class SystemConfig:
                                  "best this CPU executes; avx2/baseline on an AVX-512 host reproduce "
                                  "what those hosts run (make kernels builds every x86-64 variant)")
     kernel_choice_cache: str = _spec("~/.cache/mnv3-runner/kernel_choice.json",
-                                     help="where depthwise_impl=auto keeps which CPU operators won "
+                                     help="where cpu_ops=auto keeps which CPU operators won "
                                           "on this host (measured once per CPU, build and thread "
                                           "count, ~10 s); empty = measure every run")
     cpu_threads: Optional[int] = _spec(None, minimum=1,
@@ -199,7 +199,17 @@ def known_keys() -> list[str]:
     return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(_section_class(s))]
 
 
+# Keys that were renamed: refused with the new name (a recipe written for the old one would
+# otherwise lose its setting silently)
+RENAMED = {"system.depthwise_impl": ("system.cpu_ops", "it switches every native CPU operator "
+                                     "(convs, BN, squeeze-excite, pooling, normalisation), not "
+                                     "only depthwise convs")}
+
+
 def _unknown(key: str) -> ConfigError:
+    if key in RENAMED:
+        new, why = RENAMED[key]
+        return ConfigError(f"config key '{key}' is now '{new}' ({why}): write {new}=... instead")
     close = difflib.get_close_matches(key, known_keys(), n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else " (see the config reference in README.md)"
     return ConfigError(f"unknown config key '{key}'{hint}")
@@ -367,31 +377,40 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def read_recipe_file(path: str) -> dict:
+    """A recipe file's YAML tree ({} when empty); every problem with the file is one ConfigError."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = read_recipe(fh) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path} (pass an existing YAML recipe, "
+                          f"e.g. configs/cpu_demo.yaml)") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object: never run
+            raise ConfigError(f"config file {path}{where}: {exc.problem}; recipes hold plain "
+                              f"values only (YAML tags such as !!python/... are refused)") from None
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, ...)")
+    return tree
+
+
 def load_config(path: Optional[str] = None, overrides: Optional[dict] = None,
-                base: Optional[dict] = None) -> Config:
+                base: Optional[dict] = None, recipe: Optional[dict] = None) -> Config:
     """Defaults <- base (a saved config tree) <- YAML recipe <- overrides (dotted keys),
-    then whole-config checks."""
+    then whole-config checks. `recipe`: the tree of `path` when the caller has read it already
+    (read_recipe_file), e.g. for its foreign sections."""
     cfg = Config()
     flat: dict = _flatten(base, "saved config") if base else {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                tree = read_recipe(fh) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path} (pass an existing YAML recipe, "
-                              f"e.g. configs/cpu_demo.yaml)") from None
-        except ConfigError as exc:
-            raise ConfigError(f"config file {path}: {exc}") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            if isinstance(exc, yaml.constructor.ConstructorError):  # e.g. !!python/object: never run
-                raise ConfigError(f"config file {path}{where}: {exc.problem}; recipes hold plain "
-                                  f"values only (YAML tags such as !!python/... are refused)") from None
-            raise ConfigError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
-        flat.update(_flatten(tree, path))
+    if path or recipe is not None:
+        tree = recipe if recipe is not None else read_recipe_file(path)
+        flat.update(_flatten(tree, path or "recipe"))
     flat.update(overrides or {})
     for key, value in flat.items():
         set_key(cfg, key, value)

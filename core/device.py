@@ -45,8 +45,8 @@ def configure(system_cfg) -> str:
         set_cpu_threads(system_cfg.cpu_threads)
     if target == "CPU":
         ms.set_device("CPU")
-        from core import fast_conv, kernel_choice
-        fast_conv.select_variant(getattr(system_cfg, "kernel_isa", "auto"))
+        from core.nn import cpu_ops, kernel_choice
+        cpu_ops.select_variant(getattr(system_cfg, "kernel_isa", "auto"))
         kernel_choice.apply(system_cfg)
     else:
         ms.set_device(target, system_cfg.device_id)

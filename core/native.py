@@ -64,6 +64,24 @@ def host_variants(flags: Optional[set] = None) -> tuple:
     return tuple(v for v in VARIANTS["x86_64"] if _X86_LEVEL_FLAGS[v] <= flags)
 
 
+def open_library(library: Path, source: Path, without: str):
+    """ctypes handle of `library` if it is built, current and loads, else None; with the reason
+    (None when loaded). A library that is built but does not load is logged once: the runner then
+    does `without` (e.g. "uses MindSpore's ops")."""
+    import ctypes
+    import logging
+
+    path = built_library(library, source)
+    if path is None:
+        return None, f"{library.name} is not built (make kernels)"
+    try:
+        return ctypes.CDLL(str(path)), None
+    except OSError as exc:
+        reason = f"{path} does not load ({exc}); rebuild it with make kernels"
+        logging.getLogger("core.native").warning("%s; the runner %s", reason, without)
+        return None, reason
+
+
 def onednn_isa() -> str:
     """The instruction set MindSpore's oneDNN runs its CPU convolutions with (dnnl's ISA mask, as
     capped by the process's runtime settings), or "unknown": what MindSpore's side of the kernel
@@ -94,7 +112,7 @@ def built_library(library: Path, source: Path) -> Optional[Path]:
 
 # library -> (its source, what the runner does without it); the first has a build per variant
 LIBRARIES = {
-    "libmnv3_depthwise.so": ("depthwise_conv.cc", "CPU convolutions use nn.Conv2d"),
+    "libmnv3_cpu_ops.so": ("cpu_ops.cc", "CPU convolutions use nn.Conv2d"),
     "libmnv3_jpeg.so": ("jpeg_augment.cc", "training images are decoded with MindSpore's ops"),
 }
 
@@ -116,6 +134,6 @@ def startup_warning() -> Optional[str]:
 def _host_file(name: str) -> Path:
     """The file of library `name` this host loads: the best variant it executes, for the
     per-ISA library."""
-    if name == "libmnv3_depthwise.so":
-        return variant_library("libmnv3_depthwise", host_variants()[0])
+    if name == "libmnv3_cpu_ops.so":
+        return variant_library("libmnv3_cpu_ops", host_variants()[0])
     return KERNEL_DIR / name

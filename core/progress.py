@@ -40,7 +40,8 @@ class Progress:
     def __init__(self, total: float, label: str, stream: Optional[TextIO] = None,
                  interval_s: float = 30.0, unit: str = "", redraw_s: float = 0.1,
                  write: Optional[Callable[[str], None]] = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, started: Optional[float] = None,
+                 initial: float = 0.0):
         self.total = max(float(total), 0.0)
         self.label = label
         self.stream = stream if stream is not None else sys.stdout
@@ -49,8 +50,12 @@ class Progress:
         self.unit = unit
         self.write = write or self._write_line
         self.clock = clock
-        self.started = clock()
-        self.done = 0.0
+        # the work may have begun before the bar (an epoch's first steps run before their first
+        # report): `started` is when it began, `initial` what was already done then (a resumed
+        # epoch), so elapsed time and rate describe the work, not the bar
+        self.started = clock() if started is None else started
+        self.initial = float(initial)
+        self.done = self.initial
         self.extra = ""
         self._last_line: Optional[float] = None
         self._dirty = False
@@ -62,7 +67,9 @@ class Progress:
             self._redirect = logging_redirect_tqdm()
             self._redirect.__enter__()
             self._bar = tqdm(total=_number(self.total), desc=label, file=self.stream, mininterval=redraw_s,
-                             bar_format=BAR_FORMAT, dynamic_ncols=True, **self._units())
+                             bar_format=BAR_FORMAT, dynamic_ncols=True, initial=_number(self.initial),
+                             **self._units())
+            self._bar.start_t -= clock() - self.started  # tqdm's own clock, moved back as far
 
     def _units(self) -> dict:
         if self.unit == "B":
@@ -76,7 +83,8 @@ class Progress:
         if self.unit == "B":  # transfers: the rate too
             fmt = fmt.replace("{postfix}", ", {rate_fmt}{postfix}")
         return tqdm.format_meter(_number(self.done), _number(self.total), elapsed, prefix=self.label,
-                                 bar_format=fmt, postfix=self.extra or None, **self._units())
+                                 bar_format=fmt, postfix=self.extra or None,
+                                 initial=_number(self.initial), **self._units())
 
     def update(self, done: float, extra: Optional[str] = None) -> None:
         with self.lock:

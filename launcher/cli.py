@@ -64,7 +64,7 @@ def overrides_from(args) -> dict:
 
 
 def demo_dataset_path() -> str:
-    from core.synthetic import ensure_demo_dataset
+    from core.data.synthetic import ensure_demo_dataset
     return str(ensure_demo_dataset(DEFAULT_CACHE / "demo_dataset_v1"))
 
 
@@ -87,7 +87,7 @@ def resolve_local_resume(cfg, resume: Optional[str]) -> Optional[str]:
 def resolve_checkpoint_arg(text: str, args=None) -> Path:
     """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint;
     an s3:// or obs:// URL of either is fetched into the cache and verified first (as
-    --resume and --pre_trained are: cloud.checkpoint_store, storage.* keys of `args`)."""
+    --resume and --pre_trained are: cloud.storage.checkpoint_store, storage.* keys of `args`)."""
     from core import checkpoint as ckpt
     if "://" in str(text):
         return Path(fetch_remote_checkpoint(str(text), args))
@@ -108,11 +108,11 @@ def fetch_remote_checkpoint(url: str, args=None) -> str:
     manifest beside it when there is one) or a run's output URL / its checkpoints/ prefix (the
     manifest's newest good checkpoint, size and sha256 checked). Storage settings come from
     the recipe's `storage:` section and storage.* overrides."""
-    from cloud.checkpoint_store import MANIFEST_NAME, fetch_checkpoint, resolve_resume
-    from cloud.errors import StorageError
+    from cloud.storage.checkpoint_store import MANIFEST_NAME, fetch_checkpoint, resolve_resume
+    from cloud.storage.errors import StorageError
     from cloud.job import cache_path
-    from cloud.storage import open_storage
-    from cloud.urls import parse_url
+    from cloud.storage.store import open_storage
+    from cloud.storage.urls import parse_url
     from launcher.common import load_job_config
     parsed = parse_url(url)  # a malformed URL or an unknown scheme: one line naming the form
     settings = None
@@ -143,12 +143,12 @@ def config_for_checkpoint(args, checkpoint):
 
 def gpu_preflight(device_target: str) -> None:
     """device_target=GPU: check that MindSpore 2.10's GPU plugin can load here before anything
-    starts (raises cloud.gpu_check.GpuRuntimeError, one line naming what is missing)."""
+    starts (raises cloud.cluster.gpu_check.GpuRuntimeError, one line naming what is missing)."""
     if device_target != "GPU":
         return
     import logging
 
-    from cloud.gpu_check import check_gpu_runtime
+    from cloud.cluster.gpu_check import check_gpu_runtime
     log = logging.getLogger("launcher")
     runtime = check_gpu_runtime()
     log.info("%s", runtime.summary())

@@ -3,11 +3,11 @@
     launcher/local.py pack --src s3://bucket/imagenet --dst s3://bucket/imagenet-packed
     launcher/local.py pack --imagenet obs://bucket/ilsvrc2012 --dst obs://bucket/imagenet-packed
 
-(--imagenet: the official archives read as streams by core.imagenet_pack; see
+(--imagenet: the official archives read as streams by core.data.imagenet_pack; see
 `pack_imagenet_command`.)
 
-core.packing knows local folders only, so URLs end here: a remote source is staged into the
-cache first (cloud.sync, resumable); a remote destination is packed into the cache and then
+core.data.packing knows local folders only, so URLs end here: a remote source is staged into the
+cache first (cloud.storage.sync, resumable); a remote destination is packed into the cache and then
 uploaded, shards first and index.json last, so a reader never sees an index whose shards
 are not all there. Re-running after an interruption resumes every step.
 """
@@ -53,8 +53,8 @@ def add_parser(subparsers) -> None:
 
 def _location(text: str):
     """(parsed URL, is remote); a malformed URL is a one-line StorageError."""
-    from cloud.errors import StorageError
-    from cloud.urls import parse_url
+    from cloud.storage.errors import StorageError
+    from cloud.storage.urls import parse_url
     try:
         url = parse_url(text)
     except ValueError as exc:
@@ -64,11 +64,11 @@ def _location(text: str):
 
 def cmd_pack(args) -> int:
     from cloud.job import cache_path
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree
     from core.config import parse_override
-    from core.packing import pack_imagefolder
-    from core.pipeline import DatasetError
+    from core.data.packing import pack_imagefolder
+    from core.data.pipeline import DatasetError
     from launcher.common import load_job_config, setup_logging
 
     setup_logging()
@@ -110,14 +110,14 @@ def cmd_pack(args) -> int:
 
 def pack_imagenet_command(args, settings, cache: Path) -> int:
     """`pack --imagenet SRC`: a local source is read in place, a remote one streamed (ranged
-    GETs, cloud.stream); a remote destination is packed in the cache, then published."""
-    from cloud.errors import StorageError
+    GETs, cloud.storage.stream); a remote destination is packed in the cache, then published."""
+    from cloud.storage.errors import StorageError
     from cloud.job import cache_path
-    from cloud.storage import open_storage
-    from cloud.stream import StorageFiles
-    from cloud.sync import upload_tree
-    from core.imagenet_archives import LocalFiles
-    from core.imagenet_pack import damaged_images, pack_imagenet
+    from cloud.storage.store import open_storage
+    from cloud.storage.stream import StorageFiles
+    from cloud.storage.sync import upload_tree
+    from core.data.imagenet_archives import LocalFiles
+    from core.data.imagenet_pack import damaged_images, pack_imagenet
 
     src_url, src_remote = _location(args.imagenet)
     dst_url, dst_remote = _location(args.dst)
@@ -165,8 +165,8 @@ def publish_packed(local: str, storage, cache: Path) -> None:
     """Upload a finished pack: first drop the remote index (the old shards and the new ones
     must never be read under one index), then the shards, then index.json; finally remove
     shards of an earlier pack that this index does not list."""
-    from cloud.sync import upload_tree
-    from core.packed import INDEX_NAME, read_index
+    from cloud.storage.sync import upload_tree
+    from core.data.packed import INDEX_NAME, read_index
 
     index = read_index(local)
     names = [f["name"] for entry in index["splits"].values()

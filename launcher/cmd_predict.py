@@ -30,15 +30,15 @@ def add_parser(subparsers) -> None:
 
 
 def predictor_for(args):
-    """A core.predict.Predictor for --checkpoint (checkpoint or MINDIR)."""
+    """A core.infer.predict.Predictor for --checkpoint (checkpoint or MINDIR)."""
     from pathlib import Path
 
     from core import checkpoint as ckpt
-    from core import predict
+    from core.infer import predict
     from core.config import load_config
     from core.device import configure
-    from core.fuse import fuse_for_inference
-    from core.inference import network_from_checkpoint, resolve_weights
+    from core.nn.fuse import fuse_for_inference
+    from core.infer.inference import network_from_checkpoint, resolve_weights
     from launcher.convert import read_class_names
     classes = read_class_names(args.classes) if args.classes else None
     suffix = Path(args.checkpoint_path).suffix.lower()
@@ -67,12 +67,12 @@ def predictor_for(args):
     net, names = network_from_checkpoint(checkpoint, cfg, path, weights=weights)
     if classes:
         names = classes
-    return predict.from_network(fuse_for_inference(net, cfg.system.depthwise_impl), names, cfg.data)
+    return predict.from_network(fuse_for_inference(net, cfg.system.cpu_ops), names, cfg.data)
 
 
 def run(args) -> int:
     from core.config import ConfigError
-    from core.predict import format_predictions, predictions_json
+    from core.infer.predict import format_predictions, predictions_json
     if args.top < 1:
         raise ConfigError("--top must be at least 1")
     predictions = predictor_for(args).predict_files(args.images, args.top)

@@ -8,19 +8,19 @@ from pathlib import Path
 
 from core.checkpoint import CheckpointError
 from core.config import ConfigError
-from core.data import DatasetError
-from core.export import ExportError
+from core.data.sources import DatasetError
+from core.infer.export import ExportError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, ExportError, FileNotFoundError)
 
 
 def user_error_types() -> tuple:
     """Errors the user can fix; cloud adds its own when it is importable."""
-    from cloud.environment import EnvironmentConfigError
-    from cloud.errors import StorageError
-    from cloud.gpu_check import GpuRuntimeError
-    from cloud.rank_table import RankTableError
-    from cloud.modelarts_api import ModelArtsApiError
+    from cloud.cluster.environment import EnvironmentConfigError
+    from cloud.storage.errors import StorageError
+    from cloud.cluster.gpu_check import GpuRuntimeError
+    from cloud.cluster.rank_table import RankTableError
+    from cloud.cluster.modelarts_api import ModelArtsApiError
     return USER_ERRORS + (StorageError, EnvironmentConfigError, RankTableError, ModelArtsApiError,
                           GpuRuntimeError)
 
@@ -28,19 +28,15 @@ def user_error_types() -> tuple:
 def load_job_config(path, overrides: dict):
     """(core Config, cloud StorageSettings) from one recipe: the `storage:` section and
     `storage.*` overrides go to the cloud layer, everything else to the trainer."""
-    import yaml
-
-    from cloud.settings import to_settings
-    from core.config import ConfigError, load_config
+    from cloud.storage.settings import to_settings
+    from core.config import ConfigError, load_config, read_recipe_file
     trainer = {k: v for k, v in overrides.items() if not k.startswith("storage.")}
-    storage = {}
-    if path:
-        try:
-            with open(path, encoding="utf-8") as fh:
-                storage = dict((yaml.safe_load(fh) or {}).get("storage") or {})
-        except (OSError, yaml.YAMLError, AttributeError):
-            storage = {}  # load_config below reports the file's problem
-    cfg = load_config(path, trainer)
+    recipe = read_recipe_file(path) if path else None
+    storage = (recipe or {}).get("storage") or {}
+    if not isinstance(storage, dict):
+        raise ConfigError(f"config file {path}: section 'storage' must be a mapping of keys")
+    storage = dict(storage)
+    cfg = load_config(path, trainer, recipe=recipe)
     storage.update({k.split(".", 1)[1]: v for k, v in overrides.items() if k.startswith("storage.")})
     try:
         settings = to_settings(storage)
@@ -49,18 +45,24 @@ def load_job_config(path, overrides: dict):
     return cfg, settings
 
 
-def setup_logging(log_file: Path | None = None, rank_prefix: str = "", level=logging.INFO) -> None:
+def setup_logging(log_file: Path | None = None, rank_prefix: str = "", level=logging.INFO,
+                  stream=None, console_datefmt: str | None = "%H:%M:%S") -> None:
+    """The one logging set-up of every entry point: the console (stdout, or `stream`; the job
+    and distributed launchers log to stderr with full dates) and, for a run, its log file."""
     fmt = f"%(asctime)s {rank_prefix}%(levelname)s %(name)s: %(message)s"
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter(fmt, "%H:%M:%S"))
+    for handler in list(root.handlers):  # ours from an earlier call; others' (pytest's) stay
+        if getattr(handler, "mnv3", False):
+            root.removeHandler(handler)
+    console = logging.StreamHandler(stream or sys.stdout)
+    console.mnv3 = True
+    console.setFormatter(logging.Formatter(fmt, console_datefmt))
     root.addHandler(console)
     if log_file:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler.mnv3 = True
         handler.setFormatter(logging.Formatter(fmt))
         root.addHandler(handler)
 

@@ -1,7 +1,7 @@
 """Import torchvision / MindCV MobileNetV3-Small weights as a checkpoint of this project.
 
 Reading a .pth needs torch, so torch is imported here, inside the function that reads it, and
-never by core/ or training. The renaming itself lives in core.weights_map (numpy only). The
+never by core/ or training. The renaming itself lives in core.nn.weights_map (numpy only). The
 written checkpoint carries a config (arch, width, class count, depthwise padding, ImageNet eval
 preprocessing), so eval, export and predict take it as is, and `train --pre_trained` fine-tunes
 from it.
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from core import weights_map as wm
+from core.nn import weights_map as wm
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, load_config
 
@@ -66,8 +66,8 @@ def read_mindspore_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def convert_arrays(source: str, raw: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Source arrays -> this project's names (see core.weights_map)."""
-    from core.model import BN_EPS
+    """Source arrays -> this project's names (see core.nn.weights_map)."""
+    from core.nn.model import BN_EPS
     state = wm.strip_wrapper_prefix(raw)
     network, ignored = wm.network_entries(state)
     if ignored:
@@ -79,8 +79,8 @@ def convert_arrays(source: str, raw: dict[str, np.ndarray]) -> dict[str, np.ndar
 
 def expected_layout(num_classes: int, width_mult: float) -> dict[str, tuple]:
     """(name -> shape) of this project's model, masks left out."""
-    from core.dropout import is_mask
-    from core.model import build_model
+    from core.nn.dropout import is_mask
+    from core.nn.model import build_model
     net = build_model(ARCH, num_classes, width_mult)
     return {p.name: tuple(p.shape) for p in net.get_parameters() if not is_mask(p.name)}
 
@@ -96,7 +96,7 @@ def convert(source: str, src: str | Path, dst: str | Path, num_classes: Optional
     import mindspore as ms
 
     from core import checkpoint as ckpt
-    from core.model import MobileNetV3Small
+    from core.nn.model import MobileNetV3Small
     if source not in SOURCES:
         raise ConfigError(f"unknown weights source {source!r}; choose one of {', '.join(SOURCES)}")
     raw = read_torch_state_dict(src) if source == "torchvision" else read_mindspore_checkpoint(src)

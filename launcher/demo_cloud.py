@@ -17,11 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # python launcher/demo_cloud.py: the repository root onto sys.path
+    import bootstrap  # noqa: F401
 
-from cloud.storage import open_storage  # noqa: E402
-from cloud.sync import upload_tree  # noqa: E402
+from launcher.bootstrap import REPO_ROOT  # noqa: E402
+
+from cloud.storage.store import open_storage  # noqa: E402
+from cloud.storage.sync import upload_tree  # noqa: E402
 from launcher.cli import demo_dataset_path  # noqa: E402
 from launcher.seaweedfs import start_s3_server, stop_s3_server  # noqa: E402
 

@@ -42,13 +42,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # python launcher/distributed.py: the repository root onto sys.path
+    import bootstrap  # noqa: F401
+
+from launcher.bootstrap import REPO_ROOT  # noqa: E402
 
 import psutil  # noqa: E402  (a MindSpore dependency; msrun uses it too)
 
-from launcher.common import run_main  # noqa: E402
+from launcher.common import run_main, setup_logging  # noqa: E402
 from launcher.signals import DEFAULT_GRACE_S  # noqa: E402
 
 log = logging.getLogger("launcher.distributed")
@@ -448,7 +449,7 @@ def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
     background, and the run directory is published at the end."""
     from launcher.cli import DEFAULT_CACHE
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
-    from core.run_lock import RunLock
+    from core.train.run_lock import RunLock
     job_id = f"local-{os.getpid()}-{int(time.time())}"
     with RunLock(local_run_dir(cfg, cache_dir), job_id):  # rank 0 shares it (same job id)
         launch = prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=job_id, settings=settings,
@@ -489,9 +490,10 @@ def parser() -> argparse.ArgumentParser:
 
 def local_run_dir(cfg, cache_dir: Path) -> Path:
     """Where this node keeps the run directory: the output itself, or its cache for a URL."""
-    from cloud.job import cache_path, is_remote
+    from cloud.job import cache_path
+    from cloud.storage.urls import is_remote_url
     output = cfg.system.output_dir
-    return cache_path(cache_dir, "output", output) if is_remote(output) else Path(output).resolve()
+    return cache_path(cache_dir, "output", output) if is_remote_url(output) else Path(output).resolve()
 
 
 @dataclass
@@ -528,7 +530,7 @@ def prepare_launch(cfg, resume: Optional[str], *, cache_dir: Path, job_id: str, 
 
 
 def main(argv) -> int:
-    from cloud.environment import detect_environment
+    from cloud.cluster.environment import detect_environment
     from core.config import ConfigError
     from launcher.common import load_job_config
     from launcher.cli import DEFAULT_CACHE, demo_dataset_path, gpu_preflight, overrides_from
@@ -537,7 +539,7 @@ def main(argv) -> int:
     if args.nproc < 1 or args.nnodes < 1 or not 0 <= args.node_rank < args.nnodes:
         raise ConfigError(f"--nproc and --nnodes must be at least 1 and --node_rank in "
                           f"0..{args.nnodes - 1}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(stream=sys.stderr, console_datefmt=None)
     cfg, settings = load_job_config(args.config, overrides_from(args))
     gpu_preflight(cfg.system.device_target)
     if not cfg.data.path:
@@ -546,7 +548,7 @@ def main(argv) -> int:
     env = detect_environment(environ={}, overrides={
         "node_count": args.nnodes, "node_rank": args.node_rank, "devices_per_node": args.nproc,
         "master_addr": args.master_addr, "master_port": port, "job_id": args.job_id})
-    from core.run_lock import RunLock
+    from core.train.run_lock import RunLock
     cache_dir = Path(args.cache_dir or DEFAULT_CACHE)
     with RunLock(local_run_dir(cfg, cache_dir), env.job_id):  # every node's launcher and rank 0
         launch = prepare_launch(cfg, args.resume, cache_dir=cache_dir, job_id=env.job_id,

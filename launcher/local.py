@@ -15,9 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # python launcher/local.py: the repository root onto sys.path
+    import bootstrap  # noqa: F401
+
 
 import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
 
@@ -99,10 +99,10 @@ def _output_dir(args, checkpoint_path: Path) -> Path:
 
 def cmd_eval(args) -> int:
     from core.device import configure
-    from core.evaluate import evaluate, format_result
-    from core.data import open_dataset
-    from core.fuse import fuse_for_inference
-    from core.inference import classes_of, network_from_checkpoint, resolve_weights
+    from core.infer.evaluate import evaluate, format_result
+    from core.data.sources import open_dataset
+    from core.nn.fuse import fuse_for_inference
+    from core.infer.inference import classes_of, network_from_checkpoint, resolve_weights
     path = resolve_checkpoint_arg(args.checkpoint_path, args)
     checkpoint = ckpt.load(path)
     weights = resolve_weights(checkpoint, args.weights, path)
@@ -113,7 +113,7 @@ def cmd_eval(args) -> int:
     try:  # before the evaluation: a run directory it cannot write is one line, at once
         _output_dir(args, path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from core.run_lock import RunDirError
+        from core.train.run_lock import RunDirError
         raise RunDirError(_output_dir(args, path), exc) from None
     gpu_preflight(cfg.system.device_target)
     configure(cfg.system)
@@ -123,7 +123,7 @@ def cmd_eval(args) -> int:
         classes = dataset.split(cfg.data.train_dir).classes  # a foreign checkpoint: train names them
     val = dataset.split(cfg.data.val_dir, classes)
     net, names = network_from_checkpoint(checkpoint, cfg, path, classes or val.classes, weights)
-    net = fuse_for_inference(net, cfg.system.depthwise_impl)
+    net = fuse_for_inference(net, cfg.system.cpu_ops)
     result = evaluate(net, val, cfg.data, cfg.train.label_smoothing)
     print(format_result(result, str(path)))
     print(f"weights: {weights}" + (" (--weights live for the trained ones)" if weights == "ema"
@@ -138,8 +138,8 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     from core.device import configure
-    from core.export import export_model
-    from core.inference import has_ema, network_from_checkpoint, resolve_weights
+    from core.infer.export import export_model
+    from core.infer.inference import has_ema, network_from_checkpoint, resolve_weights
     path = resolve_checkpoint_arg(args.checkpoint_path, args)
     checkpoint = ckpt.load(path)
     weights = resolve_weights(checkpoint, args.weights, path)

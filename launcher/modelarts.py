@@ -28,14 +28,15 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # python launcher/modelarts.py: the repository root onto sys.path
+    import bootstrap  # noqa: F401
+from launcher.bootstrap import REPO_ROOT  # noqa: E402  (the code folder a job uploads)
+
 
 import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
 
 from launcher import distributed as dist  # noqa: E402
-from launcher.common import run_main  # noqa: E402
+from launcher.common import run_main, setup_logging  # noqa: E402
 from launcher.modelarts_args import (build_config, cache_root, parse_boot_args,  # noqa: E402
                                      parser, resume_point, split_hyperparameters)
 from launcher.modelarts_plan import DYNAMIC_CLUSTER_VARS, PlanInputs, plan_for  # noqa: E402
@@ -90,7 +91,7 @@ JOB_COMMANDS = ("submit", "status", "logs", "stop")
 
 
 def main(argv) -> int:
-    from cloud.environment import detect_environment
+    from cloud.cluster.environment import detect_environment
     from core.device import resolve_target
 
     argv = list(argv)
@@ -99,7 +100,7 @@ def main(argv) -> int:
         return jobs_main(argv)
     argv, hyper = split_hyperparameters(list(argv))
     args, ignored = parse_boot_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(stream=sys.stderr, console_datefmt=None)
     if ignored:  # what the platform appends (task indices, --init_method, ...): not ours
         log.info("ignoring %d argument(s) the boot file does not declare (added by the "
                  "platform): %s", len(ignored), " ".join(ignored))

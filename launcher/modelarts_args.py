@@ -172,7 +172,7 @@ def nearest_name(name: str) -> Optional[str]:
 def storage_fields() -> list[str]:
     import dataclasses
 
-    from cloud.settings import StorageSettings
+    from cloud.storage.settings import StorageSettings
     return [f.name for f in dataclasses.fields(StorageSettings)]
 
 
@@ -217,10 +217,10 @@ def build_config(args, hyper: dict, data_url: Optional[str], train_url: Optional
 
 def resume_point(args) -> Optional[str]:
     """--checkpoint_url wins over --resume; a local folder means its newest checkpoint."""
-    from cloud.job import is_remote
+    from cloud.storage.urls import is_remote_url
     url = args.checkpoint_url or from_env("checkpoint_url")
     if url:
-        if is_remote(url):
+        if is_remote_url(url):
             if not url.endswith(".ckpt"):
                 raise ConfigError(f"--checkpoint_url {url}: name the .ckpt object, not a folder")
             return url

@@ -9,16 +9,16 @@
 
 `submit` takes the same job options as `--print-job-spec` and sends that very body: it checks the
 flavour against the region's list, uploads the code directories (core, cloud, launcher, configs,
-requirements*.txt) to --code_dir through cloud.storage (incremental: unchanged files are not
+requirements*.txt) to --code_dir through cloud.storage.store (incremental: unchanged files are not
 sent again; nothing is uploaded for a custom image, which carries its code), creates the job
 (POST /v2/{project_id}/training-jobs) and, with --wait (the default), polls its status and
 prints its log as it grows until the job ends. Exit code: 0 when the job ends Completed, 1 when
 it ends Failed, Abnormal or Terminated, 2 for a usage/API error, 130 when interrupted.
 Ctrl-C only stops watching: the job keeps running (`stop JOB_ID` stops it).
 
-Credentials and endpoint come from the environment (see cloud.modelarts_api): HUAWEICLOUD_SDK_AK,
+Credentials and endpoint come from the environment (see cloud.cluster.modelarts_api): HUAWEICLOUD_SDK_AK,
 HUAWEICLOUD_SDK_SK, HUAWEICLOUD_PROJECT_ID (or --project_id), HUAWEICLOUD_REGION (or --region,
-or --endpoint). The code upload uses the OBS settings of cloud.s3client (OBS_ENDPOINT or
+or --endpoint). The code upload uses the OBS settings of cloud.storage.s3client (OBS_ENDPOINT or
 OBS_REGION, OBS_ACCESS_KEY_ID / OBS_SECRET_ACCESS_KEY ...). Keys are never printed.
 """
 from __future__ import annotations
@@ -32,9 +32,10 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable, Optional
 
-from cloud.modelarts_api import (JobStatus, ModelArtsApi, ModelArtsApiError,
+from cloud.cluster.modelarts_api import (JobStatus, ModelArtsApi, ModelArtsApiError,
                                  resolve_settings)
 from core.config import ConfigError
+from launcher.common import setup_logging
 
 log = logging.getLogger("launcher.modelarts_jobs")
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -120,10 +121,10 @@ def code_files(root: Optional[Path] = None) -> list[str]:
 
 
 def upload_code(code_dir: str, settings, root: Optional[Path] = None):
-    """Mirror the code files to `code_dir` with cloud.sync.upload_tree (same size and not newer,
+    """Mirror the code files to `code_dir` with cloud.storage.sync.upload_tree (same size and not newer,
     or same content: skipped). Files removed locally stay in the bucket."""
-    from cloud.storage import open_storage
-    from cloud.sync import upload_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import upload_tree
 
     root = Path(root or REPO_ROOT)
     storage = open_storage(code_dir, settings)
@@ -334,6 +335,5 @@ def main(argv) -> int:
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: launcher/modelarts.py {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(stream=sys.stderr, console_datefmt=None)
     return COMMANDS[argv[0]](argv[1:])

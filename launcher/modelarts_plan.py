@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from cloud import rank_table as rt
+from cloud.cluster import rank_table as rt
 from core.config import ConfigError
 from launcher import distributed as dist
 
@@ -137,7 +137,7 @@ def node_table(env, nproc: int, inputs: PlanInputs) -> NodeTable:
             table["server_list"][0]["device"])),))
     else:
         raise ConfigError("several Ascend nodes but no RANK_TABLE_FILE: merge the servers' "
-                          "tables (cloud.rank_table.merge_tables) and set RANK_TABLE_FILE")
+                          "tables (cloud.cluster.rank_table.merge_tables) and set RANK_TABLE_FILE")
     own, rule = rt.find_own_instance(
         job, instance_name=env.instance_name, host_ip=env.host_ip,
         task_index=env.node_rank if env.on_modelarts else None, node_count=env.node_count)

@@ -8,7 +8,7 @@ every entry point imports this module before anything else; a value the user has
   cores from MindSpore's operators that run between two kernel calls (training several times
   slower on a shared machine). Passive threads sleep.
 - ONEDNN_MAX_CPU_ISA=AVX2 (x86-64): oneDNN runs MindSpore's own CPU convolutions (those the
-  project's operators do not replace, and every one with system.depthwise_impl=native) and, when
+  project's operators do not replace, and every one with system.cpu_ops=native) and, when
   it may use AVX-512, picks code for MindSpore's plain NCHW tensors that is an order of
   magnitude slower than its AVX2 code (README "CPU speed" has the figures). ALL lifts the cap.
 """

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Optional, TextIO
 
-from core.callbacks import Callback
+from core.train.callbacks import Callback
 from core.progress import Progress, format_duration
 
 
@@ -32,6 +32,7 @@ class EpochProgress(Callback):
         self.epochs = 1
         self.epoch = -1
         self.started = clock()
+        self.epoch_started = self.started  # when the epoch in progress began
 
     def on_train_begin(self, info: dict) -> None:
         self.enabled = info.get("rank", 0) == 0
@@ -39,7 +40,7 @@ class EpochProgress(Callback):
         self.total_steps = int(info["total_steps"])
         self.start_step = int(info.get("start_step", 0))
         self.epochs = -(-self.total_steps // self.per_epoch)
-        self.started = self.clock()
+        self.started = self.epoch_started = self.clock()
 
     def _bar_for(self, epoch: int) -> Progress:
         if self.bar is None or epoch != self.epoch:
@@ -47,8 +48,12 @@ class EpochProgress(Callback):
                 self.bar.close()
             self.epoch = epoch
             in_epoch = min(self.per_epoch, self.total_steps - epoch * self.per_epoch)
+            # the epoch began before its first report: time it from its start (a resumed run's
+            # first epoch from the resume, counting the steps done before as done)
+            done_before = max(0, self.start_step - epoch * self.per_epoch)
             self.bar = Progress(in_epoch, f"epoch {epoch + 1}/{self.epochs}", self.stream,
-                                interval_s=self.interval_s, clock=self.clock)
+                                interval_s=self.interval_s, clock=self.clock,
+                                started=self.epoch_started, initial=min(done_before, in_epoch))
         return self.bar
 
     def on_step_end(self, info: dict) -> None:
@@ -73,6 +78,7 @@ class EpochProgress(Callback):
             self.bar.update(int(info["step"]) - self.epoch * self.per_epoch)
             self.bar.close(f"avg loss {info['avg_loss']:.4f}, {info['epoch_time_ms'] / 1000:.1f} s")
             self.bar = None
+        self.epoch_started = self.clock()  # the next epoch begins
 
     def on_train_end(self, summary: dict) -> None:
         if self.bar is not None:

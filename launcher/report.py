@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from core.config import ConfigError
-from core.metrics import read_metrics_counted
+from core.train.metrics import read_metrics_counted
 
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "eval.json")
 PLOTS = ("loss", "lr", "throughput", "accuracy")
@@ -75,7 +75,7 @@ def is_url(text: str) -> bool:
 def fetch_run(url: str, dest: str | Path, settings=None) -> Path:
     """Copy the report's inputs (not the checkpoints) from an output URL into `dest`.
     `settings`: cloud storage settings (None: endpoint and credentials from the environment)."""
-    from cloud.storage import open_storage
+    from cloud.storage.store import open_storage
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     storage = open_storage(url, settings)

@@ -1,4 +1,4 @@
-"""One training process, as every entry point runs it: logging, config snapshot, core.train.
+"""One training process, as every entry point runs it: logging, config snapshot, core.train.loop.
 
 The workstation launcher, the msrun worker and the ModelArts boot file all end here, so a
 run directory looks the same wherever the job ran.
@@ -10,12 +10,12 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-from core.callbacks import Callback
+from core.train.callbacks import Callback
 from core.checkpoint import CheckpointManager, step_of_checkpoint
 from core.config import Config
 from core.native import startup_warning
-from core.run_lock import RunLock
-from core.train import train
+from core.train.run_lock import RunLock
+from core.train.loop import train
 from launcher.common import setup_logging
 
 log = logging.getLogger("launcher.runner")
@@ -26,7 +26,7 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
                  job_id: Optional[str] = None) -> dict:
     """Train in cfg.system.output_dir (a local path). Rank 0 owns train.log and config.yaml;
     other ranks log to train.rank<N>.log, with a rank prefix on every line. Rank 0 first takes
-    the directory's run lock (core.run_lock): a second run into it is refused before it writes."""
+    the directory's run lock (core.train.run_lock): a second run into it is refused before it writes."""
     run_dir = Path(cfg.system.output_dir)
     created = _first_missing(run_dir)  # what this run creates, if anything (parents too)
     began = _Began(_LogFile(run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log"),

@@ -73,7 +73,7 @@ class S3Server:
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def settings(self, **overrides) -> dict:
-        """Storage settings (a dict for cloud.settings) that reach this server."""
+        """Storage settings (a dict for cloud.storage.settings) that reach this server."""
         base = {"endpoint": self.endpoint, "region": self.region,
                 "access_key_id": self.access_key, "secret_access_key": self.secret_key,
                 "max_attempts": 3}

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from core.callbacks import Callback
+from core.train.callbacks import Callback
 
 log = logging.getLogger("launcher.signals")
 
@@ -37,7 +37,7 @@ class StopOnSignal(Callback):
 
     Use `install()` before training and `uninstall()` after; `request()` asks for a stop
     without a signal. `stop_requested` takes part in a collective every `sync_every` steps,
-    so every rank must call it at every step (core.callbacks.CallbackList asks every callback).
+    so every rank must call it at every step (core.train.callbacks.CallbackList asks every callback).
     """
 
     def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT), sync_every: int = 10,

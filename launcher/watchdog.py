@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Optional
 
-from core.callbacks import Callback
+from core.train.callbacks import Callback
 
 log = logging.getLogger("launcher.watchdog")
 EXIT_HUNG = 75

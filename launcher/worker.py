@@ -5,7 +5,7 @@
         [--job_id ID] [--cache_dir DIR] [--nnodes M --node_rank R --nproc_per_node N]
 
 The launchers write the resolved config to a file and pass its path: secrets never travel on
-command lines. This process works out its rank from the environment (cloud.environment),
+command lines. This process works out its rank from the environment (cloud.cluster.environment),
 binds its accelerator, maps remote data/outputs to local paths (cloud.job), and trains through
 launcher.runner like every other entry point. Rank 0 publishes the outputs at the end.
 
@@ -25,13 +25,13 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if not __package__:  # python launcher/worker.py: the repository root onto sys.path
+    import bootstrap  # noqa: F401
+
 
 import launcher.openmp  # noqa: E402,F401  (before MindSpore is imported; see the module)
 
-from core.callbacks import Callback  # noqa: E402
+from core.train.callbacks import Callback  # noqa: E402
 from core.config import ConfigError  # noqa: E402
 from launcher.cli import DEFAULT_CACHE, add_debug_flag  # noqa: E402
 from launcher.common import load_job_config, run_main, setup_logging  # noqa: E402
@@ -77,7 +77,7 @@ def run_scheduler(node_rank: Optional[int]) -> int:
 def locate(args):
     """This process's place in the job; the launcher's topology overrides what the environment
     cannot tell (msrun does not export its --local_worker_num)."""
-    from cloud.environment import detect_environment
+    from cloud.cluster.environment import detect_environment
     overrides = {"node_count": args.nnodes, "node_rank": args.node_rank,
                  "devices_per_node": args.nproc_per_node}
     return detect_environment(overrides={k: v for k, v in overrides.items() if v is not None})

@@ -12,14 +12,14 @@ def pytest_configure(config):
     import os
     isa = os.environ.get("MNV3_TEST_KERNEL_ISA")
     if isa:
-        from core import fast_conv
-        fast_conv.select_variant(isa)
+        from core.nn import cpu_ops
+        cpu_ops.select_variant(isa)
 
 
 @pytest.fixture(autouse=True)
 def _kernel_choice_per_test():
     """A test that ran core.device.configure (in this process) leaves the host's measured kernel
-    choice in core.fast_conv; the next test starts from every custom operator again."""
+    choice in core.nn.cpu_ops; the next test starts from every custom operator again."""
     yield
-    from core import fast_conv
-    fast_conv.prefer_native(())
+    from core.nn import cpu_ops
+    cpu_ops.prefer_native(())

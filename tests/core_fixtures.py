@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from core.config import load_config
-from core.synthetic import generate
+from core.data.synthetic import generate
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +61,7 @@ def learned_run(tmp_path_factory):
     last-bit differences in near-zero gradients into a different run than nn.Conv2d's.
     bn_momentum 0.5 lets BN's running statistics catch up with so few steps, as eval uses them.
     """
-    from core.train import train
+    from core.train.loop import train
     root = colour_dataset(tmp_path_factory.mktemp("colours"))
     out = tmp_path_factory.mktemp("learned")
     cfg = tiny_config(root, out, **{"train.epochs": 8, "data.batch_size": 12,
@@ -79,7 +79,7 @@ def learned_modelzoo_run(tmp_path_factory):
     final eval record). Before the classifier-init fix the model-zoo network ended this run at
     top-1 0.633 with eval loss 17.5 (its classifier conv started at std 0.82 with 3 classes);
     fixed: 1.0 and 0.44 (about 25 s on the 2-core machine)."""
-    from core.train import train
+    from core.train.loop import train
     root = colour_dataset(tmp_path_factory.mktemp("colours_zoo"))
     out = tmp_path_factory.mktemp("learned_zoo")
     cfg = tiny_config(root, out, **{"train.epochs": 8, "data.batch_size": 12,
@@ -93,8 +93,9 @@ def learned_modelzoo_run(tmp_path_factory):
 def native_kernels():
     """The native libraries, built and loading: the tests of the native code paths fail, never
     skip, without them (`make test` builds them with MNV3_REQUIRE_KERNELS=1)."""
-    from core import fast_conv, jpeg_augment
-    assert fast_conv.available(), f"{fast_conv.library_file()} not built or not loading: run `make kernels`"
+    from core.nn import cpu_ops
+    from core.data import jpeg_augment
+    assert cpu_ops.available(), f"{cpu_ops.library_file()} not built or not loading: run `make kernels`"
     assert jpeg_augment.available(), f"{jpeg_augment.load_error()}: run `make kernels`"
 
 

@@ -35,7 +35,7 @@ def _wait_for(path: Path, timeout_s: float = 300.0) -> None:
 
 
 def install(plan: dict) -> None:
-    from cloud.s3client import _botocore_session
+    from cloud.storage.s3client import _botocore_session
     session = _botocore_session(None)
     lock = threading.Lock()
     state = {"uploads": 0}
@@ -78,6 +78,7 @@ def main() -> None:
     install(json.loads(os.environ.get("FAULT_PLAN", "{}")))
     script = sys.argv[1]
     sys.argv = sys.argv[1:]
+    sys.path[0] = os.path.dirname(os.path.abspath(script))  # as `python <script>` has it
     runpy.run_path(script, run_name="__main__")
 
 

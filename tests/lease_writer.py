@@ -21,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(url: str, run_dir: str, ttl_s: float) -> None:
-    from cloud.checkpoint_store import CheckpointUploader
-    from cloud.errors import StorageError
+    from cloud.storage.checkpoint_store import CheckpointUploader
+    from cloud.storage.errors import StorageError
     from cloud.job import PreparedJob
-    from cloud.lease import Lease
-    from cloud.storage import open_storage
+    from cloud.storage.lease import Lease
+    from cloud.storage.store import open_storage
     run = Path(run_dir)
     storage = open_storage(url)
     lease = Lease(storage, "job-old", ttl_s=ttl_s).acquire().start_renewing()

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from core.config import ConfigError, load_config
-from core.pipeline import DatasetError
+from core.data.pipeline import DatasetError
 from tests.core_fixtures import tiny_config
 from tests.fault_tools import REPO, base_env, one_line_error, private_s3  # noqa: F401 - a fixture
 
@@ -63,7 +63,7 @@ def bombs():
 def test_the_limit_is_read_from_headers_for_every_format(bombs):
     from PIL import Image
 
-    from core.image_formats import image_problem, image_size
+    from core.data.image_formats import image_problem, image_size
     assert image_problem(bombs["png"]) == TOO_LARGE
     assert image_problem(bombs["jpeg"]) == TOO_LARGE
     for fmt in ("PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP", "PPM"):
@@ -79,10 +79,10 @@ def test_the_limit_is_read_from_headers_for_every_format(bombs):
 
 def test_both_decoders_refuse_an_image_over_the_limit(bombs, native_kernels):
     """Past the sources' check too: the native decoder (from the header size it reads, and its
-    Pillow fallback) and MindSpore's decode path (core.image_formats.for_mindspore)."""
-    from core.image_formats import for_mindspore
-    from core.jpeg_augment import DecodeError, TrainAugment, draw_params
-    from core.jpeg_eval import EvalDecode
+    Pillow fallback) and MindSpore's decode path (core.data.image_formats.for_mindspore)."""
+    from core.data.image_formats import for_mindspore
+    from core.data.jpeg_augment import DecodeError, TrainAugment, draw_params
+    from core.data.jpeg_eval import EvalDecode
     data_cfg = load_config(None, {"data.image_size": 32, "data.eval_resize": 36}).data
     params = draw_params(1, 1, 0, 0)[0]
     for kind, data in bombs.items():
@@ -108,7 +108,7 @@ def test_training_skips_and_names_images_over_the_limit(tiny_dataset, tmp_path, 
     decoders' own checks are test_both_decoders_refuse_an_image_over_the_limit)."""
     import shutil
 
-    from core.train import train
+    from core.train.loop import train
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     folder = sorted(p for p in (data / "train").iterdir() if p.is_dir())[0]
@@ -137,9 +137,9 @@ def _Logits():
 def test_eval_and_predict_say_too_large_not_damaged(tiny_dataset, tmp_path, bombs):
     import shutil
 
-    from core.evaluate import evaluate
-    from core.imagefolder import scan_split
-    from core.predict import preprocess
+    from core.infer.evaluate import evaluate
+    from core.data.imagefolder import scan_split
+    from core.infer.predict import preprocess
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     bomb = sorted(p for p in (data / "val").iterdir() if p.is_dir())[0] / "bomb.png"
@@ -157,8 +157,8 @@ def test_eval_and_predict_say_too_large_not_damaged(tiny_dataset, tmp_path, bomb
 def test_pack_keeps_images_over_the_limit_out_and_names_them(tiny_dataset, tmp_path, bombs, caplog):
     import shutil
 
-    from core.packed import load_packed_split
-    from core.packing import pack_imagefolder
+    from core.data.packed import load_packed_split
+    from core.data.packing import pack_imagefolder
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     folder = sorted(p for p in (data / "train").iterdir() if p.is_dir())[0]
@@ -258,8 +258,8 @@ def test_a_duplicate_key_in_a_recipe_names_the_key_and_both_lines(tmp_path):
 
 @pytest.fixture(scope="module")
 def packed_tiny(tmp_path_factory):
-    from core.packing import pack_imagefolder
-    from core.synthetic import generate
+    from core.data.packing import pack_imagefolder
+    from core.data.synthetic import generate
     root = tmp_path_factory.mktemp("packed-tiny")
     data = generate(root / "data", train_per_class=4, val_per_class=2, size=24, seed=5)
     pack_imagefolder(data, root / "packed", shard_size_mb=0.02, workers=1)
@@ -290,7 +290,7 @@ def _edit_index(src: Path, dst: Path, edit) -> Path:
      "a field is missing or malformed"),
 ])
 def test_an_inconsistent_index_is_refused_when_the_pack_is_opened(packed_tiny, tmp_path, damage, message):
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
     index = json.loads((packed_tiny / "index.json").read_text())
     assert len(index["splits"]["train"]["shards"]) > 1, "the test needs several shards"
     first = index["splits"]["train"]["shards"][0]
@@ -308,9 +308,9 @@ def test_an_inconsistent_index_is_refused_when_the_pack_is_opened(packed_tiny, t
 def test_a_too_long_key_says_so_once_and_does_not_blame_conditional_writes(s3_server, shared_bucket, caplog):
     """Was: a warning that the store ignores conditional writes (the probe's KeyTooLongError
     read as "unsupported"), then the lease write failing with KeyTooLongError."""
-    from cloud.errors import StorageError
-    from cloud.lease import Lease
-    from cloud.storage import open_storage
+    from cloud.storage.errors import StorageError
+    from cloud.storage.lease import Lease
+    from cloud.storage.store import open_storage
     prefix = "/".join(["p" * 99] * 10)  # 999 characters: every key the run writes is longer
     storage = open_storage(f"s3://{shared_bucket}/{prefix}", s3_server.settings())
     with caplog.at_level("WARNING"), pytest.raises(StorageError) as caught:
@@ -324,7 +324,7 @@ def test_a_too_long_key_says_so_once_and_does_not_blame_conditional_writes(s3_se
 def test_an_unreadable_pre_trained_file_gets_advice_for_weights(tiny_dataset, tmp_path):
     from core import checkpoint as ckpt
     from core.checkpoint import CheckpointError
-    from core.run import build_run
+    from core.train.run import build_run
     junk = tmp_path / "weights.ckpt"
     junk.write_bytes(np.random.default_rng(0).bytes(4096))
     cfg = tiny_config(tiny_dataset, tmp_path / "run")
@@ -338,7 +338,7 @@ def test_an_unreadable_pre_trained_file_gets_advice_for_weights(tiny_dataset, tm
 
 
 def test_a_class_name_with_a_newline_keeps_the_prediction_table_one_row_per_class():
-    from core.predict import Prediction, format_predictions
+    from core.infer.predict import Prediction, format_predictions
     p = Prediction("dir/a\nb.jpg", [("cats\nand dogs", 0.75), ("tab\there", 0.25)], np.zeros(2))
     table = format_predictions([p])
     assert table.splitlines() == ["dir/a\\nb.jpg", "  1. cats\\nand dogs   75.00%",
@@ -354,7 +354,7 @@ def test_a_staged_shard_damaged_in_place_with_size_and_mtime_restored_is_caught(
     import os
     import shutil
 
-    from core.packed import verify_packed
+    from core.data.packed import verify_packed
     root = tmp_path / "staged"
     shutil.copytree(packed_tiny, root)
     assert verify_packed(root, reuse=True)["files"] > 0
@@ -406,9 +406,9 @@ def test_a_stalled_store_warns_and_gives_up_after_the_stall_timeout(private_s3, 
     import os
     import time
 
-    from cloud.errors import StorageError
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree
+    from cloud.storage.errors import StorageError
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree
     server = private_s3()
     bucket = server.make_bucket()
     # the objects are written with the default timeouts: a busy machine's SeaweedFS may take
@@ -485,9 +485,9 @@ def test_a_writer_stopped_past_its_lease_uploads_nothing_when_it_continues(priva
     import signal
     import time
 
-    from cloud.checkpoint_store import CheckpointUploader, read_manifest
-    from cloud.lease import Lease
-    from cloud.storage import open_storage
+    from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+    from cloud.storage.lease import Lease
+    from cloud.storage.store import open_storage
     server = private_s3()
     bucket = server.make_bucket()
     url = f"s3://{bucket}/out"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from core.synthetic import generate
+from core.data.synthetic import generate
 from tests.fault_tools import REPO, base_env, changed, listed, one_line_error, snapshot
 from tests.test_modelarts import PLATFORM_VARS
 

@@ -1,5 +1,5 @@
-"""core.callbacks.CallbackList: every callback hears every event, in order."""
-from core.callbacks import Callback, CallbackList
+"""core.train.callbacks.CallbackList: every callback hears every event, in order."""
+from core.train.callbacks import Callback, CallbackList
 
 
 class Counting(Callback):

@@ -1,4 +1,4 @@
-"""cloud.checkpoint_store: background upload, manifest order, keep-K, verified resume."""
+"""cloud.storage.checkpoint_store: background upload, manifest order, keep-K, verified resume."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from cloud.checkpoint_store import (CheckpointUploader, fetch_checkpoint, read_manifest,
+from cloud.storage.checkpoint_store import (CheckpointUploader, fetch_checkpoint, read_manifest,
                                     resolve_resume)
-from cloud.errors import StorageError
-from cloud.storage import open_storage
+from cloud.storage.errors import StorageError
+from cloud.storage.store import open_storage
 
 
 @pytest.fixture(params=["s3", "local"])

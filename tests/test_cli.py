@@ -58,10 +58,10 @@ def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
     # the run's own evaluation of the same checkpoint is the known result eval must reproduce
     ran = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in l][-1]
     assert record["Top_1_Acc"] == ran["Top_1_Acc"] and record["Top_5_Acc"] == ran["Top_5_Acc"]
-    # eval runs the fused CPU graph (core/fuse.py); nn.Conv2d without fusion scores the same
+    # eval runs the fused CPU graph (core/nn/fuse.py); nn.Conv2d without fusion scores the same
     assert "feature units fused (BN folded)" in result.stdout + result.stderr
     result = run("eval", "--checkpoint_path", out, "--output_dir", tmp_path / "native",
-                 "system.depthwise_impl=native")
+                 "system.cpu_ops=native")
     assert result.returncode == 0, result.stderr
     assert "feature units fused" not in result.stdout + result.stderr
     native = json.loads((tmp_path / "native" / "eval.json").read_text())
@@ -82,7 +82,7 @@ def test_train_eval_export_end_to_end(tiny_dataset, tmp_path):
 
 
 def test_corrupt_val_image_is_one_clear_line(tmp_path):
-    from core.synthetic import generate
+    from core.data.synthetic import generate
     root = generate(tmp_path / "data", train_per_class=2, val_per_class=1, size=24)
     (root / "val" / "ring" / "ring_0000.jpg").write_bytes(b"\xff\xd8 truncated")
     result = run("train", *tiny_args(root, tmp_path / "run"), "data.batch_size=4", "data.on_corrupt=fail")

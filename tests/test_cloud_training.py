@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cloud.storage import open_storage
-from cloud.sync import upload_tree
+from cloud.storage.store import open_storage
+from cloud.storage.sync import upload_tree
 
 REPO = Path(__file__).resolve().parent.parent
 

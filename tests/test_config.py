@@ -38,6 +38,8 @@ def test_int_accepted_for_float():
 @pytest.mark.parametrize("overrides, fragment", [
     ({"train.epoch": 3}, "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
     ({"trian.epochs": 3}, "unknown config key 'trian.epochs'"),
+    ({"system.depthwise_impl": "native"},  # renamed (issue 28): the new name, not a silent loss
+     "config key 'system.depthwise_impl' is now 'system.cpu_ops' (it switches every native CPU operator"),
     ({"train.epochs": "three"}, "config key 'train.epochs' expects int, got str"),
     ({"train.epochs": 2.5}, "config key 'train.epochs' expects int"),
     ({"optim.lr": -0.1}, "config key 'optim.lr' must be greater than 0"),

@@ -2,7 +2,7 @@
 
 Each source network is built here with random weights and random BatchNorm statistics, saved
 the way its users save it, converted with `launcher/local.py convert`'s code, and loaded into
-core.model; eval-mode logits must agree within 1e-4 (MindCV at 224 px, whose random logits
+core.nn.model; eval-mode logits must agree within 1e-4 (MindCV at 224 px, whose random logits
 reach +-300: within 1e-5 of the largest logit). The torchvision network is written out
 from torch.nn exactly as torchvision/models/mobilenetv3.py builds mobilenet_v3_small (module
 tree, paddings, BN eps 1e-3, hard-sigmoid SE), since torchvision's wheel cannot be installed
@@ -19,9 +19,9 @@ import onnxruntime as ort
 import pytest
 
 from core import checkpoint as ckpt
-from core import weights_map as wm
-from core.dropout import is_mask
-from core.model import MobileNetV3Small, build_model, make_divisible
+from core.nn import weights_map as wm
+from core.nn.dropout import is_mask
+from core.nn.model import MobileNetV3Small, build_model, make_divisible
 from tests.test_model import TV_BLOCKS, torchvision_layout
 
 TOLERANCE = 1e-4
@@ -306,9 +306,9 @@ def test_mindcv_logits_agree_after_conversion(mindcv_converted):
 
 
 def converted_network(path, **overrides):
-    """The network eval/export/predict build for a converted checkpoint (core.inference)."""
+    """The network eval/export/predict build for a converted checkpoint (core.infer.inference)."""
     from core.config import load_config
-    from core.inference import network_from_checkpoint
+    from core.infer.inference import network_from_checkpoint
     checkpoint = ckpt.load(path)
     cfg = load_config(None, overrides, base=checkpoint.meta["config"])
     return network_from_checkpoint(checkpoint, cfg, path)[0]
@@ -350,8 +350,8 @@ def test_converted_mindcv_checkpoint_evaluates_like_mindcv(mindcv_10_classes, ti
     import json
 
     from core.config import load_config
-    from core.evaluate import evaluate
-    from core.data import open_dataset
+    from core.infer.evaluate import evaluate
+    from core.data.sources import open_dataset
     from launcher.local import main
     source, converted = mindcv_10_classes
     size = {"data.image_size": 128, "data.eval_resize": 146}
@@ -378,7 +378,7 @@ def test_converted_mindcv_checkpoint_predicts_like_mindcv(mindcv_10_classes, tin
     import json
 
     from core.config import load_config
-    from core.predict import read_image, softmax
+    from core.infer.predict import read_image, softmax
     from launcher.local import main
     source, converted = mindcv_10_classes
     images = sorted((tiny_dataset / "val").rglob("*.jpg"))[:2]

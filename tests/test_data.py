@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from core.imagefolder import scan_split
-from core.pipeline import CorruptImages, DatasetError, eval_order, steps_per_epoch, train_order
-from core.synthetic import CLASSES, generate
+from core.data.imagefolder import scan_split
+from core.data.pipeline import CorruptImages, DatasetError, eval_order, steps_per_epoch, train_order
+from core.data.synthetic import CLASSES, generate
 from tests.core_fixtures import tiny_config
 
 

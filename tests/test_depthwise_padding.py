@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from core import fast_conv
+from core.nn import cpu_ops
 from core.config import ConfigError, load_config
-from core.inference import depthwise_padding_for_run, saved_depthwise_padding
-from core.model import build_model
+from core.infer.inference import depthwise_padding_for_run, saved_depthwise_padding
+from core.nn.model import build_model
 
 STRIDE2_DEPTHWISE = ["features.1.block.0.0", "features.2.block.1.0", "features.4.block.1.0",
                      "features.9.block.1.0"]
@@ -48,16 +48,16 @@ def test_symmetric_is_the_default_and_unchanged():
 
 def test_same_padding_keeps_the_fast_operator_where_it_is_symmetric_anyway():
     """pad_mode="same" at stride 1 with an odd kernel pads (k-1)//2 on every side."""
-    assert fast_conv.is_symmetric(5, 1, "same") and not fast_conv.is_symmetric(3, 2, "same")
-    assert fast_conv.is_symmetric(3, 2, "symmetric")
-    strided = fast_conv.conv2d(16, 16, 3, 2, 16, "normal", "auto", "same")
+    assert cpu_ops.is_symmetric(5, 1, "same") and not cpu_ops.is_symmetric(3, 2, "same")
+    assert cpu_ops.is_symmetric(3, 2, "symmetric")
+    strided = cpu_ops.conv2d(16, 16, 3, 2, 16, "normal", "auto", "same")
     assert type(strided) is nn.Conv2d and strided.pad_mode == "same"
-    plain = fast_conv.conv2d(16, 16, 5, 1, 16, "normal", "auto", "same")
+    plain = cpu_ops.conv2d(16, 16, 5, 1, 16, "normal", "auto", "same")
     assert plain.pad_mode == "pad" and plain.padding == 2
-    if fast_conv.use_custom("auto"):
-        assert isinstance(plain, fast_conv.FastConv2d)
+    if cpu_ops.use_custom("auto"):
+        assert isinstance(plain, cpu_ops.FastConv2d)
     with pytest.raises(ValueError, match="padding must be one of symmetric, same"):
-        fast_conv.conv2d(16, 16, 3, 2, 16, "normal", "auto", "valid")
+        cpu_ops.conv2d(16, 16, 3, 2, 16, "normal", "auto", "valid")
 
 
 def test_same_padding_changes_outputs_only_at_even_sizes():

@@ -179,7 +179,7 @@ def test_runner_can_say_at_start_up_that_the_native_libraries_are_missing(tmp_pa
     for source, _ in native.LIBRARIES.values():
         (tmp_path / source).write_text("// source")
     message = native.startup_warning()
-    assert "libmnv3_depthwise.so (CPU convolutions use nn.Conv2d)" in message
+    assert "libmnv3_cpu_ops.so (CPU convolutions use nn.Conv2d)" in message
     assert "libmnv3_jpeg.so (training images are decoded with MindSpore's ops)" in message
     assert "\n" not in message
     for name in native.LIBRARIES:  # the CPU operators: the build of this host's instruction set

@@ -10,7 +10,7 @@ import pytest
 
 from core import checkpoint as ckpt
 from core.config import ConfigError
-from core.train import train
+from core.train.loop import train
 from launcher.local import main
 from tests.core_fixtures import tiny_config
 
@@ -63,7 +63,7 @@ def test_export_and_predict_use_the_ema_weights_and_the_card_says_so(ema_run, ti
 
 
 def test_ema_weights_asked_of_a_checkpoint_without_them_is_one_error(ema_run, tmp_path):
-    from core.inference import resolve_weights
+    from core.infer.inference import resolve_weights
     run_dir, _ = ema_run
     state = ckpt.load(run_dir / "checkpoints" / "best.ckpt")
     plain = ckpt.Checkpoint({k: v for k, v in state.params.items() if not k.startswith("ema.")},

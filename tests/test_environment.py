@@ -2,7 +2,7 @@
 
 import pytest
 
-from cloud.environment import (DEFAULT_MASTER_PORT, EnvironmentConfigError, JobEnvironment,
+from cloud.cluster.environment import (DEFAULT_MASTER_PORT, EnvironmentConfigError, JobEnvironment,
                                detect_environment)
 
 MODELARTS_2X8_NODE1 = {

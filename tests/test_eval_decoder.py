@@ -1,5 +1,5 @@
-"""Eval and predict on the native decoder (core/jpeg_eval.py, mnv3_jpeg_eval in
-core/kernels/jpeg_augment.cc): its batches equal the MindSpore ops' (core.pipeline.eval_transforms)
+"""Eval and predict on the native decoder (core/data/jpeg_eval.py, mnv3_jpeg_eval in
+core/kernels/jpeg_augment.cc): its batches equal the MindSpore ops' (core.data.pipeline.eval_transforms)
 within one grey level on real photos and every image kind, and the fallbacks hold."""
 import io
 from pathlib import Path
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import jpeg_augment, jpeg_eval
+from core.data import jpeg_augment, jpeg_eval
 from core.config import Config
-from core.imagefolder import scan_split
-from core.pipeline import DatasetError, eval_transforms
-from core.predict import preprocess
+from core.data.imagefolder import scan_split
+from core.data.pipeline import DatasetError, eval_transforms
+from core.infer.predict import preprocess
 from tests.core_fixtures import tiny_config
 from tests.test_jpeg_augment import photo
 
@@ -174,8 +174,8 @@ def test_trained_checkpoint_scores_the_same_on_both_decoders(learned_run):
     import copy
 
     from core import checkpoint as ckpt
-    from core.evaluate import evaluate
-    from core.inference import network_from_checkpoint
+    from core.infer.evaluate import evaluate
+    from core.infer.inference import network_from_checkpoint
     cfg, _, summary, final_eval, root = learned_run
     cfg = copy.deepcopy(cfg)
     net, classes = network_from_checkpoint(ckpt.load(summary["final_checkpoint"]), cfg,

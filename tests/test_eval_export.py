@@ -8,10 +8,10 @@ import onnxruntime as ort
 import pytest
 
 from core import checkpoint as ckpt
-from core.imagefolder import scan_split
-from core.evaluate import evaluate
-from core.export import ExportError, export_model
-from core.inference import network_from_checkpoint
+from core.data.imagefolder import scan_split
+from core.infer.evaluate import evaluate
+from core.infer.export import ExportError, export_model
+from core.infer.inference import network_from_checkpoint
 from tests.core_fixtures import COLOURS, LEARNED_TOP1
 
 

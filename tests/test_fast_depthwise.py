@@ -1,13 +1,13 @@
-"""core.fast_conv: the custom CPU kxk convolution must match nn.Conv2d (forward, input and weight
+"""core.nn.cpu_ops: the custom CPU kxk convolution must match nn.Conv2d (forward, input and weight
 gradients within 1e-5), keep the parameter layout, train identically, and export as Conv2D."""
 import mindspore as ms
 import mindspore.nn as nn
 import numpy as np
 import pytest
 
-from core import fast_conv
-from core import model as core_model
-from core.kernel_choice import Grad
+from core.nn import cpu_ops
+from core.nn import model as core_model
+from core.nn.kernel_choice import Grad
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
@@ -33,7 +33,7 @@ def test_matches_nn_conv2d(n, cin, cout, groups, size, k, stride):
     x = ms.Tensor(rng.standard_normal((n, cin, size, size)).astype(np.float32))
     ref = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=(k - 1) // 2, group=groups,
                     has_bias=False)
-    assert_same_conv(ref, fast_conv.FastConv2d(cin, cout, k, stride, groups), x, rng)
+    assert_same_conv(ref, cpu_ops.FastConv2d(cin, cout, k, stride, groups), x, rng)
 
 
 def assert_same_cell(ref, fast, x, rng):
@@ -62,14 +62,14 @@ def assert_same_conv(ref, fast, x, rng):
 
 def build(impl, classes=10):
     ms.set_seed(3)
-    return core_model.build_model("mobilenet_v3_small", classes, depthwise_impl=impl)
+    return core_model.build_model("mobilenet_v3_small", classes, ops_impl=impl)
 
 
 def test_auto_picks_custom_on_cpu_and_keeps_parameters():
     fast, native = build("auto"), build("native")
-    convs = [c for _, c in fast.cells_and_names() if isinstance(c, fast_conv.FastConv2d)]
+    convs = [c for _, c in fast.cells_and_names() if isinstance(c, cpu_ops.FastConv2d)]
     assert len(convs) == 12  # the stem and the 11 depthwise convs
-    assert not any(isinstance(c, fast_conv.FastConv2d) for _, c in native.cells_and_names())
+    assert not any(isinstance(c, cpu_ops.FastConv2d) for _, c in native.cells_and_names())
     a = {n: p.asnumpy() for n, p in fast.parameters_and_names()}
     b = {n: p.asnumpy() for n, p in native.parameters_and_names()}
     assert a.keys() == b.keys()
@@ -81,9 +81,9 @@ def test_train_steps_match_native():
     """Three graph-mode training steps of the whole network with each conv implementation: both
     move the weights and BN statistics, and end equal."""
     from core.config import Config
-    from core.loss import LabelSmoothingCrossEntropy
-    from core.optim import build_optimizer
-    from core.run import NetWithLoss
+    from core.train.loss import LabelSmoothingCrossEntropy
+    from core.train.optim import build_optimizer
+    from core.train.run import NetWithLoss
     cfg = Config()
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
@@ -108,16 +108,16 @@ def test_train_steps_match_native():
 
 
 def test_custom_refused_off_cpu(monkeypatch):
-    monkeypatch.setattr(fast_conv, "current_target", lambda: "GPU")
-    assert fast_conv.use_custom("auto") is False
+    monkeypatch.setattr(cpu_ops, "current_target", lambda: "GPU")
+    assert cpu_ops.use_custom("auto") is False
     with pytest.raises(ValueError, match="CPU only"):
-        fast_conv.use_custom("custom")
-    assert fast_conv.use_custom("native") is False
+        cpu_ops.use_custom("custom")
+    assert cpu_ops.use_custom("native") is False
 
 
 def test_missing_library_falls_back(monkeypatch):
-    monkeypatch.setattr(fast_conv, "available", lambda: False)
-    assert fast_conv.use_custom("auto") is False
-    assert type(fast_conv.conv2d(8, 8, 3, 1, 8, "normal", "auto")) is nn.Conv2d
+    monkeypatch.setattr(cpu_ops, "available", lambda: False)
+    assert cpu_ops.use_custom("auto") is False
+    assert type(cpu_ops.conv2d(8, 8, 3, 1, 8, "normal", "auto")) is nn.Conv2d
     with pytest.raises(ValueError, match="make kernels"):
-        fast_conv.use_custom("custom")
+        cpu_ops.use_custom("custom")

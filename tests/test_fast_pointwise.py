@@ -1,4 +1,4 @@
-"""core.fast_conv.FastPointwise2d and ConvBNAct: the 1x1 convs as GEMM custom operators and the
+"""core.nn.cpu_ops.FastPointwise2d and ConvBNAct: the 1x1 convs as GEMM custom operators and the
 training BatchNorm + activation as one custom operator must match nn.Conv2d / nn.BatchNorm2d and
 the activation cells (forward, every gradient, running statistics; within 1e-5) in real
 MindSpore graphs at the shapes of MobileNetV3-Small, and keep the parameter layout (checkpoints
@@ -8,8 +8,8 @@ import mindspore.nn as nn
 import numpy as np
 import pytest
 
-from core import fast_conv
-from core import model as core_model
+from core.nn import cpu_ops
+from core.nn import model as core_model
 from tests.test_fast_depthwise import TOL, assert_same_cell, assert_same_conv, build, rel_err
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
@@ -30,7 +30,7 @@ def test_matches_nn_conv2d(n, cin, cout, size):
     rng = np.random.default_rng(n * 1000 + cin * 7 + size)
     x = ms.Tensor(rng.standard_normal((n, cin, size, size)).astype(np.float32))
     ref = nn.Conv2d(cin, cout, 1, pad_mode="pad", padding=0, has_bias=False)
-    fast = fast_conv.FastPointwise2d(cin, cout)
+    fast = cpu_ops.FastPointwise2d(cin, cout)
     fast.min_plane = 0  # the GEMM operator at every plane size, small ones too
     y_fast, dx_fast, dw_fast = assert_same_conv(ref, fast, x, rng)
     assert y_fast.shape == (n, cout, size, size)
@@ -40,11 +40,11 @@ def test_matches_nn_conv2d(n, cin, cout, size):
 def test_native_switch_computes_the_same():
     """set_fast(False) (what export does) runs nn.Conv2d's own operator on the same weight."""
     rng = np.random.default_rng(5)
-    cell = nn.SequentialCell([fast_conv.FastPointwise2d(24, 88)])
+    cell = nn.SequentialCell([cpu_ops.FastPointwise2d(24, 88)])
     cell[0].min_plane = 0
     x = ms.Tensor(rng.standard_normal((2, 24, 7, 7)).astype(np.float32))
     fast_out = cell(x).asnumpy()
-    assert fast_conv.set_fast(cell, False) == 1 and not cell[0].fast
+    assert cpu_ops.set_fast(cell, False) == 1 and not cell[0].fast
     assert rel_err(fast_out, cell(x).asnumpy()) < TOL
 
 
@@ -61,11 +61,11 @@ def test_small_planes_run_nn_conv2d_and_large_ones_the_gemm():
     operator (graph mode decides at compile time from the static shape)."""
     rng = np.random.default_rng(8)
     for size, gemm in ((14, False), (22, False), (23, True), (28, True)):
-        assert (size * size >= fast_conv.FastPointwise2d.MIN_PLANE) == gemm
+        assert (size * size >= cpu_ops.FastPointwise2d.MIN_PLANE) == gemm
         ref = nn.Conv2d(96, 144, 1, pad_mode="pad", padding=0, has_bias=False)
-        fast = fast_conv.FastPointwise2d(96, 144)
+        fast = cpu_ops.FastPointwise2d(96, 144)
         fast.weight.set_data(ref.weight.data)
-        fast.fast_conv = _Marker()
+        fast.custom_op = _Marker()
         x = ms.Tensor(rng.standard_normal((2, 96, size, size)).astype(np.float32))
         y_fast = fast(x).asnumpy()
         assert np.all(y_fast == 7.0) == gemm, size
@@ -75,11 +75,11 @@ def test_small_planes_run_nn_conv2d_and_large_ones_the_gemm():
 
 def test_network_uses_it_and_native_does_not():
     fast, native = build("auto"), build("native")
-    pointwise = [n for n, c in fast.cells_and_names() if isinstance(c, fast_conv.FastPointwise2d)]
+    pointwise = [n for n, c in fast.cells_and_names() if isinstance(c, cpu_ops.FastPointwise2d)]
     # block 1 has no expand conv: its project conv, expand + project of blocks 2-11, the 576 conv
     assert len(pointwise) == 22
     assert not any(".se." in n or ".fc" in n for n in pointwise)  # squeeze-excite stays nn.Conv2d
-    assert not any(isinstance(c, fast_conv.FastPointwise2d) for _, c in native.cells_and_names())
+    assert not any(isinstance(c, cpu_ops.FastPointwise2d) for _, c in native.cells_and_names())
 
 
 def test_checkpoint_of_native_network_loads(tmp_path):
@@ -92,7 +92,7 @@ def test_checkpoint_of_native_network_loads(tmp_path):
     path = tmp_path / "native.ckpt"
     ms.save_checkpoint(native, str(path))
     ms.set_seed(11)  # different initial weights, so loading has to change them
-    fast = core_model.build_model("mobilenet_v3_small", 10, depthwise_impl="custom")
+    fast = core_model.build_model("mobilenet_v3_small", 10, ops_impl="custom")
     not_loaded, unused = ms.load_param_into_net(fast, ms.load_checkpoint(str(path)))
     assert not not_loaded and not unused
     fast.set_train(False)
@@ -105,7 +105,7 @@ def test_checkpoint_of_native_network_loads(tmp_path):
         assert a[name].shape == b[name].shape, name
 
 
-# ---- BatchNorm + activation of a training conv unit (fast_conv.ConvBNAct) -----------------
+# ---- BatchNorm + activation of a training conv unit (cpu_ops.ConvBNAct) -----------------
 # (activation, batch, in, out, size, kernel, groups): units of the network (1x1 expand/project,
 # depthwise, stem), plane sizes 56, 7 and 1, batch 1.
 UNITS = [("HS", 2, 16, 72, 56, 1, 1), ("RE", 2, 72, 72, 28, 3, 72), (None, 3, 96, 40, 14, 1, 1),
@@ -133,7 +133,7 @@ def test_conv_bn_act_unit_matches_native(act, n, cin, cout, size, kernel, groups
     statistics after the step equal the native unit's (conv, nn.BatchNorm2d, activation)."""
     fast = _unit("custom", act, cin, cout, kernel, groups, seed=size)
     native = _unit("native", act, cin, cout, kernel, groups, seed=size)
-    assert isinstance(fast, fast_conv.ConvBNAct) and type(native) is nn.SequentialCell
+    assert isinstance(fast, cpu_ops.ConvBNAct) and type(native) is nn.SequentialCell
     rng = np.random.default_rng(cin + size)
     x = ms.Tensor((1.5 + rng.standard_normal((n, cin, size, size))).astype(np.float32))
     _, _, grads = assert_same_cell(native, fast, x, rng)
@@ -145,8 +145,8 @@ def test_conv_bn_act_unit_matches_native(act, n, cin, cout, size, kernel, groups
 
 
 def test_conv_bn_act_eval_and_fuse_see_the_plain_unit():
-    """Eval mode runs the cells (moving statistics), and core.fuse recognises the unit."""
-    from core import fuse
+    """Eval mode runs the cells (moving statistics), and core.nn.fuse recognises the unit."""
+    from core.nn import fuse
     fast = _unit("custom", "HS", 16, 24, 1, 1, seed=1)
     native = _unit("native", "HS", 16, 24, 1, 1, seed=1)
     fast.set_train(False)
@@ -154,5 +154,5 @@ def test_conv_bn_act_eval_and_fuse_see_the_plain_unit():
     x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 16, 9, 9)).astype(np.float32))
     assert rel_err(native(x).asnumpy(), fast(x).asnumpy()) < TOL
     conv, bn, act = fuse._conv_bn_act_parts(fast)
-    assert isinstance(conv, fast_conv.FastPointwise2d) and isinstance(bn, nn.BatchNorm2d) and act == "hswish"
+    assert isinstance(conv, cpu_ops.FastPointwise2d) and isinstance(bn, nn.BatchNorm2d) and act == "hswish"
     assert [n for n, _ in fast.parameters_and_names()] == [n for n, _ in native.parameters_and_names()]

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from core import checkpoint as ckpt
-from core.model import build_model
-from core.train import train
+from core.nn.model import build_model
+from core.train.loop import train
 from tests.core_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,8 +3,8 @@ import mindspore as ms
 import numpy as np
 
 from core import checkpoint as ckpt
-from core.model import build_model
-from core.train import train
+from core.nn.model import build_model
+from core.train.loop import train
 from tests.core_fixtures import tiny_config
 
 

@@ -1,6 +1,6 @@
-"""core.finetune: backbone LR scale and frozen-backbone epochs, as optimizer parameter groups.
+"""core.train.finetune: backbone LR scale and frozen-backbone epochs, as optimizer parameter groups.
 
-A small network with the same naming as core.model (features..., classifier.3 head) keeps the
+A small network with the same naming as core.nn.model (features..., classifier.3 head) keeps the
 graph compiles short; one test checks the grouping on the real model.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from mindspore import nn
 
-from core.finetune import backbone_lr, is_active, param_groups, split_backbone, trainable_at
-from core.model import MobileNetV3Small, build_model
+from core.train.finetune import backbone_lr, is_active, param_groups, split_backbone, trainable_at
+from core.nn.model import MobileNetV3Small, build_model
 
 HEAD = MobileNetV3Small.CLASSIFIER_PREFIXES
 

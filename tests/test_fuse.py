@@ -1,11 +1,11 @@
-"""core.fuse: the fused CPU inference graph (BN folded, fused activations and squeeze-excite) must
+"""core.nn.fuse: the fused CPU inference graph (BN folded, fused activations and squeeze-excite) must
 compute what the network as built computes, unit by unit and end to end."""
 import mindspore as ms
 import numpy as np
 import pytest
 
-from core import model as core_model
-from core.fuse import (FusedConvBN, FusedInvertedResidual, FusedLinear, FusedMobileNetV3Small,
+from core.nn import model as core_model
+from core.nn.fuse import (FusedConvBN, FusedInvertedResidual, FusedLinear, FusedMobileNetV3Small,
                        FusedSqueezeExcite, fold_batchnorm, fuse_for_inference)
 
 pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built

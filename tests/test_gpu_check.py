@@ -1,4 +1,4 @@
-"""cloud.gpu_check: every branch of the device_target=GPU start-up check, with fake library
+"""cloud.cluster.gpu_check: every branch of the device_target=GPU start-up check, with fake library
 directories (empty files named like the CUDA libraries), a fake nvidia-smi and a fake nvcc."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.gpu_check import (CUDA_LIBRARIES, Gpu, GpuRuntimeError, check_gpu_runtime,
+from cloud.cluster.gpu_check import (CUDA_LIBRARIES, Gpu, GpuRuntimeError, check_gpu_runtime,
                              default_library_dirs, gpus_from_libcuda, gpus_from_nvidia_smi,
                              ldconfig_cache)
 
@@ -201,7 +201,7 @@ def test_ldconfig_cache_reads_the_real_loader_cache():
 
 def test_a_gpu_error_is_a_one_line_user_error(tmp_path):
     """The launchers' run_main prints it as `error: ...` and exits 2, no traceback."""
-    code = ("import sys\nfrom launcher.common import run_main\nfrom cloud.gpu_check import check_gpu_runtime\n"
+    code = ("import sys\nfrom launcher.common import run_main\nfrom cloud.cluster.gpu_check import check_gpu_runtime\n"
             f"sys.exit(run_main(lambda argv: check_gpu_runtime(library_dirs=[{str(tmp_path)!r}], "
             "environ={'PATH': ''}), []))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from core.train import train
+from core.train.loop import train
 from tests.core_fixtures import tiny_config
 from tests.hooks.train_hooks import DebugDump
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.imagenet_archives import LocalFiles
-from core.imagenet_devkit import read_devkit
-from core.imagenet_pack import damaged_images, pack_imagenet
-from core.packed import INDEX_NAME, load_packed_split, verify_packed
-from core.packing import STATE_DIR
-from core.pipeline import DatasetError
+from core.data.imagenet_archives import LocalFiles
+from core.data.imagenet_devkit import read_devkit
+from core.data.imagenet_pack import damaged_images, pack_imagenet
+from core.data.packed import INDEX_NAME, load_packed_split, verify_packed
+from core.data.packing import STATE_DIR
+from core.data.pipeline import DatasetError
 from bench.imagenet_files import IDS, WNIDS, WORDS, devkit, make_kaggle, make_mini_imagenet
 from tests.test_packed import run_pack
 
@@ -70,8 +70,8 @@ def test_fixture_meta_mat_reads_as_torchvision_reads_the_real_one(mini):
 
 
 def test_packs_every_image_with_the_devkit_label_and_trains(mini, packed, tmp_path):
-    from core.metrics import read_metrics
-    from core.train import train
+    from core.train.metrics import read_metrics
+    from core.train.loop import train
     from tests.core_fixtures import tiny_config
     index = index_of(packed)
     assert index["classes"] == sorted(WNIDS) and index["class_words"] == list(WORDS)
@@ -136,9 +136,9 @@ def test_imagefolder_layout_and_kaggle_source(mini, packed, tmp_path):
 def test_killed_pack_resumes_to_identical_shards(mini, packed, tmp_path):
     dst = tmp_path / "dst"
     code = (f"import os, signal, sys; sys.path.insert(0, {str(REPO)!r})\n"
-            f"import core.stream_packing as sp\n"
-            f"from core.imagenet_archives import LocalFiles\n"
-            f"from core.imagenet_pack import pack_imagenet\n"
+            f"import core.data.stream_packing as sp\n"
+            f"from core.data.imagenet_archives import LocalFiles\n"
+            f"from core.data.imagenet_pack import pack_imagenet\n"
             f"write, done = sp.write_spooled, []\n"
             f"def die_after_two(dst, plan):\n"
             f"    entry = write(dst, plan); done.append(plan)\n"
@@ -215,9 +215,9 @@ def test_bad_sources_are_one_line(mini, tmp_path):
 def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
     """A connection lost mid-archive: the read goes on from that byte with a ranged GET; an
     error the stream cannot ride out reaches the reader through the read-ahead thread."""
-    from cloud.errors import StorageError
-    from cloud.storage import open_storage
-    from cloud.stream import ReadAhead, S3ReadStream, open_stream
+    from cloud.storage.errors import StorageError
+    from cloud.storage.store import open_storage
+    from cloud.storage.stream import ReadAhead, S3ReadStream, open_stream
     bucket = s3_server.make_bucket()
     blob = os.urandom(3 * 2 ** 20 + 123)
     s3_server.client().put_object(Bucket=bucket, Key="a/big.tar", Body=blob)
@@ -248,7 +248,7 @@ def test_s3_stream_resumes_after_a_dropped_connection(s3_server):
 
 def test_stream_shards_end_on_a_full_page(tmp_path):
     """MindRecord pads a shard's last page: cut shards so that page is full, not 1/3 used."""
-    from core.stream_packing import pack_records
+    from core.data.stream_packing import pack_records
     blobs = [bytes([i]) * 3000 for i in range(100)]
     index = pack_records(tmp_path, {"train": lambda: ((i % 2, f"c/{i}.JPEG", b) for i, b in enumerate(blobs))},
                          ["a", "b"], shard_size_mb=0.04, max_image_mb=0.02, workers=1)

@@ -1,4 +1,4 @@
-"""The native training-image operator (core/kernels/jpeg_augment.cc via core.jpeg_augment):
+"""The native training-image operator (core/kernels/jpeg_augment.cc via core.data.jpeg_augment):
 what it decodes equals MindSpore's decoder, its resize and colour jitter equal MindSpore's
 ops, its crop follows RandomResizedCrop, and every image kind reaches it."""
 import ctypes
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import jpeg_augment
+from core.data import jpeg_augment
 from core.config import Config
-from core.imagefolder import scan_split
-from core.pipeline import DatasetError
+from core.data.imagefolder import scan_split
+from core.data.pipeline import DatasetError
 from tests.core_fixtures import tiny_config
 
 pytestmark = pytest.mark.usefixtures("native_kernels")  # fails, never skips, when not built

@@ -1,4 +1,4 @@
-"""core.jpeg_check: JPEG headers that would crash MindSpore's decoder are refused before it,
+"""core.data.jpeg_check: JPEG headers that would crash MindSpore's decoder are refused before it,
 valid JPEGs of every common kind pass, and a training run skips (and names) such a file
 instead of dying with a signal."""
 import io
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.pipeline import looks_like_image
-from core.jpeg_check import jpeg_header_problem, jpeg_problem
+from core.data.pipeline import looks_like_image
+from core.data.jpeg_check import jpeg_header_problem, jpeg_problem
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""core.kernel_choice: with system.depthwise_impl=auto the runner times each family of its CPU
+"""core.nn.kernel_choice: with system.cpu_ops=auto the runner times each family of its CPU
 operators against MindSpore's on the host and uses MindSpore's where the custom one loses
 (issue 23: never slower than the plain path); the choice is cached per host and logged once."""
 import logging
@@ -6,14 +6,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from core import fast_conv, kernel_choice
-from core.model import build_model
+from core.nn import cpu_ops, kernel_choice
+from core.nn.model import build_model
 
 
 @pytest.fixture(autouse=True)
 def reset_choice():
     yield
-    fast_conv.prefer_native(())
+    cpu_ops.prefer_native(())
 
 
 def slowed(probe, times: int):
@@ -56,12 +56,21 @@ def test_the_choice_is_measured_once_per_host_and_cached(tmp_path):
     assert len(__import__("json").loads(cache.read_text())) == 2
 
 
+def test_the_cache_keeps_the_newest_host_keys(tmp_path, monkeypatch):
+    cache = tmp_path / "kernel_choice.json"
+    monkeypatch.setattr(kernel_choice, "KEEP_ENTRIES", 3)
+    for threads in range(1, 6):
+        kernel_choice.choose(cache, threads, lambda: {"kxk": (0.001, 0.002)})
+    kept = list(__import__("json").loads(cache.read_text()))
+    assert [k.split("|")[2] for k in kept] == ["threads=3", "threads=4", "threads=5"]
+
+
 def test_apply_builds_the_losing_family_with_mindspores_operator(tmp_path, caplog):
     cache = tmp_path / "kernel_choice.json"
-    system = SimpleNamespace(depthwise_impl="auto", kernel_choice_cache=str(cache), cpu_threads=None)
+    system = SimpleNamespace(cpu_ops="auto", kernel_choice_cache=str(cache), cpu_threads=None)
     key = kernel_choice.host_key(None)
     cache.write_text(__import__("json").dumps({key: {"native": ["kxk", "fused"], "timings": {}}}))
-    with caplog.at_level(logging.INFO, logger="core.kernel_choice"):
+    with caplog.at_level(logging.INFO, logger="core.nn.kernel_choice"):
         choice = kernel_choice.apply(system)
     assert choice["cached"] and choice["native"] == ["kxk", "fused"]
     [line] = [r.getMessage() for r in caplog.records]
@@ -70,21 +79,21 @@ def test_apply_builds_the_losing_family_with_mindspores_operator(tmp_path, caplo
     net = build_model("mobilenet_v3_small", 10)
     cells = [type(c).__name__ for _, c in net.cells_and_names()]
     assert "FastConv2d" not in cells and "FastPointwise2d" in cells and "ConvBNAct" in cells
-    from core.fuse import fuse_for_inference
+    from core.nn.fuse import fuse_for_inference
     assert fuse_for_inference(net) is net  # the fused inference graph lost too
     # the user's setting overrides the measurement
-    assert fast_conv.use_custom("custom", "kxk")
-    assert kernel_choice.apply(SimpleNamespace(**{**vars(system), "depthwise_impl": "native"})) is None
-    assert fast_conv.use_custom("auto", "kxk")
+    assert cpu_ops.use_custom("custom", "kxk")
+    assert kernel_choice.apply(SimpleNamespace(**{**vars(system), "cpu_ops": "native"})) is None
+    assert cpu_ops.use_custom("auto", "kxk")
 
 
 def test_an_unwritable_cache_measures_without_it(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     monkeypatch.setattr(kernel_choice, "measure", lambda: {"kxk": (0.001, 0.002)})
-    system = SimpleNamespace(depthwise_impl="auto", kernel_choice_cache=str(blocker / "sub" / "c.json"),
+    system = SimpleNamespace(cpu_ops="auto", kernel_choice_cache=str(blocker / "sub" / "c.json"),
                              cpu_threads=None)
-    with caplog.at_level(logging.WARNING, logger="core.kernel_choice"):
+    with caplog.at_level(logging.WARNING, logger="core.nn.kernel_choice"):
         choice = kernel_choice.apply(system)
     assert choice["native"] == [] and not choice["cached"]
     assert "unusable" in caplog.text

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from core import fast_conv, native
+from core import native
+from core.nn import cpu_ops
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +26,7 @@ PARITY = ["tests/test_fast_pointwise.py::test_conv_bn_act_unit_matches_native",
 
 
 def test_every_variant_this_cpu_executes_is_built():
-    assert fast_conv.built_variants() == list(native.host_variants())
+    assert cpu_ops.built_variants() == list(native.host_variants())
     if native.machine() == "x86_64":
         assert native.host_variants()[-1] == "baseline"
 
@@ -50,9 +51,9 @@ def test_a_variant_the_cpu_cannot_execute_is_one_clear_error(monkeypatch):
     from core.config import ConfigError
     monkeypatch.setattr(native, "host_variants", lambda flags=None: ("avx2", "baseline"))
     with pytest.raises(ConfigError, match=r"system.kernel_isa=avx512: this CPU .* does not execute it"):
-        fast_conv.select_variant("avx512")
+        cpu_ops.select_variant("avx512")
     with pytest.raises(ConfigError, match="must be one of"):
-        fast_conv.select_variant("sse9")
+        cpu_ops.select_variant("sse9")
 
 
 @pytest.mark.parametrize("isa", [v for v in native.host_variants()[1:]] or ["none"])
@@ -74,13 +75,13 @@ def test_the_forced_build_is_the_one_that_runs():
     variants = native.host_variants()
     try:
         for isa in variants:
-            fast_conv.select_variant(isa)
-            assert fast_conv.library_path() == native.variant_library("libmnv3_depthwise", isa)
-            op = fast_conv.aot_op("DepthwiseFwd", lambda x, w: x)
-            assert f"libmnv3_depthwise.{isa}.so:DepthwiseFwd" in str(op.func)
+            cpu_ops.select_variant(isa)
+            assert cpu_ops.library_path() == native.variant_library("libmnv3_cpu_ops", isa)
+            op = cpu_ops.aot_op("DepthwiseFwd", lambda x, w: x)
+            assert f"libmnv3_cpu_ops.{isa}.so:DepthwiseFwd" in str(op.func)
     finally:
-        fast_conv.select_variant("auto")
-    assert fast_conv.variant() == variants[0]
+        cpu_ops.select_variant("auto")
+    assert cpu_ops.variant() == variants[0]
 
 
 ONEDNN_PROBE = r"""

@@ -1,4 +1,4 @@
-"""The kernel library (core/kernels/depthwise_conv.cc) on every ISA code path, without MindSpore
+"""The kernel library (core/kernels/cpu_ops.cc) on every ISA code path, without MindSpore
 (issue 23, items 3 and 4): the standalone C++ harness tests/kernels/parity.cc calls every exported
 entry point on random inputs of the network's shapes and compares with a double-precision
 reference. It is compiled together with the kernel source once per variant this host executes
@@ -22,7 +22,7 @@ from core.native import machine
 
 REPO = Path(__file__).resolve().parent.parent
 KERNEL_DIR = REPO / "core" / "kernels"
-KERNEL_SOURCE = KERNEL_DIR / "depthwise_conv.cc"
+KERNEL_SOURCE = KERNEL_DIR / "cpu_ops.cc"
 HARNESS = REPO / "tests" / "kernels" / "parity.cc"
 FLAGS = ["-DMNV3_NO_MULTI_ISA", "-O3", "-fopenmp", "-std=c++17"]
 
@@ -285,10 +285,10 @@ def test_the_harness_catches_an_access_outside_a_buffer(builds, where):
 
 @pytest.mark.parametrize("variant", [v[0] for v in NATIVE])
 def test_the_libraries_build_sh_made_pass_the_harness(builds, variant):
-    """The libraries the runner loads (core/kernels/libmnv3_depthwise.<isa>.so, built by
+    """The libraries the runner loads (core/kernels/libmnv3_cpu_ops.<isa>.so, built by
     build.sh with its own flags), not only the harness's own compiles of the source."""
     (_, _, isa), = [v for v in NATIVE if v[0] == variant]
-    library = native.variant_library("libmnv3_depthwise", variant)
+    library = native.variant_library("libmnv3_cpu_ops", variant)
     assert library.exists(), f"{library} not built: run 'make kernels'"
     proc = run([builds.native(variant)["binary"], "--lib", str(library)], RUN_TIMEOUT, env=harness_env(2))
     assert_parity(proc, f"{library.name} --lib", isa)

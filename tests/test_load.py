@@ -16,8 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from cloud.storage import PART_MARK, open_storage
-from cloud.sync import STATE_NAME, download_tree, upload_tree
+from cloud.storage.store import PART_MARK, open_storage
+from cloud.storage.sync import STATE_NAME, download_tree, upload_tree
 from tests.fault_tools import run_spawned
 
 pytestmark = pytest.mark.load

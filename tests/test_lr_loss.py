@@ -4,10 +4,10 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from core.evaluate import smoothed_cross_entropy, topk_correct
-from core.loss import LabelSmoothingCrossEntropy
-from core.lr import warmup_cosine
-from core.optim import split_decay
+from core.infer.evaluate import smoothed_cross_entropy, topk_correct
+from core.train.loss import LabelSmoothingCrossEntropy
+from core.train.lr import warmup_cosine
+from core.train.optim import split_decay
 
 
 def test_warmup_cosine_matches_formula():
@@ -52,7 +52,7 @@ def test_topk():
 
 
 def test_weight_decay_skips_bn_and_bias():
-    from core.model import build_model
+    from core.nn.model import build_model
     net = build_model("mobilenet_v3_small", 10)
     decay, no_decay = split_decay(net.trainable_params())
     assert all(p.name.endswith("weight") for p in decay)

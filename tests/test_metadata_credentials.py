@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from cloud.errors import StorageError
-from cloud.storage import open_storage
+from cloud.storage.errors import StorageError
+from cloud.storage.store import open_storage
 
 PATH = "/openstack/latest/securitykey"
 
@@ -83,8 +83,8 @@ def test_storage_uses_refreshed_temporary_keys(s3_server, s3_bucket, metadata, t
 
 
 def test_the_security_token_goes_out_with_each_request(s3_server, s3_bucket):
-    from cloud.s3client import connect
-    from cloud.urls import parse_url
+    from cloud.storage.s3client import connect
+    from cloud.storage.urls import parse_url
     service = MetadataService("TEMPAK", "TEMPSK", lifetime_s=3600, token="tok-" * 20)
     try:
         conn = connect(parse_url(f"s3://{s3_bucket}"), {"endpoint": s3_server.endpoint,

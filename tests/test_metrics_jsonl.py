@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from core.metrics import MetricsWriter, read_metrics, read_metrics_counted
+from core.train.metrics import MetricsWriter, read_metrics, read_metrics_counted
 from launcher.report import make_report
 
 

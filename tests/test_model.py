@@ -1,7 +1,7 @@
-"""core.model: MobileNetV3-Small must match torchvision's network (size, names, init) and export.
+"""core.nn.model: MobileNetV3-Small must match torchvision's network (size, names, init) and export.
 
 The expected torchvision state-dict layout is written out here from torchvision's structure,
-not derived from core.model, so the name test also checks that importing torchvision weights
+not derived from core.nn.model, so the name test also checks that importing torchvision weights
 is a plain rename.
 """
 
@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from core.dropout import ReplayableDropout, is_mask
-from core.model import MobileNetV3Small, build_model, count_parameters
+from core.nn.dropout import ReplayableDropout, is_mask
+from core.nn.model import MobileNetV3Small, build_model, count_parameters
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
@@ -210,14 +210,14 @@ def _realistic_weights(net, seed):
 
 
 def test_onnx_export_matches_mindspore(tmp_path):
-    """core.export switches the CPU custom conv operator (no ONNX mapping) to MindSpore's own:
+    """core.infer.export switches the CPU custom conv operator (no ONNX mapping) to MindSpore's own:
     the graph holds standard Conv nodes, MindSpore's op computes what the custom one did, and
     onnxruntime's logits match."""
     import onnx
 
     from core.config import Config
-    from core.export import export_model
-    from core.fast_conv import FastConv2d
+    from core.infer.export import export_model
+    from core.nn.cpu_ops import FastConv2d
     ms.set_seed(0)
     model = build_model("mobilenet_v3_small", 1000)
     assert any(isinstance(c, FastConv2d) and c.fast for _, c in model.cells_and_names())

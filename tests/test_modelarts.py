@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.rank_table import read_table
+from cloud.cluster.rank_table import read_table
 from core.config import ConfigError
 from launcher import modelarts
 from tests.test_distributed import checkpoint_files, launched  # noqa: F401 (fixture)

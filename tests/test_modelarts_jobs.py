@@ -6,7 +6,7 @@ ModelArts' v2 training-job API (it is not ModelArts; no real account was used). 
 every request's SDK-HMAC-SHA256 signature itself from Huawei's signing guide and refuses bad ones
 with the gateway's error JSON, validates the job body, and plays a job through its phases while
 its log grows. The code upload goes to SeaweedFS (launcher/seaweedfs.py, started by the
-tests/s3_server.py fixtures) through cloud.storage.
+tests/s3_server.py fixtures) through cloud.storage.store.
 
 Sources used for the calls, fields and signing (also listed in tests/modelarts_api_server.py):
 * https://support.huaweicloud.com/intl/en-us/api-modelarts/CreateTrainingJob.html
@@ -144,7 +144,7 @@ def test_submit_uploads_code_creates_the_job_and_follows_it_to_completion(
     # The code is in the bucket: the code directories and requirements, no caches or builds.
     keys = objects(s3_server, bucket, "code/mnv3/")
     names = {k[len("code/mnv3/"):] for k in keys}
-    assert {"launcher/modelarts.py", "launcher/modelarts_spec.py", "cloud/storage.py",
+    assert {"launcher/modelarts.py", "launcher/modelarts_spec.py", "cloud/storage/store.py",
             "core/config.py", "requirements.txt"} <= names
     assert {"configs/" + p.name for p in (REPO / "configs").glob("*.yaml")} <= names
     assert names == set(modelarts_jobs.code_files(code_tree))

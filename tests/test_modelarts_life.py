@@ -111,9 +111,9 @@ def test_max_retries_outside_1_to_3_is_one_line_before_any_api_call(value, tmp_p
 def test_staging_more_than_the_cache_holds_stops_before_writing(tmp_path, monkeypatch):
     import shutil as real_shutil
 
-    from cloud.errors import StorageError
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree
+    from cloud.storage.errors import StorageError
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree
     src = tmp_path / "bucket" / "imagenet"
     for i in range(3):
         (src / "train").mkdir(parents=True, exist_ok=True)
@@ -269,8 +269,8 @@ def restart_config(tmp_path, tiny_dataset):
 
 
 def test_restart_with_an_empty_output_folder_resumes_from_obs(tiny_dataset, tmp_path, s3_server):
-    from cloud.checkpoint_store import CheckpointUploader
-    from cloud.storage import open_storage
+    from cloud.storage.checkpoint_store import CheckpointUploader
+    from cloud.storage.store import open_storage
     from launcher.distributed import prepare_launch
     bucket = s3_server.make_bucket()
     settings = s3_server.settings()
@@ -297,7 +297,7 @@ def test_restart_with_an_empty_output_folder_resumes_from_obs(tiny_dataset, tmp_
 
 def test_checkpoints_the_platform_uploaded_without_a_manifest_are_found(tiny_dataset, tmp_path,
                                                                         s3_server):
-    from cloud.storage import open_storage
+    from cloud.storage.store import open_storage
     from launcher.distributed import prepare_launch
     bucket = s3_server.make_bucket()
     settings = s3_server.settings()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.rank_table import RankTableError, read_table
+from cloud.cluster.rank_table import RankTableError, read_table
 from core.config import ConfigError
 from launcher import modelarts, modelarts_args
 from launcher.distributed import free_port

@@ -1,7 +1,7 @@
-"""core.modelzoo must load checkpoints of the MindSpore model zoo's mobilenetV3_small_x1_0.
+"""core.nn.modelzoo must load checkpoints of the MindSpore model zoo's mobilenetV3_small_x1_0.
 
 The checkpoint layout below is transcribed from the zoo's src/mobilenetv3.py (mindspore-ai/models,
-research/cv/mobilenetV3_small_x1_0), independently of core/modelzoo.py.
+research/cv/mobilenetV3_small_x1_0), independently of core/nn/modelzoo.py.
 """
 
 import math
@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from core.dropout import ReplayableDropout, is_mask
-from core.model import build_model, count_parameters
-from core.modelzoo import ModelZooMobileNetV3Small
+from core.nn.dropout import ReplayableDropout, is_mask
+from core.nn.model import build_model, count_parameters
+from core.nn.modelzoo import ModelZooMobileNetV3Small
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
@@ -182,7 +182,7 @@ def test_zoo_classifier_starts_small_whatever_the_class_count(classes):
     """The classifier conv starts at std 0.01 (not He fan_out, sqrt(2 / classes): 0.82 at 3
     classes), so the first logits are small for any class count, as the default network's."""
     import mindspore as ms
-    from core.modelzoo import CLASSIFIER_INIT_STD
+    from core.nn.modelzoo import CLASSIFIER_INIT_STD
     ms.set_seed(0)
     net = ModelZooMobileNetV3Small(num_classes=classes)
     assert abs(float(net.output.weight.asnumpy().std()) - CLASSIFIER_INIT_STD) < 0.1 * CLASSIFIER_INIT_STD

@@ -33,10 +33,11 @@ def test_a_library_older_than_its_source_or_the_shared_header_is_not_used(tmp_pa
 def test_the_real_libraries_are_built_current_and_load(native_kernels):
     """`make test` builds them (a missing compiler is an error there), so the native code paths
     are what the suite tests; without them this fails instead of skipping."""
-    from core import fast_conv, jpeg_augment
+    from core.nn import cpu_ops
+    from core.data import jpeg_augment
     assert jpeg_augment.library_path() == jpeg_augment.LIBRARY, f"{jpeg_augment.LIBRARY} missing or stale"
-    assert fast_conv.built_variants() == list(native.host_variants()), "an ISA variant is missing or stale"
-    assert fast_conv.library_path() == native.variant_library("libmnv3_depthwise", native.host_variants()[0])
+    assert cpu_ops.built_variants() == list(native.host_variants()), "an ISA variant is missing or stale"
+    assert cpu_ops.library_path() == native.variant_library("libmnv3_cpu_ops", native.host_variants()[0])
     assert native.startup_warning() is None
 
 
@@ -46,8 +47,10 @@ def kernel_sources(tmp_path):
     Pillow's libjpeg), no libraries built."""
     kernels = tmp_path / "core" / "kernels"
     shutil.copytree(native.KERNEL_DIR, kernels, ignore=shutil.ignore_patterns("*.so", "__pycache__"))
-    for module in (REPO / "core").glob("*.py"):  # build.sh imports core.jpeg_augment
-        shutil.copy(module, tmp_path / "core" / module.name)
+    for module in (REPO / "core").rglob("*.py"):  # build.sh imports core.data.jpeg_augment
+        target = tmp_path / module.relative_to(REPO)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(module, target)
     return kernels
 
 
@@ -62,7 +65,7 @@ def test_without_a_compiler_users_get_a_warning_and_the_fallback(kernel_sources)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines), lines
-    assert "libmnv3_depthwise.so not built: C++ compiler no-such-compiler not found" in lines[0]
+    assert "libmnv3_cpu_ops.so not built: C++ compiler no-such-compiler not found" in lines[0]
     assert "libmnv3_jpeg.so not built: C++ compiler no-such-compiler not found" in lines[1]
     assert not list(kernel_sources.glob("*.so"))
 

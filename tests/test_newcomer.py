@@ -43,7 +43,7 @@ def test_storage_key_of_the_wrong_type_is_named(tmp_path, capsys):
 
 
 def test_config_reference_lists_every_storage_key():
-    from cloud.settings import StorageSettings
+    from cloud.storage.settings import StorageSettings
     reference = (REPO / "README.md").read_text().split("## Config reference", 1)[1]
     missing = [f.name for f in dataclasses.fields(StorageSettings)
                if f"| `storage.{f.name}` |" not in reference]
@@ -57,8 +57,8 @@ def test_config_reference_lists_every_storage_key():
 def uploaded(learned_run, s3_server, monkeypatch, tmp_path):
     """learned_run's checkpoints uploaded as a run publishes them (manifest last), the
     environment pointed at the server and the cache at tmp_path."""
-    from cloud.checkpoint_store import CheckpointUploader
-    from cloud.storage import open_storage
+    from cloud.storage.checkpoint_store import CheckpointUploader
+    from cloud.storage.store import open_storage
     _, run_dir, summary, final_eval, root = learned_run
     bucket = s3_server.make_bucket()
     final = Path(summary["final_checkpoint"])

@@ -41,7 +41,7 @@ def test_non_finite_list_entries_and_yaml_recipes_are_refused(tmp_path):
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint(
         tiny_dataset, tmp_path):
-    from core.train import TrainingDiverged, train
+    from core.train.loop import TrainingDiverged, train
     from launcher.common import USER_ERRORS
     from tests.core_fixtures import tiny_config
     out = tmp_path / "run"
@@ -70,7 +70,7 @@ def test_a_checkpoint_of_non_finite_weights_is_refused():
     import mindspore as ms
     import numpy as np
 
-    from core.divergence import TrainingDiverged, finite_state
+    from core.train.divergence import TrainingDiverged, finite_state
     good = ms.Parameter(ms.Tensor(np.ones(3, np.float32)), name="w")
     bad = ms.Parameter(ms.Tensor(np.array([1.0, np.inf], np.float32)), name="moments.w")
     assert finite_state(lambda: [good], lambda: (5, 0, None))() == [good]
@@ -89,8 +89,8 @@ def test_with_a_loss_scale_overflow_steps_are_skipped_counted_and_not_fatal():
     import numpy as np
     from mindspore import nn
 
-    from core.run import train_step_cell
-    from core.train import TrainingDiverged, _read_checked
+    from core.train.run import train_step_cell
+    from core.train.loop import TrainingDiverged, _read_checked
     net = nn.Dense(4, 3)
     with_loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
     scaled = train_step_cell(with_loss, nn.SGD(net.trainable_params(), learning_rate=0.1), 1024.0)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.data import open_dataset
-from core.imagefolder import ImageFolder, scan_split
-from core.packed import INDEX_NAME, PackedDataset, is_packed, load_packed_split, verify_packed
-from core.packing import STATE_DIR, pack_imagefolder
-from core.pipeline import CorruptImages, DatasetError
+from core.data.sources import open_dataset
+from core.data.imagefolder import ImageFolder, scan_split
+from core.data.packed import INDEX_NAME, PackedDataset, is_packed, load_packed_split, verify_packed
+from core.data.packing import STATE_DIR, pack_imagefolder
+from core.data.pipeline import CorruptImages, DatasetError
 from tests.core_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +95,7 @@ def test_interrupted_pack_resumes_to_the_clean_index(tiny_dataset, packed, tmp_p
     dst = tmp_path / "dst"
     # A pack process that dies (SIGKILL, no clean-up) right after its second shard.
     code = (f"import os, signal, sys; sys.path.insert(0, {str(REPO)!r})\n"
-            f"from core.packing import pack_imagefolder\n"
+            f"from core.data.packing import pack_imagefolder\n"
             f"def die(done, total, entry):\n"
             f"    if done >= 2: os.kill(os.getpid(), signal.SIGKILL)\n"
             f"pack_imagefolder({str(tiny_dataset)!r}, {str(dst)!r}, {SHARD_MB}, 2, progress=die)\n")
@@ -190,13 +190,13 @@ def test_labels_follow_a_different_class_list(tiny_dataset, packed, tmp_path):
 
 @pytest.mark.parametrize("decoder", ["native", "mindspore"])
 def test_corrupt_images_are_replaced_as_in_the_imagefolder(tmp_path, decoder, caplog):
-    from core.synthetic import generate
+    from core.data.synthetic import generate
     root = generate(tmp_path / "folder", train_per_class=2, val_per_class=1, size=24)
     good = (root / "train" / "circle" / "circle_0000.jpg").read_bytes()
     (root / "train" / "circle" / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "train" / "square" / "zz_notes.jpg").write_text("not an image at all")
     (root / "val" / "ring" / "zz_empty.jpg").write_bytes(b"")
-    with caplog.at_level("WARNING", logger="core.packing"):
+    with caplog.at_level("WARNING", logger="core.data.packing"):
         pack_imagefolder(root, tmp_path / "packed", shard_size_mb=SHARD_MB, workers=1)
     train_line, val_line = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
     assert train_line.startswith("train: 2 unreadable file(s)")  # said once per split, by name
@@ -255,8 +255,8 @@ def run_pack(argv) -> int:
 
 
 def test_pack_command_through_s3(s3_server, tiny_dataset, packed, tmp_path, monkeypatch):
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree, upload_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree, upload_tree
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     bucket = s3_server.make_bucket()
@@ -280,7 +280,7 @@ def test_pack_command_through_s3(s3_server, tiny_dataset, packed, tmp_path, monk
 
 
 def test_pack_command_errors_are_one_line(tmp_path):
-    from cloud.errors import StorageError
+    from cloud.storage.errors import StorageError
     with pytest.raises(DatasetError, match=r"^\S+/train not found: pack expects an ImageFolder root"):
         run_pack(["--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "out")])
     with pytest.raises(StorageError, match="malformed storage URL 's3://A_B/x'"):

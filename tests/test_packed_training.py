@@ -1,7 +1,7 @@
 """Training and evaluation accept a packed dataset wherever they accept an ImageFolder."""
-from core.metrics import read_metrics
-from core.packing import pack_imagefolder
-from core.train import train
+from core.train.metrics import read_metrics
+from core.data.packing import pack_imagefolder
+from core.train.loop import train
 from tests.core_fixtures import tiny_config
 
 

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.imagefolder import scan_split
-from core.packed import load_packed_split
-from core.packing import pack_imagefolder
-from core.pipeline import CorruptImages, DatasetError, guarded, looks_like_image
-from core.predict import preprocess
+from core.data.imagefolder import scan_split
+from core.data.packed import load_packed_split
+from core.data.packing import pack_imagefolder
+from core.data.pipeline import CorruptImages, DatasetError, guarded, looks_like_image
+from core.infer.predict import preprocess
 from tests.core_fixtures import tiny_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -2,7 +2,7 @@
 answers of the shared trained network (tests.core_fixtures.learned_run).
 
 Its predictions on the val images are compared with the true labels and with the logits of the
-eval pipeline (the split's eval_pipeline, as core.evaluate.evaluate runs it), through the
+eval pipeline (the split's eval_pipeline, as core.infer.evaluate.evaluate runs it), through the
 checkpoint and through an exported MINDIR.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 
 from core import checkpoint as ckpt
-from core.imagefolder import scan_split
-from core.pipeline import DatasetError
-from core.export import export_model
-from core.inference import network_from_checkpoint
-from core.model import build_model
-from core.predict import preprocess, read_image, softmax, top_k
+from core.data.imagefolder import scan_split
+from core.data.pipeline import DatasetError
+from core.infer.export import export_model
+from core.infer.inference import network_from_checkpoint
+from core.nn.model import build_model
+from core.infer.predict import preprocess, read_image, softmax, top_k
 from tests.core_fixtures import LEARNED_TOP1
 
 
@@ -111,7 +111,7 @@ def test_errors_name_the_file(setup, tmp_path):
         preprocess(bytes(data), cfg.data, "bad.jpg")
     graph = tmp_path / "m.mindir"
     graph.write_bytes(b"x")
-    from core.predict import from_mindir
+    from core.infer.predict import from_mindir
     with pytest.raises(ckpt.CheckpointError, match="model card"):
         from_mindir(graph)
 

@@ -73,7 +73,7 @@ def test_log_records_at_a_terminal_get_their_own_line(monkeypatch):
     try:
         bar = Progress(4, "epoch 1/1", redraw_s=0)
         bar.update(1)
-        logging.getLogger("core.train").warning("a log line")
+        logging.getLogger("core.train.loop").warning("a log line")
         bar.update(2)
         bar.close()
         assert handler in root.handlers  # the redirect ends with the bar
@@ -114,7 +114,9 @@ def test_epoch_callback_in_a_log_file_writes_lines_with_time_left():
     run_callback(out, Clock())
     got = lines(out)
     assert "\r" not in out.getvalue()
-    assert got[0] == ("epoch 1/2  25% 1/4 00:00<?, loss 2.0000 lr 0.01000 12.5 img/s"
+    # timed from the epoch's start, not from its first report (was: 00:00<?, and mid-epoch
+    # lines stuck at 00:00<00:00 when the first report came with the first line)
+    assert got[0] == ("epoch 1/2  25% 1/4 00:10<00:30, loss 2.0000 lr 0.01000 12.5 img/s"
                       " | run 1/8 steps, 01:10 left")
     assert got[1].startswith("epoch 1/2 100% 4/4") and got[1].endswith("avg loss 1.0000, 40.0 s")
     assert len(got) == 4
@@ -143,3 +145,13 @@ def test_updates_from_threads_are_all_counted():
 
 def test_format_duration():
     assert format_duration(5) == "00:05" and format_duration(3725) == "1:02:05"
+
+
+def test_a_resumed_epoch_counts_only_the_steps_it_ran():
+    """Resumed at step 6 of an 8-step epoch: the rate comes from the steps run since."""
+    out, clock = io.StringIO(), Clock()
+    cb = EpochProgress(out, interval_s=60, clock=clock)
+    cb.on_train_begin({"rank": 0, "world": 1, "steps_per_epoch": 8, "start_step": 6, "total_steps": 8})
+    clock.now += 10
+    cb.on_step_end({"epoch": 0, "step": 7, "loss": 1.0, "lr": 0.01, "images_per_sec": 3.2})
+    assert lines(out)[0].startswith("epoch 1/1  88% 7/8 00:10<00:10, loss 1.0000"), lines(out)

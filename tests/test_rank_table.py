@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud.rank_table import (RankTableError, convert_modelarts_table, generate_server_table,
+from cloud.cluster.rank_table import (RankTableError, convert_modelarts_table, generate_server_table,
                               device_processes, find_own_instance, load_job_table, merge_tables,
                               read_hccn_conf, read_table, server_sort_key, validate_table,
                               write_table)

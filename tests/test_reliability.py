@@ -28,10 +28,10 @@ import pytest
 from botocore.config import Config
 
 from cloud.job import cache_path, prepare_job
-from cloud.storage import PART_MARK, open_storage
-from cloud.sync import STATE_NAME, upload_tree
+from cloud.storage.store import PART_MARK, open_storage
+from cloud.storage.sync import STATE_NAME, upload_tree
 from core import checkpoint as ckpt
-from core.metrics import read_metrics
+from core.train.metrics import read_metrics
 from tests.core_fixtures import tiny_config
 from tests.fault_tools import (DRIVER, LOCAL, TINY, base_env, listed, manifest_of, one_line_error,
                                procs, read_object)  # noqa: F401 (procs: a fixture)
@@ -327,7 +327,7 @@ def test_s3_down_during_staging_then_back_staging_resumes_without_half_files(
     """The cloud layer the launchers call (prepare_job): the server dies after 120 of 400 GETs
     (16 workers), the stage fails with one line; after the restart a new job stages only what
     is missing, and no file under its final name was ever partial."""
-    from cloud.s3client import _botocore_session
+    from cloud.storage.s3client import _botocore_session
 
     server = alive(outage_server)
     bucket = server.make_bucket()

@@ -125,8 +125,8 @@ def test_plots_are_written_and_linked(tmp_path):
 
 def test_report_from_an_s3_output_url(tmp_path, s3_server, monkeypatch):
     """The run as the cloud layer uploads it; checkpoints are not fetched."""
-    from cloud.storage import open_storage
-    from cloud.sync import upload_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import upload_tree
     run_dir = write_run(tmp_path / "run")
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "big.ckpt").write_bytes(b"x" * 1000)
@@ -152,8 +152,8 @@ def run_cli(argv) -> int:
 def test_report_of_a_url_writes_nothing_into_the_working_directory(tmp_path, s3_server, monkeypatch):
     """Without --out, a URL's report goes beside its fetched copy in the cache (it went to
     ./reports/<name>/ before)."""
-    from cloud.storage import open_storage
-    from cloud.sync import upload_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import upload_tree
     run_dir = write_run(tmp_path / "run")
     bucket = s3_server.make_bucket()
     upload_tree(str(run_dir), open_storage(f"s3://{bucket}/jobs/run8", s3_server.settings()), "")

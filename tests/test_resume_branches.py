@@ -10,14 +10,14 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from cloud.checkpoint_store import CheckpointUploader, read_manifest
-from cloud.errors import StorageError
+from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+from cloud.storage.errors import StorageError
 from cloud.job import cache_path, prepare_job
-from cloud.storage import open_storage
+from cloud.storage.store import open_storage
 from core import checkpoint as ckpt
-from core.callbacks import Callback
-from core.checkpoint_saver import CheckpointSaver
-from core.metrics import MetricsWriter
+from core.train.callbacks import Callback
+from core.train.checkpoint_saver import CheckpointSaver
+from core.train.metrics import MetricsWriter
 from launcher.cli import resolve_local_resume
 from launcher.runner import claim_run_dir
 from tests.core_fixtures import tiny_config

@@ -1,4 +1,4 @@
-"""A run owns its directory (core.run_lock) and its output URL (cloud.lease): a second writer
+"""A run owns its directory (core.train.run_lock) and its output URL (cloud.storage.lease): a second writer
 is refused with one line; an owner that is provably gone (or whose lease expired) is taken over."""
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from cloud.checkpoint_store import CheckpointUploader, read_manifest
-from cloud.lease import Lease, LeaseError
-from cloud.storage import open_storage
-from core.run_lock import LOCK_NAME, RunLock, RunLockError
+from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+from cloud.storage.lease import Lease, LeaseError
+from cloud.storage.store import open_storage
+from core.train.run_lock import LOCK_NAME, RunLock, RunLockError
 
 REPO = Path(__file__).resolve().parent.parent
-HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.run_lock import RunLock; "
+HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.train.run_lock import RunLock; "
           "RunLock(sys.argv[2], sys.argv[3]).acquire(); print('held', flush=True); time.sleep(60)")
 
 
@@ -85,7 +85,7 @@ def test_a_second_train_into_a_directory_in_use_is_one_error_line_and_writes_not
 
 
 def test_seaweedfs_honours_conditional_puts(s3_server):
-    """What cloud.lease relies on where the store supports it (SeaweedFS 4.48 does)."""
+    """What cloud.storage.lease relies on where the store supports it (SeaweedFS 4.48 does)."""
     client, bucket = s3_server.client(), s3_server.make_bucket()
     client.put_object(Bucket=bucket, Key="k", Body=b"1", IfNoneMatch="*")
     with pytest.raises(ClientError, match="PreconditionFailed"):

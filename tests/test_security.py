@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 
 from cloud.job import cache_path
-from cloud.storage import open_storage
-from cloud.sync import upload_tree
-from core.synthetic import generate
+from cloud.storage.store import open_storage
+from cloud.storage.sync import upload_tree
+from core.data.synthetic import generate
 from tests.fault_tools import (DRIVER, LOCAL, REPO, TINY, base_env, changed, listed, one_line_error,
                                private_s3, procs, read_object, snapshot)  # noqa: F401 (fixtures)
 

@@ -1,4 +1,4 @@
-"""storage.engine: the lean request path (cloud.s3lean) against botocore and SeaweedFS.
+"""storage.engine: the lean request path (cloud.storage.s3lean) against botocore and SeaweedFS.
 
 The guarantees of staging (incremental, atomic, once per node, traversal refusal) are tested
 on both engines in tests/test_sync.py; this module checks the lean path itself: it carries
@@ -14,10 +14,10 @@ import os
 
 import pytest
 
-from cloud import s3lean
-from cloud.storage import open_storage
+from cloud.storage import s3lean
+from cloud.storage.store import open_storage
 from tests.s3_server import fresh_prefix
-from cloud.sync import download_tree, upload_tree
+from cloud.storage.sync import download_tree, upload_tree
 
 
 
@@ -128,7 +128,7 @@ def test_lean_requests_are_not_used_behind_a_proxy_or_without_keys(s3_server, sh
 
 
 def test_unknown_engine_is_one_clear_error():
-    from cloud.settings import to_settings
+    from cloud.storage.settings import to_settings
     with pytest.raises(ValueError, match="storage engine 's5': expected one of auto, boto3"):
         to_settings({"engine": "s5"})
 

@@ -1,4 +1,4 @@
-"""cloud.urls, cloud.settings, cloud.s3client and cloud.storage, against SeaweedFS."""
+"""cloud.storage.urls, cloud.storage.settings, cloud.storage.s3client and cloud.storage.store, against SeaweedFS."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import socket
 
 import pytest
 
-from cloud import s3client
-from cloud.errors import StorageError, UnsafeKeyError
-from cloud.settings import StorageSettings, to_settings
-from cloud.storage import LocalStorage, S3Storage, open_storage
-from cloud.urls import check_relative_key, is_remote_url, parse_url, safe_local_path
+from cloud.storage import s3client
+from cloud.storage.errors import StorageError, UnsafeKeyError
+from cloud.storage.settings import StorageSettings, to_settings
+from cloud.storage.store import LocalStorage, S3Storage, open_storage
+from cloud.storage.urls import check_relative_key, is_remote_url, parse_url, safe_local_path
 
 CREDENTIAL_VARS = [n for names in s3client.CREDENTIAL_ENV.values() for n in names] + [
     "S3_ENDPOINT", "OBS_ENDPOINT", "OBS_REGION", "S3_USE_HTTPS", "AWS_ENDPOINT_URL",

@@ -1,4 +1,4 @@
-"""cloud.sync and cloud.node_lock against SeaweedFS and local directories."""
+"""cloud.storage.sync and cloud.storage.node_lock against SeaweedFS and local directories."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from itertools import chain
 
 import pytest
 
-from cloud.errors import StorageError, UnsafeKeyError
-from cloud.node_lock import lock_paths, run_once_per_node
-from cloud.storage import PART_MARK, ObjectInfo, open_storage
+from cloud.storage.errors import StorageError, UnsafeKeyError
+from cloud.storage.node_lock import lock_paths, run_once_per_node
+from cloud.storage.store import PART_MARK, ObjectInfo, open_storage
 from tests.s3_server import fresh_prefix
-from cloud.sync import STATE_NAME, download_tree, upload_tree
+from cloud.storage.sync import STATE_NAME, download_tree, upload_tree
 from tests.fault_tools import run_spawned
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -206,7 +206,7 @@ class BrokenStream:
 
 
 class BrokenLeanResponse:
-    """A lean GET's answer (cloud.s3lean) whose body dies after ``limit`` bytes."""
+    """A lean GET's answer (cloud.storage.s3lean) whose body dies after ``limit`` bytes."""
 
     def __init__(self, response, limit):
         self._response, self._left = response, limit
@@ -228,7 +228,7 @@ class BrokenLeanResponse:
 @pytest.mark.parametrize("engine", ENGINES)
 def test_failed_download_leaves_no_partial_file(s3_server, shared_bucket, tmp_path, monkeypatch,
                                                 engine):
-    from cloud.s3lean import LeanS3
+    from cloud.storage.s3lean import LeanS3
     settings = s3_server.settings(multipart_threshold_mb=1, multipart_chunksize_mb=1, workers=2,
                                   engine=engine)
     storage = open_storage(f"{fresh_prefix(shared_bucket)}/pre", settings)
@@ -289,8 +289,8 @@ def test_failed_download_leaves_no_partial_file(s3_server, shared_bucket, tmp_pa
 CRASHING_CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {repo!r})
-    from cloud.storage import open_storage
-    from cloud.sync import download_tree
+    from cloud.storage.store import open_storage
+    from cloud.storage.sync import download_tree
     storage = open_storage({url!r}, {settings!r})
 
     def slow_body(parsed, **kwargs):
@@ -302,7 +302,7 @@ CRASHING_CHILD = textwrap.dedent("""
                 return read(amt)
             body.read = slow_read
     storage.client.meta.events.register("after-call.s3.GetObject", slow_body)
-    from cloud import s3lean  # the lean path reads the body piece by piece
+    from cloud.storage import s3lean  # the lean path reads the body piece by piece
     lean_chunks = s3lean._Answer.chunks
     def slow_chunks(self):
         for piece in lean_chunks(self):

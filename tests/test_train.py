@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from core import checkpoint as ckpt
-from core.callbacks import Callback
+from core.train.callbacks import Callback
 from core.config import ConfigError
-from core.metrics import read_metrics
-from core.train import train
+from core.train.metrics import read_metrics
+from core.train.loop import train
 from tests.core_fixtures import tiny_config
 
 
@@ -78,8 +78,8 @@ sys.path.insert(0, sys.argv[1])
 import launcher.openmp
 import numpy as np
 from core import checkpoint as ckpt
-from core.metrics import read_metrics
-from core.train import train
+from core.train.metrics import read_metrics
+from core.train.loop import train
 from tests.core_fixtures import tiny_config
 data, root = sys.argv[2], sys.argv[3]
 # system.cpu_threads=1: MindSpore's CPU kernels otherwise choose their parallel split by timing
@@ -166,9 +166,9 @@ def test_training_graph_normalises_the_uint8_batch_as_the_eval_pipeline_does(tin
     import mindspore as ms
     from mindspore.dataset import vision
 
-    from core.pipeline import pixel_normalization
-    from core.loss import LabelSmoothingCrossEntropy
-    from core.run import NetWithLoss
+    from core.data.pipeline import pixel_normalization
+    from core.train.loss import LabelSmoothingCrossEntropy
+    from core.train.run import NetWithLoss
     cfg = tiny_config(tiny_dataset, tmp_path)
     mean, std = pixel_normalization(cfg.data)
     pixels = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)

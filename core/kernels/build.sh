@@ -1,18 +1,18 @@
 #!/bin/sh
 # Build the project's native CPU libraries next to their sources; `make kernels` and the
 # Dockerfile both call this.
-#   libmnv3_depthwise.<isa>.so  the CPU operators (convs, BN + activation, pooling, squeeze-
+#   libmnv3_cpu_ops.<isa>.so  the CPU operators (convs, BN + activation, pooling, squeeze-
 #                         excite, normalisation, fused inference) as MindSpore custom operators
-#                         (core/fast_conv.py), one library per instruction set: x86-64 gets
+#                         (core/nn/cpu_ops.py), one library per instruction set: x86-64 gets
 #                         avx512 (x86-64-v4), avx2 (x86-64-v3) and baseline (x86-64) builds, each
 #                         with vectors of its own register width; aarch64 one neon build. The
 #                         runner loads the best one the CPU executes (system.kernel_isa).
-#   libmnv3_jpeg.so       training-image crop-decode + augmentation (core/jpeg_augment.py),
+#   libmnv3_jpeg.so       training-image crop-decode + augmentation (core/data/jpeg_augment.py),
 #                         linked against the SIMD libjpeg-turbo that Pillow ships and loads
 # Usage: core/kernels/build.sh [PYTHON]   (PYTHON: the interpreter that has Pillow installed)
 # A library newer than its source is kept (no compiler needed). A library that cannot be built
 # (no C++ compiler, no Pillow libjpeg) is skipped with a warning: the runner then uses nn.Conv2d
-# and MindSpore's dataset ops (system.depthwise_impl=auto, data.decoder=auto); results are the
+# and MindSpore's dataset ops (system.cpu_ops=auto, data.decoder=auto); results are the
 # same, only slower. With MNV3_REQUIRE_KERNELS=1 (`make test`, CI) that is an error instead:
 # the tests of the native code paths must run. A failed compile is always an error.
 # A compiler without GCC's x86 function multiversioning (target_clones) gets a plain build of
@@ -21,7 +21,7 @@ set -u
 PY=${1:-python3}
 CXX=${CXX:-g++}
 HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(dirname "$(dirname "$HERE")")
+ROOT=$(cd "$HERE/../.." && pwd)
 REQUIRE=${MNV3_REQUIRE_KERNELS:-0}
 
 status=0
@@ -69,14 +69,14 @@ variants() {
     esac
 }
 
-rm -f "$HERE/libmnv3_depthwise.so"  # the single multi-ISA library of earlier builds
+rm -f "$HERE/libmnv3_cpu_ops.so" "$HERE"/libmnv3_depthwise*.so  # earlier builds: one multi-ISA library, old names
 if ! have_compiler; then
-    cannot "$HERE/libmnv3_depthwise.so" "C++ compiler $CXX not found (install g++, or set CXX)"
+    cannot "$HERE/libmnv3_cpu_ops.so" "C++ compiler $CXX not found (install g++, or set CXX)"
 else
     for spec in $(variants); do
-        lib=$HERE/libmnv3_depthwise.${spec%%:*}.so
+        lib=$HERE/libmnv3_cpu_ops.${spec%%:*}.so
         # shellcheck disable=SC2086  # one flag or none
-        fresh "$lib" "$HERE/depthwise_conv.cc" || compile "$lib" "$HERE/depthwise_conv.cc" -fopenmp -Wno-psabi ${spec#*:} || :
+        fresh "$lib" "$HERE/cpu_ops.cc" || compile "$lib" "$HERE/cpu_ops.cc" -fopenmp -Wno-psabi ${spec#*:} || :
     done
 fi
 
@@ -84,7 +84,7 @@ lib=$HERE/libmnv3_jpeg.so
 # also rebuilt when it no longer loads, e.g. after a Pillow upgrade renamed its libjpeg
 loads() { (cd "$ROOT" && "$PY" -c "from core import jpeg_augment as j; raise SystemExit(not j.available())") 2>/dev/null; }
 if ! fresh "$lib" "$HERE/jpeg_augment.cc" || ! loads; then
-    jpeg=$(cd "$ROOT" && "$PY" -c "from core.jpeg_augment import jpeg_library_file as f; print(f() or '')" 2>/dev/null)
+    jpeg=$(cd "$ROOT" && "$PY" -c "from core.data.jpeg_augment import jpeg_library_file as f; print(f() or '')" 2>/dev/null)
     if [ -z "$jpeg" ]; then
         cannot "$lib" "Pillow's libjpeg not found with $PY"
     else

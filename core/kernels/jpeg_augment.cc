@@ -2,11 +2,11 @@
 //
 // Why: MindSpore 2.10's dataset engine links a libjpeg-turbo built without SIMD, and decoding is
 // most of the input pipeline's time. This file decodes with the SIMD libjpeg-turbo that Pillow
-// ships (loaded by core/jpeg_augment.py), and like MindSpore's RandomCropDecodeResize decodes
+// ships (loaded by core/data/jpeg_augment.py), and like MindSpore's RandomCropDecodeResize decodes
 // only the rows down to the bottom of the crop and only the iMCU columns under it. When the
 // crop is at least twice the output size, libjpeg's DCT scaling (1/2, 1/4, 1/8) decodes it
 // directly at a smaller size. The box and the random factors are chosen by the caller
-// (core/jpeg_augment.py), so the result is a pure function of (bytes, parameters).
+// (core/data/jpeg_augment.py), so the result is a pure function of (bytes, parameters).
 //
 // Resize is bilinear with half-pixel centres, clamped at the crop's edges: what OpenCV's
 // INTER_LINEAR (MindSpore's Resize) does after a crop. Colour jitter follows MindSpore's

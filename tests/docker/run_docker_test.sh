@@ -16,7 +16,7 @@
 #     /home/ma-user/modelarts/outputs/train_url_0) stopped with SIGTERM after its first
 #     checkpoint and started again: the second run must resume (summary.json start_step > 0);
 #  6. builds the gpu target on a stand-in for the CUDA image (tests/docker/fake-cuda.Dockerfile:
-#     its layout, empty library files) and runs cloud.gpu_check in it: no driver, a stand-in
+#     its layout, empty library files) and runs cloud.cluster.gpu_check in it: no driver, a stand-in
 #     V100 (passes), a stand-in H100 (refused). Real CUDA is not exercised here.
 #
 # Variables: DOCKER_TEST_STATE (data root + base tarball, kept between runs for the layer cache;
@@ -180,7 +180,8 @@ run() {  # docker run as ModelArts' ma-user on the host network
 # Both images: the venv interpreter, MindSpore from where it should be, the native libraries.
 check_image='
 import os, sys, mindspore, yaml, boto3, PIL
-from core import fast_conv, jpeg_augment
+from core.nn import cpu_ops
+from core.data.sources import jpeg_augment
 assert sys.executable == "/opt/mnv3/venv/bin/python", sys.executable
 assert sys.prefix == "/opt/mnv3/venv", sys.prefix
 expect = os.environ["MS_FROM"]
@@ -188,7 +189,7 @@ assert mindspore.__file__.startswith(expect), (mindspore.__file__, expect)
 for m in (yaml, boto3, PIL):
     assert m.__file__.startswith("/opt/mnv3/venv/"), m.__file__
 assert jpeg_augment.available(), jpeg_augment.load_error()
-assert fast_conv.available()
+assert cpu_ops.available()
 print("ok:", mindspore.__version__, "from", os.path.dirname(mindspore.__file__),
       "| native libraries load | jpeg:", jpeg_augment.linked_jpeg_library())
 '
@@ -214,7 +215,7 @@ JOB=$RUN_DIR/job
 mkdir -p "$JOB/data" "$JOB/outputs"
 chown -R 1000:100 "$JOB"
 run --rm -v "$JOB/data:/data" "$IMAGE" "$PY" -c \
-    "from core.synthetic import ensure_demo_dataset; ensure_demo_dataset('/data/imagefolder')" >/dev/null
+    "from core.data.synthetic import ensure_demo_dataset; ensure_demo_dataset('/data/imagefolder')" >/dev/null
 job_args=(-e VC_TASK_INDEX=0 -e VC_WORKER_NUM=1 -e VC_WORKER_HOSTS=127.0.0.1 -e MA_NUM_GPUS=0
           -e MA_NUM_HOSTS=1 -e MA_VJ_NAME=mnv3-docker-test -e MA_CURRENT_INSTANCE_NAME=mnv3-docker-test-worker-0
           -e MA_CURRENT_IP=127.0.0.1 -e MA_JOB_DIR=/home/ma-user/mnv3 -e MA_LOG_DIR=/tmp/log
@@ -273,7 +274,7 @@ chmod 755 "$RUN_DIR/nvidia/bin/nvidia-smi"
 gpu_check() {  # gpu_check [docker run options]: the check as the launchers report it
     run --rm "$@" "$IMAGE_GPU" "$PY" -c "import sys
 from launcher.common import run_main
-from cloud.gpu_check import check_gpu_runtime
+from cloud.cluster.gpu_check import check_gpu_runtime
 sys.exit(run_main(lambda argv: print(check_gpu_runtime().summary())))" 2>&1
 }
 out=$(gpu_check) && fail "gpu check passed without a driver: $out"

@@ -2,7 +2,7 @@
 
 A test that wants it puts this folder first on the PYTHONPATH of the processes it starts, so each
 of them (the launcher, msrun's ranks) imports this file at start-up. With MNV3_TEST_DUMP_DIR or
-MNV3_TEST_CRASH_AT set (see train_hooks.py), core.train.train is wrapped the moment core.train is
+MNV3_TEST_CRASH_AT set (see train_hooks.py), core.train.loop.train is wrapped the moment core.train.loop is
 imported; nothing is imported before that, so start-up (e.g. launcher.openmp before MindSpore)
 is unchanged.
 """
@@ -11,7 +11,7 @@ import importlib.machinery
 import os
 import sys
 
-TARGET = "core.train"
+TARGET = "core.train.loop"
 
 
 class _WrapTrainOnImport(importlib.abc.MetaPathFinder):

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from core.callbacks import Callback
+from core.train.callbacks import Callback
 
 
 class CrashAt(Callback):
@@ -57,8 +57,8 @@ class DebugDump(Callback):
     """Per-rank trainable weights and the image files the input pipeline read.
 
     The trainer hands callbacks no network and the input pipeline reports no files, so while
-    `recording()` is active this wraps core.run.build_model (keeping the first network) and the
-    `open` that core.imagefolder reads images with (noting each file opened: what was read, also
+    `recording()` is active this wraps core.train.run.build_model (keeping the first network) and the
+    `open` that core.data.imagefolder reads images with (noting each file opened: what was read, also
     when a resumed epoch starts part-way through its order)."""
 
     def __init__(self, folder: str | os.PathLike):
@@ -69,9 +69,9 @@ class DebugDump(Callback):
 
     @contextlib.contextmanager
     def recording(self):
-        import core.imagefolder
-        import core.run
-        build = core.run.build_model
+        import core.data.imagefolder
+        import core.train.run
+        build = core.train.run.build_model
 
         def recording_build(*args, **kwargs):
             net = build(*args, **kwargs)
@@ -83,12 +83,12 @@ class DebugDump(Callback):
             self.order.setdefault(str(Path(file).parent.parent), []).append(str(file))
             return open(file, *args, **kwargs)
 
-        core.run.build_model, core.imagefolder.open = recording_build, recording_open
+        core.train.run.build_model, core.data.imagefolder.open = recording_build, recording_open
         try:
             yield self
         finally:
-            core.run.build_model = build
-            del core.imagefolder.open
+            core.train.run.build_model = build
+            del core.data.imagefolder.open
 
     def on_train_begin(self, info):
         self.rank, self.world = info["rank"], info["world"]
@@ -117,7 +117,7 @@ def callbacks_from_environ(environ=os.environ) -> list:
 
 
 def instrumented(train):
-    """core.train.train with the environment's callbacks added to the caller's (and, for a
+    """core.train.loop.train with the environment's callbacks added to the caller's (and, for a
     DebugDump, recording while it runs)."""
     signature = inspect.signature(train)
 

@@ -1,4 +1,4 @@
-// Parity harness of the native kernel library (core/kernels/depthwise_conv.cc), independent of
+// Parity harness of the native kernel library (core/kernels/cpu_ops.cc), independent of
 // MindSpore: every exported ops.Custom AOT entry point is called, through the same calling
 // convention MindSpore uses, on random inputs of the shapes MobileNetV3-Small gives it (small
 // batches, odd planes, 1x1 planes, channel and pixel counts that are not multiples of a vector)
@@ -9,7 +9,7 @@
 //
 // Build (the kernel linked in; its flags decide which code path is tested):
 //   g++ -march=x86-64-v3 -DMNV3_NO_MULTI_ISA -O3 -fopenmp -std=c++17
-//       tests/kernels/parity.cc core/kernels/depthwise_conv.cc -o parity -ldl
+//       tests/kernels/parity.cc core/kernels/cpu_ops.cc -o parity -ldl
 // or build the harness alone and load a built library with --lib PATH.
 //
 // Usage: parity [--small] [--rtol X] [--filter SUB[,SUB...]] [--lib PATH] [--inject] [--seed N]
@@ -713,7 +713,7 @@ void bn_inputs(const T &x, const T &gamma, const T &beta, double eps, int act, i
 
 void bn_cases(const std::vector<int64_t> &s, Rng &rng) {
   const int64_t n = s[0], c = s[1], hw = s[2] * s[3], count = n * hw;
-  const double eps = 1e-3;  // core.model.BN_EPS
+  const double eps = 1e-3;  // core.nn.model.BN_EPS
   for (int act : {kNone, kRelu, kHswish}) {
     run_case(std::string("BnActFwd") + kActSuffix[act] + " " + dims(s), [&](Case &cs) {
       T x(s), gamma({c}), beta({c}), e({1}), y(s), mean({c}), var({c});
@@ -899,7 +899,7 @@ void reject_cases() {
 }
 
 // ---- the cases -------------------------------------------------------------------------------
-// MobileNetV3-Small (core/model.py SMALL_BLOCKS) at a small batch: stem 3->16 3x3 s2; depthwise
+// MobileNetV3-Small (core/nn/model.py SMALL_BLOCKS) at a small batch: stem 3->16 3x3 s2; depthwise
 // 3x3 (16, 72, 88 channels) and 5x5 (96, 240, 120, 144, 288, 576) at stride 1 and 2; 1x1 convs
 // 16<->72/88, 24<->96, 40<->240/120, 48<->144/288, 96<->576; SE squeezes 8..144; classifier
 // 576->1024 (hard-swish) -> 1000. Planes are smaller than at 224 px (the kernels' paths depend
@@ -1054,7 +1054,7 @@ int main(int argc, char **argv) {
   sigaction(SIGBUS, &sa, nullptr);
 
   if (opt.lib.empty() && std::none_of(entries.begin(), entries.end(), [](const auto &e) { return e.second; })) {
-    std::fprintf(stderr, "parity: no kernel linked in: link core/kernels/depthwise_conv.cc or pass --lib PATH\n");
+    std::fprintf(stderr, "parity: no kernel linked in: link core/kernels/cpu_ops.cc or pass --lib PATH\n");
     return 2;
   }
   if (opt.lib.empty())

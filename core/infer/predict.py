@@ -154,6 +154,17 @@ def read_card(graph: str | Path) -> dict:
     return card
 
 
+def card_and_names(graph: Path, class_names: Optional[Sequence[str]]) -> tuple[dict, list]:
+    """An exported graph's card and the class names to print: given ones, else the card's."""
+    from core.checkpoint import CheckpointError
+    card = read_card(graph)
+    names = list(class_names) if class_names else card.get("class_names")
+    if not names:
+        raise CheckpointError(f"no class names for {graph.name} (neither in its card nor in "
+                              f"classes.json); pass --classes")
+    return card, names
+
+
 def from_mindir(graph: str | Path, class_names: Optional[Sequence[str]] = None) -> Predictor:
     import mindspore as ms
 
@@ -161,11 +172,7 @@ def from_mindir(graph: str | Path, class_names: Optional[Sequence[str]] = None) 
     graph = Path(graph)
     if not graph.is_file():
         raise CheckpointError(f"exported model not found: {graph}")
-    card = read_card(graph)
-    names = list(class_names) if class_names else card.get("class_names")
-    if not names:
-        raise CheckpointError(f"no class names for {graph.name} (neither in its card nor in "
-                              f"classes.json); pass --classes")
+    card, names = card_and_names(graph, class_names)
     try:
         cell = ms.nn.GraphCell(ms.load(str(graph)))
     except (RuntimeError, ValueError) as exc:
@@ -192,11 +199,7 @@ def from_onnx(graph: str | Path, class_names: Optional[Sequence[str]] = None) ->
         raise CheckpointError(f"{graph.name} is an ONNX export, which predict runs with onnxruntime: "
                               f"not installed (pip install onnxruntime); else pass a .ckpt, a run "
                               f"directory or an exported .mindir") from None
-    card = read_card(graph)
-    names = list(class_names) if class_names else card.get("class_names")
-    if not names:
-        raise CheckpointError(f"no class names for {graph.name} (neither in its card nor in "
-                              f"classes.json); pass --classes")
+    card, names = card_and_names(graph, class_names)
     try:
         session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for a bad file

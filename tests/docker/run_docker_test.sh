@@ -181,7 +181,7 @@ run() {  # docker run as ModelArts' ma-user on the host network
 check_image='
 import os, sys, mindspore, yaml, boto3, PIL
 from core.nn import cpu_ops
-from core.data.sources import jpeg_augment
+from core.data import jpeg_augment
 assert sys.executable == "/opt/mnv3/venv/bin/python", sys.executable
 assert sys.prefix == "/opt/mnv3/venv", sys.prefix
 expect = os.environ["MS_FROM"]

@@ -162,3 +162,7 @@ def test_training_skips_a_damaged_jpeg_instead_of_dying(tiny_dataset, tmp_path):
     assert f"skipped 1 unreadable image(s), e.g. {victim}" in result.stdout + result.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["files"] for r in records if r["type"] == "corrupt"] == [[str(victim)]]
+    # one epoch numbering (epochs completed at the record's step), as the epoch record has it
+    [corrupt] = [r for r in records if r["type"] == "corrupt"]
+    [epoch] = [r for r in records if r["type"] == "epoch"]
+    assert (corrupt["epoch"], corrupt["step"]) == (epoch["epoch"], epoch["step"]) == (1, epoch["step"])

@@ -125,7 +125,8 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
         why = corrupt.problems.get(first)
         log.warning("epoch %d: skipped %d unreadable image(s), e.g. %s%s", epoch + 1,
                     len(corrupt.files), first, f" ({why})" if why else "")
-        metrics.write("corrupt", epoch=epoch, count=len(corrupt.files), files=corrupt.files[:20])
+        metrics.write("corrupt", epoch=step // run.per_epoch, step=step, count=len(corrupt.files),
+                      files=corrupt.files[:20])
     if losses:
         _report_epoch(run, epoch, step, losses, (time.time() - started) * 1000, metrics, events)
     return EpochOutcome(step, stopped, len(losses))

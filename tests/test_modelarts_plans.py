@@ -275,16 +275,17 @@ def test_preset_engine_simulation_trains_two_ranks_checkpoints_once_and_resumes(
     engine sets (RANK_ID, DEVICE_ID, RANK_SIZE) and no msrun: it trains as 2 ranks, only rank 0
     writes checkpoints, and a second start (the platform's restart) resumes."""
     train_url = tmp_path / "outputs" / "train_url_0"
-    port = free_port()
     base = {name: "" for name in PLATFORM_VARS + EXTRA_VARS}
     base.update(VC_TASK_INDEX="0", VC_WORKER_NUM="1", MA_NUM_GPUS="2", MA_VJ_NAME="job-preset",
-                RANK_SIZE="2", MS_SCHED_PORT=str(port), data_url=str(tiny_dataset),
-                train_url=str(train_url))
+                RANK_SIZE="2", data_url=str(tiny_dataset), train_url=str(train_url))
 
     def start_both(epochs: int) -> None:
+        # a fresh scheduler port per start: the first start's may still be held (TIME_WAIT)
+        # when the second binds it, and MindSpore's scheduler then fails to start
+        port = str(free_port())
         procs = [launched.start(["launcher/modelarts.py", "--cache_dir", tmp_path / "cache",
                                  f"--train_epochs={epochs}", *HYPER],
-                                dict(base, RANK_ID=str(rank), DEVICE_ID=str(rank)))
+                                dict(base, MS_SCHED_PORT=port, RANK_ID=str(rank), DEVICE_ID=str(rank)))
                  for rank in (0, 1)]
         for proc in procs:
             assert launched.wait(proc, 240) == 0, launched.output()[-5000:]

@@ -152,10 +152,8 @@ def compare(custom: Callable[[], object], plain: Callable[[], object], repeats: 
     alternating, so other work on the machine slows both alike and the minimum sees each side
     when it had the cores."""
     runs = (_runner(custom), _runner(plain))
-    best = [min(run() for run in runs[:1]), min(run() for run in runs[1:])]
-    for _ in range(repeats - 1):
-        best = [min(best[0], runs[0]()), min(best[1], runs[1]())]
-    return tuple(best)
+    times = [[run() for run in runs] for _ in range(repeats)]  # the sides alternating
+    return tuple(min(side) for side in zip(*times))
 
 
 def measure(families=cpu_ops.FAMILIES) -> dict:

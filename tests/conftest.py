@@ -6,7 +6,7 @@ pytest_plugins = ["tests.s3_server", "tests.core_fixtures"]
 
 def pytest_configure(config):
     """MNV3_TEST_KERNEL_ISA=avx2 (or baseline, ...) runs the session's custom operators on that
-    instruction-set build of the kernel library: tests/test_kernel_isa.py reruns the parity
+    instruction-set build of the kernel library: tests/core/nn/test_kernel_isa.py reruns the parity
     tests that way on every build this host executes, so an AVX2 or baseline path cannot hide
     behind an AVX-512 development machine."""
     import os

@@ -1,4 +1,4 @@
-"""A checkpoint writer for tests/test_adversarial.py: the real Lease, CheckpointUploader and
+"""A checkpoint writer for tests/launcher/test_adversarial.py: the real Lease, CheckpointUploader and
 PreparedJob publish, in a process a test can SIGSTOP.
 
     python tests/lease_writer.py OUTPUT_URL RUN_DIR TTL_S

@@ -1,6 +1,6 @@
 """A stand-in for ModelArts' v2 training-job API, for tests: a real HTTP server on 127.0.0.1.
 
-It is NOT ModelArts. It implements the few calls launcher/modelarts_jobs.py makes, with the paths,
+It is NOT ModelArts. It implements the few calls launcher/modelarts/jobs.py makes, with the paths,
 bodies and answers of the API reference, and checks every request the way the API gateway does:
 the AK/SK signature is recomputed here, independently of the SDK's signer, from the canonical
 request described in Huawei's API signing guide; a bad one gets the gateway's error JSON

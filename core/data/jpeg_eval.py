@@ -11,7 +11,7 @@ The geometry is MindSpore's: Resize(n) makes the shorter side n and the longer o
 int(longer * n / shorter); CenterCrop's offset is floor((resized - crop) / 2). The resize is
 bilinear with half-pixel centres clamped at the image's edges (OpenCV's INTER_LINEAR), rounded to
 uint8 before (v - mean) / std, so a batch equals the MindSpore path's within one grey level
-(OpenCV rounds fixed-point weights; tests/test_eval_decoder.py).
+(OpenCV rounds fixed-point weights; tests/core/data/test_eval_decoder.py).
 
 DCT scaling (allow_scaling=True): a JPEG at least twice the resized size on both sides is decoded
 at 1/2, 1/4 or 1/8 scale (the largest reduction that keeps it at least the resized size) and

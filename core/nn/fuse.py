@@ -18,7 +18,7 @@ rewrites a network that will only be evaluated:
   dropout is the identity in inference): MindSpore's ReduceMean and MatMul took over 10x longer
   than onnxruntime's.
 
-Results equal the unfused network up to float rounding (tests/test_fuse.py). Only the
+Results equal the unfused network up to float rounding (tests/core/nn/test_fuse.py). Only the
 project's own units are recognised (others are left as they are), and only where the custom
 operator is in use (CPU with the kernel library built, ``system.cpu_ops`` not
 ``native``): elsewhere the network is returned unchanged. The fused network is for inference

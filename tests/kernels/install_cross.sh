@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs what tests/test_kernel_variants.py needs to test the kernels' aarch64 (NEON) path on
+# Installs what tests/core/nn/test_kernel_variants.py needs to test the kernels' aarch64 (NEON) path on
 # an x86-64 machine: the aarch64 cross compiler (Debian package g++-aarch64-linux-gnu, which
 # brings the aarch64 libc, libstdc++ and libgomp under /usr/aarch64-linux-gnu) and qemu-user
 # (qemu-aarch64). Idempotent: nothing is installed, and apt is not touched, when both commands

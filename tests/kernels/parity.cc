@@ -3,7 +3,7 @@
 // convention MindSpore uses, on random inputs of the shapes MobileNetV3-Small gives it (small
 // batches, odd planes, 1x1 planes, channel and pixel counts that are not multiples of a vector)
 // and compared with a plain double-precision reference written here. One line per case; the exit
-// status is non-zero when any case mismatches. tests/test_kernel_variants.py builds it with the
+// status is non-zero when any case mismatches. tests/core/nn/test_kernel_variants.py builds it with the
 // kernel source for every ISA variant the host can run (AVX-512, AVX2, baseline x86-64) and for
 // aarch64 (NEON) under qemu-user.
 //

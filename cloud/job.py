@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from cloud.storage.branches import resume_from_cache, supersede_remote
-from cloud.storage.checkpoint_store import CheckpointUploader, fetch_checkpoint, read_manifest, resolve_resume
+from cloud.storage.checkpoint_store import CheckpointUploader, fetch_checkpoint, newest_checkpoint
 from cloud.storage.errors import StorageError
 from cloud.storage.lease import Lease
 from cloud.storage.node_lock import run_once_per_node
@@ -25,6 +24,8 @@ from cloud.storage.settings import to_settings
 from cloud.storage.store import open_storage
 from cloud.storage.sync import download_tree, upload_tree
 from cloud.storage.urls import is_remote_url, parse_url
+from core.checkpoint import CheckpointError, load, step_of_checkpoint
+from core.checkpoint_store import CheckpointStore, run_checkpoints
 from core.train.callbacks import Callback
 from core.data.sources import open_dataset
 
@@ -145,35 +146,21 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
 def resume_from_output_url(cfg, output_url: str, cache_dir: Path, settings) -> str:
     """`--resume auto` with a local output folder that the platform mirrors to `output_url`
     (ModelArts' train_url: its output is uploaded, but not necessarily downloaded again before a
-    restart). The local folder's checkpoints win; when it has none, the checkpoints at
-    `output_url` are read directly (with the node's credentials, e.g. storage.metadata_url's
-    agency): the manifest's newest good one, else the newest `checkpoints/*.ckpt` object (a
-    folder the platform uploaded has no manifest). Returns "auto" when neither holds any. A store
+    restart). The local folder's checkpoints win; when it has none, the checkpoint store at
+    `output_url` is read directly (with the node's credentials, e.g. storage.metadata_url's
+    agency): its newest good checkpoint. Returns "auto" when neither holds any. A store
     that holds checkpoints but cannot be read is a StorageError: never a silent start at step 0."""
-    local = Path(cfg.system.output_dir) / "checkpoints"
-    if local.is_dir() and any(local.glob("*.ckpt")):
+    if run_checkpoints(cfg.system.output_dir, cfg.checkpoint).latest() is not None:
         return "auto"
     try:
-        storage = open_storage(output_url, settings)
-        manifest = read_manifest(storage, CHECKPOINT_PREFIX)
-        if manifest is not None:
-            found = resolve_resume(storage, CHECKPOINT_PREFIX, str(cache_dir))
-        else:
-            names = sorted(info.key for info in storage.list(f"{CHECKPOINT_PREFIX}/")
-                           if info.key.endswith(".ckpt") and "/superseded-" not in info.key)
-            found = None
-            if names:
-                key = names[-1]  # names sort by epoch and step (zero-padded)
-                found = str(cache_dir / Path(key).name)
-                cache_dir.mkdir(parents=True, exist_ok=True)
-                storage.download_file(key, found)
+        found = newest_checkpoint(open_storage(output_url, settings), CHECKPOINT_PREFIX, str(cache_dir))
     except StorageError as exc:
         raise StorageError(f"cannot read the checkpoints of {output_url} to resume this "
                            f"(re)started job: {exc}; refusing to start again from step 0 (fix "
                            f"the store's access, e.g. storage.metadata_url, or pass --resume none "
                            f"to start over on purpose)") from exc
     if found is None:
-        log.info("no checkpoints in %s or at %s: starting fresh", local, output_url)
+        log.info("no checkpoints in %s or at %s: starting fresh", cfg.system.output_dir, output_url)
         return "auto"
     log.info("the local output folder holds no checkpoint: resuming from %s's %s", output_url, found)
     return found
@@ -189,10 +176,9 @@ def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_di
                           if is_remote_url(pretrained) else pretrained)
     if resume == "auto":
         if output_storage is not None:
-            job.resume = resolve_resume(output_storage, CHECKPOINT_PREFIX, str(resume_cache))
+            job.resume = newest_checkpoint(output_storage, CHECKPOINT_PREFIX, str(resume_cache))
             if job.resume is None:  # killed before its first upload: this node's cache has them
-                job.resume = resume_from_cache(Path(cfg.system.output_dir), cfg.checkpoint.prefix,
-                                               cfg.checkpoint.keep, job.uploader, job.output_url)
+                job.resume = resume_from_cache(cfg, job.uploader, job.output_url)
         else:
             job.resume = "auto"  # the local launcher resolves it in the run directory
     elif is_remote_url(resume):
@@ -202,9 +188,40 @@ def _resolve(job: PreparedJob, cfg, output_storage, resume, pretrained, cache_di
             raise StorageError(f"checkpoint {resume} does not exist (pass a .ckpt file, a URL, "
                                f"or 'auto')")
         job.resume = resume
-    elif output_storage is not None and read_manifest(output_storage, CHECKPOINT_PREFIX):
+    elif output_storage is not None and _remote_store(output_storage).latest() is not None:
         raise StorageError(f"{job.output_url} already holds checkpoints; pass --resume auto to "
                            f"continue that run or choose another output URL")
     if resume and resume != "auto" and output_storage is not None and job.uploader is not None:
-        from core.checkpoint import step_of_checkpoint
-        supersede_remote(output_storage, CHECKPOINT_PREFIX, step_of_checkpoint(job.resume), job.lease)
+        _remote_store(output_storage, job.lease).supersede(step_of_checkpoint(job.resume))
+
+
+def _remote_store(output_storage, lease=None) -> CheckpointStore:
+    return CheckpointStore(output_storage, CHECKPOINT_PREFIX, owner=lease)
+
+
+def resume_from_cache(cfg, uploader, where: str) -> Optional[str]:
+    """No checkpoint on the store, but this node's cached run directory holds some (killed
+    before the first upload): the newest that loads, after queueing every loadable one for
+    upload (oldest first, so the store's manifest ends at the newest)."""
+    store = run_checkpoints(cfg.system.output_dir, cfg.checkpoint)
+    entries = store.entries()
+    good = []
+    for entry in reversed(entries):
+        path = store.fetch(entry, "")  # a local folder: the file itself
+        try:
+            good.append((path, load(path).meta))
+        except CheckpointError as exc:  # e.g. cut short by the kill
+            log.warning("skipping %s", exc)
+    if not entries:
+        return None
+    if not good:
+        raise StorageError(f"no checkpoint at {where}, and none of the checkpoints in "
+                           f"{store.describe()} loads: move them away to start afresh")
+    log.warning("no checkpoint at %s, but this node's run directory %s holds %d verified "
+                "checkpoint(s): resuming from %s%s", where, cfg.system.output_dir, len(good),
+                Path(good[-1][0]).name, " and publishing them" if uploader is not None else
+                " (this process does not upload: the next checkpoint starts the manifest)")
+    if uploader is not None:
+        for path, meta in good:
+            uploader.submit_checkpoint(path, meta)
+    return good[-1][0]

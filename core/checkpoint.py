@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -23,7 +22,7 @@ from core.nn.dropout import is_mask
 log = logging.getLogger("core.checkpoint")
 META_KEY = "runner_meta"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"^(?P<prefix>.+)-e(?P<epoch>\d+)-s(?P<step>\d+)\.ckpt$")
+RUNNER_NAME = re.compile(r"^(?P<prefix>.+)-e(?P<epoch>\d+)-s(?P<step>\d+)\.ckpt$")
 
 
 class CheckpointError(ValueError):
@@ -128,69 +127,18 @@ def load_pretrained(net, path: str | os.PathLike, classifier_prefixes: tuple = (
     return fresh
 
 
-def step_of(path: str | os.PathLike) -> int:
-    """Global step from a runner checkpoint's file name (-1 for other names)."""
-    m = _NAME.match(Path(path).name)
-    return int(m.group("step")) if m else -1
-
-
 def checkpoint_name(prefix: str, epoch: int, step: int) -> str:
+    """A periodic checkpoint's file name (core.checkpoint_store reads the step back from it)."""
     return f"{prefix}-e{epoch:04d}-s{step:08d}.ckpt"
 
 
-class CheckpointManager:
-    """The periodic checkpoints of one prefix in one folder (core.train.checkpoint_saver writes and
-    prunes them; best.ckpt is kept apart)."""
-
-    def __init__(self, folder: str | os.PathLike, prefix: str, keep: int):
-        self.folder = Path(folder)
-        self.prefix = prefix
-        self.keep = keep
-
-    def files(self) -> list[Path]:
-        """Checkpoints of this prefix, oldest first by global step."""
-        if not self.folder.is_dir():
-            return []
-        found = []
-        for f in self.folder.iterdir():
-            m = _NAME.match(f.name)
-            if m and m.group("prefix") == self.prefix:
-                found.append((int(m.group("step")), f))
-        return [f for _, f in sorted(found)]
-
-    def latest(self) -> Optional[Path]:
-        files = self.files()
-        return files[-1] if files else None
-
-    def supersede_after(self, step: int) -> Optional[Path]:
-        """The branch rule: continuing from step `step` moves the checkpoints after it into
-        `superseded-<step>-<UTC time>/` (kept, named in one log line), so keep-K and
-        `--resume auto` see only the live branch. Returns that folder, or None if none was later."""
-        later = [f for f in self.files() if step_of(f) > step]
-        if not later:
-            return None
-        aside = self.folder / f"superseded-{step}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-        aside.mkdir(exist_ok=True)
-        for f in later:
-            os.replace(f, aside / f.name)
-        log.warning("continuing from step %d: moved %d later checkpoint(s) of the earlier branch "
-                    "(up to step %d) to %s", step, len(later), step_of(later[-1]), aside)
-        return aside
-
-    def newest_loadable(self) -> list[Path]:
-        """Checkpoints that load (CRC-checked), oldest first; a damaged one (e.g. cut short by
-        a kill) is named in a warning and left out."""
-        good = []
-        for f in self.files():
-            try:
-                load(f)
-                good.append(f)
-            except CheckpointError as exc:
-                log.warning("skipping %s", exc)
-        return good
+def step_of_name(name: str) -> int:
+    """Global step from a runner checkpoint name (-1 for other names)."""
+    m = RUNNER_NAME.match(name)
+    return int(m.group("step")) if m else -1
 
 
 def step_of_checkpoint(path: str | os.PathLike) -> int:
     """Global step of a checkpoint: from its runner name, else from its metadata."""
-    step = step_of(path)
+    step = step_of_name(Path(path).name)
     return step if step >= 0 else load(path).step

@@ -72,12 +72,13 @@ def resolve_local_resume(cfg, resume: Optional[str]) -> Optional[str]:
     """'auto' -> newest checkpoint in the run directory (or None); refuse to train over a
     directory that already holds a run unless asked to resume it. Reads only: the run that
     owns the directory applies the branch rule (launcher.runner.claim_run_dir)."""
-    from core.checkpoint import CheckpointManager
+    from core.checkpoint_store import run_checkpoints
     from core.config import ConfigError
     run_dir = Path(cfg.system.output_dir)
-    latest = CheckpointManager(run_dir / "checkpoints", cfg.checkpoint.prefix, cfg.checkpoint.keep).latest()
+    store = run_checkpoints(run_dir, cfg.checkpoint)
+    latest = store.latest()
     if resume == "auto":
-        return str(latest) if latest else None
+        return store.fetch(latest) if latest else None
     if not resume and latest is not None:
         raise ConfigError(f"run directory {run_dir} already holds checkpoints; pass --resume auto "
                           f"to continue that run or choose another --output_dir")
@@ -88,18 +89,19 @@ def resolve_checkpoint_arg(text: str, args=None) -> Path:
     """A .ckpt file, or a run directory / checkpoints folder meaning its newest checkpoint;
     an s3:// or obs:// URL of either is fetched into the cache and verified first (as
     --resume and --pre_trained are: cloud.storage.checkpoint_store, storage.* keys of `args`)."""
-    from core import checkpoint as ckpt
+    from core.checkpoint import CheckpointError
+    from core.checkpoint_store import CheckpointStore, Folder
     if "://" in str(text):
         return Path(fetch_remote_checkpoint(str(text), args))
     path = Path(text)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        found = sorted(folder.glob("*.ckpt"), key=lambda f: f.stat().st_mtime)
-        periodic = [f for f in found if f.name != "best.ckpt" and ".tmp." not in f.name]
-        if not periodic:
-            raise ckpt.CheckpointError(f"no checkpoint in {folder} (pass a .ckpt file or a run "
-                                       f"directory that holds checkpoints/)")
-        return max(periodic, key=lambda f: (ckpt.step_of(f), f.stat().st_mtime))
+        store = CheckpointStore(Folder(folder))
+        latest = store.latest()
+        if latest is None:
+            raise CheckpointError(f"no checkpoint in {folder} (pass a .ckpt file or a run "
+                                  f"directory that holds checkpoints/)")
+        return Path(store.fetch(latest))
     return path
 
 
@@ -108,7 +110,7 @@ def fetch_remote_checkpoint(url: str, args=None) -> str:
     manifest beside it when there is one) or a run's output URL / its checkpoints/ prefix (the
     manifest's newest good checkpoint, size and sha256 checked). Storage settings come from
     the recipe's `storage:` section and storage.* overrides."""
-    from cloud.storage.checkpoint_store import MANIFEST_NAME, fetch_checkpoint, resolve_resume
+    from cloud.storage.checkpoint_store import MANIFEST_NAME, fetch_checkpoint, newest_checkpoint
     from cloud.storage.errors import StorageError
     from cloud.job import cache_path
     from cloud.storage.store import open_storage
@@ -127,7 +129,7 @@ def fetch_remote_checkpoint(url: str, args=None) -> str:
     if not prefix.endswith("checkpoints"):
         prefix = f"{prefix}/checkpoints" if prefix else "checkpoints"
     storage = open_storage(f"{parsed.scheme}://{parsed.bucket}/{prefix}", settings)
-    found = resolve_resume(storage, "", cache)
+    found = newest_checkpoint(storage, "", cache)
     if found is None:
         raise StorageError(f"no checkpoint under {url}: {storage.describe(MANIFEST_NAME)} does not "
                            f"exist (pass the URL of a .ckpt object or of a run's output folder)")

@@ -449,7 +449,7 @@ def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
     background, and the run directory is published at the end."""
     from launcher.cli import DEFAULT_CACHE
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
-    from core.train.run_lock import RunLock
+    from core.ownership import RunLock
     job_id = f"local-{os.getpid()}-{int(time.time())}"
     with RunLock(local_run_dir(cfg, cache_dir), job_id):  # rank 0 shares it (same job id)
         launch = prepare_launch(cfg, resume, cache_dir=cache_dir, job_id=job_id, settings=settings,
@@ -548,7 +548,7 @@ def main(argv) -> int:
     env = detect_environment(environ={}, overrides={
         "node_count": args.nnodes, "node_rank": args.node_rank, "devices_per_node": args.nproc,
         "master_addr": args.master_addr, "master_port": port, "job_id": args.job_id})
-    from core.train.run_lock import RunLock
+    from core.ownership import RunLock
     cache_dir = Path(args.cache_dir or DEFAULT_CACHE)
     with RunLock(local_run_dir(cfg, cache_dir), env.job_id):  # every node's launcher and rank 0
         launch = prepare_launch(cfg, args.resume, cache_dir=cache_dir, job_id=env.job_id,

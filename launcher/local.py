@@ -113,7 +113,7 @@ def cmd_eval(args) -> int:
     try:  # before the evaluation: a run directory it cannot write is one line, at once
         _output_dir(args, path).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        from core.train.run_lock import RunDirError
+        from core.ownership import RunDirError
         raise RunDirError(_output_dir(args, path), exc) from None
     gpu_preflight(cfg.system.device_target)
     configure(cfg.system)

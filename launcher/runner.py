@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from core.train.callbacks import Callback
-from core.checkpoint import CheckpointManager, step_of_checkpoint
+from core.checkpoint import step_of_checkpoint
+from core.checkpoint_store import run_checkpoints
 from core.config import Config
 from core.native import startup_warning
-from core.train.run_lock import RunLock
+from core.ownership import RunLock
 from core.train.loop import train
 from launcher.common import setup_logging
 
@@ -26,7 +27,7 @@ def run_training(cfg: Config, resume: Optional[str] = None, pretrained: Optional
                  job_id: Optional[str] = None) -> dict:
     """Train in cfg.system.output_dir (a local path). Rank 0 owns train.log and config.yaml;
     other ranks log to train.rank<N>.log, with a rank prefix on every line. Rank 0 first takes
-    the directory's run lock (core.train.run_lock): a second run into it is refused before it writes."""
+    the directory's run lock (core.ownership): a second run into it is refused before it writes."""
     run_dir = Path(cfg.system.output_dir)
     created = _first_missing(run_dir)  # what this run creates, if anything (parents too)
     began = _Began(_LogFile(run_dir / ("train.log" if rank == 0 else f"train.rank{rank}.log"),
@@ -116,14 +117,13 @@ def _remove_unstarted(run_dir: Path, created: Path) -> None:
 def claim_run_dir(cfg: Config, resume: Optional[str], job_id: str) -> RunLock:
     """Rank 0's claim on its run directory before anything is written there: the run lock
     (refuses a second writer), then the branch rule: continuing from an explicit checkpoint at
-    step S moves the directory's checkpoints after S aside (CheckpointManager.supersede_after),
-    so keep-K and `--resume auto` only see the live branch."""
+    step S moves the directory's checkpoints after S aside (core.checkpoint_store's
+    supersede), so keep-K and `--resume auto` only see the live branch."""
     lock = RunLock(cfg.system.output_dir, job_id).acquire()
     try:
-        manager = CheckpointManager(Path(cfg.system.output_dir) / "checkpoints",
-                                    cfg.checkpoint.prefix, cfg.checkpoint.keep)
-        if resume and Path(resume).is_file() and manager.latest() is not None:
-            manager.supersede_after(step_of_checkpoint(resume))
+        store = run_checkpoints(cfg.system.output_dir, cfg.checkpoint, owner=lock)
+        if resume and Path(resume).is_file() and store.latest() is not None:
+            store.supersede(step_of_checkpoint(resume))
     except BaseException:
         lock.release()
         raise

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -29,15 +28,15 @@ from typing import Optional
 
 from cloud.storage.errors import PreconditionFailed, StorageError
 from cloud.storage.store import S3Storage, Storage, s3_error_code
-from core.train.run_lock import pid_alive
+from core.ownership import OwnedElsewhere, in_use, owner_record, pid_alive
 
 log = logging.getLogger("cloud.storage.lease")
 LEASE_NAME = ".lease.json"
 DEFAULT_TTL_S = 90.0
 
 
-class LeaseError(StorageError):
-    """The output URL belongs to another live run."""
+class LeaseError(StorageError, OwnedElsewhere):
+    """The output URL belongs to another live run (core.ownership's refusal, as a StorageError)."""
 
 
 class _Conflict(Exception):
@@ -115,9 +114,7 @@ class Lease:
     # -- internals
 
     def _record(self) -> dict:
-        return {"owner": self.owner, "host": socket.gethostname(), "pid": os.getpid(),
-                "job_id": self.job_id, "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "expires": time.time() + self.ttl_s}
+        return owner_record(self.job_id, owner=self.owner, expires=time.time() + self.ttl_s)
 
     @staticmethod
     def _gone(current: dict) -> bool:
@@ -183,11 +180,8 @@ class Lease:
 
     def _refusal(self, owner: dict) -> LeaseError:
         until = time.strftime("%H:%M:%SZ", time.gmtime(float(owner.get("expires", 0))))
-        return LeaseError(
-            f"output {self.storage.describe()} is in use by pid {owner.get('pid', '?')} on host "
-            f"{owner.get('host', '?')} (job {owner.get('job_id', '?')}) since "
-            f"{owner.get('since', '?')}, lease renewed until {until}: wait for it, or use another "
-            f"output URL")
+        return LeaseError(in_use(f"output {self.storage.describe()}", owner, "output URL",
+                                 detail=f", lease renewed until {until}"))
 
     def _lost(self, owner: Optional[dict]) -> LeaseError:
         who = (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} (job "

@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from cloud.storage.errors import PreconditionFailed, StorageError
 from cloud.storage.settings import StorageSettings, to_settings
 from cloud.storage.urls import StorageURL, check_relative_key, parse_url, safe_local_path
-from core.train.run_lock import pid_alive
+from core.ownership import pid_alive
 
 log = logging.getLogger("cloud.storage.store")
 
@@ -155,6 +155,20 @@ class Storage(ABC):
             submit(batch, lambda err: errors.append(err) if err else None)
         if errors:
             raise errors[0]
+
+    def copy(self, src: str, dst: str) -> None:
+        """Copy an object within this storage (through a local temporary file here; S3 copies
+        server-side)."""
+        import tempfile
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, "object")
+            self.download_file(src, local)
+            self.upload_file(local, dst)
+
+    def local_file(self, key: str) -> str | None:
+        """None: a checkpoint store (core.checkpoint_store) downloads objects of a storage into
+        its cache, a local directory's too, so a resume reads a verified copy."""
+        return None
 
     def close(self) -> None:
         """Release connections; the object stays usable (it reconnects)."""

@@ -3,9 +3,8 @@
 Periodic checkpoints every N epochs and/or N steps, of which the newest K are kept; `best.ckpt`,
 the best validation so far; and a final one (kind "stop" after a stop request) unless the last
 step was just saved. Only the writing rank (rank 0) touches files; every rank keeps the same
-bookkeeping so that all of them agree on what was saved when. Keep-K prunes by step but never
-the checkpoint just written; a resume from an older step has already moved the later branch
-aside (launcher.runner.claim_run_dir), so this is a guard, not the rule.
+bookkeeping so that all of them agree on what was saved when. Which checkpoints are kept, and
+the manifest beside them, is the run directory's checkpoint store's rule (core.checkpoint_store).
 """
 from __future__ import annotations
 
@@ -13,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from core import checkpoint as ckpt
+from core.checkpoint_store import CheckpointStore, Folder
 from core.train.callbacks import Callback
 from core.train.metrics import MetricsWriter
 
@@ -24,7 +24,10 @@ class CheckpointSaver:
     def __init__(self, folder: Path, checkpoint_cfg, state: Callable[[], list], base_meta: dict,
                  writer: bool, metrics: MetricsWriter, events: Callback,
                  last_saved_step: int = -1):
-        self.checkpoints = ckpt.CheckpointManager(folder, checkpoint_cfg.prefix, checkpoint_cfg.keep)
+        self.folder = Path(folder)
+        self.prefix = checkpoint_cfg.prefix
+        self.store = CheckpointStore(Folder(self.folder), keep=checkpoint_cfg.keep,
+                                     name_prefix=checkpoint_cfg.prefix)
         self.interval_epochs = checkpoint_cfg.interval_epochs
         self.interval_steps = checkpoint_cfg.interval_steps
         self.state = state
@@ -36,20 +39,21 @@ class CheckpointSaver:
         self.best: Optional[dict] = None
 
     def save(self, epoch: int, step: int, kind: str) -> Optional[Path]:
-        """A periodic checkpoint, then the oldest beyond the newest K are removed."""
+        """A periodic checkpoint, recorded in the store (which applies keep-K)."""
         self.last_saved_step = step
         if not self.writer:
             return None
         meta = dict(self.base_meta, epoch=epoch, step=step, kind=kind)
-        manager = self.checkpoints
-        path = ckpt.save(manager.folder / ckpt.checkpoint_name(manager.prefix, epoch, step),
-                         self.state(), meta)
-        for old in manager.files()[:-manager.keep]:
-            if old != path:  # never the one just written, even if newer files sort after it
-                old.unlink(missing_ok=True)
+        path = ckpt.save(self.folder / ckpt.checkpoint_name(self.prefix, epoch, step), self.state(), meta)
+        self.store.add(path, {"epoch": epoch, "step": step, "kind": kind})
         self.metrics.write("checkpoint", path=path.name, epoch=epoch, step=step, kind=kind)
         self.events.on_checkpoint(path, meta)
         return path
+
+    def latest(self) -> Optional[Path]:
+        """The newest periodic checkpoint on disk."""
+        entry = self.store.latest()
+        return self.folder / entry["key"] if entry else None
 
     def after_step(self, epoch: int, step: int) -> None:
         if self.interval_steps and step % self.interval_steps == 0:
@@ -71,12 +75,12 @@ class CheckpointSaver:
             return
         self.best = result
         if self.writer:
-            ckpt.save(self.checkpoints.folder / "best.ckpt", self.state(),
+            ckpt.save(self.folder / "best.ckpt", self.state(),
                       dict(self.base_meta, epoch=epoch, step=step, kind="best", eval=result))
 
     def final(self, epoch: int, step: int, stopped: bool) -> Path:
         """The run's last checkpoint: written now unless step `step` was just saved."""
-        path = self.checkpoints.folder / ckpt.checkpoint_name(self.checkpoints.prefix, epoch, step)
+        path = self.folder / ckpt.checkpoint_name(self.prefix, epoch, step)
         if self.last_saved_step != step:
             path = self.save(epoch, step, "stop" if stopped else "final") or path
         return path

@@ -138,7 +138,7 @@ def _step_checkpoint_due(saver: CheckpointSaver, step: int) -> bool:
 
 def _last_good(saver: CheckpointSaver):
     """The newest periodic checkpoint: every one was checked finite before it was written."""
-    return saver.checkpoints.latest()
+    return saver.latest()
 
 
 def _read_checked(run: Run, epoch: int, step: int, pending: list, saver: CheckpointSaver) -> list:

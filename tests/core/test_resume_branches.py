@@ -10,7 +10,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+from cloud.storage.checkpoint_store import CheckpointUploader
+from core.checkpoint_store import CheckpointStore, Folder
 from cloud.storage.errors import StorageError
 from cloud.job import cache_path, prepare_job
 from cloud.storage.store import open_storage
@@ -53,7 +54,11 @@ def test_resuming_an_older_checkpoint_moves_the_later_ones_aside(tmp_path, caplo
         claim_run_dir(cfg, str(paths[1]), "job-1").release()
     (aside,) = [p for p in folder.iterdir() if p.is_dir()]
     assert aside.name.startswith("superseded-200-")
-    assert names(aside) == [paths[2].name, paths[3].name] and names(folder) == [p.name for p in paths[:2]]
+    # each branch keeps its manifest beside its checkpoints (core.checkpoint_store)
+    assert names(aside) == ["latest.json", paths[2].name, paths[3].name]
+    assert names(folder) == ["latest.json"] + [p.name for p in paths[:2]]
+    live = CheckpointStore(Folder(folder)).manifest()
+    assert [e["step"] for e in live["checkpoints"]] == [200, 100] and live["step"] == 200
     assert str(aside) in caplog.text
     assert resolve_local_resume(cfg, "auto") == str(paths[1])  # auto sees only the live branch
 
@@ -69,7 +74,7 @@ def test_resuming_an_older_checkpoint_on_s3_moves_the_later_ones_aside(s3_server
     job = prepare_job(cfg, resume=f"{url}/checkpoints/{paths[0].name}", cache_dir=tmp_path / "cache",
                       job_id="j2", settings=s3_server.settings())
     try:
-        manifest = read_manifest(storage, "checkpoints")
+        manifest = CheckpointStore(storage, "checkpoints").manifest()
         assert manifest["step"] == 100 and [e["step"] for e in manifest["checkpoints"]] == [100]
         keys = sorted(o.key for o in storage.list("checkpoints"))
         moved = [k.rsplit("/", 1)[1] for k in keys if "/superseded-100-" in k]
@@ -94,9 +99,9 @@ def test_remote_run_killed_before_its_first_upload_resumes_from_its_cache(s3_ser
         assert job.resume == str(paths[1])
         assert resolve_local_resume(job.cfg, job.resume) == str(paths[1])
         assert job.uploader.wait(30).ok
-        manifest = read_manifest(storage, "checkpoints")
+        manifest = CheckpointStore(storage, "checkpoints").manifest()
         assert manifest["step"] == 4 and [e["step"] for e in manifest["checkpoints"]] == [4, 2]
-        assert "no checkpoint manifest" in caplog.text and "publishing" in caplog.text
+        assert "no checkpoint at" in caplog.text and "publishing" in caplog.text
     finally:
         job.uploader.close(10)
         job.lease.release()

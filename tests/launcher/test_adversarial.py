@@ -485,7 +485,8 @@ def test_a_writer_stopped_past_its_lease_uploads_nothing_when_it_continues(priva
     import signal
     import time
 
-    from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+    from cloud.storage.checkpoint_store import CheckpointUploader
+from core.checkpoint_store import CheckpointStore
     from cloud.storage.lease import Lease
     from cloud.storage.store import open_storage
     server = private_s3()
@@ -526,5 +527,5 @@ def test_a_writer_stopped_past_its_lease_uploads_nothing_when_it_continues(priva
     keys = sorted(o.key.split("/out/", 1)[-1] if "/out/" in o.key else o.key for o in storage.list(""))
     assert not any("s00000003" in k for k in keys), keys
     assert "train.log" not in keys and "ready" not in keys, keys
-    assert read_manifest(storage, "checkpoints")["step"] == 2
+    assert CheckpointStore(storage, "checkpoints").manifest()["step"] == 2
     lease.release()

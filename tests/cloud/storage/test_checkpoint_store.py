@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from cloud.storage.checkpoint_store import (CheckpointUploader, fetch_checkpoint, read_manifest,
-                                    resolve_resume)
+from cloud.storage.checkpoint_store import CheckpointUploader, fetch_checkpoint, newest_checkpoint
+from core.checkpoint_store import CheckpointStore
 from cloud.storage.errors import StorageError
 from cloud.storage.store import open_storage
 
@@ -74,7 +74,7 @@ def test_uploader_publishes_manifest_last_and_keeps_k(store, tmp_path):
     assert report.ok and len(report.uploaded) == 4, report
     kinds = [kind for kind, _key in calls]
     assert kinds == ["upload", "manifest"] * 2 + ["upload", "manifest", "delete"] * 2
-    manifest = read_manifest(store, "ckpt")
+    manifest = CheckpointStore(store, "ckpt").manifest()
     newest = paths[-1]
     assert manifest["key"] == newest.name and manifest["step"] == 400 and manifest["epoch"] == 4
     assert manifest["sha256"] == hashlib.sha256(newest.read_bytes()).hexdigest()
@@ -103,7 +103,7 @@ def test_submit_does_not_wait_for_the_upload(store, tmp_path):
     assert report.pending == 1 and not report.ok
     release.set()
     report = uploader.close(timeout=30)
-    assert report.ok and read_manifest(store, "ckpt")["step"] == 10
+    assert report.ok and CheckpointStore(store, "ckpt").manifest()["step"] == 10
 
 
 def test_failures_are_reported_not_raised(s3_server, tmp_path, caplog):
@@ -142,7 +142,7 @@ def test_a_failed_upload_is_retried_later_and_lands(store, tmp_path, caplog):
     assert not uploader.wait(timeout=0.1).ok  # first attempt failed, a retry is scheduled
     report = uploader.close(timeout=60)
     assert report.ok and report.uploaded == ["ckpt/" + path.name] and len(calls) == 3
-    assert read_manifest(store, "ckpt")["step"] == 7
+    assert CheckpointStore(store, "ckpt").manifest()["step"] == 7
     assert remote_names(store) == sorted([path.name, "latest.json"])
     assert caplog.text.count("retrying in") == 2
 
@@ -154,7 +154,7 @@ def test_retries_end_and_the_failure_is_reported(store, tmp_path):
     uploader.submit(str(path), {"epoch": 1, "step": 7})
     report = uploader.close(timeout=60)
     assert len(calls) == 3 and not report.ok and len(report.failed) == 1 and report.pending == 0
-    assert "injected outage" in report.failed[0] and read_manifest(store, "ckpt") is None
+    assert "injected outage" in report.failed[0] and CheckpointStore(store, "ckpt").manifest() is None
 
 
 def test_a_newer_checkpoint_supersedes_a_failed_one(store, tmp_path, caplog):
@@ -167,7 +167,7 @@ def test_a_newer_checkpoint_supersedes_a_failed_one(store, tmp_path, caplog):
     uploader.submit(str(second), {"epoch": 2, "step": 2})  # long before the first one's retry
     report = uploader.close(timeout=20)
     assert report.ok and report.uploaded == ["ckpt/" + second.name]
-    assert read_manifest(store, "ckpt")["step"] == 2
+    assert CheckpointStore(store, "ckpt").manifest()["step"] == 2
     assert remote_names(store) == sorted([second.name, "latest.json"])
     assert f"dropping the failed upload of {first}" in caplog.text
 
@@ -204,7 +204,7 @@ def test_resume_verifies_and_falls_back_past_corrupt_and_truncated(store, tmp_pa
         assert uploader.wait(60).ok
     cache = tmp_path / "cache"
 
-    good = resolve_resume(store, "ckpt", str(cache))
+    good = newest_checkpoint(store, "ckpt", str(cache))
     assert open(good, "rb").read() == paths[2].read_bytes()
 
     newest, middle = paths[2].name, paths[1].name
@@ -213,11 +213,11 @@ def test_resume_verifies_and_falls_back_past_corrupt_and_truncated(store, tmp_pa
     store.write_bytes(f"ckpt/{newest}", bytes(flipped))  # same size, wrong bytes
     store.write_bytes(f"ckpt/{middle}", paths[1].read_bytes()[:1000])  # truncated
     # A verified copy already in the cache is the manifest's checkpoint: reused.
-    assert resolve_resume(store, "ckpt", str(cache)) == good
+    assert newest_checkpoint(store, "ckpt", str(cache)) == good
 
     caplog.set_level(logging.WARNING, logger="cloud")
     fresh = tmp_path / "fresh-cache"
-    path = resolve_resume(store, "ckpt", str(fresh))
+    path = newest_checkpoint(store, "ckpt", str(fresh))
     assert open(path, "rb").read() == paths[0].read_bytes()
     assert newest in caplog.text and "sha256" in caplog.text
     assert middle in caplog.text and "size" in caplog.text
@@ -225,13 +225,13 @@ def test_resume_verifies_and_falls_back_past_corrupt_and_truncated(store, tmp_pa
 
     store.write_bytes(f"ckpt/{paths[0].name}", b"garbage")
     with pytest.raises(StorageError, match="no usable checkpoint"):
-        resolve_resume(store, "ckpt", str(tmp_path / "third-cache"))
+        newest_checkpoint(store, "ckpt", str(tmp_path / "third-cache"))
 
 
 def test_unreadable_manifest_is_a_clear_error(store, tmp_path):
     store.write_bytes("ckpt/latest.json", b"{not json")
     with pytest.raises(StorageError, match="latest.json is not valid"):
-        resolve_resume(store, "ckpt", str(tmp_path / "cache"))
+        newest_checkpoint(store, "ckpt", str(tmp_path / "cache"))
 
 
 def test_explicit_checkpoint_url(s3_server, tmp_path):
@@ -260,6 +260,6 @@ def test_uploader_continues_an_existing_manifest(store, tmp_path):
         first.submit(str(paths[1]), {"epoch": 2, "step": 2})
     with CheckpointUploader(store, "ckpt", keep=2) as second:
         second.submit(str(paths[2]), {"epoch": 3, "step": 3})
-    manifest = read_manifest(store, "ckpt")
+    manifest = CheckpointStore(store, "ckpt").manifest()
     assert [e["key"] for e in manifest["checkpoints"]] == [paths[2].name, paths[1].name]
     assert remote_names(store) == sorted([paths[1].name, paths[2].name, "latest.json"])

@@ -52,9 +52,14 @@ def test_training_lowers_the_loss_and_writes_outputs(full_run):
     assert all(np.isfinite(r["loss"]) for r in steps)
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     # keep=5: step checkpoints at 5, 10, 15, 20 and epoch checkpoints at 7, 14, 21; newest 5 kept
-    assert names == ["best.ckpt", "mobilenetv3-e0001-s00000010.ckpt", "mobilenetv3-e0002-s00000014.ckpt",
-                     "mobilenetv3-e0002-s00000015.ckpt", "mobilenetv3-e0002-s00000020.ckpt",
-                     "mobilenetv3-e0003-s00000021.ckpt"]
+    kept = ["mobilenetv3-e0001-s00000010.ckpt", "mobilenetv3-e0002-s00000014.ckpt",
+            "mobilenetv3-e0002-s00000015.ckpt", "mobilenetv3-e0002-s00000020.ckpt",
+            "mobilenetv3-e0003-s00000021.ckpt"]
+    assert names == ["best.ckpt", "latest.json", *kept]
+    # the run directory's manifest (core.checkpoint_store) lists exactly those, newest first
+    manifest = json.loads((out / "checkpoints" / "latest.json").read_text())
+    assert [e["key"] for e in manifest["checkpoints"]] == kept[::-1] and manifest["step"] == 21
+    assert manifest["meta"] == {"kind": "final"}
     saved = json.loads((out / "summary.json").read_text())
     assert saved["final_checkpoint"].endswith("mobilenetv3-e0003-s00000021.ckpt")
 

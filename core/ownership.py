@@ -1,4 +1,12 @@
-"""One writer per run directory: `<run dir>/.run.lock`, held with flock for the run's life.
+"""Who owns a run: one writer per run directory and per output URL, one refusal message.
+
+Ownership has two backings: the run directory's lock here (`RunLock`) and the output URL's
+lease (cloud.storage.lease.Lease). Both record the owner (`owner_record`), take over only an
+owner provably gone, refuse anyone else with the same one-line `OwnedElsewhere` message
+(`in_use`), and offer `confirm()`, which a checkpoint store (core.checkpoint_store) calls
+before each write.
+
+The run directory: `<run dir>/.run.lock`, held with flock for the run's life.
 
 Two runs started into one directory would interleave metrics.jsonl, train.log and checkpoints.
 The lock file records the owner (host, pid, job id, start time). The kernel drops a flock when
@@ -22,7 +30,7 @@ from core.config import ConfigError
 
 LOCK_NAME = ".run.lock"
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
-log = logging.getLogger("core.train.run_lock")
+log = logging.getLogger("core.ownership")
 
 
 def pid_alive(pid) -> bool:
@@ -36,8 +44,25 @@ def pid_alive(pid) -> bool:
     return True
 
 
-class RunLockError(ConfigError):
+class OwnedElsewhere(ConfigError):
+    """The run directory or output URL belongs to another live run."""
+
+
+class RunLockError(OwnedElsewhere):
     """The run directory belongs to another live run."""
+
+
+def owner_record(job_id: str, **extra) -> dict:
+    """What an owner writes about itself: host, pid, job and since when."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": str(job_id),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra}
+
+
+def in_use(where: str, owner: dict, instead: str, detail: str = "", hint: str = "") -> str:
+    """The one refusal line: what is owned, by whom, since when, and the way out."""
+    return (f"{where} is in use by pid {owner.get('pid', '?')} on host {owner.get('host', '?')} "
+            f"(job {owner.get('job_id', '?')}) since {owner.get('since', '?')}{detail}: wait for "
+            f"it, or use another {instead}{hint}")
 
 
 class RunDirError(ConfigError):
@@ -96,12 +121,19 @@ class RunLock:
         if owner and not flocked and owner.get("job_id") != self.job_id and pid_alive(owner.get("pid")):
             os.close(fd)
             raise self._refusal(owner)
-        record = {"host": socket.gethostname(), "pid": os.getpid(), "job_id": self.job_id,
-                  "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record = owner_record(self.job_id)
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(record).encode(), 0)
         self._fd, self.held = fd, True
         return self
+
+    def confirm(self) -> None:
+        """Still ours? RunLockError if the lock file was removed or replaced under us."""
+        if self._fd is None:
+            return  # our job's holder (another rank, the launcher) owns it
+        if not self._same_file(self._fd) or self._owner().get("pid") != os.getpid():
+            raise RunLockError(f"this run (job {self.job_id}) no longer owns {self.path.parent}: "
+                               f"its lock {self.path} was removed or replaced; not writing there")
 
     def release(self) -> None:
         """Remove the file while still holding it, then unlock (acquire re-checks the inode)."""
@@ -133,7 +165,5 @@ class RunLock:
             return {}
 
     def _refusal(self, owner: dict, hint: str = "") -> RunLockError:
-        return RunLockError(
-            f"run directory {self.path.parent} is in use by pid {owner.get('pid', '?')} on host "
-            f"{owner.get('host', '?')} (job {owner.get('job_id', '?')}) since "
-            f"{owner.get('since', '?')}: wait for it, or use another --output_dir{hint}")
+        return RunLockError(in_use(f"run directory {self.path.parent}", owner, "--output_dir",
+                                   hint=hint))

@@ -1,4 +1,4 @@
-"""A run owns its directory (core.train.run_lock) and its output URL (cloud.storage.lease): a second writer
+"""A run owns its directory (core.ownership) and its output URL (cloud.storage.lease): a second writer
 is refused with one line; an owner that is provably gone (or whose lease expired) is taken over."""
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from cloud.storage.checkpoint_store import CheckpointUploader, read_manifest
+from cloud.storage.checkpoint_store import CheckpointUploader
+from core.checkpoint_store import CheckpointStore
 from cloud.storage.lease import Lease, LeaseError
 from cloud.storage.store import open_storage
-from core.train.run_lock import LOCK_NAME, RunLock, RunLockError
+from core.ownership import LOCK_NAME, RunLock, RunLockError
 
 from tests.paths import REPO
-HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.train.run_lock import RunLock; "
+HOLDER = ("import sys, time; sys.path.insert(0, sys.argv[1]); from core.ownership import RunLock; "
           "RunLock(sys.argv[2], sys.argv[3]).acquire(); print('held', flush=True); time.sleep(60)")
 
 
@@ -118,7 +119,7 @@ def test_only_the_lease_owner_writes_the_manifest(s3_server, tmp_path):
     old.submit(str(ckpts / "m-e0001-s00000003.ckpt"), {"epoch": 1, "step": 3})
     report = old.close(30)
     assert not report.ok and "no longer owns" in report.failed[0]
-    assert read_manifest(storage, "checkpoints")["step"] == 2  # never overwritten by the old owner
+    assert CheckpointStore(storage, "checkpoints").manifest()["step"] == 2  # never overwritten by the old owner
     second.release()
     assert storage.stat(".lease.json") is None
 

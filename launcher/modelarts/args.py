@@ -42,7 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="'auto' (default), 'none', or a checkpoint")
     p.add_argument("--device_target", choices=("auto", "CPU", "GPU", "Ascend"))
     p.add_argument("--launch", choices=("auto", "rank_table", "msrun"), default="auto",
-                   help="Ascend: per-device processes with a rank table (auto) or msrun")
+                   help="how several ranks start: msrun (auto, every target; MindSpore 2.10's "
+                        "documented way) or, on Ascend only, rank_table (one process per device "
+                        "from the rank table; deprecated by MindSpore since 2.4)")
     p.add_argument("--hccn_conf", default="/etc/hccn.conf", help="device IPs of a bare server")
     p.add_argument("--connect_timeout", type=int, default=DEFAULT_CONNECT_TIMEOUT_S,
                    help="seconds ranks wait for each other at start-up (HCCL_CONNECT_TIMEOUT, "

@@ -13,9 +13,10 @@ continues from the newest checkpoint in the output. Config keys come as ModelArt
 whose names allow only letters, digits, '-' and '_': `--train_epochs=370` is `train.epochs`
 (launcher/modelarts/args.py).
 
-What this invocation starts (launcher/modelarts/plan.py): one process per card of this node's
-pod on Ascend (rank table), msrun on GPU/CPU, or, when the platform already started it as one
-rank (preset engines), exactly that rank. Every rank's output is printed as `[rank N] ...` and
+What this invocation starts (launcher/modelarts/plan.py): msrun with this node's ranks (Ascend,
+GPU or CPU; MindSpore 2.10's documented start-up), one process per card from the rank table on
+Ascend with --launch rank_table, or, when the platform already started it as one rank (preset
+engines), exactly that rank. Every rank's output is printed as `[rank N] ...` and
 kept in the run directory; the job fails if a rank fails. On SIGTERM the ranks checkpoint and
 stop within the grace period, and the outputs are published either way. `--dry-run` prints
 what would be started, and the rule that placed this node, and exits.
@@ -148,6 +149,8 @@ def main(argv) -> int:
         become_rank(plan, secrets)  # does not return
     if plan.kind == "msrun":
         msrun = dict(plan.msrun, extra_env={**secrets, **plan.msrun["extra_env"]})
+        for name in msrun.pop("unset_env", ()):  # msrun and its ranks inherit this environment
+            os.environ.pop(name, None)
         code = dist.launch_msrun(config_path, grace_s=args.grace_s, **msrun)
     else:
         code = run_ranks(plan, run_dir / "rank_logs" / f"node{env.node_rank}", args.grace_s, secrets)

@@ -1,21 +1,38 @@
 """What one invocation of the ModelArts boot file starts, and the rule that decided it.
 
-Four shapes, chosen by what the platform already did:
+How MindSpore 2.10 starts several ranks: msrun, on Ascend as on GPU and CPU. MindSpore's
+documentation recommends it ("msrun Launching", https://www.mindspore.cn/tutorials/en/r2.10.0/
+parallel/msrun_launcher.html: Ascend, GPU and CPU) and has deprecated rank-table startup since
+2.4 ("Distributed Parallel Startup Methods", https://www.mindspore.cn/tutorials/en/stable/
+parallel/startup_method.html, the newest version of that page found: "rank_table method has been
+deprecated in MindSpore 2.4 version"; no 2.10 version of it or of "rank table Startup" was found).
+MindSpore 2.10's msrun says of its own --rank_table_file that the table is "not used to initialize
+distributed job in 'rank table file manner'", and its HCCL world group is created from a rank
+table whenever RANK_TABLE_FILE is set: so msrun's ranks get no RANK_TABLE_FILE (ModelArts sets
+one in Ascend containers, naming its jobstart_hccl.json folder), as Huawei's own ModelArts msrun
+launcher does (mindspore-lab/mindone tools/modelarts/msrun/run_train_modelarts.sh unsets
+RANK_TABLE_FILE and RANK_ID before msrun).
+
+Four shapes, chosen by what the platform already did and by --launch:
 
 * ``platform``: the platform started this invocation as one rank. ModelArts' preset
   Ascend-Powered-Engine runs the boot file once per card with ``RANK_TABLE_FILE``,
   ``ASCEND_DEVICE_ID`` (logical), ``RANK_ID`` and ``RANK_SIZE`` set (Huawei Cloud docs,
   "Ascend-Powered-Engine框架启动原理"); ``MA_RUN_METHOD=msrun`` starts it under msrun; MPI
   engines under mpirun. This invocation then becomes exactly that rank: never N processes per
-  invocation, which would be N x N in all.
-* ``rank_table``: Ascend in a custom image (the boot file runs once per node): one process per
-  device of this node's pod, each with its logical ``DEVICE_ID``/``ASCEND_DEVICE_ID`` and its
+  invocation, which would be N x N in all. (MindSpore 2.10's ``init()`` still accepts RANK_ID
+  with RANK_TABLE_FILE for such ranks.)
+* ``msrun``: several ranks on this node (the default on every target): msrun starts them, with
+  logical ``DEVICE_ID`` 0..n-1 on Ascend, ranks numbered node by node from the task index.
+* ``rank_table``: Ascend only, on request (``--launch rank_table``; deprecated by MindSpore since
+  2.4, kept for images whose CANN/MindSpore setup still needs it): one process per device of
+  this node's pod, each with its logical ``DEVICE_ID``/``ASCEND_DEVICE_ID`` and its
   ``RANK_ID``; the table keeps the physical ids HCCL reads.
-* ``msrun``: GPU/CPU with several ranks (or Ascend with ``--launch msrun``).
 * ``single``: one rank.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -26,6 +43,8 @@ from typing import Optional
 from cloud.cluster import rank_table as rt
 from core.config import ConfigError
 from launcher import distributed as dist
+
+log = logging.getLogger("launcher.modelarts.plan")
 
 DEFAULT_CONNECT_TIMEOUT_S = 1800  # Huawei's launcher sets HCCL_CONNECT_TIMEOUT=1800
 
@@ -81,23 +100,37 @@ def plan_for(env, target: str, inputs: PlanInputs) -> Plan:
                           "MindSpore ranks; use the engine's default start or MA_RUN_METHOD=msrun")
     if env.launched_rank:
         return platform_rank_plan(env, target, inputs)
+    launch = launch_method(target, inputs.launch)
     nproc = inputs.nproc or env.devices_per_node
     table = None
-    if target == "Ascend" and (env.rank_table_file or env.node_count * nproc > 1):
+    if launch == "rank_table" and (env.rank_table_file or env.node_count * nproc > 1):
         table = node_table(env, nproc, inputs)
         nproc = len(table.own.devices)
     world = table.world if table else env.node_count * nproc
     if world == 1:  # a 1-card pod still gets the logical id: its table may say device 3
         argv = inputs.worker_argv(env, nnodes=env.node_count, node_rank=env.node_rank,
                                   nproc_per_node=1)
-        variables = {"DEVICE_ID": "0", "ASCEND_DEVICE_ID": "0"} if table else {}
+        variables = {}
+        if target == "Ascend":
+            device = "0" if table or env.device_id is None else str(env.device_id)
+            variables = {"DEVICE_ID": device, "ASCEND_DEVICE_ID": device}
         return Plan("single", ranks=[{"rank": 0, "env": variables, "argv": argv}],
                     rule=table.rule if table else "one rank")
-    launch = inputs.launch if inputs.launch != "auto" else (
-        "rank_table" if target == "Ascend" else "msrun")
-    if table and launch == "rank_table":
+    if table:
         return rank_table_plan(env, table, inputs)
-    return msrun_plan(env, nproc, table, inputs, ascend=target == "Ascend")
+    return msrun_plan(env, nproc, inputs, ascend=target == "Ascend")
+
+
+def launch_method(target: str, requested: str) -> str:
+    """msrun unless --launch rank_table asks for MindSpore's deprecated Ascend-only start."""
+    if requested != "rank_table":
+        return "msrun"
+    if target != "Ascend":
+        raise ConfigError(f"--launch rank_table: rank-table startup exists only on Ascend (this "
+                          f"job runs on {target}); drop --launch (msrun is the default)")
+    log.warning("--launch rank_table: one process per device from the rank table, a start-up "
+                "MindSpore has deprecated since 2.4 (msrun, the default, is the documented way)")
+    return "rank_table"
 
 
 # --- Ascend rank tables ----------------------------------------------------------------------
@@ -219,20 +252,27 @@ def dynamic_cluster(env, inputs: PlanInputs) -> dict:
 # --- msrun -----------------------------------------------------------------------------------
 
 
-def msrun_plan(env, nproc: int, table: Optional[NodeTable], inputs: PlanInputs,
-               ascend: bool) -> Plan:
+# Inherited variables msrun's ranks must not see on Ascend: a RANK_TABLE_FILE (or its older
+# name) makes MindSpore create HCCL's world group from that table instead of msrun's cluster, and
+# ModelArts' table names physical devices a container sees as 0..n-1; msrun sets each rank's
+# RANK_ID and DEVICE_ID itself, and an inherited ASCEND_DEVICE_ID would put every rank on one card
+# (cloud.cluster.environment reads it before DEVICE_ID).
+MSRUN_UNSET_ON_ASCEND = ("RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "RANK_ID",
+                         "ASCEND_DEVICE_ID")
+
+
+def msrun_plan(env, nproc: int, inputs: PlanInputs, ascend: bool) -> Plan:
     several = env.node_count > 1
-    table_path = str(table.path) if table else None
-    return Plan("msrun", rank_table=table_path, rule=table.rule if table else
-                f"node {env.node_rank} of {env.node_count}", msrun=dict(
-                    nproc=nproc, nnodes=env.node_count, node_rank=env.node_rank,
-                    log_dir=inputs.run_dir / "msrun_logs" / (f"node{env.node_rank}" if several else ""),
-                    master_addr=env.master_addr if several else "127.0.0.1",
-                    master_port=env.master_port if several else dist.free_port(),
-                    rank_table_file=table_path, resume=inputs.resume, pretrained=inputs.pretrained,
-                    job_id=env.job_id, cache_dir=str(inputs.cache_dir),
-                    cluster_timeout_s=inputs.connect_timeout_s,
-                    extra_env=hccl_timeout(inputs) if ascend else {}))
+    return Plan("msrun", rule=f"node {env.node_rank} of {env.node_count}", msrun=dict(
+        nproc=nproc, nnodes=env.node_count, node_rank=env.node_rank,
+        log_dir=inputs.run_dir / "msrun_logs" / (f"node{env.node_rank}" if several else ""),
+        master_addr=env.master_addr if several else "127.0.0.1",
+        master_port=env.master_port if several else dist.free_port(),
+        resume=inputs.resume, pretrained=inputs.pretrained,
+        job_id=env.job_id, cache_dir=str(inputs.cache_dir),
+        cluster_timeout_s=inputs.connect_timeout_s,
+        extra_env=hccl_timeout(inputs) if ascend else {},
+        unset_env=MSRUN_UNSET_ON_ASCEND if ascend else ()))
 
 
 def local_ip(master: str) -> str:

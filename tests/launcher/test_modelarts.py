@@ -86,9 +86,9 @@ def test_ascend_node_converts_the_modelarts_rank_table(platform, tmp_path, capsy
     platform(VC_TASK_INDEX=1, VC_WORKER_NUM=2, VC_WORKER_HOSTS="job-0.svc,job-1.svc",
              MA_NUM_GPUS=8, MA_CURRENT_IP="10.19.1.79", MA_VJ_NAME="job3f2a",
              RANK_TABLE_FILE=table_dir)
-    plan = dry_run(capsys, "--device_target", "Ascend", "--data_url", tmp_path / "data",
-                   "--train_url", tmp_path / "out", "--cache_dir", tmp_path / "cache",
-                   "--train.epochs=5")
+    plan = dry_run(capsys, "--device_target", "Ascend", "--launch", "rank_table", "--data_url",
+                   tmp_path / "data", "--train_url", tmp_path / "out", "--cache_dir",
+                   tmp_path / "cache", "--train.epochs=5")
     assert plan["launch"] == "rank_table"
     processes = plan["processes"]
     assert [p["rank"] for p in processes] == list(range(8, 16))
@@ -106,8 +106,9 @@ def test_ascend_node_converts_the_modelarts_rank_table(platform, tmp_path, capsy
 
 
 def test_bare_ascend_server_generates_its_table_from_hccn_conf(platform, tmp_path, capsys):
-    plan = dry_run(capsys, "--device_target", "Ascend", "--nproc", 8, "--hccn_conf",
-                   FIXTURES / "hccn.conf", "--data_url", tmp_path / "data", "--train_url",
+    plan = dry_run(capsys, "--device_target", "Ascend", "--launch", "rank_table", "--nproc", 8,
+                   "--hccn_conf", FIXTURES / "hccn.conf", "--data_url", tmp_path / "data",
+                   "--train_url",
                    tmp_path / "out", "--cache_dir", tmp_path / "cache")
     processes = plan["processes"]
     assert [(p["env"]["RANK_ID"], p["env"]["DEVICE_ID"]) for p in processes] == \
@@ -118,7 +119,8 @@ def test_bare_ascend_server_generates_its_table_from_hccn_conf(platform, tmp_pat
 
 def test_legacy_ascend_job_takes_its_devices_from_the_rank_table(platform, tmp_path, capsys):
     platform(DLS_TASK_INDEX=0, DLS_TASK_NUMBER=1, RANK_TABLE_FILE=FIXTURES / "v1_1server_8dev.json")
-    plan = dry_run(capsys, "--device_target", "Ascend", "--data_url", tmp_path / "data",
+    plan = dry_run(capsys, "--device_target", "Ascend", "--launch", "rank_table",
+                   "--data_url", tmp_path / "data",
                    "--train_url", tmp_path / "out", "--cache_dir", tmp_path / "cache")
     assert [p["env"]["RANK_ID"] for p in plan["processes"]] == [str(i) for i in range(8)]
     assert {flag(p["argv"], "--nproc_per_node") for p in plan["processes"]} == {"8"}
@@ -128,7 +130,8 @@ def test_rank_table_that_never_completes_is_a_clear_error(platform, tmp_path):
     platform(VC_TASK_INDEX=0, VC_WORKER_NUM=1, MA_NUM_GPUS=8,
              RANK_TABLE_FILE=FIXTURES / "modelarts_jobstart_initializing.json")
     with pytest.raises(Exception, match="not completed after 0.3 s"):
-        modelarts.main(["--dry-run", "--device_target", "Ascend", "--rank_table_timeout", "0.3",
+        modelarts.main(["--dry-run", "--device_target", "Ascend", "--launch", "rank_table",
+                        "--rank_table_timeout", "0.3",
                         "--data_url", str(tmp_path), "--train_url", str(tmp_path / "out")])
 
 
@@ -163,8 +166,9 @@ def test_dry_run_writes_nothing_into_the_output_folder(platform, tmp_path, capsy
     assert not out.exists()
     config = Path(flag(plan["processes"][0]["argv"], "--config"))
     assert config.is_file() and config.parent == cache / "dry-run" / "launch"
-    plan = dry_run(capsys, "--device_target", "Ascend", "--nproc", 8, "--data_url", tmp_path / "data",
-                   "--train_url", out, "--cache_dir", cache, "--hccn_conf", FIXTURES / "hccn.conf")
+    plan = dry_run(capsys, "--device_target", "Ascend", "--launch", "rank_table", "--nproc", 8,
+                   "--data_url", tmp_path / "data", "--train_url", out, "--cache_dir", cache,
+                   "--hccn_conf", FIXTURES / "hccn.conf")
     assert not out.exists() and Path(plan["rank_table"]).parent == cache / "dry-run" / "launch"
 
 

@@ -16,10 +16,13 @@ Fixtures follow the formats as documented and as Huawei's own tools read them:
   RANK_ID (job-wide) and RANK_SIZE set; MA_RUN_METHOD may select msrun or torchrun.
 * Container variables: MA_CURRENT_IP is the container's address, MA_CURRENT_HOST_IP the
   host's, MA_CURRENT_INSTANCE_NAME the pod name, VC_TASK_INDEX the node index.
+* How MindSpore 2.10 starts several Ascend ranks: see the msrun section below (its sources).
 """
 from __future__ import annotations
 
+import ast
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ from cloud.cluster.rank_table import RankTableError, read_table
 from core.config import ConfigError
 from launcher.modelarts import args as modelarts_args, boot as modelarts
 from launcher.distributed import free_port
+from tests.paths import FIXTURES, REPO
 from tests.cloud.cluster.test_distributed import checkpoint_files, launched  # noqa: F401 (fixture)
 from tests.launcher.test_modelarts import HYPER, PLATFORM_VARS, dry_run, flag, platform  # noqa: F401
 
@@ -71,6 +75,11 @@ def ascend_plan(capsys, tmp_path, *extra) -> dict:
                    "--train_url", tmp_path / "out", "--cache_dir", tmp_path / "cache", *extra)
 
 
+def table_plan(capsys, tmp_path, *extra) -> dict:
+    """The rank-table start-up, which MindSpore deprecated in 2.4: only on request."""
+    return ascend_plan(capsys, tmp_path, "--launch", "rank_table", *extra)
+
+
 def node_vars(node: int, nodes: int, cards: int, **extra) -> dict:
     """What ModelArts sets in a custom-image container (boot command run once per node)."""
     hosts = ",".join(f"{pod(i)}.{JOB}" for i in range(nodes))
@@ -81,7 +90,98 @@ def node_vars(node: int, nodes: int, cards: int, **extra) -> dict:
     return values
 
 
-# --- custom image: one boot command per node, one process per card ---------------------------
+# --- custom image: msrun, MindSpore 2.10's documented start-up ---------------------------------
+# Sources (read 2026-12-07):
+# * MindSpore r2.10.0, "msrun Launching":
+#   https://www.mindspore.cn/tutorials/en/r2.10.0/parallel/msrun_launcher.html
+#   (https://www.mindspore.cn/tutorials/en/r2.10.0/_sources/parallel/msrun_launcher.md.txt):
+#   msrun starts each node's ranks with one command, on Ascend, GPU and CPU, with no
+#   configuration file (--worker_num for all nodes, --local_worker_num, --master_addr, --node_rank).
+# * "Distributed Parallel Startup Methods", the newest version found (stable; master says the same):
+#   https://www.mindspore.cn/tutorials/en/stable/parallel/startup_method.html: msrun (recommended),
+#   dynamic cluster, mpirun; "rank_table method has been deprecated in MindSpore 2.4 version".
+#   No r2.10.0 version of that page, and no "rank table Startup" page newer than r2.7.2
+#   (https://www.mindspore.cn/tutorials/en/r2.7.2/parallel/rank_table.html), was found.
+# * MindSpore 2.10.0 itself: `msrun --help` says its --rank_table_file "is not used to initialize
+#   distributed job in 'rank table file manner'"; its Ascend collective library creates the HCCL
+#   world group from a rank table whenever RANK_TABLE_FILE is set; init() still accepts RANK_ID
+#   with RANK_TABLE_FILE (mindspore/communication/management.py), which --launch rank_table and
+#   the preset engine's per-card starts rely on.
+# * Huawei's ModelArts msrun launcher, mindspore-lab/mindone
+#   tools/modelarts/msrun/run_train_modelarts.sh: `unset RANK_TABLE_FILE`, `unset RANK_ID`, then
+#   msrun --worker_num=VC_WORKER_NUM x cards --local_worker_num=cards --master_addr=<first of
+#   VC_WORKER_HOSTS> --node_rank=VC_TASK_INDEX.
+
+
+@pytest.mark.parametrize("nodes,node", [(1, 0), (2, 1)], ids=["1-node", "node-1-of-2"])
+def test_ascend_cards_start_under_msrun_as_mindspore_2_10_documents(clean, tmp_path, capsys,
+                                                                   nodes, node):
+    """No rank table is read or written: the job's RANK_TABLE_FILE is a table still being
+    filled in (a rank-table plan would wait for it), and msrun's ranks do not inherit it."""
+    clean(**node_vars(node, nodes, 8, RANK_TABLE_FILE=FIXTURES / "rank_tables" /
+                      "modelarts_jobstart_initializing.json", ASCEND_DEVICE_ID=0))
+    plan = ascend_plan(capsys, tmp_path, "--rank_table_timeout", "0.2")
+    assert plan["launch"] == "msrun" and plan["rank_table"] is None and "processes" not in plan
+    msrun = plan["msrun"]
+    assert (msrun["nproc"], msrun["nnodes"], msrun["node_rank"]) == ("8", str(nodes), str(node))
+    if nodes > 1:  # the first worker host is the master, msrun's default port
+        assert (msrun["master_addr"], msrun["master_port"]) == (f"{pod(0)}.{JOB}", "8118")
+        assert msrun["log_dir"].endswith(f"msrun_logs/node{node}")
+    else:
+        assert msrun["master_addr"] == "127.0.0.1"
+    assert msrun["cluster_timeout_s"] == "1800"
+    assert ast.literal_eval(msrun["extra_env"]) == {"HCCL_CONNECT_TIMEOUT": "1800"}
+    assert set(ast.literal_eval(msrun["unset_env"])) == {
+        "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "RANK_ID", "ASCEND_DEVICE_ID"}
+    assert "rank_table" not in msrun
+    assert not list((tmp_path / "cache").rglob("rank_table.json"))
+
+
+def test_a_one_card_ascend_pod_is_one_rank_on_its_logical_device(clean, tmp_path, capsys):
+    clean(**node_vars(0, 1, 1, RANK_TABLE_FILE=jobstart(tmp_path / "rank_table",
+                                                        [(pod(0), "10.0.4.11", [3])])))
+    plan = ascend_plan(capsys, tmp_path)
+    assert (plan["launch"], plan["rule"], plan["rank_table"]) == ("single", "one rank", None)
+    assert plan["processes"][0]["env"] == {"DEVICE_ID": "0", "ASCEND_DEVICE_ID": "0"}
+
+
+def test_msrun_and_its_ranks_do_not_inherit_the_jobs_rank_table(clean, tmp_path, tiny_dataset,
+                                                                monkeypatch):
+    """The boot file's environment when it starts msrun (which passes it to every rank)."""
+    seen = {}
+
+    def fake_msrun(config_path, **kwargs):
+        seen.update(environ=dict(os.environ), kwargs=kwargs)
+        return 0
+    monkeypatch.setattr(modelarts.dist, "launch_msrun", fake_msrun)
+    table = jobstart(tmp_path / "rank_table", [(pod(0), "10.0.4.11", [0, 1])])
+    clean(**node_vars(0, 1, 2, RANK_TABLE_FILE=table, ASCEND_DEVICE_ID=0,
+                      MINDSPORE_HCCL_CONFIG_PATH=table))
+    monkeypatch.delenv("RANK_ID", raising=False)
+    assert modelarts.main(["--device_target", "Ascend", "--data_url", str(tiny_dataset),
+                           "--train_url", str(tmp_path / "out"), "--cache_dir",
+                           str(tmp_path / "cache")]) == 0
+    assert not {"RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH", "ASCEND_DEVICE_ID"} & \
+        set(seen["environ"])
+    assert seen["kwargs"]["nproc"] == 2 and "unset_env" not in seen["kwargs"]
+    assert seen["kwargs"]["extra_env"]["HCCL_CONNECT_TIMEOUT"] == "1800"
+
+
+def test_rank_table_start_up_is_ascend_only_and_named_deprecated(clean, tmp_path, capsys, caplog):
+    clean(**node_vars(0, 1, 2))
+    with pytest.raises(ConfigError, match=r"--launch rank_table: rank-table startup exists only "
+                                          r"on Ascend \(this job runs on GPU\)"):
+        modelarts.main(["--dry-run", "--device_target", "GPU", "--launch", "rank_table",
+                        "--data_url", str(tmp_path), "--train_url", str(tmp_path / "out")])
+    table = jobstart(tmp_path / "rank_table", [(pod(0), "10.0.4.11", [0, 1])])
+    clean(RANK_TABLE_FILE=table)
+    with caplog.at_level("WARNING", logger="launcher.modelarts.plan"):
+        plan = table_plan(capsys, tmp_path)
+    assert plan["launch"] == "rank_table"
+    assert "deprecated since 2.4 (msrun, the default, is the documented way)" in caplog.text
+
+
+# --- custom image with --launch rank_table: one process per card ---------------------------
 
 
 @pytest.mark.parametrize("physical", [[3], [4, 5], [4, 5, 6, 7], list(range(8))],
@@ -89,7 +189,7 @@ def node_vars(node: int, nodes: int, cards: int, **extra) -> dict:
 def test_each_flavour_starts_its_cards_with_logical_device_ids(clean, tmp_path, capsys, physical):
     table = jobstart(tmp_path / "rank_table", [(pod(0), "10.0.4.11", physical)])
     clean(**node_vars(0, 1, len(physical), RANK_TABLE_FILE=table))
-    plan = ascend_plan(capsys, tmp_path)
+    plan = table_plan(capsys, tmp_path)
     cards = len(physical)
     processes = plan["processes"]
     assert plan["launch"] == ("single" if cards == 1 else "rank_table")
@@ -117,7 +217,7 @@ def two_nodes(tmp_path) -> Path:
 
 def test_second_of_two_nodes_finds_its_pod_by_name(clean, tmp_path, capsys):
     clean(**node_vars(1, 2, 8, RANK_TABLE_FILE=two_nodes(tmp_path)))
-    plan = ascend_plan(capsys, tmp_path, "--connect_timeout", "900")
+    plan = table_plan(capsys, tmp_path, "--connect_timeout", "900")
     processes = plan["processes"]
     assert plan["rule"] == (f"pod {pod(1)} on 10.0.4.12: pod_name == instance name '{pod(1)}'")
     assert [p["rank"] for p in processes] == list(range(8, 16))
@@ -137,14 +237,14 @@ def test_container_ip_is_never_taken_for_the_server_id(clean, tmp_path, capsys):
     equal another node's server_id and must not be matched."""
     clean(**node_vars(1, 2, 8, RANK_TABLE_FILE=two_nodes(tmp_path), MA_CURRENT_INSTANCE_NAME="",
                       MA_CURRENT_IP="10.0.4.11", MA_CURRENT_HOST_IP="10.0.4.12"))
-    plan = ascend_plan(capsys, tmp_path)
+    plan = table_plan(capsys, tmp_path)
     assert plan["rule"].endswith("server_id == host IP 10.0.4.12")
     assert [p["rank"] for p in plan["processes"]] == list(range(8, 16))
 
 
 def test_task_index_is_the_last_resort(clean, tmp_path, capsys):
     clean(**node_vars(1, 2, 8, RANK_TABLE_FILE=two_nodes(tmp_path), MA_CURRENT_INSTANCE_NAME=""))
-    plan = ascend_plan(capsys, tmp_path)
+    plan = table_plan(capsys, tmp_path)
     assert plan["rule"].endswith("pod index == task index 1")
     assert [p["rank"] for p in plan["processes"]] == list(range(8, 16))
 
@@ -154,7 +254,7 @@ def test_two_pods_on_one_host_each_start_only_their_own_cards(clean, tmp_path, c
                                                (pod(1), "10.0.4.11", [4, 5, 6, 7])])
     for node in (0, 1):
         clean(**node_vars(node, 2, 4, RANK_TABLE_FILE=table, MA_CURRENT_HOST_IP="10.0.4.11"))
-        plan = ascend_plan(capsys, tmp_path)
+        plan = table_plan(capsys, tmp_path)
         processes = plan["processes"]
         assert f"pod_name == instance name '{pod(node)}'" in plan["rule"]
         assert [p["rank"] for p in processes] == [4 * node + i for i in range(4)]
@@ -164,7 +264,7 @@ def test_two_pods_on_one_host_each_start_only_their_own_cards(clean, tmp_path, c
     # without a pod name the shared host IP is ambiguous: the task index decides
     clean(**node_vars(1, 2, 4, RANK_TABLE_FILE=table, MA_CURRENT_HOST_IP="10.0.4.11",
                       MA_CURRENT_INSTANCE_NAME=""))
-    plan = ascend_plan(capsys, tmp_path)
+    plan = table_plan(capsys, tmp_path)
     assert plan["rule"].endswith("pod index == task index 1")
     assert [p["physical_device_id"] for p in plan["processes"]] == ["4", "5", "6", "7"]
 
@@ -176,7 +276,7 @@ def test_a_host_whose_pods_are_not_neighbours_keeps_each_pods_ranks(clean, tmp_p
                                                (pod(1), "10.0.4.12", [0, 1, 2, 3]),
                                                (pod(2), "10.0.4.11", [4, 5, 6, 7])])
     clean(**node_vars(2, 3, 4, RANK_TABLE_FILE=table))
-    plan = ascend_plan(capsys, tmp_path)
+    plan = table_plan(capsys, tmp_path)
     processes = plan["processes"]
     assert [p["rank"] for p in processes] == [8, 9, 10, 11]
     assert [p["physical_device_id"] for p in processes] == ["4", "5", "6", "7"]
@@ -193,8 +293,8 @@ def test_a_node_that_cannot_be_placed_is_one_clear_error(clean, tmp_path):
     with pytest.raises(RankTableError, match=r"cannot tell which rank-table entry is this node "
                                              r"\(2 entries on host 10.0.4.11.*set "
                                              r"MA_CURRENT_INSTANCE_NAME") as caught:
-        modelarts.main(["--dry-run", "--device_target", "Ascend", "--data_url", str(tmp_path),
-                        "--train_url", str(tmp_path / "out")])
+        modelarts.main(["--dry-run", "--device_target", "Ascend", "--launch", "rank_table",
+                        "--data_url", str(tmp_path), "--train_url", str(tmp_path / "out")])
     assert "\n" not in str(caught.value)
 
 
@@ -202,7 +302,7 @@ def test_legacy_job_with_a_v1_table_takes_its_place_from_the_task_index(clean, t
     fixture = FIXTURES / "rank_tables" / "v1_2servers_16dev.json"
     clean(DLS_TASK_INDEX=1, DLS_TASK_NUMBER=2, BATCH_CUSTOM0_HOSTS="job-trainjob-0:6666",
           BATCH_TASK_CURRENT_INSTANCE="job-trainjob-1", RANK_TABLE_FILE=fixture)
-    plan = ascend_plan(capsys, tmp_path)
+    plan = table_plan(capsys, tmp_path)
     assert plan["rule"].endswith("position 1 (task index) of 2 servers")
     assert [p["rank"] for p in plan["processes"]] == list(range(8, 16))
 

@@ -38,7 +38,7 @@ from core.config import ConfigError
 from launcher.common import setup_logging
 
 log = logging.getLogger("launcher.modelarts.jobs")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from launcher.bootstrap import REPO_ROOT  # noqa: E402  (the code folder a job uploads)
 CODE_DIRS = ("core", "cloud", "launcher", "configs")
 CODE_FILES = ("requirements*.txt",)
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", "kernel_meta", ".git", ".venv"}

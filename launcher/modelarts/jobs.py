@@ -35,10 +35,10 @@ from typing import Callable, Optional
 from cloud.cluster.modelarts_api import (JobStatus, ModelArtsApi, ModelArtsApiError,
                                  resolve_settings)
 from core.config import ConfigError
+from launcher.bootstrap import REPO_ROOT  # the code folder a job uploads
 from launcher.common import setup_logging
 
 log = logging.getLogger("launcher.modelarts.jobs")
-from launcher.bootstrap import REPO_ROOT  # noqa: E402  (the code folder a job uploads)
 CODE_DIRS = ("core", "cloud", "launcher", "configs")
 CODE_FILES = ("requirements*.txt",)
 SKIP_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", "kernel_meta", ".git", ".venv"}

@@ -21,13 +21,14 @@ from cloud.storage.errors import StorageError
 from cloud.storage.lease import Lease
 from cloud.storage.node_lock import run_once_per_node
 from cloud.storage.settings import to_settings
+from cloud.storage.shard_cache import open_streamed_pack
 from cloud.storage.store import open_storage
 from cloud.storage.sync import download_tree, upload_tree
 from cloud.storage.urls import is_remote_url, parse_url
 from core.checkpoint import CheckpointError, load, step_of_checkpoint
 from core.checkpoint_store import CheckpointStore, run_checkpoints
 from core.train.callbacks import Callback
-from core.data.sources import open_dataset
+from core.data.sources import open_dataset, provide_source
 
 log = logging.getLogger("cloud.job")
 CHECKPOINT_PREFIX = "checkpoints"
@@ -106,7 +107,12 @@ def prepare_job(cfg, *, resume: Optional[str], cache_dir: str | os.PathLike, job
     cache_dir = Path(cache_dir)
     job = PreparedJob(cfg=cfg, resume=None, settings=settings)
 
-    if is_remote_url(cfg.data.path):
+    if is_remote_url(cfg.data.path) and cfg.data.stream:
+        # read while training: shards come into a bounded node cache as the ranks need them
+        # (cloud.storage.shard_cache); data.path stays the URL, whose source this process knows
+        provide_source(cfg.data.path, open_streamed_pack(
+            cfg.data.path, cache_path(cache_dir, "stream", cfg.data.path), settings, cfg.data))
+    elif is_remote_url(cfg.data.path):
         storage = open_storage(cfg.data.path, settings)
         storage.check()
         local = cache_path(cache_dir, "data", cfg.data.path)

@@ -75,6 +75,16 @@ class DataConfig:
                                        "larger one is refused from its header: skipped and named "
                                        "in training, one error line in eval and predict, kept out "
                                        "by pack (decompression bombs; 100 Mpx = 300 MB as RGB)")
+    stream: bool = _spec(False, help="an s3:// or obs:// packed dataset: train while its shards "
+                                     "download into a bounded node cache instead of staging it "
+                                     "all first (first step in seconds; see README); local "
+                                     "paths ignore it")
+    prefetch_shards: int = _spec(4, minimum=0, help="streaming: shards each process fetches "
+                                                    "ahead of those it is reading")
+    cache_limit_gb: float = _spec(20.0, minimum=0.0, exclusive_min=True,
+                                  help="streaming: the node's shard cache holds at most this "
+                                       "(plus shards being downloaded); shards read this epoch "
+                                       "are evicted first; at least 2 shards")
 
 
 @dataclass

@@ -165,9 +165,11 @@ def index_problem(index: dict) -> Optional[str]:
 
 
 def load_packed_split(root: str | os.PathLike, split: str,
-                      classes: Optional[Sequence[str]] = None) -> PackedSplit:
+                      classes: Optional[Sequence[str]] = None,
+                      require_files: bool = True) -> PackedSplit:
     """A split of a packed dataset. With `classes` (the training classes) the split's
-    labels are mapped onto them, and a class outside them is refused, as in scan_split."""
+    labels are mapped onto them, and a class outside them is refused, as in scan_split.
+    `require_files=False`: the shards need not be there yet (core.data.streamed brings them)."""
     index = read_index(root)
     entry = index["splits"].get(split)
     if entry is None:
@@ -179,7 +181,7 @@ def load_packed_split(root: str | os.PathLike, split: str,
     shards = tuple(str(Path(root) / shard["name"]) for shard in entry["shards"])
     corrupt = {number: f"{Path(root) / shard['name']}:{name}"
                for shard in entry["shards"] for number, name in shard.get("corrupt", ())}
-    missing = [p for p in shards if not os.path.isfile(p)]
+    missing = [p for p in shards if require_files and not os.path.isfile(p)]
     if missing:
         raise DatasetError(f"packed dataset {root} lacks shard {Path(missing[0]).name} "
                            f"({len(missing)} missing); stage or pack it again")

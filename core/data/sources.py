@@ -47,8 +47,25 @@ class DataSource(Protocol):
         """Check the files against what the source says it holds; DatasetError if not."""
 
 
+# Sources an outer layer built for a data path core cannot open itself (an s3:// or obs:// pack
+# streamed into a local cache: core.data.streamed, built by cloud.job), by that path.
+_PROVIDED: dict[str, DataSource] = {}
+
+
+def provide_source(path: str, source: Optional[DataSource]) -> None:
+    """Make `open_dataset(path)` return `source` in this process (None: forget it)."""
+    if source is None:
+        _PROVIDED.pop(str(path), None)
+    else:
+        _PROVIDED[str(path)] = source
+
+
 def open_dataset(root: str | os.PathLike) -> DataSource:
-    """The source at `root`: packed shards when it holds a pack's index, else an ImageFolder."""
+    """The source at `root`: one provided for it (provide_source), packed shards when it holds
+    a pack's index, else an ImageFolder."""
+    provided = _PROVIDED.get(str(root))
+    if provided is not None:
+        return provided
     return PackedDataset(root) if is_packed(root) else ImageFolder(root)
 
 

@@ -1,0 +1,287 @@
+"""A packed dataset read while its shards arrive (data.stream=true): the streamed source.
+
+The split is a packed one (core.data.packed: the same index, labels, classes and sample numbers)
+whose shard files are not on this machine when training starts. A `ShardSource` brings each shard
+into a bounded local cache when asked, verified against the pack's index (cloud.storage.shard_cache
+does it over S3/OBS; core knows only the protocol). The reader here walks the sample order it is
+given, whatever it is (rows(indices, start, corrupt, workers), core.data.pipeline.Rows):
+
+* it holds each shard from its first need to its last sample of the order, and the next
+  `prefetch` shards by first need beyond those it has started (the source fetches held shards in
+  the background, in the order they were asked for);
+* it reads each sample's bytes straight out of the shard file: MindRecord's blob pages, located
+  through the shard's own .db index (ROW_ID -> page and offsets), one `os.pread` per sample;
+* it gives a shard back (`release`) after its last sample of the order has been read, so the
+  cache may evict it;
+* when the cache has no room for the shard needed now, it gives back the held shard whose next
+  use is furthest (fetched again when needed): the cache stays within its limit whatever the
+  order, at the price of downloading again what a too-small cache could not keep.
+
+The samples come out as the staged pack's do (core.data.packed.PackedSplit.rows): the same bytes,
+labels and unreadable-image replacement, in the same order, so a streamed run equals a staged one.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import sqlite3
+from collections import OrderedDict
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Optional, Protocol, Sequence
+
+import numpy as np
+
+from core.data.packed import PackedSplit, load_packed_split, read_index, readable_order
+from core.data.pipeline import CorruptImages, DatasetError
+
+# Open shard files a reader keeps at once (each a file descriptor); others are reopened.
+MAX_OPEN_SHARDS = 32
+
+
+class ShardSource(Protocol):
+    """Where a streamed split's shards come from: a local cache that an outer layer fills.
+
+    Names are the shard's data file name in the pack's index (`train-00000.mindrecord`); its
+    `.db` index file comes with it. Every call may come from any thread.
+    """
+
+    def hold(self, name: str) -> None:
+        """The caller will need `name`: keep it in the cache until `release`, and start fetching
+        it in the background (after shards held earlier) if it is not there. Returns at once."""
+
+    def path(self, name: str, spare: Callable[[], bool]) -> str:
+        """The local path of held shard `name`, verified against the index; waits for it (and
+        fetches it in this thread if nobody is). When the cache has no room for it, calls
+        `spare()`, which releases another of the caller's shards (True) or has none (False),
+        and tries again. Raises DatasetError (one line) when the shard cannot be had."""
+
+    def release(self, name: str) -> None:
+        """Undo one `hold`: the cache may evict the shard (or drop its pending fetch)."""
+
+
+@dataclass(frozen=True)
+class StreamedSplit(PackedSplit):
+    """A packed split (core.data.packed.PackedSplit) whose shards come from a ShardSource.
+    `entries` are the split's shard entries of index.json; `prefetch` how many shards a reader
+    asks for beyond those it has started."""
+    source: Optional[ShardSource] = None
+    entries: tuple = ()
+    prefetch: int = 2
+
+    def rows(self, indices: np.ndarray, start: int, corrupt: CorruptImages, workers: int):
+        """(image bytes, label) of the samples indices[start:], read as their shards arrive
+        (`workers` is for the decoding that follows: one thread reads)."""
+        order = readable_order(self, indices, corrupt)[start:]
+        import mindspore.dataset as ds
+        return ds.GeneratorDataset(_StreamedRows(self, order, corrupt),
+                                   column_names=["image", "label"], num_parallel_workers=1,
+                                   python_multiprocessing=False)
+
+
+class StreamedDataset:
+    """A packed dataset root whose shards stream in (a core.data.sources.DataSource): `root` is
+    the local folder holding the pack's index.json (the shards land there as they arrive),
+    `where` names the remote pack in messages."""
+
+    def __init__(self, root: str | os.PathLike, source: ShardSource, prefetch: int = 2,
+                 where: Optional[str] = None):
+        self.root = Path(root)
+        self.source = source
+        self.prefetch = max(0, int(prefetch))
+        self.where = where or str(root)
+
+    def has_split(self, name: str) -> bool:
+        return name in read_index(self.root)["splits"]
+
+    def split(self, name: str, classes: Optional[Sequence[str]] = None) -> StreamedSplit:
+        base = load_packed_split(self.root, name, classes, require_files=False)
+        entries = tuple(read_index(self.root)["splits"][name]["shards"])
+        values = {f.name: getattr(base, f.name) for f in fields(PackedSplit)}
+        return StreamedSplit(**values, source=self.source, entries=entries, prefetch=self.prefetch)
+
+    def verify(self, workers: Optional[int] = None, reuse: bool = False) -> dict:
+        """Each shard is verified against the index as it arrives (ShardSource.path)."""
+        return {"files": 0, "bytes": 0, "seconds": 0.0, "streamed": True}
+
+
+# --------------------------------------------------------------------------- the order's plan
+
+
+class _Plan:
+    """Where the order's samples live: shard of each position, each shard's positions, and the
+    shards in order of first need."""
+
+    def __init__(self, split: StreamedSplit, order: np.ndarray):
+        firsts = np.array([entry["first"] for entry in split.entries], np.int64)
+        self.order = np.asarray(order, np.int64)
+        self.shard_at = (np.searchsorted(firsts, self.order, side="right") - 1).astype(np.int64)
+        by_shard = np.argsort(self.shard_at, kind="stable")
+        cuts = np.flatnonzero(np.diff(self.shard_at[by_shard])) + 1
+        self.positions: dict[int, np.ndarray] = {}
+        for group in np.split(by_shard, cuts) if len(by_shard) else ():
+            self.positions[int(self.shard_at[group[0]])] = group  # ascending (stable sort)
+        self.first_need = sorted(self.positions, key=lambda s: int(self.positions[s][0]))
+        self.first_pos = {s: int(p[0]) for s, p in self.positions.items()}
+        self.last_pos = {s: int(p[-1]) for s, p in self.positions.items()}
+
+    def next_use(self, shard: int, after: int) -> float:
+        """The first position > `after` that reads `shard` (inf when none)."""
+        positions = self.positions.get(shard)
+        if positions is None:
+            return float("inf")
+        i = bisect.bisect_right(positions, after)
+        return float(positions[i]) if i < len(positions) else float("inf")
+
+
+class _StreamedRows:
+    """GeneratorDataset's iterable source: the order's (bytes, label) rows, shard by shard as
+    the ShardSource delivers them. Each iteration is one pass with its own holds, all released
+    when it ends (or is abandoned: the generator's close)."""
+
+    def __init__(self, split: StreamedSplit, order: np.ndarray, corrupt: CorruptImages):
+        self.split = split
+        self.order = order
+        self.corrupt = corrupt
+
+    def __iter__(self):
+        return self._rows()
+
+    def _rows(self):
+        split, source, corrupt = self.split, self.split.source, self.corrupt
+        plan = _Plan(split, self.order)
+        names = [entry["name"] for entry in split.entries]
+        held: set[int] = set()
+        files: "OrderedDict[int, _ShardFile]" = OrderedDict()
+        position = [0]
+        current = [-1]
+
+        def give_back(shard: int) -> None:
+            held.discard(shard)
+            opened = files.pop(shard, None)
+            if opened is not None:
+                opened.close()
+            source.release(names[shard])
+
+        def spare() -> bool:
+            """Under cache pressure: give back the held shard read furthest from now."""
+            others = [s for s in held if s != current[0]]
+            if not others:
+                return False
+            give_back(max(others, key=lambda s: plan.next_use(s, position[0] - 1)))
+            return True
+
+        ahead = 0  # plan.first_need[:ahead] have been held (or started)
+        started = 0
+        try:
+            for p, shard in enumerate(plan.shard_at.tolist()):
+                position[0] = p
+                if plan.first_pos[shard] == p:
+                    started += 1
+                while ahead < len(plan.first_need) and ahead < started + split.prefetch:
+                    wanted = plan.first_need[ahead]
+                    ahead += 1
+                    if wanted not in held:
+                        held.add(wanted)
+                        source.hold(names[wanted])
+                opened = files.get(shard)
+                if opened is None:
+                    current[0] = shard
+                    if shard not in held:  # given back under pressure, needed again
+                        held.add(shard)
+                        source.hold(names[shard])
+                    opened = _ShardFile(self._path(names[shard], spare), split.entries[shard])
+                    files[shard] = opened
+                    while len(files) > MAX_OPEN_SHARDS:
+                        files.popitem(last=False)[1].close()
+                else:
+                    files.move_to_end(shard)
+                index = int(plan.order[p])
+                data = opened.read(index - split.entries[shard]["first"])
+                if plan.last_pos[shard] == p:  # its last sample of this order: hand it back
+                    give_back(shard)
+                yield data, np.int32(split.labels[index])
+        finally:
+            for shard in list(held):
+                give_back(shard)
+            for opened in files.values():
+                opened.close()
+
+    def _path(self, name: str, spare: Callable[[], bool]) -> str:
+        """The source's local path; its one-line error becomes the run's (the pipeline wraps
+        what a source raises: core.data.pipeline.guarded restores it)."""
+        try:
+            return self.split.source.path(name, spare)
+        except DatasetError as exc:
+            self.corrupt.fatal = str(exc)
+            raise
+
+
+# --------------------------------------------------------------------------- one shard file
+
+
+class _ShardFile:
+    """Random access to the image bytes of one MindRecord shard written by core.data.packing.
+
+    MindRecord keeps a file's header (8-byte length, then JSON with `header_size`, `page_size`)
+    before fixed-size pages; its `.db` (SQLite) gives each row's blob page and offsets. With one
+    bytes column (`image`) a row's blob is an 8-byte little-endian length and the bytes. Every
+    read checks that length against the offsets, so a layout this code does not know is one
+    error line, never wrong pixels."""
+
+    def __init__(self, path: str, entry: dict):
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            header = self._header()
+            if header.get("compression_size", 0) or "header_size" not in header:
+                raise self._unknown("compressed or unknown header")
+            self.starts, self.lengths = self._rows(path + ".db", int(header["header_size"]),
+                                                   int(header["page_size"]))
+            if len(self.starts) != entry["samples"]:
+                raise DatasetError(f"shard {path}: {len(self.starts)} rows in its .db, the index "
+                                   f"says {entry['samples']}; re-pack the dataset")
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _header(self) -> dict:
+        size = int.from_bytes(os.pread(self.fd, 8, 0), "little")
+        if not 0 < size < 1 << 30:
+            raise self._unknown("header length")
+        try:
+            return json.loads(os.pread(self.fd, size, 8))
+        except ValueError:
+            raise self._unknown("header") from None
+
+    def _rows(self, db_path: str, header_size: int, page_size: int):
+        db = sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True)
+        try:
+            rows = np.array(db.execute(
+                "SELECT DISTINCT ROW_ID, PAGE_ID_BLOB, PAGE_OFFSET_BLOB, PAGE_OFFSET_BLOB_END "
+                "FROM INDEXES ORDER BY ROW_ID").fetchall(), np.int64).reshape(-1, 4)
+        except sqlite3.Error as exc:
+            raise self._unknown(f".db ({exc})") from None
+        finally:
+            db.close()
+        if len(rows) and not np.array_equal(rows[:, 0], np.arange(len(rows))):
+            raise self._unknown("row numbering")
+        return header_size + rows[:, 1] * page_size + rows[:, 2], rows[:, 3] - rows[:, 2]
+
+    def _unknown(self, what: str) -> DatasetError:
+        return DatasetError(f"shard {self.path}: unexpected MindRecord layout ({what}); stream "
+                            f"only packs written by this runner's pack command, or set "
+                            f"data.stream=false to stage the dataset")
+
+    def read(self, row: int) -> np.ndarray:
+        length = int(self.lengths[row])
+        blob = os.pread(self.fd, length, int(self.starts[row]))
+        if len(blob) != length or int.from_bytes(blob[:8], "little") != length - 8:
+            raise self._unknown(f"row {row}")
+        return np.frombuffer(blob, np.uint8, offset=8)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

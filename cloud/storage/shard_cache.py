@@ -48,7 +48,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
-from cloud.storage.errors import StorageError
 from cloud.storage.store import Storage, open_storage
 from core.config import ConfigError
 from core.data.packed import INDEX_NAME, read_index, sha256_file
@@ -93,8 +92,10 @@ class ShardCache:
     """One process's side of a node's shard cache (see the module docstring)."""
 
     def __init__(self, storage: Storage, root: str | os.PathLike, index: dict, limit_bytes: int,
-                 *, workers: int = PREFETCH_WORKERS, overdraw_after_s: float = 30.0):
+                 *, workers: int = PREFETCH_WORKERS, overdraw_after_s: float = 30.0,
+                 versions: Optional[dict] = None):
         self.storage = storage
+        self.versions = versions or {}  # key -> ETag from a listing: lean (ranged) GETs, no HEAD
         self.root = Path(root)
         self.where = storage.describe()
         self.limit = int(limit_bytes)
@@ -104,7 +105,7 @@ class ShardCache:
         self.size = {name: sum(f["size"] for f in entry["files"]) for name, entry in self.entries.items()}
         self.owner = {f["name"]: name for name, entry in self.entries.items() for f in entry["files"]}
         self.state_dir = self.root / STATE_DIR
-        for sub in ("procs", "claims", "verified", "incoming"):
+        for sub in ("procs", "claims", "verified", "incoming", "names"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self.me = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._life = _flock_try(self.state_dir / "procs" / f"{self.me}.lock")
@@ -165,6 +166,34 @@ class ShardCache:
         with self._mutex:
             if self._holds[name] > 0:
                 self._verified_here.add(name)
+        return str(final)
+
+    def index_file(self, name: str) -> str:
+        """A verified copy of the shard's .db in .cloud-stream/names/ (a copy of the cached
+        shard's, else fetched alone); small, and kept outside the limit's accounting."""
+        expected = next(f for f in self.entries[name]["files"] if f["name"].endswith(".db"))
+        final = self.state_dir / "names" / expected["name"]
+        if final.is_file() and self._file_problem(final, expected) is None:
+            return str(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        part = final.with_name(f"{final.name}.tmp-{self.me}")
+        try:
+            cached = self.root / expected["name"]
+            try:
+                shutil.copyfile(cached, part)
+            except OSError:
+                self._get([expected], [part], name)
+            problem = self._file_problem(part, expected)
+            if problem:
+                self._get([expected], [part], name)
+                problem = self._file_problem(part, expected)
+            if problem:
+                raise DatasetError(f"streaming {self.where}: {expected['name']} fails its check "
+                                   f"against {INDEX_NAME} ({problem}): the stored copy is "
+                                   f"damaged; upload it again from the pack (or pack again)")
+            os.replace(part, final)
+        finally:
+            _remove(part)
         return str(final)
 
     # ----------------------------------------------------------------- fetching
@@ -245,22 +274,11 @@ class ShardCache:
         problem = None
         for attempt in range(1, DOWNLOADS + 1):
             started = time.monotonic()
-            parts = []
+            parts = [self.state_dir / "incoming" / f"{self.me}.{f['name']}" for f in entry["files"]]
             try:
-                for expected in entry["files"]:
-                    part = self.state_dir / "incoming" / f"{self.me}.{expected['name']}"
-                    parts.append(part)
-                    try:
-                        self.storage.download_file(expected["name"], str(part))
-                    except StorageError as exc:
-                        self.stats["store_errors"] += 1
-                        raise DatasetError(
-                            f"streaming {self.where}: shard {name} could not be downloaded ({exc}); "
-                            f"the run stops here and keeps its checkpoints: run it again with "
-                            f"--resume auto once the store answers") from None
-                    problem = self._file_problem(part, expected)
-                    if problem:
-                        break
+                self._get(entry["files"], parts, name)
+                problem = next(filter(None, (self._file_problem(part, expected) for part, expected
+                                             in zip(parts, entry["files"]))), None)
                 if problem is None:
                     signature = {}
                     for part, expected in zip(parts, entry["files"]):
@@ -285,6 +303,23 @@ class ShardCache:
                              f"is damaged; upload that shard again from the pack (or pack again)")
         self._failed[name] = error
         raise error
+
+    def _get(self, files: list, parts: list, name: str) -> None:
+        """The shard's files (its data and .db) into `parts`, in parallel: one lean GET each
+        below storage.multipart_threshold_mb, parallel ranged GETs above (cloud.storage.store)."""
+        errors: list = []
+        with self.storage.batch() as batch:
+            for expected, part in zip(files, parts):
+                batch.download(expected["name"], str(part), size=expected["size"],
+                               version=self.versions.get(expected["name"]),
+                               on_done=lambda error: errors.append(error) if error else None)
+        if errors:
+            self.stats["store_errors"] += 1
+            exc = errors[0]  # explained by the store (cloud.storage.s3client): one line
+            raise DatasetError(
+                f"streaming {self.where}: shard {name} could not be downloaded ({exc}); the run "
+                f"stops here and keeps its checkpoints: run it again with --resume auto once the "
+                f"store answers") from None
 
     @staticmethod
     def _file_problem(path: Path, expected: dict) -> Optional[str]:
@@ -412,9 +447,14 @@ class ShardCache:
         return found
 
     def _used(self, state, on_disk: dict) -> int:
-        reserved = sum(size for proc in state["procs"].values()
-                       for size in proc["inflight"].values())
-        return sum(on_disk.values()) + reserved
+        """Shards on disk plus downloads reserved (a download being renamed into place counts
+        once: the larger of the two)."""
+        reserved: dict = {}
+        for proc in state["procs"].values():
+            for name, size in proc["inflight"].items():
+                reserved[name] = max(reserved.get(name, 0), size)
+        return (sum(size for name, size in on_disk.items() if name not in reserved)
+                + sum(max(size, on_disk.get(name, 0)) for name, size in reserved.items()))
 
     def _note_peak(self, state) -> None:
         used = self._used(state, self._on_disk())
@@ -548,7 +588,8 @@ def open_streamed_pack(url: str, root: str | os.PathLike, settings, data_cfg) ->
                           f"{free / GB:.1f} GB free (with its cached shards): lower "
                           f"data.cache_limit_gb or put the cache on a larger disk (--cache_dir or "
                           f"MNV3_CACHE_DIR)")
-    cache = ShardCache(storage, root, index, limit)
+    versions = {info.key: info.version for info in storage.list()}
+    cache = ShardCache(storage, root, index, limit, versions=versions)
     log.info("streaming %s: %d shards (%.2f GB), node cache %s limited to %.2f GB, %d shard(s) "
              "prefetched per process", url, len(sizes), total / GB, root, limit / GB,
              data_cfg.prefetch_shards)

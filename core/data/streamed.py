@@ -23,6 +23,7 @@ labels and unreadable-image replacement, in the same order, so a streamed run eq
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import os
 import sqlite3
@@ -60,6 +61,10 @@ class ShardSource(Protocol):
     def release(self, name: str) -> None:
         """Undo one `hold`: the cache may evict the shard (or drop its pending fetch)."""
 
+    def index_file(self, name: str) -> str:
+        """A local, verified copy of shard `name`'s `.db` (its rows' file names), fetched alone
+        when the shard is not in the cache (the sample ledger names samples of any shard)."""
+
 
 @dataclass(frozen=True)
 class StreamedSplit(PackedSplit):
@@ -69,6 +74,18 @@ class StreamedSplit(PackedSplit):
     source: Optional[ShardSource] = None
     entries: tuple = ()
     prefetch: int = 2
+
+    def sample_names(self, indices: Sequence[int]) -> list[str]:
+        """Each sample's file path relative to the split (as core.data.packed names it), from
+        the shards' .db files: no image bytes are fetched for it."""
+        firsts = np.array([entry["first"] for entry in self.entries], np.int64)
+        indices = np.asarray(indices, np.int64)
+        shards = np.searchsorted(firsts, indices, side="right") - 1
+        names = []
+        for shard, index in zip(shards.tolist(), indices.tolist()):
+            column = _db_names(self.source.index_file(self.entries[shard]["name"]))
+            names.append(column[index - int(firsts[shard])])
+        return names
 
     def rows(self, indices: np.ndarray, start: int, corrupt: CorruptImages, workers: int):
         """(image bytes, label) of the samples indices[start:], read as their shards arrive
@@ -219,6 +236,29 @@ class _StreamedRows:
 
 
 # --------------------------------------------------------------------------- one shard file
+
+
+@functools.lru_cache(maxsize=4096)
+def _db_names_of(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    try:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(INDEXES)")]
+        column = next((c for c in columns if c.startswith("file_name_")), None)
+        if column is None:
+            raise DatasetError(f"{path} has no file_name index: not a pack of this runner")
+        rows = db.execute(f"SELECT DISTINCT ROW_ID, {column} FROM INDEXES ORDER BY ROW_ID").fetchall()
+    except sqlite3.Error as exc:
+        raise DatasetError(f"cannot read {path} ({exc}); re-pack the dataset") from None
+    finally:
+        db.close()
+    return tuple(name for _, name in rows)
+
+
+def _db_names(path: str) -> tuple[str, ...]:
+    """The file_name column of a shard's .db, in row order (cached per file version)."""
+    stat = os.stat(path)
+    return _db_names_of(str(path), stat.st_size, stat.st_mtime_ns)
+
 
 
 class _ShardFile:

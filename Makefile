@@ -70,6 +70,6 @@ docker-gpu:
 
 # Builds and runs the image in a private dockerd (root; installs docker.io and debootstrap with
 # apt when missing): see tests/docker/run_docker_test.sh. EXTRA_CA_BUNDLE defaults to the
-# machine's bundle there.
-docker-test:
-	bash tests/docker/run_docker_test.sh
+# machine's bundle there. The venv runs SeaweedFS, the test's stand-in for OBS.
+docker-test: $(VENV)/.installed
+	DOCKER_TEST_PYTHON=$(abspath $(PY)) bash tests/docker/run_docker_test.sh

@@ -8,7 +8,8 @@ huaweicloudsdkmodelarts 3.1.219 models Job/JobMetadata/JobAlgorithm/Spec):
 * metadata.name, .description, .annotations["fault-tolerance/job-retry-num"] (--max_retries:
   ModelArts restarts the job on a detected fault, up to N times);
 * algorithm: code_dir + boot_file + engine{engine_name, engine_version} for a preset engine, or
-  engine{image_url} + command for the custom image (absolute interpreter, no shell);
+  engine{image_url} + command for the custom image (`exec` + the absolute interpreter: see
+  IMAGE_COMMAND);
   parameters (config keys as valid names: `train.epochs` -> `train_epochs`, which the boot
   file maps back); inputs (data_url) and outputs (train_url) with their container folders;
   environments (--env K=V; e.g. HCCL_CONNECT_TIMEOUT, which the boot file otherwise sets from
@@ -27,9 +28,18 @@ from typing import Optional
 from core.config import ConfigError
 
 CODE_DIR_IN_IMAGE = "/home/ma-user/mnv3"
-# The custom image's interpreter (fixed by the Dockerfile): ModelArts runs the command without a
-# shell, and appends the parameters as --name=value.
+# The custom image's interpreter (fixed by the Dockerfile): no conda activation, no PATH lookup.
 IMAGE_PYTHON = "/opt/mnv3/venv/bin/python"
+# The custom image's boot command. ModelArts hands it to a shell (its "Boot Command" help lets
+# commands be chained with ';' and '&&', https://support.huaweicloud.com/intl/tr-tr/drawer-
+# modelarts/ma_drawer_038.html) and appends the parameters as --name=value to the last command
+# ("Developing Code for Training Using a Custom Image", https://support.huaweicloud.com/intl/
+# en-us/develop-modelarts/develop-modelarts-1416.html). `exec` makes the boot file replace that
+# shell, so the platform's SIGTERM on a stop reaches Python, which checkpoints and exits 0: a shell
+# left in between (dash, Debian's /bin/sh, runs `sh -c 'python ...'` as a child) would take the
+# signal instead (ignored by a PID 1 shell, fatal to any other) and the job would be killed at the
+# end of the grace period without its checkpoint.
+IMAGE_COMMAND = f"exec {IMAGE_PYTHON} {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"
 # Preset engines that run MindSpore (ModelArts docs, "Starting Training Using a Preset Image's
 # Boot File"): Ascend-Powered-Engine starts the boot file once per NPU (or via MA_RUN_METHOD=
 # msrun); MPI and MindSpore-GPU start it once per GPU through mpirun.
@@ -172,8 +182,7 @@ def engine_part(args, missing: Placeholders) -> dict:
     if not args.engine:
         image = missing.given(args.image, "swr.REGION.myhuaweicloud.com/ORG/mnv3-runner:TAG",
                               "--image (the image built from the Dockerfile, pushed to SWR)")
-        return {"engine": {"image_url": image},
-                "command": f"{IMAGE_PYTHON} {CODE_DIR_IN_IMAGE}/launcher/modelarts.py"}
+        return {"engine": {"image_url": image}, "command": IMAGE_COMMAND}
     if args.image:
         raise ConfigError("--image and --engine: a job runs either the custom image or a "
                           "preset engine; give one")

@@ -11,16 +11,23 @@
 #     the pip_ca build secret; checks that a base without Python 3.11, and INSTALL_REQUIREMENTS=0
 #     on a base without MindSpore, fail with one error line; then an Ascend-shaped build
 #     (INSTALL_REQUIREMENTS=0) on a base that holds MindSpore in its system Python;
-#  5. runs as uid 1000:100: the CPU demo (train + eval), and a ModelArts-shaped job (boot command,
-#     VC_*/MA_* variables, data at /home/ma-user/modelarts/inputs/data_url_0, outputs at
-#     /home/ma-user/modelarts/outputs/train_url_0) stopped with SIGTERM after its first
-#     checkpoint and started again: the second run must resume (summary.json start_step > 0);
+#  5. runs as uid 1000:100: the CPU demo (train + eval), and a ModelArts-shaped job: the job
+#     definition's command and parameters (--print-job-spec) through /bin/sh -c, VC_*/MA_*
+#     variables, data at /home/ma-user/modelarts/inputs/data_url_0, outputs at
+#     /home/ma-user/modelarts/outputs/train_url_0, SeaweedFS (from the project's venv) as OBS:
+#     - a control without the command's `exec`: /bin/sh stays the main process and the job is
+#       killed (137) at the end of the grace period;
+#     - the job stopped with SIGTERM (docker stop) after its first checkpoint: Python is the main
+#       process, writes a checkpoint and its manifest, and exits 0 within the 30 s grace period;
+#     - its output uploaded to SeaweedFS (as the platform does), the job restarted with an empty
+#       output folder: it resumes at the manifest's step from obs://.../out/ and completes;
 #  6. builds the gpu target on a stand-in for the CUDA image (tests/docker/fake-cuda.Dockerfile:
 #     its layout, empty library files) and runs cloud.cluster.gpu_check in it: no driver, a stand-in
 #     V100 (passes), a stand-in H100 (refused). Real CUDA is not exercised here.
 #
 # Variables: DOCKER_TEST_STATE (data root + base tarball, kept between runs for the layer cache;
-# default ~/.cache/mnv3-docker-test), EXTRA_CA_BUNDLE (CA bundle for pip in the build; default
+# default ~/.cache/mnv3-docker-test), DOCKER_TEST_PYTHON (the project's venv interpreter, for
+# SeaweedFS and boto3 on this machine; default .venv/bin/python, which `make docker-test` makes), EXTRA_CA_BUNDLE (CA bundle for pip in the build; default
 # /etc/ssl/certs/ca-certificates.crt, empty: none), DEBIAN_MIRROR (default: this machine's apt
 # mirror), KEEP_IMAGES=0 (remove the test images at the end; the base stays).
 set -euo pipefail
@@ -41,11 +48,17 @@ BOOT=/home/ma-user/mnv3/launcher/modelarts.py
 INPUT=/home/ma-user/modelarts/inputs/data_url_0
 OUTPUT=/home/ma-user/modelarts/outputs/train_url_0
 START=$(date +%s)
+HOST_PY=${DOCKER_TEST_PYTHON:-$ROOT/.venv/bin/python}
+BUCKET=mnv3-docker-test
+GRACE_S=30  # the boot file's --grace_s default (launcher/signals.py), docker stop's timeout here
+S3_PID=
 
 say() { printf '[docker-test %4ds] %s\n' "$(($(date +%s) - START))" "$*"; }
 fail() { echo "error: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "docker-test runs dockerd and debootstrap: run it as root"
+(cd "$ROOT" && "$HOST_PY" -c "import boto3, launcher.seaweedfs as s; s.weed_binary()") 2>/dev/null \
+    || fail "$HOST_PY cannot run SeaweedFS (the stand-in for OBS): run 'make venv' first, or set DOCKER_TEST_PYTHON"
 
 # --- 1. packages ------------------------------------------------------------------------------
 if [ ! -x "$DOCKER" ] || [ ! -x "$DOCKERD" ] || ! command -v debootstrap >/dev/null; then
@@ -69,6 +82,10 @@ cleanup() {
     for name in "${CONTAINERS[@]}"; do
         "$DOCKER" rm -f "$name" >/dev/null 2>&1
     done
+    if [ -n "$S3_PID" ] && kill -0 "$S3_PID" 2>/dev/null; then
+        kill -TERM "$S3_PID"  # launcher.seaweedfs stops its weed server on SIGTERM
+        wait "$S3_PID" 2>/dev/null
+    fi
     if [ -n "$DOCKERD_PID" ]; then
         if [ "${KEEP_IMAGES:-1}" = 0 ]; then
             "$DOCKER" rmi "$IMAGE" "$IMAGE_ASCEND" "$IMAGE_MS_BASE" "$IMAGE_GPU" "$IMAGE_FAKE_CUDA" >/dev/null 2>&1
@@ -210,55 +227,152 @@ run --rm "$IMAGE" bash -c "set -e
 grep -q '"Top_1_Acc"' "$RUN_DIR/demo.log" || { tail -n 30 "$RUN_DIR/demo.log" >&2; fail "no eval result"; }
 say "CPU demo ok ($(($(date +%s) - t0)) s): $(grep -o '"Top_1_Acc": [0-9.]*' "$RUN_DIR/demo.log" | tail -n 1)"
 
-# --- 5b. a ModelArts-shaped job, stopped with SIGTERM and started again ----------------------
+# --- 5b. a ModelArts-shaped job ---------------------------------------------------------------
+# The job definition's own command and parameters (`--print-job-spec`, the body `submit` sends),
+# run as ModelArts runs a boot command: through a shell (/bin/sh -c: its help lets commands be
+# chained with ';' and '&&'), the parameters appended as --name=value, the data and the output
+# mounted where ModelArts mounts them, the VC_*/MA_* variables set. SeaweedFS on this machine
+# stands in for OBS (the node's credentials as OBS_* variables).
+say "SeaweedFS (the stand-in for OBS) from $HOST_PY"
+mkdir -p "$RUN_DIR/seaweedfs"
+(cd "$ROOT" && exec "$HOST_PY" -m launcher.seaweedfs --dir "$RUN_DIR/seaweedfs" --bucket "$BUCKET") \
+    >"$RUN_DIR/s3.env" 2>"$RUN_DIR/s3.log" &
+S3_PID=$!
+for _ in $(seq 120); do
+    grep -q '^# SeaweedFS pid' "$RUN_DIR/s3.env" 2>/dev/null && break
+    kill -0 "$S3_PID" 2>/dev/null || { tail -n 20 "$RUN_DIR/s3.log" >&2; fail "SeaweedFS did not start"; }
+    sleep 0.5
+done
+grep -q '^# SeaweedFS pid' "$RUN_DIR/s3.env" || fail "SeaweedFS not ready within 60 s"
+s3_var() { sed -n "s/^export $1=//p" "$RUN_DIR/s3.env"; }
+S3_ENDPOINT=$(s3_var S3_ENDPOINT)
+
+spec=$(run --rm "$IMAGE" "$PY" "$BOOT" --print-job-spec --image "$IMAGE" --flavor modelarts.vm.cpu.8u \
+        --device_target CPU --config configs/cpu_demo.yaml --train.epochs=6 \
+        --storage.addressing_style=path --data_url "obs://$BUCKET/data" --train_url "obs://$BUCKET/out" \
+        2>"$RUN_DIR/spec.err") || { cat "$RUN_DIR/spec.err" >&2; fail "--print-job-spec failed"; }
+mapfile -t job < <(printf '%s' "$spec" | python3 -c '
+import json, sys
+algorithm = json.load(sys.stdin)["algorithm"]
+print(algorithm["command"])
+for item in algorithm["parameters"]:
+    print("--%s=%s" % (item["name"], item["value"]))
+for channel in algorithm["inputs"] + algorithm["outputs"]:  # access_method "parameter"
+    print("--%s=%s" % (channel["name"], channel["local_dir"]))')
+command=${job[0]}
+params=("${job[@]:1}")
+[ "$command" = "exec $PY $BOOT" ] || fail "the job definition's command does not exec the boot file: $command"
+say "the job's command: $command ${params[*]}"
+
 JOB=$RUN_DIR/job
-mkdir -p "$JOB/data" "$JOB/outputs"
+mkdir -p "$JOB/data" "$JOB/outputs" "$JOB/outputs-noexec" "$JOB/outputs-restarted"
 chown -R 1000:100 "$JOB"
 run --rm -v "$JOB/data:/data" "$IMAGE" "$PY" -c \
     "from core.data.synthetic import ensure_demo_dataset; ensure_demo_dataset('/data/imagefolder')" >/dev/null
-job_args=(-e VC_TASK_INDEX=0 -e VC_WORKER_NUM=1 -e VC_WORKER_HOSTS=127.0.0.1 -e MA_NUM_GPUS=0
-          -e MA_NUM_HOSTS=1 -e MA_VJ_NAME=mnv3-docker-test -e MA_CURRENT_INSTANCE_NAME=mnv3-docker-test-worker-0
-          -e MA_CURRENT_IP=127.0.0.1 -e MA_JOB_DIR=/home/ma-user/mnv3 -e MA_LOG_DIR=/tmp/log
-          -v "$JOB/data/imagefolder:$INPUT:ro" -v "$JOB/outputs:$OUTPUT"
-          "$IMAGE" "$PY" "$BOOT" "--data_url=$INPUT" "--train_url=$OUTPUT" --config=configs/cpu_demo.yaml
-          --train.epochs=6)
+job_env=(-e VC_TASK_INDEX=0 -e VC_WORKER_NUM=1 -e VC_WORKER_HOSTS=127.0.0.1 -e MA_NUM_GPUS=0
+         -e MA_NUM_HOSTS=1 -e MA_VJ_NAME=mnv3-docker-test -e MA_CURRENT_INSTANCE_NAME=mnv3-docker-test-worker-0
+         -e MA_CURRENT_IP=127.0.0.1 -e MA_JOB_DIR=/home/ma-user/mnv3 -e MA_LOG_DIR=/tmp/log
+         -e "OBS_ENDPOINT=$S3_ENDPOINT" -e "OBS_ACCESS_KEY_ID=$(s3_var AWS_ACCESS_KEY_ID)"
+         -e "OBS_SECRET_ACCESS_KEY=$(s3_var AWS_SECRET_ACCESS_KEY)")
 name=mnv3-docker-test-job-$$
-CONTAINERS+=("$name")
-say "ModelArts-shaped job: first run"
-run -d --name "$name" "${job_args[@]}" >/dev/null
-for _ in $(seq 600); do
-    compgen -G "$JOB/outputs/checkpoints/*.ckpt" >/dev/null && break
-    [ "$("$DOCKER" inspect -f '{{.State.Running}}' "$name")" = true ] \
-        || { "$DOCKER" logs --tail 30 "$name" >&2; fail "the job ended before its first checkpoint"; }
-    sleep 0.5
-done
-compgen -G "$JOB/outputs/checkpoints/*.ckpt" >/dev/null || fail "no checkpoint within 300 s"
-t0=$(date +%s)
-"$DOCKER" stop -t 120 "$name" >/dev/null  # SIGTERM; SIGKILL only after 120 s
-code=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$name")
-"$DOCKER" logs "$name" >"$RUN_DIR/job-1.log" 2>&1
-"$DOCKER" rm "$name" >/dev/null
-say "SIGTERM: the job exited with $code after $(($(date +%s) - t0)) s"
-[ "$code" != 137 ] || { tail -n 30 "$RUN_DIR/job-1.log" >&2; fail "the job had to be killed"; }
-status=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["status"])' "$JOB/outputs/summary.json")
-[ "$status" = stopped ] || fail "first run's summary.json status is $status, expected stopped"
+start_job() {  # start_job NAME OUTPUT_FOLDER COMMAND: detached, as the platform starts it
+    CONTAINERS+=("$1")
+    run -d --name "$1" "${job_env[@]}" -v "$JOB/data/imagefolder:$INPUT:ro" -v "$2:$OUTPUT" \
+        "$IMAGE" /bin/sh -c "$3 ${params[*]}" >/dev/null
+}
+wait_for() {  # wait_for NAME GLOB: until a file matches (300 s), failing if the job ends first
+    for _ in $(seq 600); do
+        compgen -G "$2" >/dev/null && return 0
+        [ "$("$DOCKER" inspect -f '{{.State.Running}}' "$1")" = true ] \
+            || { "$DOCKER" logs --tail 30 "$1" >&2; fail "$1 ended before $2 appeared"; }
+        sleep 0.5
+    done
+    fail "no $2 within 300 s"
+}
+stop_job() {  # stop_job NAME GRACE_S LOG: SIGTERM to the main process, SIGKILL after GRACE_S
+    local t0
+    t0=$(date +%s)
+    "$DOCKER" stop -t "$2" "$1" >/dev/null
+    STOP_S=$(($(date +%s) - t0))
+    STOP_CODE=$("$DOCKER" inspect -f '{{.State.ExitCode}}' "$1")
+    "$DOCKER" logs "$1" >"$RUN_DIR/$3" 2>&1
+    "$DOCKER" rm "$1" >/dev/null
+}
 
-say "ModelArts-shaped job: second run (resume)"
-run --rm "${job_args[@]}" >"$RUN_DIR/job-2.log" 2>&1 \
-    || { tail -n 30 "$RUN_DIR/job-2.log" >&2; fail "the resumed job failed"; }
-python3 - "$JOB/outputs" <<'EOF' || { tail -n 30 "$RUN_DIR/job-2.log" >&2; fail "the resumed run is wrong"; }
+# Before the fix, as a control: the same command without `exec` leaves /bin/sh (dash) as the
+# container's main process; it ignores SIGTERM, and the job is killed when the grace period ends.
+say "control: the command without exec, stopped with SIGTERM"
+start_job "$name-noexec" "$JOB/outputs-noexec" "${command#exec }"
+wait_for "$name-noexec" "$JOB/outputs-noexec/train.log"
+main=$("$DOCKER" exec "$name-noexec" cat /proc/1/comm)
+stop_job "$name-noexec" 5 job-noexec.log
+[ "$main" = sh ] && [ "$STOP_CODE" = 137 ] \
+    || fail "without exec: main process $main, exit $STOP_CODE (expected sh, killed: 137)"
+say "control: main process $main, SIGTERM did not reach Python: killed (137) after $STOP_S s (grace 5 s)"
+
+# 5. Stops reach Python: `docker stop` sends SIGTERM to the container's main process (what the
+# platform does on a stop or pre-emption) and SIGKILL after the grace period, the boot file's own
+# (--grace_s, 30 s): the job must checkpoint and exit 0 before it.
+say "ModelArts-shaped job: first run, stopped with SIGTERM after its first checkpoint"
+start_job "$name" "$JOB/outputs" "$command"
+wait_for "$name" "$JOB/outputs/checkpoints/*.ckpt"
+main=$("$DOCKER" exec "$name" cat /proc/1/comm)
+[ "$main" = python ] || fail "the container's main process is $main, not the boot file's python"
+stop_job "$name" "$GRACE_S" job-1.log
+say "SIGTERM: the job exited with $STOP_CODE after $STOP_S s (grace ${GRACE_S} s)"
+[ "$STOP_CODE" = 0 ] && [ "$STOP_S" -lt "$GRACE_S" ] \
+    || { tail -n 30 "$RUN_DIR/job-1.log" >&2; fail "exit $STOP_CODE after $STOP_S s: expected 0 within the grace period"; }
+python3 - "$JOB/outputs" <<'EOF' || { tail -n 30 "$RUN_DIR/job-1.log" >&2; fail "no checkpoint at the stop"; }
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 s = json.loads((out / "summary.json").read_text())
+assert s["status"] == "stopped", s["status"]
+manifest = json.loads((out / "checkpoints" / "latest.json").read_text())
+assert manifest["step"] == s["step"], (manifest["step"], s["step"])
+assert (out / "checkpoints" / manifest["key"]).is_file(), manifest["key"]
+print(f"[docker-test] stopped at step {s['step']}: {manifest['key']} and its manifest written")
+EOF
+
+# 2. A restart that finds its output folder empty (the platform uploaded the output to OBS but
+# did not download it again) resumes from the checkpoints there, at the manifest's step.
+say "the platform's output upload: $JOB/outputs -> obs://$BUCKET/out/ (SeaweedFS)"
+(cd "$ROOT" && env -u AWS_PROFILE "$HOST_PY" - "$JOB/outputs" "$BUCKET" "$S3_ENDPOINT" \
+    "$(s3_var AWS_ACCESS_KEY_ID)" "$(s3_var AWS_SECRET_ACCESS_KEY)") <<'EOF' || fail "the upload failed"
+import pathlib, sys
+import boto3
+from botocore.config import Config
+out, bucket, endpoint, key, secret = sys.argv[1:]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=key,
+                  aws_secret_access_key=secret,
+                  config=Config(s3={"addressing_style": "path"},
+                                request_checksum_calculation="when_required",
+                                response_checksum_validation="when_required"))
+files = [p for p in pathlib.Path(out).rglob("*") if p.is_file()]
+for path in files:
+    s3.upload_file(str(path), bucket, f"out/{path.relative_to(out).as_posix()}")
+print(f"[docker-test] uploaded {len(files)} files")
+EOF
+say "ModelArts-shaped job: restarted with an empty output folder"
+start_job "$name-restart" "$JOB/outputs-restarted" "$command"
+code=$("$DOCKER" wait "$name-restart")
+"$DOCKER" logs "$name-restart" >"$RUN_DIR/job-2.log" 2>&1
+"$DOCKER" rm "$name-restart" >/dev/null
+[ "$code" = 0 ] || { tail -n 30 "$RUN_DIR/job-2.log" >&2; fail "the restarted job exited with $code"; }
+python3 - "$JOB/outputs" "$JOB/outputs-restarted" <<'EOF' || { tail -n 30 "$RUN_DIR/job-2.log" >&2; fail "the restarted run is wrong"; }
+import json, pathlib, sys
+first, out = map(pathlib.Path, sys.argv[1:])
+manifest = json.loads((first / "checkpoints" / "latest.json").read_text())
+s = json.loads((out / "summary.json").read_text())
 assert s["status"] == "completed", s["status"]
-assert s["start_step"] > 0, f"start_step {s['start_step']}: the second run did not resume"
+assert s["start_step"] == manifest["step"], \
+    f"start_step {s['start_step']}, the manifest's step {manifest['step']}: not resumed from OBS"
 assert s["step"] == 6 * s["steps_per_epoch"], (s["step"], s["steps_per_epoch"])
 ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
-assert ckpts, "no checkpoints"
-print(f"[docker-test] resumed at step {s['start_step']}, completed step {s['step']}; "
-      f"checkpoints: {', '.join(ckpts)}")
+print(f"[docker-test] resumed at the manifest's step {manifest['step']} ({manifest['key']}), "
+      f"completed step {s['step']}; checkpoints: {', '.join(ckpts)}")
 EOF
-grep -q -i "resumed from" "$RUN_DIR/job-2.log" || fail "the second run's log does not say it resumed"
+grep -q "resuming from obs://$BUCKET/out/" "$RUN_DIR/job-2.log" \
+    || { tail -n 30 "$RUN_DIR/job-2.log" >&2; fail "the restarted run's log does not say it resumed from obs://$BUCKET/out/"; }
 # --- 6. the gpu target, on a stand-in for the CUDA image (no registry here) --------------------
 build build-fake-cuda.log --build-arg BASE_IMAGE="$BASE" -t "$IMAGE_FAKE_CUDA" \
     -f "$ROOT/tests/docker/fake-cuda.Dockerfile" "$ROOT/tests/docker"

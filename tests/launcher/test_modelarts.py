@@ -239,8 +239,9 @@ def test_print_job_spec_for_a_custom_image(platform, capsys):
     spec = json.loads(captured.out)
     algorithm = spec["algorithm"]
     assert algorithm["engine"] == {"image_url": "swr.example/org/mnv3:1"}
-    # The image's own interpreter, no shell: ModelArts appends the parameters to this command.
-    assert algorithm["command"] == ("/opt/mnv3/venv/bin/python "
+    # The image's own interpreter, exec'd by the shell ModelArts runs the command in (so that its
+    # SIGTERM reaches Python); ModelArts appends the parameters to this command.
+    assert algorithm["command"] == ("exec /opt/mnv3/venv/bin/python "
                                     "/home/ma-user/mnv3/launcher/modelarts.py")
     assert "code_dir" not in algorithm and "boot_file" not in algorithm
     assert algorithm["environments"] == {}

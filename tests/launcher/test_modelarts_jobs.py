@@ -200,7 +200,7 @@ def test_custom_image_job_uploads_nothing_and_runs_the_image_interpreter(
     assert code == 0, err
     assert objects(s3_server, bucket) == {}
     [(_, _, _, sent, _)] = calls(stand_in, "POST", "/training-jobs")
-    assert sent["algorithm"]["command"] == ("/opt/mnv3/venv/bin/python "
+    assert sent["algorithm"]["command"] == ("exec /opt/mnv3/venv/bin/python "
                                             "/home/ma-user/mnv3/launcher/modelarts.py")
 
 

@@ -335,3 +335,46 @@ def test_unreadable_checkpoints_on_obs_never_start_from_step_0(tiny_dataset, tmp
     assert code == 2 and len(errors) == 1, errors
     assert f"obs://{bucket}/out" in errors[0] and "refusing to start again from step 0" in errors[0]
     assert not (tmp_path / "out" / "summary.json").exists()
+
+
+# --- 5. stops reach Python -----------------------------------------------------------------------
+# Sources: ModelArts' "Boot Command" help, https://support.huaweicloud.com/intl/tr-tr/drawer-
+# modelarts/ma_drawer_038.html ("Multiple boot commands can be combined by semicolons (;) and
+# ampersands (&&)": a shell runs the command), and "Developing Code for Training Using a Custom
+# Image", https://support.huaweicloud.com/intl/en-us/develop-modelarts/develop-modelarts-1416.html
+# (with parameters, "the last command in the boot commands runs the training script": they are
+# appended to it). The whole stop (SIGTERM to the container's main process as `docker stop` sends
+# it, the checkpoint, exit 0 within the grace period) runs in `make docker-test`
+# (tests/docker/run_docker_test.sh); here: no shell stays between the platform and Python.
+
+
+def process_images(command: str) -> set:
+    """The executables the process started as `/bin/sh -c COMMAND` runs, sampled until it ends."""
+    import os
+    import time
+    proc = subprocess.Popen(["/bin/sh", "-c", command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen = set()
+    while proc.poll() is None:
+        try:
+            seen.add(os.path.realpath(f"/proc/{proc.pid}/exe"))
+        except OSError:
+            pass
+        time.sleep(0.005)
+    assert proc.returncode == 0
+    return seen - {f"/proc/{proc.pid}/exe"}  # read after the process ended
+
+
+def test_the_boot_command_replaces_the_shell_that_runs_it():
+    import os
+    from launcher.modelarts.spec import CODE_DIR_IN_IMAGE, IMAGE_COMMAND, IMAGE_PYTHON
+    here = IMAGE_COMMAND.replace(IMAGE_PYTHON, sys.executable).replace(CODE_DIR_IN_IMAGE, str(REPO))
+    python = os.path.realpath(sys.executable)
+    shell = os.path.realpath("/bin/sh")
+    # as ModelArts runs it (the parameters appended): the shell's process becomes the boot file
+    assert python in process_images(here + " --train_epochs=1 --help")
+    # without exec, Debian's /bin/sh (dash, also the image's) stays the parent: the signal would
+    # stop there (bash would exec a lone command itself; a chained one it would not either)
+    if Path(shell).name == "dash":
+        without = here.removeprefix("exec ")
+        assert process_images(without + " --train_epochs=1 --help") == {shell}

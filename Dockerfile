@@ -121,8 +121,10 @@ RUN if command -v apt-get >/dev/null && ! command -v g++ >/dev/null; then \
 
 # ma-user (numeric, so that the runtime needs no passwd lookup)
 USER 1000:100
-# CMD, not ENTRYPOINT: ModelArts replaces the command with the job's boot command. Absolute
-# interpreter: no shell, no conda activation.
+# CMD, not ENTRYPOINT: ModelArts replaces the command with the job's boot command (`exec` + this
+# interpreter, launcher/modelarts/spec.py IMAGE_COMMAND: its shell gives way to Python). Exec form,
+# absolute interpreter: no shell, so Python is the main process and gets `docker stop`'s SIGTERM;
+# no conda activation.
 CMD ["/opt/mnv3/venv/bin/python", "/home/ma-user/mnv3/launcher/modelarts.py"]
 
 # --- GPU: CUDA 11.6 + cuDNN 8 from CUDA_IMAGE (x86-64) ------------------------------------------

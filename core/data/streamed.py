@@ -27,6 +27,7 @@ import functools
 import json
 import os
 import sqlite3
+import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -238,9 +239,15 @@ class _StreamedRows:
 # --------------------------------------------------------------------------- one shard file
 
 
+def _open_db(path: str) -> sqlite3.Connection:
+    """A shard's .db, read-only and never written (a URI: '#', '?' and '%' in the path quoted)."""
+    return sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro&immutable=1",
+                           uri=True)
+
+
 @functools.lru_cache(maxsize=4096)
 def _db_names_of(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
-    db = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+    db = _open_db(path)
     try:
         columns = [row[1] for row in db.execute("PRAGMA table_info(INDEXES)")]
         column = next((c for c in columns if c.startswith("file_name_")), None)
@@ -296,7 +303,7 @@ class _ShardFile:
             raise self._unknown("header") from None
 
     def _rows(self, db_path: str, header_size: int, page_size: int):
-        db = sqlite3.connect(f"file:{db_path}?mode=ro&immutable=1", uri=True)
+        db = _open_db(db_path)
         try:
             rows = np.array(db.execute(
                 "SELECT DISTINCT ROW_ID, PAGE_ID_BLOB, PAGE_OFFSET_BLOB, PAGE_OFFSET_BLOB_END "

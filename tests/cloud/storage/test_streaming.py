@@ -221,7 +221,7 @@ def test_the_cache_stays_within_a_tiny_limit_whatever_the_order(s3_server, store
     url, pack = stored_pack
     sizes = shard_bytes(pack)
     limit = int(2.5 * max(sizes))  # two and a half shards, while prefetch asks for 4 more
-    root = tmp_path / "cache"
+    root = tmp_path / "cache #1 ?%"  # a URI of the shards' .db files must quote these
     dataset = open_streamed_pack(url, root, s3_server.settings(),
                                  data_cfg(prefetch_shards=4, cache_limit_gb=limit / 1024 ** 3))
     split = dataset.split("train")

@@ -348,8 +348,8 @@ def check_free_space(todo: list, dest_dir: str, source: str) -> None:
             f"{source} needs {_size(needed)} more in {dest_dir} but only {_size(free)} is free "
             f"there: stage it on a larger disk (--cache_dir or MNV3_CACHE_DIR on the node's NVMe or "
             f"an SFS mount; on ModelArts a flavour with a larger /cache), or pack it smaller "
-            f"(local.py pack); reading straight from OBS without staging (issue \"Streaming\") is "
-            f"not available yet")
+            f"(local.py pack), or train from the pack without staging it (Streaming: data.stream=true "
+            f"keeps at most data.cache_limit_gb in the cache)")
 
 
 def _record(stats: SyncStats, attempted: int, errors: list, progress, started: float) -> None:

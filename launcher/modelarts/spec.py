@@ -19,6 +19,13 @@ huaweicloudsdkmodelarts 3.1.219 models Job/JobMetadata/JobAlgorithm/Spec):
   checkpoints in the mounted output folder. The field is in Huawei's algorithm examples and the
   console, not in the SDK 3.1.219 models; `--no_prefetch_output` leaves it out;
 * spec.resource{flavor_id, node_count, pool_id}, spec.log_export_path.obs_url (--log_url).
+
+With data.stream=true (`--data_stream=true`) the dataset is no input channel: ModelArts would copy
+it all into the container before the job starts. The job gets its OBS URL as the `data_url`
+parameter and reads the shards itself while training (cloud.storage.shard_cache), with the
+temporary keys of the node's agency (`storage_metadata_url`, Huawei Cloud's instance metadata,
+unless the recipe or a parameter names other credentials' source) and the region's OBS endpoint
+(`OBS_REGION` in the job's environment, from the submitter's region, unless given).
 """
 from __future__ import annotations
 
@@ -142,6 +149,8 @@ def job_spec(args, cfg, overrides: dict) -> tuple[dict, list[str]]:
     algorithm = {"parameters": parameters(args, overrides), **engine_part(args, missing),
                  **channels(args, cfg, missing),
                  "environments": environment(getattr(args, "env", None))}
+    if cfg.data.stream:
+        streamed_input(args, cfg, algorithm, missing)
     spec = {"kind": "job", "metadata": metadata_part(args, cfg), "algorithm": algorithm,
             "spec": resource_part(args, cfg, missing)}
     return spec, missing.todo
@@ -214,6 +223,36 @@ def channels(args, cfg, missing: Placeholders) -> dict:
     return {"inputs": [{"name": "data_url", "local_dir": INPUT_DIR, "access_method": "parameter",
                         "remote": {"obs": {"obs_url": obs_path(data_url)}}}],
             "outputs": [output]}
+
+
+def streamed_input(args, cfg, algorithm: dict, missing: Placeholders) -> None:
+    """data.stream=true: no input channel (the platform would download all of it first); the
+    dataset's OBS URL as the data_url parameter, read by the job itself with the node's agency
+    (storage.metadata_url) from the region's OBS endpoint (OBS_REGION)."""
+    from cloud.storage.metadata_credentials import HUAWEI_METADATA_URL
+    channel = algorithm.pop("inputs")[0]
+    url = obs_url(channel["remote"]["obs"]["obs_url"])
+    params = algorithm["parameters"]
+    params.append({"name": "data_url", "value": url})
+    given = {p["name"] for p in params}
+    if "storage_metadata_url" not in given and not _recipe_storage(args).get("metadata_url"):
+        params.append({"name": "storage_metadata_url", "value": HUAWEI_METADATA_URL})
+    env = algorithm["environments"]
+    if not ({"OBS_ENDPOINT", "OBS_REGION"} & set(env)):
+        import os
+        region = getattr(args, "region", None) or os.environ.get("HUAWEICLOUD_REGION")
+        env["OBS_REGION"] = missing.given(region, "YOUR-REGION", "--env OBS_REGION=REGION (the "
+                                          "job reads OBS itself when it streams)")
+
+
+def _recipe_storage(args) -> dict:
+    """The recipe's `storage:` section (what the job will read too), {} without one."""
+    if not args.config:
+        return {}
+    from core.config import read_recipe_file
+    from launcher.modelarts.args import resolve_config_path
+    section = read_recipe_file(resolve_config_path(args.config)).get("storage") or {}
+    return section if isinstance(section, dict) else {}
 
 
 def resource_part(args, cfg, missing: Placeholders) -> dict:

@@ -486,7 +486,7 @@ def test_a_writer_stopped_past_its_lease_uploads_nothing_when_it_continues(priva
     import time
 
     from cloud.storage.checkpoint_store import CheckpointUploader
-from core.checkpoint_store import CheckpointStore
+    from core.checkpoint_store import CheckpointStore
     from cloud.storage.lease import Lease
     from cloud.storage.store import open_storage
     server = private_s3()

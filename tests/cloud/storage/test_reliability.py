@@ -416,7 +416,7 @@ def test_s3_down_past_the_retry_budget_run_finishes_says_so_keeps_checkpoints(
     assert kept == ["mobilenetv3-e0000-s00000005.ckpt", "mobilenetv3-e0001-s00000007.ckpt",
                     "mobilenetv3-e0001-s00000010.ckpt", "mobilenetv3-e0002-s00000014.ckpt"]
     for name in kept:
-        assert ckpt.load(run_dir / "checkpoints" / name).step == ckpt.step_of(name)  # CRC-checked
+        assert ckpt.load(run_dir / "checkpoints" / name).step == ckpt.step_of_name(name)  # CRC-checked
 
 
 # --------------------------------------------------------------------------- disk full
@@ -451,5 +451,5 @@ def test_disk_full_in_the_run_directory_is_one_line_and_keeps_earlier_checkpoint
     assert last.startswith("error: could not write checkpoint ") and "s00000004.ckpt" in last, last
     assert "No space left on device" in last and "check free space" in last, last
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert names == ["mobilenetv3-e0000-s00000002.ckpt"], names  # no partial file left
+    assert names == ["latest.json", "mobilenetv3-e0000-s00000002.ckpt"], names  # no partial file left
     assert ckpt.load(out / "checkpoints" / names[0]).step == 2  # CRC-checked, complete

@@ -102,7 +102,7 @@ def test_with_a_loss_scale_overflow_steps_are_skipped_counted_and_not_fatal():
     def out(loss, overflow):
         return ms.Tensor(np.float32(loss)), ms.Tensor(overflow), ms.Tensor(np.float32(1024))
     run = types.SimpleNamespace(overflow_steps=0, interval_overflows=0, per_epoch=10)
-    saver = types.SimpleNamespace(checkpoints=types.SimpleNamespace(latest=lambda: None))
+    saver = types.SimpleNamespace(latest=lambda: None)
     losses = _read_checked(run, 0, 3, [out(2.0, False), out(np.inf, True), out(np.nan, True)], saver)
     assert losses[0] == 2.0 and len(losses) == 3
     assert run.overflow_steps == 2 and run.interval_overflows == 2

@@ -59,7 +59,7 @@ def test_training_lowers_the_loss_and_writes_outputs(full_run):
     # the run directory's manifest (core.checkpoint_store) lists exactly those, newest first
     manifest = json.loads((out / "checkpoints" / "latest.json").read_text())
     assert [e["key"] for e in manifest["checkpoints"]] == kept[::-1] and manifest["step"] == 21
-    assert manifest["meta"] == {"kind": "final"}
+    assert manifest["meta"] == {"kind": "epoch"}  # the last epoch's, also the final one
     saved = json.loads((out / "summary.json").read_text())
     assert saved["final_checkpoint"].endswith("mobilenetv3-e0003-s00000021.ckpt")
 

@@ -57,6 +57,13 @@ class DataConfig:
     image_size: int = _spec(224, minimum=16, help="training and eval crop size (px)")
     eval_resize: int = _spec(256, minimum=16, help="eval: resize shorter side to this, then centre crop")
     batch_size: int = _spec(150, minimum=1, help="per-device training batch")
+    global_batch_size: Optional[int] = _spec(None, minimum=1,
+                                             help="training batch of all processes together; "
+                                                  "when set, the per-device batch is this / the "
+                                                  "process count (which must divide it) and "
+                                                  "data.batch_size is not used: a run resumes on "
+                                                  "another number of processes as it is; null = "
+                                                  "data.batch_size x processes")
     eval_batch_size: Optional[int] = _spec(None, minimum=1, help="per-device eval batch; null = batch_size")
     workers: int = _spec(4, minimum=1, help="parallel workers for decoding and augmentation")
     crop_scale: list = _spec([0.08, 1.0], help="RandomCropDecodeResize area range")
@@ -68,6 +75,17 @@ class DataConfig:
     decoder: str = _spec("auto", choices=("auto", "native", "mindspore"),
                          help="decoding for training, eval and predict: native = the project's libjpeg-turbo "
                               "operator (make kernels), mindspore = its dataset ops, auto = native when built")
+    shuffle_window: int = _spec(0, minimum=0,
+                                help="packed data: 0 = a full shuffle of each epoch; N = "
+                                     "shard-window shuffle: each epoch deals the shards into "
+                                     "windows of N (each spanning the pack's file order) read one "
+                                     "after another, samples shuffled within a window, so a "
+                                     "streaming reader needs N shards at a time (plus "
+                                     "data.prefetch_shards); an ImageFolder is always shuffled in "
+                                     "full")
+    sample_log: bool = _spec(False, help="rank 0 appends each global step's samples (paths "
+                                         "relative to the split, in global-batch order) to "
+                                         "samples.jsonl in the run directory")
     on_corrupt: str = _spec("skip", choices=("skip", "fail"),
                             help="training images that cannot be read: skip (counted, logged) or fail")
     max_image_pixels: int = _spec(100_000_000, minimum=1,

@@ -130,16 +130,16 @@ class ResumeAgreement(Callback):
 
 
 class ShardLog(Callback):
-    """One INFO line per rank naming the shard it reads, for the logs of a distributed run."""
-
-    def __init__(self, batch_size: int):
-        self.batch_size = batch_size
+    """One INFO line per rank naming the part of the data it reads, for the logs of a
+    distributed run."""
 
     def on_train_begin(self, info: dict) -> None:
         rank, world, per_epoch = info["rank"], info["world"], info["steps_per_epoch"]
-        log.info("rank %d/%d reads shard %d of %d of each epoch's seeded permutation "
-                 "(indices rank::world): %d images in %d steps", rank, world, rank, world,
-                 per_epoch * self.batch_size, per_epoch)
+        total = info["global_batch"]
+        batch = total // world
+        log.info("rank %d/%d reads shard %d of %d of each global batch of the epoch's sample order "
+                 "(positions %d..%d of every %d): %d images in %d steps", rank, world, rank, world,
+                 rank * batch, (rank + 1) * batch - 1, total, per_epoch * batch, per_epoch)
 
 
 def train_rank(args) -> int:
@@ -161,7 +161,7 @@ def train_rank(args) -> int:
         resume = local_checkpoint(job.cfg, job.resume)
         from launcher.watchdog import HangWatchdog
         callbacks = [stop, HangWatchdog(cfg.train.hang_timeout_s, env.rank), ResumeAgreement(),
-                     ShardLog(cfg.data.batch_size), *job.callbacks]
+                     ShardLog(), *job.callbacks]
         summary = run_training(job.cfg, resume=resume, pretrained=job.pretrained,
                                callbacks=callbacks, rank=env.rank, world=env.world_size,
                                job_id=job_id)

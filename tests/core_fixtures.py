@@ -18,6 +18,16 @@ def tiny_dataset(tmp_path_factory):
     return generate(root, train_per_class=6, val_per_class=3, size=48, seed=3)
 
 
+@pytest.fixture(scope="session")
+def tiny_pack(tiny_dataset, tmp_path_factory):
+    """tiny_dataset packed as `pack` writes any folder, in class order: 12 train shards of 2 to 6
+    images, each holding one or two classes (the shard-window shuffle's worst case)."""
+    from core.data.packing import pack_imagefolder
+    dst = tmp_path_factory.mktemp("tiny_pack")
+    pack_imagefolder(tiny_dataset, dst, shard_size_mb=0.01, workers=1)
+    return dst
+
+
 def tiny_config(data_path, out_dir, **overrides):
     """A config that trains MobileNetV3-Small at 32 px in seconds on CPU."""
     base = {"data.path": str(data_path), "data.image_size": 32, "data.eval_resize": 36,

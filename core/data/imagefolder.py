@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core.data.image_formats import IMAGE_EXTENSIONS, has_image_extension, image_problem
-from core.data.pipeline import CorruptImages, DatasetError, RowSplit
+from core.data.pipeline import CorruptImages, DatasetError, RowSplit, replacement
 
 log = logging.getLogger("core.data.imagefolder")
 
@@ -40,6 +40,11 @@ class ImageList(RowSplit):
         return ds.GeneratorDataset(_FileSource(self, indices, corrupt, start),
                                    column_names=["image", "label"], shuffle=False,
                                    num_parallel_workers=1, python_multiprocessing=False)
+
+    def sample_names(self, indices: Sequence[int]) -> list[str]:
+        """Each sample's path relative to the split ('<class>/<file>'), as a pack names it."""
+        cut = len(self.root) + 1
+        return [self.files[int(i)][cut:].replace(os.sep, "/") for i in indices]
 
 
 def list_classes(split_dir: str | os.PathLike) -> list[str]:
@@ -164,10 +169,11 @@ class ImageFolder:
 
 class _FileSource:
     """Random-access source of (JPEG bytes, label) for GeneratorDataset, from position `start`
-    of the shard's order on (a resumed epoch starts at its first unseen batch).
+    of the rank's order on (a resumed epoch starts at its first unseen batch).
 
-    A corrupt file is replaced by the next readable sample of the same shard (deterministic,
-    so resume is unaffected) and reported to `corrupt`, never silently."""
+    A corrupt file is replaced by the next readable file after it in file order
+    (core.data.pipeline.replacement: the same on any number of processes) and reported to
+    `corrupt`, never silently."""
 
     def __init__(self, images: ImageList, indices: np.ndarray, corrupt: Optional[CorruptImages] = None,
                  start: int = 0):
@@ -181,12 +187,15 @@ class _FileSource:
         return len(self.indices) - self.start
 
     def __getitem__(self, i: int):
-        for attempt in range(len(self.indices)):
-            j = int(self.indices[(self.start + i + attempt) % len(self.indices)])
+        first = int(self.indices[self.start + i])
+        for attempt in range(len(self.files)):
+            j = replacement(first, attempt, len(self.files))
+            if self.files[j] in self.corrupt.problems:
+                continue  # known unreadable: not read again
             with open(self.files[j], "rb") as fh:
                 data = fh.read()
             problem = image_problem(data)
             if problem is None:
                 return np.frombuffer(data, np.uint8), np.int32(self.labels[j])
             self.corrupt.report(self.files[j], problem)
-        raise DatasetError(f"no readable image in this shard of {Path(self.files[0]).parent.parent}")
+        raise DatasetError(f"no readable image in {Path(self.files[0]).parent.parent}")

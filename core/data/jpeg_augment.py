@@ -5,10 +5,11 @@ jitter) in one call into `core/kernels/libmnv3_jpeg.so`, which decodes only the 
 of the JPEG with Pillow's SIMD libjpeg-turbo. MindSpore 2.10's dataset engine carries a
 libjpeg-turbo built without SIMD, and decoding is most of the pipeline's time (bench/README.md).
 
-Every random number of an epoch is drawn up front, one row of `PARAM_COLUMNS` per sample
-position, from (seed, epoch, rank): an image's augmentation depends only on its position, not
-on thread timing, and a resumed epoch starts at its first unseen batch without decoding the
-ones before it. The crop follows torchvision's / MindSpore's RandomResizedCrop (10 tries, then
+Every random number of an epoch belongs to a sample's global position: row p of one stream per
+(seed, epoch), `PARAM_COLUMNS` draws a row, reached by jumping the generator ahead
+(position_params). An image's augmentation depends only on (seed, epoch, position): not on
+thread timing, the rank that reads it or the number of processes, and a resumed epoch starts
+at its first unseen batch without decoding the ones before it. The crop follows torchvision's / MindSpore's RandomResizedCrop (10 tries, then
 a centre crop); colour jitter applies brightness, contrast and saturation in a random order.
 Images that are not plain JPEGs (PNG, BMP, WebP, TIFF, GIF, PPM/PGM, CMYK JPEGs) are decoded
 by Pillow and get the same augmentation; bytes after a JPEG's end marker are never read. Without the built library, core.data.sources falls back to MindSpore's own ops.
@@ -104,10 +105,32 @@ def linked_jpeg_library() -> str:
     return buf.value.decode()
 
 
-def draw_params(count: int, seed: int, epoch: int, rank: int, start: int = 0) -> np.ndarray:
-    """Uniform [0, 1) draws for sample positions start..count-1 of an epoch's shard: float64
+# The stream of an epoch's draws: keyed as the single-process draws always were (rank slot 0),
+# so a one-process run keeps the augmentations it had before draws followed global positions.
+_DRAW_KEY = (0, 11)
+
+
+def position_params(seed: int, epoch: int, positions) -> np.ndarray:
+    """Uniform [0, 1) draws of the samples at global positions `positions` of epoch `epoch`:
+    float64 [len(positions), PARAM_COLUMNS], row p of one PCG64 stream per (seed, epoch), so
+    the same whoever reads position p. Each run of consecutive positions costs one jump of
+    the generator (PCG64.advance) and its own rows, never the rows before it."""
+    positions = np.asarray(positions, np.int64).reshape(-1)
+    out = np.empty((len(positions), PARAM_COLUMNS))
+    if not len(positions):
+        return out
+    cuts = np.flatnonzero(np.diff(positions) != 1) + 1
+    for first, stop in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(positions)]])):
+        rng = np.random.default_rng([seed, epoch, *_DRAW_KEY])
+        rng.bit_generator.advance(int(positions[first]) * PARAM_COLUMNS)  # one 64-bit draw a double
+        out[first:stop] = rng.random((int(stop - first), PARAM_COLUMNS))
+    return out
+
+
+def draw_params(count: int, seed: int, epoch: int, start: int = 0) -> np.ndarray:
+    """The draws of positions start..count-1 of an epoch (position_params): float64
     [count - start, PARAM_COLUMNS], the same rows whatever `start` (a resume's first position)."""
-    return np.random.default_rng([seed, epoch, rank, 11]).random((count, PARAM_COLUMNS))[start:]
+    return position_params(seed, epoch, np.arange(start, count))
 
 
 def crop_box(width: int, height: int, u: np.ndarray, scale, ratio) -> tuple[int, int, int, int]:
@@ -200,19 +223,22 @@ class TrainAugment:
 
 class BatchAugment:
     """batch(per_batch_map=...) operation: a batch's image bytes -> uint8 NHWC. Batch k of the
-    epoch takes params[k * batch_size:] (the rows of its sample positions)."""
+    pipeline holds the samples at global positions positions[k * batch_size:][:batch_size]
+    and gets their draws (position_params)."""
 
-    def __init__(self, data_cfg, params: np.ndarray):
+    def __init__(self, data_cfg, seed: int, epoch: int, positions: np.ndarray):
         self.augment = TrainAugment(data_cfg)
-        self.params = params
+        self.seed, self.epoch = int(seed), int(epoch)
+        self.positions = np.asarray(positions, np.int64)
         self.batch_size = int(data_cfg.batch_size)
 
     def __call__(self, images, batch_info):
         first = batch_info.get_batch_num() * self.batch_size
+        params = position_params(self.seed, self.epoch, self.positions[first:first + len(images)])
         size = self.augment.size
         out = np.empty((len(images), size, size, 3), np.uint8)
         for i, data in enumerate(images):
-            self.augment(data, self.params[first + i], out[i])
+            self.augment(data, params[i], out[i])
         return (out,)
 
 

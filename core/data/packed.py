@@ -12,6 +12,7 @@ a `SubsetSampler` over that order.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from core.data.pipeline import CorruptImages, DatasetError, RowSplit, usable_workers
+from core.data.pipeline import CorruptImages, DatasetError, RowSplit, replacement, usable_workers
 
 INDEX_NAME = "index.json"
 FORMAT = "mnv3-packed-mindrecord"
@@ -93,9 +94,14 @@ class PackedSplit(RowSplit):
     classes: tuple[str, ...]
     label_map: Optional[np.ndarray] = None
     corrupt: Optional[dict] = None
+    shard_samples: tuple[int, ...] = ()  # samples of each shard, in file order
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def shard_sizes(self) -> Optional[tuple[int, ...]]:
+        """The shards the shard-window shuffle permutes (core.data.pipeline.epoch_order)."""
+        return self.shard_samples or None
 
     def rows(self, indices: np.ndarray, start: int, corrupt: CorruptImages, workers: int):
         """(image bytes, label) of the samples indices[start:]. Unreadable images are known
@@ -110,6 +116,31 @@ class PackedSplit(RowSplit):
             lookup = self.label_map
             dataset = dataset.map(operations=lambda label: lookup[label], input_columns="label")
         return dataset
+
+    def sample_names(self, indices: Sequence[int]) -> list[str]:
+        """Each sample's file path relative to the split, as the ImageFolder it was packed from
+        names it (read from the shards' file_name column, a shard at a time when first needed)."""
+        starts = np.cumsum((0,) + tuple(self.shard_samples or (len(self),)))
+        indices = np.asarray(indices, np.int64)
+        shards = np.searchsorted(starts, indices, side="right") - 1
+        names = []
+        for shard, index in zip(shards.tolist(), indices.tolist()):
+            names.append(shard_names(self.shards[shard])[index - int(starts[shard])])
+        return names
+
+
+@functools.lru_cache(maxsize=4096)
+def _names_of(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    import mindspore.dataset as ds
+    column = ds.MindDataset([path], columns_list=["file_name"], shuffle=False, num_parallel_workers=1)
+    return tuple(str(row[0]) for row in column.create_tuple_iterator(num_epochs=1, output_numpy=True))
+
+
+def shard_names(path: str) -> tuple[str, ...]:
+    """The file_name column of one shard, in row order (MindDataset reads it from the shard's
+    index file, not the image pages); cached per file version."""
+    stat = os.stat(path)
+    return _names_of(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def read_index(root: str | os.PathLike) -> dict:
@@ -188,8 +219,9 @@ def load_packed_split(root: str | os.PathLike, split: str,
     if len(labels) != entry["samples"]:
         raise DatasetError(f"{Path(root) / INDEX_NAME}: split {split} lists {entry['samples']} "
                            f"samples but its shards hold {len(labels)}; re-pack the dataset")
+    sizes = tuple(int(shard["samples"]) for shard in entry["shards"])
     if classes is None or tuple(classes) == stored:
-        return PackedSplit(str(root), split, shards, labels, stored, None, corrupt)
+        return PackedSplit(str(root), split, shards, labels, stored, None, corrupt, sizes)
     classes = tuple(classes)
     used = sorted({stored[i] for i in np.unique(labels)})
     extra = sorted(set(used) - set(classes))
@@ -198,25 +230,26 @@ def load_packed_split(root: str | os.PathLike, split: str,
                            f"set lacks; re-pack without them or train with them")
     lookup = {name: i for i, name in enumerate(classes)}
     label_map = np.array([lookup.get(name, -1) for name in stored], dtype=np.int32)
-    return PackedSplit(str(root), split, shards, label_map[labels], classes, label_map, corrupt)
+    return PackedSplit(str(root), split, shards, label_map[labels], classes, label_map, corrupt, sizes)
 
 
 def readable_order(split: PackedSplit, indices: np.ndarray, corrupt: CorruptImages) -> np.ndarray:
     """`indices` with each unreadable sample replaced as core.data.imagefolder does when it
-    meets one: by the next readable sample of the same order (cyclic), each one met reported."""
+    meets one: by the next readable sample in file order (core.data.pipeline.replacement),
+    each one met reported."""
     bad = np.isin(indices, list(split.corrupt or ()))
     if not bad.any():
         return indices
     order = indices.copy()
     for i in np.flatnonzero(bad):
-        for attempt in range(len(indices)):
-            j = int(indices[(i + attempt) % len(indices)])
+        for attempt in range(len(split)):
+            j = replacement(int(indices[i]), attempt, len(split))
             if j not in split.corrupt:
                 order[i] = j
                 break
             corrupt.report(split.corrupt[j])
         else:
-            raise DatasetError(f"no readable image in this shard of packed {split.root}/{split.split}")
+            raise DatasetError(f"no readable image in packed {split.root}/{split.split}")
     return order
 
 

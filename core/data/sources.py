@@ -29,6 +29,15 @@ class DataSplit(Protocol):
                        skip_batches: int = 0, corrupt: Optional[CorruptImages] = None):
         """One epoch of this rank's uint8 NHWC training batches (core.data.pipeline.train_pipeline)."""
 
+    def shard_sizes(self) -> Optional[Sequence[int]]:
+        """Samples per shard in file order (the shard-window shuffle's blocks), or None."""
+
+    def epoch_order(self, data_cfg, seed: int, epoch: int):
+        """The sample index at each global position of the epoch (core.data.pipeline.epoch_order)."""
+
+    def sample_names(self, indices: Sequence[int]) -> list[str]:
+        """The samples' file paths relative to the split (the sample ledger's names)."""
+
     def eval_pipeline(self, data_cfg, rank: int = 0, world: int = 1,
                       corrupt: Optional[CorruptImages] = None):
         """This rank's share of every image once, as float NCHW batches."""

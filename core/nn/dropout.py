@@ -1,9 +1,12 @@
-"""Dropout whose masks are drawn on the host from (seed, rank, step).
+"""Dropout whose masks are drawn on the host, per sample, from (seed, step, place in the global batch).
 
 MindSpore's dropout keeps its random state inside the compiled kernel, where no checkpoint
 can reach it: a resumed run would draw different masks than an uninterrupted one. Drawing the
 mask from a counter-based generator keyed by the global step makes a resumed run replay the
-exact masks, so resume is bit-for-bit (the mask is tiny: batch x features).
+exact masks, so resume is bit-for-bit (the mask is tiny: batch x features). Row j of a step's
+stream is the mask of the sample at place j of the global batch (global position
+step x global batch + j of the data order), and each rank draws only its slice of rows, so a
+sample's mask does not depend on the number of processes.
 """
 from __future__ import annotations
 
@@ -29,12 +32,22 @@ class ReplayableDropout(nn.Cell):
             return x * self.dropout_mask * self.scale
         return x
 
-    def draw(self, batch: int, seed: int, rank: int, step: int) -> None:
-        """Set the mask for the step about to run (called by the trainer, host side)."""
+    def draw(self, batch: int, seed: int, step: int, first: int = 0) -> None:
+        """Set the masks for the step about to run (called by the trainer, host side): rows
+        first..first+batch-1 of global step `step`'s stream (this rank's slice of the global
+        batch). Philox yields 8 float32 per counter, so rows of a multiple of 8 features are
+        reached by a jump; others by drawing the rows before them."""
         if self.p <= 0:
             return
-        rng = np.random.Generator(np.random.Philox(key=[seed, rank * 1_000_003 + step]))
-        keep = (rng.random((batch,) + self.features, dtype=np.float32) >= self.p).astype(np.float32)
+        bits = np.random.Philox(key=[seed, step])
+        width = int(np.prod(self.features))
+        if width % 8 == 0:
+            bits.advance(first * width // 8)
+            rows = np.random.Generator(bits).random((batch,) + self.features, dtype=np.float32)
+        else:
+            rows = np.random.Generator(bits).random((first + batch,) + self.features,
+                                                    dtype=np.float32)[first:]
+        keep = (rows >= self.p).astype(np.float32)
         self.dropout_mask.set_data(ms.Tensor(keep))
 
 

@@ -21,7 +21,8 @@ from core.device import sink_mode
 from core.train.divergence import TrainingDiverged, diverged, finite_state, first_bad_step, read_outputs
 from core.infer.evaluate import evaluate, format_result
 from core.train.metrics import MetricsWriter
-from core.data.pipeline import CorruptImages, guarded
+from core.data.pipeline import MINDSPORE_DRAWS, CorruptImages, guarded, native_augmentation
+from core.train.sample_log import SAMPLES_NAME, SampleLedger
 from core.train.run import Run, build_run
 
 __all__ = ["train", "train_one_epoch", "validate", "TrainingDiverged"]
@@ -41,22 +42,29 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None,
                             finite_state(run.checkpoint_state, lambda: (run.at_step, run.at_epoch,
                                                                         _last_good(saver))),
                             {"steps_per_epoch": run.per_epoch, "config": run.cfg.to_dict(),
-                             "classes": list(run.splits.classes), "world": run.world},
+                             "classes": list(run.splits.classes), "world": run.world,
+                             "global_batch": run.global_batch},
                             run.is_writer, metrics, events, run.start_step if resume else -1)
     events.on_train_begin(run.begin_info(run_dir))
     _log_plan(run)
 
     started = time.time()
     step, stopped = run.start_step, False
-    for epoch in range(run.start_step // run.per_epoch, run.cfg.train.epochs):
-        if step >= run.total_steps or stopped:
-            break
-        step, stopped, steps_done = train_one_epoch(run, epoch, step, saver, metrics, events)
-        if steps_done == 0 or stopped or step % run.per_epoch:
-            continue  # checkpoints and validation follow complete epochs only
-        saver.after_epoch(epoch, step)
-        if _validation_due(run, epoch, step):
-            saver.offer_best(validate(run, step, metrics, events), epoch + 1, step)
+    ledger = _sample_ledger(run, run_dir)
+    try:
+        for epoch in range(run.start_step // run.per_epoch, run.cfg.train.epochs):
+            if step >= run.total_steps or stopped:
+                break
+            step, stopped, steps_done = train_one_epoch(run, epoch, step, saver, metrics, events,
+                                                        ledger)
+            if steps_done == 0 or stopped or step % run.per_epoch:
+                continue  # checkpoints and validation follow complete epochs only
+            saver.after_epoch(epoch, step)
+            if _validation_due(run, epoch, step):
+                saver.offer_best(validate(run, step, metrics, events), epoch + 1, step)
+    finally:
+        if ledger:
+            ledger.close()
 
     final_epoch = step // run.per_epoch  # epochs completed: the one numbering of every record
     final_path = saver.final(final_epoch, step, stopped)
@@ -83,11 +91,12 @@ class EpochOutcome(NamedTuple):
 
 
 def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
-                    metrics: MetricsWriter, events: Callback) -> EpochOutcome:
+                    metrics: MetricsWriter, events: Callback,
+                    ledger: Optional[SampleLedger] = None) -> EpochOutcome:
     """Train epoch `epoch` from global step `step` (mid-epoch after a resume) until its end,
     the run's last step or a stop request. Losses are read from the device only at log
     intervals and before checkpoints (a non-finite one stops the run: core.train.divergence), so
-    steps queue up on Ascend/GPU."""
+    steps queue up on Ascend/GPU. `ledger` (rank 0, data.sample_log) gets a line per step."""
     cfg = run.cfg
     corrupt = CorruptImages(fail_fast=cfg.data.on_corrupt == "fail")
     dataset = run.splits.train.train_pipeline(cfg.data, cfg.train.seed, epoch, run.rank, run.world,
@@ -96,12 +105,14 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
     started = interval_start = time.time()
     losses, read, pending, stopped = [], [], [], False  # read: this interval's, already checked
     for image, label in guarded(dataset.create_tuple_iterator(num_epochs=1), corrupt):
-        for dropout in run.dropouts:  # masks keyed by step: a resumed run replays them exactly
-            dropout.draw(cfg.data.batch_size, cfg.train.seed, run.rank, step)
+        for dropout in run.dropouts:  # masks of this rank's slice of the step's global batch
+            dropout.draw(cfg.data.batch_size, cfg.train.seed, step, run.rank * cfg.data.batch_size)
         pending.append(run.train_step(image, label))
         if run.ema:
             run.ema()
         step += 1
+        if ledger:
+            ledger.write(step)
         run.at_step, run.at_epoch = step, epoch
         # losses are read at log intervals and before every checkpoint (never save a NaN state)
         if _step_checkpoint_due(saver, step):
@@ -182,12 +193,30 @@ def _validation_due(run: Run, epoch: int, step: int) -> bool:
     return bool(interval) and (epoch + 1) % interval == 0 and step < run.total_steps
 
 
+def _sample_ledger(run: Run, run_dir: Path) -> Optional[SampleLedger]:
+    """Rank 0's samples.jsonl writer when data.sample_log is on."""
+    if not (run.cfg.data.sample_log and run.is_writer):
+        return None
+    return SampleLedger(run_dir / SAMPLES_NAME, run.splits.train, run.cfg.data, run.cfg.train.seed,
+                        run.global_batch, run.per_epoch).open()
+
+
 def _log_plan(run: Run) -> None:
     splits = run.splits
-    log.info("rank %d/%d on %s, amp %s, %d train / %d val images, %d classes, %d steps/epoch, "
-             "steps %d..%d", run.rank, run.world, run.target, run.amp, len(splits.train),
-             len(splits.val) if splits.val else 0, len(splits.classes), run.per_epoch,
-             run.start_step, run.total_steps)
+    log.info("rank %d/%d on %s, amp %s, %d train / %d val images, %d classes, %d steps/epoch of "
+             "global batch %d, steps %d..%d", run.rank, run.world, run.target, run.amp,
+             len(splits.train), len(splits.val) if splits.val else 0, len(splits.classes),
+             run.per_epoch, run.global_batch, run.start_step, run.total_steps)
+    data = run.cfg.data
+    if data.shuffle_window:
+        if splits.train.shard_sizes():
+            log.info("shard-window shuffle: %d shards permuted per epoch, samples shuffled within "
+                     "windows of %d", len(splits.train.shard_sizes()), data.shuffle_window)
+        else:
+            log.info("data.shuffle_window %d: %s is not stored in shards, shuffled in full",
+                     data.shuffle_window, data.path)
+    if not native_augmentation(data):
+        log.info("%s", MINDSPORE_DRAWS)
     if sink_mode(run.cfg.train, run.target):
         log.info("data sink requested; this runner feeds steps from the host (sink not used)")
 

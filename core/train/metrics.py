@@ -41,13 +41,14 @@ class MetricsWriter:
         record = finite_or_null({"type": record_type, "time": round(time.time(), 3), **fields})
         text = json.dumps(record, allow_nan=False) + "\n"
         if not self._checked_end:  # once per run: after a kill mid-line, start a fresh line
-            text = ("\n" if _ends_mid_line(self.path) else "") + text
+            text = ("\n" if ends_mid_line(self.path) else "") + text
             self._checked_end = True
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(text)
 
 
-def _ends_mid_line(path: Path) -> bool:
+def ends_mid_line(path: Path) -> bool:
+    """Whether a JSON Lines file was cut short inside its last line (a kill mid-write)."""
     try:
         with open(path, "rb") as fh:
             fh.seek(0, 2)

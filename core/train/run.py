@@ -20,6 +20,7 @@ from core.distributed import init_distributed
 from core.nn.dropout import is_mask, replayable_dropouts
 from core.nn.ema import EMA
 from core.nn.cpu_ops import normalize_image
+from core.train.elastic import check_resume, per_device_batch
 from core.train.finetune import is_active as finetune_active, param_groups
 from core.infer.inference import depthwise_padding_for_run
 from core.train.loss import LabelSmoothingCrossEntropy
@@ -86,6 +87,11 @@ class Run:
     at_epoch: int = 0
 
     @property
+    def global_batch(self) -> int:
+        """Samples of one global step: the per-device batch x processes."""
+        return self.cfg.data.batch_size * self.world
+
+    @property
     def is_writer(self) -> bool:
         """Rank 0 writes checkpoints, metrics and the summary."""
         return self.rank == 0
@@ -110,7 +116,8 @@ class Run:
     def begin_info(self, run_dir: Path) -> dict:
         """What Callback.on_train_begin receives."""
         return {"run_dir": str(run_dir), "rank": self.rank, "world": self.world,
-                "steps_per_epoch": self.per_epoch, "start_step": self.start_step,
+                "steps_per_epoch": self.per_epoch, "global_batch": self.global_batch,
+                "start_step": self.start_step,
                 "total_steps": self.total_steps, "classes": list(self.splits.classes),
                 "config": self.cfg}
 
@@ -126,13 +133,17 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
     cfg = copy.deepcopy(cfg)
     target = configure(cfg.system)
     rank, world = init_distributed(cfg.system.distributed)
+    cfg.data.batch_size = per_device_batch(cfg.data, world)  # the resolved config says what ran
     ms.set_seed(cfg.train.seed)  # every rank: nothing broadcasts the initial weights
     splits = load_splits(cfg)
     per_epoch = steps_per_epoch(len(splits.train), cfg.data.batch_size, world)
     if per_epoch == 0:
-        raise ConfigError(f"data.batch_size {cfg.data.batch_size} x {world} rank(s) exceeds the "
-                          f"{len(splits.train)} training images; lower data.batch_size")
+        raise ConfigError(f"global batch {cfg.data.batch_size * world} ({cfg.data.batch_size} x "
+                          f"{world} rank(s)) exceeds the {len(splits.train)} training images; "
+                          f"lower data.batch_size (or data.global_batch_size)")
     resumed = ckpt.load(resume) if resume else None
+    if resumed is not None:  # before the network is built: a refused resume costs nothing
+        check_resume(resumed.meta, resume, cfg.data.batch_size, world, per_epoch)
     weights = ckpt.load(pretrained, ckpt.PRETRAINED_ADVICE) if pretrained else None
     cfg.model.depthwise_padding = depthwise_padding_for_run(
         cfg, resumed.meta if resumed else None, weights.meta if weights else None)
@@ -185,14 +196,8 @@ def _optimizer(cfg: Config, net: nn.Cell, lr: np.ndarray, per_epoch: int):
 
 def _restore(run: Run, resumed: ckpt.Checkpoint, path: str) -> int:
     """Weights, optimizer moments, step counter (LR position); returns the step to resume at
-    (the data position follows from it)."""
+    (the data position follows from it and the global batch, which check_resume compared)."""
     ckpt.restore([run.net, run.optimizer] + ([run.ema] if run.ema else []), resumed,
                  skip_prefixes=("learning_rate",))
-    saved_per_epoch = resumed.meta.get("steps_per_epoch")
-    if saved_per_epoch is not None and saved_per_epoch != run.per_epoch:
-        raise ConfigError(f"checkpoint {path} was written with {saved_per_epoch} steps per "
-                          f"epoch, this run has {run.per_epoch} (ranks x data.batch_size or the "
-                          f"dataset changed); resume with the same world size and batch size, "
-                          f"or start a new run from it with --pre_trained")
     log.info("resumed from %s at global step %d", path, resumed.step)
     return resumed.step

@@ -1,8 +1,8 @@
 """Test instrumentation for the training processes a test starts; never part of the product.
 
 A test that wants it puts this folder first on the PYTHONPATH of the processes it starts, so each
-of them (the launcher, msrun's ranks) imports this file at start-up. With MNV3_TEST_DUMP_DIR or
-MNV3_TEST_CRASH_AT set (see train_hooks.py), core.train.loop.train is wrapped the moment core.train.loop is
+of them (the launcher, msrun's ranks) imports this file at start-up. With MNV3_TEST_DUMP_DIR,
+MNV3_TEST_CRASH_AT, ... set (see train_hooks.py), core.train.loop.train is wrapped the moment core.train.loop is
 imported; nothing is imported before that, so start-up (e.g. launcher.openmp before MindSpore)
 is unchanged.
 """
@@ -34,5 +34,5 @@ class _WrapTrainOnImport(importlib.abc.MetaPathFinder):
 
 
 if any(os.environ.get(name) for name in ("MNV3_TEST_DUMP_DIR", "MNV3_TEST_CRASH_AT",
-                                         "MNV3_TEST_HANG_AT")):
+                                         "MNV3_TEST_HANG_AT", "MNV3_TEST_SIGTERM_AT")):
     sys.meta_path.insert(0, _WrapTrainOnImport())

@@ -9,6 +9,12 @@ the processes a test starts; in-process tests use the classes directly).
                            global step S (train.log_interval=1 for exactness).
   MNV3_TEST_HANG_AT=R:S    rank R blocks for good (a sleep in the main thread, as a rank stuck
                            in a collective) at the first progress report at or after step S.
+  MNV3_TEST_SIGTERM_AT=S   rank 0 sends SIGTERM to the launcher (the nearest of itself and its
+                           ancestors running launcher/local.py), as a platform stopping the job
+                           would, at the first progress report at or after global step S, then
+                           holds its step for 2 s (its peers wait for it in the step's
+                           collectives) so the forwarded signal is in every rank before the
+                           next step: a stop at a known point of the run.
 """
 from __future__ import annotations
 
@@ -51,6 +57,32 @@ class HangAt(CrashAt):
                   flush=True)
             while True:
                 time.sleep(3600)
+
+
+class SigtermAt(Callback):
+    """An injected SIGTERM to the launcher, for testing a stop at a known step."""
+
+    def __init__(self, spec: str):
+        self.step, self.rank, self.sent = int(spec), None, False
+
+    def on_train_begin(self, info):
+        self.rank = info["rank"]
+
+    def on_step_end(self, info):
+        if self.rank != 0 or self.sent or info["step"] < self.step:
+            return
+        import signal
+        import time
+
+        import psutil
+        me = psutil.Process()
+        launcher = next((p for p in [me, *me.parents()]
+                         if any(arg.endswith("launcher/local.py") for arg in p.cmdline())), me)
+        print(f"injected SIGTERM (MNV3_TEST_SIGTERM_AT) to pid {launcher.pid} at step {info['step']}",
+              flush=True)
+        self.sent = True
+        os.kill(launcher.pid, signal.SIGTERM)
+        time.sleep(2.0)
 
 
 class DebugDump(Callback):
@@ -111,6 +143,8 @@ def callbacks_from_environ(environ=os.environ) -> list:
         found.append(CrashAt(environ["MNV3_TEST_CRASH_AT"]))
     if environ.get("MNV3_TEST_HANG_AT"):
         found.append(HangAt(environ["MNV3_TEST_HANG_AT"]))
+    if environ.get("MNV3_TEST_SIGTERM_AT"):
+        found.append(SigtermAt(environ["MNV3_TEST_SIGTERM_AT"]))
     if environ.get("MNV3_TEST_DUMP_DIR"):
         found.append(DebugDump(environ["MNV3_TEST_DUMP_DIR"]))
     return found

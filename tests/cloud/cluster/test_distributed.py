@@ -115,12 +115,13 @@ def read_dumps(folder: Path, world: int = 2):
 
 
 def assert_data_parallel(dataset: Path, dump_dir: Path, checkpoint: Path):
-    """Ranks read disjoint shards covering the data, and end with identical weights that equal
-    the checkpoint rank 0 wrote."""
+    """Ranks read disjoint shards covering the data (training: the 3 whole global batches of 16
+    of the 60 images; evaluation: every image), and end with identical weights that equal the
+    checkpoint rank 0 wrote."""
     from core.checkpoint import load
     weights, records = read_dumps(dump_dir)
     assert [r["rank"] for r in records] == [0, 1] and all(r["world"] == 2 for r in records)
-    for split, total in (("train", 60), ("val", 30)):
+    for split, total in (("train", 48), ("val", 30)):
         root = str(dataset / split)
         shards = [set(r["read"].get(root, [])) for r in records]
         if split == "val" and not any(shards):

@@ -153,7 +153,7 @@ def test_jitter_applies_in_the_given_order(jpeg, decoded, order):
 
 def test_crop_box_follows_random_resized_crop():
     scale, ratio = (0.08, 1.0), (0.75, 4 / 3)
-    params = jpeg_augment.draw_params(2000, seed=3, epoch=0, rank=0)
+    params = jpeg_augment.draw_params(2000, seed=3, epoch=0)
     areas, aspects = [], []
     for u in params:
         left, top, w, h = jpeg_augment.crop_box(500, 375, u, scale, ratio)
@@ -176,11 +176,17 @@ def test_crop_box_follows_random_resized_crop():
 
 
 def test_draws_are_per_position_and_reproducible():
-    a = jpeg_augment.draw_params(50, 1, 0, 0)
+    a = jpeg_augment.draw_params(50, 1, 0)
     assert a.shape == (50, jpeg_augment.PARAM_COLUMNS)
-    np.testing.assert_array_equal(a[:20], jpeg_augment.draw_params(20, 1, 0, 0))
-    assert not np.array_equal(a, jpeg_augment.draw_params(50, 1, 1, 0))
-    assert not np.array_equal(a, jpeg_augment.draw_params(50, 1, 0, 1))
+    np.testing.assert_array_equal(a[:20], jpeg_augment.draw_params(20, 1, 0))
+    np.testing.assert_array_equal(a[30:], jpeg_augment.draw_params(50, 1, 0, start=30))
+    assert not np.array_equal(a, jpeg_augment.draw_params(50, 1, 1))
+    assert not np.array_equal(a, jpeg_augment.draw_params(50, 2, 0))
+    # any positions, in any runs, get the rows of the one stream (a rank's slices of global batches)
+    positions = np.r_[40:46, 3:9, 48:50, 0:1]
+    np.testing.assert_array_equal(jpeg_augment.position_params(1, 0, positions), a[positions])
+    # the stream a one-process run always drew from (rank 0's before draws followed positions)
+    np.testing.assert_array_equal(a, np.random.default_rng([1, 0, 0, 11]).random((50, jpeg_augment.PARAM_COLUMNS)))
 
 
 def augment(data, seed=0, **cfg):
@@ -188,7 +194,7 @@ def augment(data, seed=0, **cfg):
     config.image_size = 64
     for key, value in cfg.items():
         setattr(config, key, value)
-    return jpeg_augment.TrainAugment(config)(data, jpeg_augment.draw_params(1, seed, 0, 0)[0])
+    return jpeg_augment.TrainAugment(config)(data, jpeg_augment.draw_params(1, seed, 0)[0])
 
 
 def test_png_bmp_grey_and_cmyk_images_are_augmented_alike():
@@ -238,7 +244,7 @@ def test_native_decoder_asked_for_but_not_built_is_one_line(tiny_dataset, tmp_pa
 
 
 def test_hflip_and_jitter_draws_follow_the_config():
-    params = jpeg_augment.draw_params(4000, 2, 0, 0)
+    params = jpeg_augment.draw_params(4000, 2, 0)
     flips = np.mean(params[:, jpeg_augment.FLIP] < 0.5)
     assert abs(flips - 0.5) < 0.03
     aug = jpeg_augment.TrainAugment(Config().data)

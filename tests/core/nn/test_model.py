@@ -159,13 +159,21 @@ def test_dropout_only_in_train_mode(net):
     feats = ms.Tensor(np.random.default_rng(1).standard_normal((4, 576), dtype=np.float32))
     try:
         head.set_train(True)
-        head[2].draw(4, seed=1, rank=0, step=0)
+        head[2].draw(4, seed=1, step=0)
         a = head(feats).asnumpy()
-        head[2].draw(4, seed=1, rank=0, step=1)
+        head[2].draw(4, seed=1, step=1)
         b = head(feats).asnumpy()
         assert not np.array_equal(a, b)
-        head[2].draw(4, seed=1, rank=0, step=0)  # the same step replays the same mask
+        head[2].draw(4, seed=1, step=0)  # the same step replays the same mask
         np.testing.assert_array_equal(head(feats).asnumpy(), a)
+        # a sample's mask follows its place in the global batch, whichever rank holds it:
+        # the slices two ranks draw are the rows one process draws
+        whole = head[2].dropout_mask.asnumpy()
+        halves = []
+        for first in (0, 2):
+            head[2].draw(2, seed=1, step=0, first=first)
+            halves.append(head[2].dropout_mask.asnumpy())
+        np.testing.assert_array_equal(np.concatenate(halves), whole)
         head.set_train(False)
         c, d = head(feats).asnumpy(), head(feats).asnumpy()
         np.testing.assert_array_equal(c, d)

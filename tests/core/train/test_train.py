@@ -157,11 +157,36 @@ def test_batch_larger_than_dataset_is_refused(tiny_dataset, tmp_path):
         train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 64}), tmp_path)
 
 
-def test_resume_with_other_steps_per_epoch_is_refused(full_run, tiny_dataset, tmp_path):
+def test_resume_at_another_global_batch_is_refused_with_what_would_change(full_run, tiny_dataset,
+                                                                           tmp_path):
     _, out, _, _ = full_run
-    with pytest.raises(ConfigError, match="written with 7 steps per epoch, this run has 15"):
+    path = out / "checkpoints" / "mobilenetv3-e0001-s00000010.ckpt"
+    assert ckpt.load(path).meta["global_batch"] == 8  # recorded beside world and steps_per_epoch
+    with pytest.raises(ConfigError) as refused:
         train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 4, "train.epochs": 3}), tmp_path,
-              resume=str(out / "checkpoints" / "mobilenetv3-e0003-s00000021.ckpt"))
+              resume=str(path))
+    assert str(refused.value) == (
+        f"checkpoint {path} was trained at global batch 8 (8 per device x 1), this run's is 4 "
+        f"(4 x 1): steps per epoch would go from 7 to 15, and with them the LR schedule and the "
+        f"samples of every step after 10 would change; keep the global batch with "
+        f"data.global_batch_size=8 (8 per device on 1), or start a new run from it with --pre_trained")
+    # the same global batch asked for another way, over another dataset: the steps differ
+    with pytest.raises(ConfigError, match=r"^checkpoint .* was written with 7 steps per epoch, this "
+                                          r"run has 6 at the same global batch 8 \(the training set "
+                                          r"changed\)"):
+        train(tiny_config(tiny_dataset, tmp_path, **{"data.batch_size": 4, "data.global_batch_size": 8,
+                                                     "data.path": str(_fewer_images(tiny_dataset, tmp_path))}),
+              tmp_path, resume=str(path))
+
+
+def _fewer_images(tiny_dataset, tmp_path):
+    """tiny_dataset with 10 of its 60 training images left out."""
+    import shutil
+    copy = tmp_path / "fewer"
+    shutil.copytree(tiny_dataset, copy)
+    for folder in sorted((copy / "train").iterdir()):
+        sorted(folder.iterdir())[0].unlink()
+    return copy
 
 
 def test_training_graph_normalises_the_uint8_batch_as_the_eval_pipeline_does(tiny_dataset, tmp_path):

@@ -1,0 +1,119 @@
+"""Elastic resume through msrun: a run stopped mid-epoch continues on another number of processes
+at the same global batch, and ends as an uninterrupted run does: the same samples at every step
+(samples.jsonl), the same learning rate at every step and the same step count.
+
+Two stops: a 2-process msrun run stopped by SIGTERM (to the launcher, as a platform stops a job,
+injected at a known step by tests/hooks MNV3_TEST_SIGTERM_AT) then resumed by one process, and a
+1-process run stopped mid-epoch then resumed by 3 msrun processes. The data is the tiny dataset
+packed in class order with the shard-window shuffle on. Every process started here is killed by
+pid at the end of its test (tests/cloud/cluster/test_distributed.Launched).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.train.callbacks import Callback
+from core.train.loop import train
+from core.train.metrics import read_metrics
+from core.train.sample_log import read_sample_log
+from tests.cloud.cluster.test_distributed import hooked, launched  # noqa: F401 (fixture)
+from tests.core_fixtures import tiny_config
+
+GLOBAL_BATCH, PER_EPOCH, STEPS = 18, 3, 12  # 60 images: 3 global batches of 18 an epoch, 4 epochs
+RECIPE = {"data.global_batch_size": GLOBAL_BATCH, "data.batch_size": 5,  # 5: not used, G is set
+          "data.sample_log": True, "data.shuffle_window": 3, "data.image_size": 32,
+          "data.eval_resize": 36, "data.workers": 1, "optim.lr": 0.01, "optim.warmup_epochs": 1,
+          "train.epochs": 4, "train.eval_at_end": False, "train.log_interval": 1,
+          "system.device_target": "CPU"}
+
+
+def command_line(pack, out, *extra):
+    return ["launcher/local.py", "train", "--dataset_path", pack, "--output_dir", out, *extra,
+            *(f"{key}={json.dumps(value)}" for key, value in RECIPE.items())]
+
+
+def in_process(pack, out, **kwargs):
+    return train(tiny_config(pack, out, **RECIPE), out, **kwargs)
+
+
+class StopAt(Callback):
+    def __init__(self, step):
+        self.step, self.now = step, 0
+
+    def on_step_end(self, info):
+        self.now = info["step"]
+
+    def stop_requested(self):
+        return self.now >= self.step
+
+
+def history(run_dir: Path) -> dict:
+    """What the run did, step by step: the live branch of its ledger, the LR of each step (the
+    last record of a step: a resumed run's), and where it ended."""
+    ledger, skipped = read_sample_log(run_dir / "samples.jsonl")
+    assert skipped == 0
+    lr = {}
+    for record in read_metrics(run_dir / "metrics.jsonl"):
+        if record["type"] == "step":
+            lr[record["step"]] = record["lr"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"ledger": [(r["step"], r["epoch"], r["samples"]) for r in ledger], "lr": lr,
+            "step": summary["step"], "status": summary["status"]}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_pack, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    summary = in_process(tiny_pack, out)
+    assert summary["step"] == STEPS and summary["steps_per_epoch"] == PER_EPOCH
+    done = history(out)
+    assert [step for step, _, _ in done["ledger"]] == list(range(1, STEPS + 1))
+    assert all(len(samples) == GLOBAL_BATCH for _, _, samples in done["ledger"])
+    assert sorted(done["lr"]) == list(range(1, STEPS + 1))
+    return done
+
+
+def test_two_processes_stopped_by_sigterm_resume_on_one(tiny_pack, tmp_path, launched,  # noqa: F811
+                                                        uninterrupted):
+    out = tmp_path / "run"
+    # rank 0 SIGTERMs the launcher at step 3; the ranks agree to stop at their next stop check
+    # (every 10 steps): step 10, one step into the 4th epoch
+    proc = launched.start(command_line(tiny_pack, out, "--nproc", "2"), hooked(MNV3_TEST_SIGTERM_AT="3"))
+    assert launched.wait(proc, 300) == 0, launched.output()[-6000:]
+    assert "injected SIGTERM" in launched.output()
+    stopped = history(out)
+    assert stopped["status"] == "stopped" and stopped["step"] == 10, launched.output()[-3000:]
+    assert "rank 1/2 reads shard 1 of 2 of each global batch" in launched.output()
+    ckpt_meta = _checkpoint_meta(out, 10)
+    assert (ckpt_meta["kind"], ckpt_meta["world"], ckpt_meta["global_batch"]) == ("stop", 2, 18)
+
+    summary = in_process(tiny_pack, out, resume=str(_checkpoint(out, 10)))  # one process: 18 a step
+    assert summary["start_step"] == 10 and summary["world"] == 1
+    done = history(out)
+    assert done == uninterrupted
+
+
+def test_one_process_stopped_mid_epoch_resumes_on_three(tiny_pack, tmp_path, launched,  # noqa: F811
+                                                        uninterrupted):
+    out = tmp_path / "run"
+    assert in_process(tiny_pack, out, callbacks=(StopAt(4),))["step"] == 4  # 1 step into epoch 2
+    proc = launched.start(command_line(tiny_pack, out, "--nproc", "3", "--resume", "auto"))
+    assert launched.wait(proc, 300) == 0, launched.output()[-6000:]
+    text = launched.output()
+    assert "resuming global step 4 (global batch 18) of a 1-process run on 3 process(es): 6 per device" in text
+    done = history(out)
+    assert done == uninterrupted
+    assert json.loads((out / "summary.json").read_text())["world"] == 3
+
+
+def _checkpoint(run_dir: Path, step: int) -> Path:
+    (found,) = (run_dir / "checkpoints").glob(f"*-s{step:08d}.ckpt")
+    return found
+
+
+def _checkpoint_meta(run_dir: Path, step: int) -> dict:
+    from core import checkpoint as ckpt
+    return ckpt.load(_checkpoint(run_dir, step)).meta

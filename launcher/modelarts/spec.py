@@ -249,9 +249,14 @@ def _recipe_storage(args) -> dict:
     """The recipe's `storage:` section (what the job will read too), {} without one."""
     if not args.config:
         return {}
+    from pathlib import Path
+
     from core.config import read_recipe_file
-    from launcher.modelarts.args import resolve_config_path
-    section = read_recipe_file(resolve_config_path(args.config)).get("storage") or {}
+    from launcher.bootstrap import REPO_ROOT
+    path = Path(args.config)
+    if not path.is_absolute() and not path.exists():  # as the boot file finds it (args.py)
+        path = REPO_ROOT / path
+    section = read_recipe_file(str(path)).get("storage") or {}
     return section if isinstance(section, dict) else {}
 
 

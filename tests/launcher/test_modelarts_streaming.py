@@ -35,7 +35,7 @@ def spec_of(capsys, *argv) -> tuple[dict, str]:
     return json.loads(captured.out), captured.err
 
 
-def test_a_streaming_job_reads_its_dataset_itself(platform, capsys, monkeypatch):
+def test_a_streaming_job_reads_its_dataset_itself(platform, capsys, monkeypatch, tmp_path):
     """Before: the dataset was always an input channel, which ModelArts downloads first."""
     monkeypatch.setenv("HUAWEICLOUD_REGION", "cn-north-4")
     staged, _ = spec_of(capsys, "--data_url", "obs://bucket/imagenet-packed")
@@ -66,6 +66,13 @@ def test_a_streaming_job_reads_its_dataset_itself(platform, capsys, monkeypatch)
     assert parameters["storage_metadata_url"] == "http://169.254.169.254/other"
     assert spec["algorithm"]["environments"] == {"OBS_REGION": "YOUR-REGION"}
     assert "note: fill in --env OBS_REGION=REGION" in err
+    recipe = tmp_path / "recipe.yaml"  # ... and so are those the recipe names
+    recipe.write_text("storage:\n  metadata_url: http://169.254.169.254/from-recipe\n")
+    spec, _ = spec_of(capsys, "--config", str(recipe), "--data_url", "obs://bucket/d",
+                      "--data_stream=true", "--env", "OBS_ENDPOINT=https://obs.example")
+    names = [p["name"] for p in spec["algorithm"]["parameters"]]
+    assert "storage_metadata_url" not in names and "data_url" in names
+    assert spec["algorithm"]["environments"] == {"OBS_ENDPOINT": "https://obs.example"}
 
 
 def test_the_job_streams_from_obs_with_the_nodes_agency(platform, s3_server, tiny_dataset,

@@ -80,9 +80,8 @@ class DataConfig:
                                      "shard-window shuffle: each epoch deals the shards into "
                                      "windows of N (each spanning the pack's file order) read one "
                                      "after another, samples shuffled within a window, so a "
-                                     "streaming reader needs N shards at a time (plus "
-                                     "data.prefetch_shards); an ImageFolder is always shuffled in "
-                                     "full")
+                                     "streaming reader needs N shards at a time (plus its "
+                                     "prefetch); an ImageFolder is always shuffled in full")
     sample_log: bool = _spec(False, help="rank 0 appends each global step's samples (paths "
                                          "relative to the split, in global-batch order) to "
                                          "samples.jsonl in the run directory")

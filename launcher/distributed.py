@@ -448,6 +448,8 @@ def launch_local(nproc: int, cfg, settings=None, resume: Optional[str] = None,
     and outputs: they are staged and resolved here once, rank 0 uploads checkpoints in the
     background, and the run directory is published at the end."""
     from launcher.cli import DEFAULT_CACHE
+    from core.train.elastic import per_device_batch
+    per_device_batch(cfg.data, nproc)  # data.global_batch_size must divide: one line, before msrun
     cache_dir = Path(cache_dir or DEFAULT_CACHE)
     from core.ownership import RunLock
     job_id = f"local-{os.getpid()}-{int(time.time())}"
@@ -541,6 +543,8 @@ def main(argv) -> int:
                           f"0..{args.nnodes - 1}")
     setup_logging(stream=sys.stderr, console_datefmt=None)
     cfg, settings = load_job_config(args.config, overrides_from(args))
+    from core.train.elastic import per_device_batch
+    per_device_batch(cfg.data, args.nproc * args.nnodes)  # one line before msrun, not one per rank
     gpu_preflight(cfg.system.device_target)
     if not cfg.data.path:
         cfg.data.path = demo_dataset_path()

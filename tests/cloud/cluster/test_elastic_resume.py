@@ -117,3 +117,20 @@ def _checkpoint(run_dir: Path, step: int) -> Path:
 def _checkpoint_meta(run_dir: Path, step: int) -> dict:
     from core import checkpoint as ckpt
     return ckpt.load(_checkpoint(run_dir, step)).meta
+
+
+def test_a_global_batch_the_process_count_does_not_divide_is_one_line_before_msrun(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "launcher/local.py", "train", "--nproc", "3", "--dataset_path",
+                           str(tiny_dataset), "--output_dir", str(out), "data.global_batch_size=8"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: data.global_batch_size 8 does not divide among 3 processes; run on a number of "
+        "processes that divides it (1, 2, 4, 8), or set data.global_batch_size to a multiple of 3 "
+        "for a new run"]
+    assert "msrun" not in proc.stdout and not out.exists()

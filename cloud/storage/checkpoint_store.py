@@ -51,7 +51,8 @@ _STOP = object()
 
 
 class CheckpointUploader:
-    """Upload checkpoints in a background thread and publish a manifest after each.
+    """Mirror the run directory's checkpoints into the output's checkpoint store
+    (core.checkpoint_store: the object, then the manifest, then keep-K) in a background thread.
 
     ``submit`` returns at once: training never waits for the network. Uploads
     run one at a time in submission order (each multipart-parallel itself), so

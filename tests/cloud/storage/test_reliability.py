@@ -452,4 +452,4 @@ def test_disk_full_in_the_run_directory_is_one_line_and_keeps_earlier_checkpoint
     assert "No space left on device" in last and "check free space" in last, last
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["latest.json", "mobilenetv3-e0000-s00000002.ckpt"], names  # no partial file left
-    assert ckpt.load(out / "checkpoints" / names[0]).step == 2  # CRC-checked, complete
+    assert ckpt.load(out / "checkpoints" / names[1]).step == 2  # CRC-checked, complete

@@ -61,7 +61,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_the_last_good_check
     assert message.count("\n") == 0 and "lower optim.lr" in message
     assert message.split("checkpoint is ")[1].startswith(str(out / "checkpoints" / "mobilenetv3-e0000-s00000002.ckpt"))
     saved = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert saved == ["mobilenetv3-e0000-s00000002.ckpt"]  # no NaN state, no final, no best
+    assert saved == ["latest.json", "mobilenetv3-e0000-s00000002.ckpt"]  # no NaN state, no final, no best
     for line in (out / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
 

@@ -210,8 +210,9 @@ def _log_plan(run: Run) -> None:
     data = run.cfg.data
     if data.shuffle_window:
         if splits.train.shard_sizes():
-            log.info("shard-window shuffle: %d shards permuted per epoch, samples shuffled within "
-                     "windows of %d", len(splits.train.shard_sizes()), data.shuffle_window)
+            log.info("shard-window shuffle: each epoch deals the %d shards into windows of at most "
+                     "%d, read one after another, samples shuffled within a window",
+                     len(splits.train.shard_sizes()), data.shuffle_window)
         else:
             log.info("data.shuffle_window %d: %s is not stored in shards, shuffled in full",
                      data.shuffle_window, data.path)

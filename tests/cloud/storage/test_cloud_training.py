@@ -80,6 +80,7 @@ def test_s3_train_killed_after_checkpoint_resumes_at_that_step(s3_server, tiny_d
 
 def test_second_run_into_a_used_output_url_is_refused(s3_server, tmp_path):
     bucket = s3_server.make_bucket()
+    s3_server.client().put_object(Bucket=bucket, Key="runs/r1/checkpoints/x.ckpt", Body=b"weights")
     s3_server.client().put_object(Bucket=bucket, Key="runs/r1/checkpoints/latest.json",
                                   Body=json.dumps({"key": "x.ckpt", "step": 1, "checkpoints": []}))
     proc = launch(["--output_dir", f"s3://{bucket}/runs/r1", "--device_target", "CPU"], s3_server, tmp_path)

@@ -49,6 +49,22 @@ def saved_global_batch(meta: dict) -> Optional[int]:
     return int(batch) * int(world) if batch is not None and world is not None else None
 
 
+def inherited_global_batch(data_cfg, meta: dict, world: int) -> Optional[int]:
+    """The checkpoint's global batch, for a resume on another process count that did not ask
+    for another one: data.global_batch_size unset and data.batch_size what the checkpoint's run
+    had per device (the same recipe and command line). None otherwise: a changed
+    data.batch_size is a request check_resume then weighs."""
+    saved, saved_world = saved_global_batch(meta), meta.get("world")
+    saved_batch = ((meta.get("config") or {}).get("data") or {}).get("batch_size")
+    if data_cfg.global_batch_size is not None or saved is None or saved_world in (None, world):
+        return None
+    if saved_batch is None or int(saved_batch) != int(data_cfg.batch_size):
+        return None
+    log.info("resuming a %d-process run on %d: keeping its global batch %d (data.global_batch_size); "
+             "a different data.batch_size would ask for another one", saved_world, world, saved)
+    return saved
+
+
 def check_resume(meta: dict, path: str, batch: int, world: int, per_epoch: int) -> None:
     """Refuse (one line) a resume whose global batch or steps per epoch differ from the
     checkpoint's; log the change of process count when the global batch is kept."""

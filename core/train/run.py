@@ -20,7 +20,7 @@ from core.distributed import init_distributed
 from core.nn.dropout import is_mask, replayable_dropouts
 from core.nn.ema import EMA
 from core.nn.cpu_ops import normalize_image
-from core.train.elastic import check_resume, per_device_batch
+from core.train.elastic import check_resume, inherited_global_batch, per_device_batch
 from core.train.finetune import is_active as finetune_active, param_groups
 from core.infer.inference import depthwise_padding_for_run
 from core.train.loss import LabelSmoothingCrossEntropy
@@ -133,6 +133,10 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
     cfg = copy.deepcopy(cfg)
     target = configure(cfg.system)
     rank, world = init_distributed(cfg.system.distributed)
+    resumed = ckpt.load(resume) if resume else None
+    if resumed is not None:  # the same run on another process count keeps its global batch
+        cfg.data.global_batch_size = (inherited_global_batch(cfg.data, resumed.meta, world)
+                                      or cfg.data.global_batch_size)
     cfg.data.batch_size = per_device_batch(cfg.data, world)  # the resolved config says what ran
     ms.set_seed(cfg.train.seed)  # every rank: nothing broadcasts the initial weights
     splits = load_splits(cfg)
@@ -141,7 +145,6 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
         raise ConfigError(f"global batch {cfg.data.batch_size * world} ({cfg.data.batch_size} x "
                           f"{world} rank(s)) exceeds the {len(splits.train)} training images; "
                           f"lower data.batch_size (or data.global_batch_size)")
-    resumed = ckpt.load(resume) if resume else None
     if resumed is not None:  # before the network is built: a refused resume costs nothing
         check_resume(resumed.meta, resume, cfg.data.batch_size, world, per_epoch)
     weights = ckpt.load(pretrained, ckpt.PRETRAINED_ADVICE) if pretrained else None

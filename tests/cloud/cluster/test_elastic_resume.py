@@ -28,15 +28,19 @@ RECIPE = {"data.global_batch_size": GLOBAL_BATCH, "data.batch_size": 5,  # 5: no
           "data.eval_resize": 36, "data.workers": 1, "optim.lr": 0.01, "optim.warmup_epochs": 1,
           "train.epochs": 4, "train.eval_at_end": False, "train.log_interval": 1,
           "system.device_target": "CPU"}
+# the same run as a recipe that states only the per-device batch: 9 on 2 processes is G = 18, and
+# a resume of it on another process count keeps G (core.train.elastic.inherited_global_batch)
+PER_DEVICE_RECIPE = {**{k: v for k, v in RECIPE.items() if k != "data.global_batch_size"},
+                     "data.batch_size": 9}
 
 
-def command_line(pack, out, *extra):
+def command_line(pack, out, *extra, recipe=RECIPE):
     return ["launcher/local.py", "train", "--dataset_path", pack, "--output_dir", out, *extra,
-            *(f"{key}={json.dumps(value)}" for key, value in RECIPE.items())]
+            *(f"{key}={json.dumps(value)}" for key, value in recipe.items())]
 
 
-def in_process(pack, out, **kwargs):
-    return train(tiny_config(pack, out, **RECIPE), out, **kwargs)
+def in_process(pack, out, recipe=RECIPE, **kwargs):
+    return train(tiny_config(pack, out, **recipe), out, **kwargs)
 
 
 class StopAt(Callback):
@@ -81,7 +85,8 @@ def test_two_processes_stopped_by_sigterm_resume_on_one(tiny_pack, tmp_path, lau
     out = tmp_path / "run"
     # rank 0 SIGTERMs the launcher at step 3; the ranks agree to stop at their next stop check
     # (every 10 steps): step 10, one step into the 4th epoch
-    proc = launched.start(command_line(tiny_pack, out, "--nproc", "2"), hooked(MNV3_TEST_SIGTERM_AT="3"))
+    proc = launched.start(command_line(tiny_pack, out, "--nproc", "2", recipe=PER_DEVICE_RECIPE),
+                          hooked(MNV3_TEST_SIGTERM_AT="3"))
     assert launched.wait(proc, 300) == 0, launched.output()[-6000:]
     assert "injected SIGTERM" in launched.output()
     stopped = history(out)
@@ -90,7 +95,8 @@ def test_two_processes_stopped_by_sigterm_resume_on_one(tiny_pack, tmp_path, lau
     ckpt_meta = _checkpoint_meta(out, 10)
     assert (ckpt_meta["kind"], ckpt_meta["world"], ckpt_meta["global_batch"]) == ("stop", 2, 18)
 
-    summary = in_process(tiny_pack, out, resume=str(_checkpoint(out, 10)))  # one process: 18 a step
+    # one process, the same recipe (9 per device): it keeps the global batch, 18 a step
+    summary = in_process(tiny_pack, out, PER_DEVICE_RECIPE, resume=str(_checkpoint(out, 10)))
     assert summary["start_step"] == 10 and summary["world"] == 1
     done = history(out)
     assert done == uninterrupted

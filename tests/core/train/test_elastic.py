@@ -3,7 +3,7 @@ of data.global_batch_size, and what a checkpoint says it was trained at."""
 import pytest
 
 from core.config import ConfigError, load_config
-from core.train.elastic import check_resume, per_device_batch, saved_global_batch
+from core.train.elastic import check_resume, inherited_global_batch, per_device_batch, saved_global_batch
 
 
 def data(**keys):
@@ -38,3 +38,17 @@ def test_a_resume_on_another_process_count_keeps_the_global_batch(caplog):
                                           r"would go from 3 to 2, .*data\.global_batch_size=18 on a "
                                           r"number of processes that divides it \(1, 2, 3, 6, 9, 18\)"):
         check_resume(meta, "c.ckpt", 6, 4, 2)
+
+
+def test_the_same_recipe_on_another_process_count_inherits_the_global_batch():
+    """Issue 25: a run stopped on N processes resumes on M with per-device batch G / M, without
+    the user restating G; a changed data.batch_size is a request for another global batch."""
+    meta = {"global_batch": 16, "world": 2, "config": {"data": {"batch_size": 8}}}
+    assert inherited_global_batch(data(batch_size=8), meta, 1) == 16
+    assert per_device_batch(data(batch_size=8, global_batch_size=16), 1) == 16
+    assert inherited_global_batch(data(batch_size=8), meta, 2) is None  # same count: nothing to do
+    assert inherited_global_batch(data(batch_size=4), meta, 1) is None  # asked for another: refused
+    assert inherited_global_batch(data(batch_size=8, global_batch_size=32), meta, 1) is None
+    with pytest.raises(ConfigError, match="does not divide among 3 processes"):
+        per_device_batch(data(batch_size=8, global_batch_size=inherited_global_batch(
+            data(batch_size=8), meta, 3)), 3)

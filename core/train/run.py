@@ -133,13 +133,13 @@ def build_run(cfg: Config, resume: Optional[str] = None, pretrained: Optional[st
     cfg = copy.deepcopy(cfg)
     target = configure(cfg.system)
     rank, world = init_distributed(cfg.system.distributed)
+    ms.set_seed(cfg.train.seed)  # every rank: nothing broadcasts the initial weights
+    splits = load_splits(cfg)  # the data's problems first, then the resume point's
     resumed = ckpt.load(resume) if resume else None
     if resumed is not None:  # the same run on another process count keeps its global batch
         cfg.data.global_batch_size = (inherited_global_batch(cfg.data, resumed.meta, world)
                                       or cfg.data.global_batch_size)
     cfg.data.batch_size = per_device_batch(cfg.data, world)  # the resolved config says what ran
-    ms.set_seed(cfg.train.seed)  # every rank: nothing broadcasts the initial weights
-    splits = load_splits(cfg)
     per_epoch = steps_per_epoch(len(splits.train), cfg.data.batch_size, world)
     if per_epoch == 0:
         raise ConfigError(f"global batch {cfg.data.batch_size * world} ({cfg.data.batch_size} x "

@@ -94,6 +94,16 @@ def test_two_processes_stopped_by_sigterm_resume_on_one(tiny_pack, tmp_path, lau
     assert "rank 1/2 reads shard 1 of 2 of each global batch" in launched.output()
     ckpt_meta = _checkpoint_meta(out, 10)
     assert (ckpt_meta["kind"], ckpt_meta["world"], ckpt_meta["global_batch"]) == ("stop", 2, 18)
+    # how a platform's SIGTERM ends a multi-rank job: every rank stops at the step they agreed
+    # on, one stop checkpoint, exit 0 within the default grace period (past it the launcher
+    # SIGKILLs the ranks and fails the job)
+    text = launched.output()
+    for rank in (0, 1):
+        assert f"rank {rank} finished: stopped at step 10" in text
+    assert "(grace period 30 s)" in text
+    stops = [r for r in read_metrics(out / "metrics.jsonl")
+             if r["type"] == "checkpoint" and r["kind"] == "stop"]
+    assert [r["step"] for r in stops] == [10]
 
     # one process, the same recipe (9 per device): it keeps the global batch, 18 a step
     summary = in_process(tiny_pack, out, PER_DEVICE_RECIPE, resume=str(_checkpoint(out, 10)))

@@ -13,20 +13,26 @@ data.shuffle_window for both sides: the same sample order), in its own process w
   at 2x what training consumes (measured in the staged run: images/s x bytes per image) the
   prefetch should hide the link; at 0.5x training waits for it (shown for the contrast);
 * the streaming cache's bytes on disk, sampled every 10 ms (and the cache's own accounting),
-  against data.cache_limit_gb plus the shards in flight (2 background fetches + 1 demanded).
+  against data.cache_limit_gb plus the shards in flight (2 background fetches + 1 demanded);
+* the input pipeline alone (this process, no training): the staged pack, the same order streamed
+  into an empty cache, and again from the warm cache (the streamed reader's own cost);
+* CPU seconds of each training process, of the store (SeaweedFS shares the cores) and of this
+  process (the proxy and the sampler), so a shortfall can be told from contention.
 
 Goals (issue 25; not asserted): first step streaming / staging <= 0.1x; steady images/s streamed /
 staged >= 0.95x; throttled above consumption, streamed >= 0.95x of staged; peak cache bytes <=
 limit + shards in flight. Writes bench/results/streaming.json.
 
     python bench/bench_streaming.py                      # ~25 min on 2 cores, ~9 GB of scratch disk
-    python bench/bench_streaming.py --images 4000 --shard-size-mb 8 --steps 60 --no-slow-staging
+    python bench/bench_streaming.py --images 3000 --shard-size-mb 8 --steps 60 --warmup 20 \
+        --repeat 1 --no-slow-staging --cache-limit-gb 0.1 --result-name streaming-quick   # ~7 min
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -80,6 +86,12 @@ class PeakSampler:
         self._thread.join()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, stream: bool,
               steps: int) -> dict:
     """One `local.py train` process with a fresh cache; what it took and how fast it went."""
@@ -99,17 +111,25 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     env = common.child_env({**server.env(), "S3_ENDPOINT": endpoint, "AWS_ENDPOINT_URL": endpoint,
                             "MNV3_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"})
     wall0 = time.time()
+    store_cpu0, children0 = cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+    bench_cpu0 = time.process_time()
     with PeakSampler(cache / "jobs" / "stream") as sampler:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, cwd=common.ROOT,
                               env=env)
     wall = time.time() - wall0
+    bench_cpu = time.process_time() - bench_cpu0  # the proxy and the peak sampler
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    train_cpu = (children.ru_utime - children0.ru_utime) + (children.ru_stime - children0.ru_stime)
+    store_cpu = cpu_seconds(server.pid) - store_cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{name}: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}\n{proc.stdout[-3000:]}")
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps_seen = [r for r in records if r.get("type") == "step"]
     first = steps_seen[0]
     result = {"first_step_s": round(first["time"] - wall0, 2), "process_wall_s": round(wall, 1),
-              "steps": steps_seen[-1]["step"]}
+              "steps": steps_seen[-1]["step"], "train_process_cpu_s": round(train_cpu, 1),
+              "store_cpu_s": round(store_cpu, 1), "bench_process_cpu_s": round(bench_cpu, 1),
+              "load_average": round(os.getloadavg()[0], 2)}
     timed = [r for r in steps_seen if r["step"] >= args.warmup]
     if len(timed) >= 2:
         seconds = timed[-1]["time"] - timed[0]["time"]
@@ -131,6 +151,42 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     return result
 
 
+def pipeline_rates(url: str, settings, store_pid: int, packed: Path, workdir: Path, args) -> dict:
+    """The input pipeline alone (decode + augment, 224 px, batch 32, this process): the staged
+    pack, then the same order streamed into an empty cache (downloads on the same cores), then
+    again from the warm cache (the reader alone)."""
+    from cloud.storage.shard_cache import open_streamed_pack
+    from core.config import load_config
+    from core.data.packed import PackedDataset
+    cfg = load_config(None, {"data.image_size": SIZE, "data.batch_size": BATCH,
+                             "data.shuffle_window": args.window,
+                             "data.prefetch_shards": args.prefetch,
+                             "data.cache_limit_gb": 4.0}).data
+    root = workdir / "cache-pipeline"
+    shutil.rmtree(root, ignore_errors=True)
+    streamed = open_streamed_pack(url, root, settings, cfg).split("train")
+    sides = (("staged", PackedDataset(packed).split("train")), ("streamed, empty cache", streamed),
+             ("streamed, warm cache", streamed))
+    out = {}
+    for name, split in sides:
+        store0, cpu0 = cpu_seconds(store_pid), time.process_time()
+        iterator = split.train_pipeline(cfg, seed=1, epoch=0).create_tuple_iterator(
+            num_epochs=1, output_numpy=True)
+        next(iterator)
+        started = time.perf_counter()
+        for _ in range(args.pipeline_batches):
+            next(iterator)
+        seconds = time.perf_counter() - started
+        del iterator
+        out[name] = {"images_per_s": round(args.pipeline_batches * BATCH / seconds, 1),
+                     "process_cpu_s": round(time.process_time() - cpu0, 1),
+                     "store_cpu_s": round(cpu_seconds(store_pid) - store0, 1)}
+        print(f"pipeline alone, {name:>22}: {out[name]['images_per_s']:6.1f} img/s "
+              f"(load {os.getloadavg()[0]:.2f})", flush=True)
+    shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
 def median_of(runs: list[dict], key: str) -> float:
     return common.median([r[key] for r in runs if key in r])
 
@@ -148,11 +204,18 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=40, help="steps left out of images/s")
     parser.add_argument("--steps", type=int, default=280, help="steps per run in all")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of staged/streamed, direct")
+    parser.add_argument("--pipeline-batches", type=int, default=100,
+                        help="batches timed by the input-pipeline-alone comparison")
     parser.add_argument("--latency-ms", type=float, default=5.0, help="throttled runs: per request")
+    parser.add_argument("--links", default="auto",
+                        help="throttled links HIGH,LOW in MB/s; auto: 2x and 0.5x of what the "
+                             "staged runs consumed (on a machine whose load changes, give them)")
     parser.add_argument("--no-slow-staging", dest="slow_staging", action="store_false",
                         help="skip staging through the link below consumption (minutes)")
     parser.add_argument("--workdir", help="scratch folder (default: a temporary one, removed)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--result-name", default="streaming",
+                        help="bench/results/<name>.json (run_all --quick: streaming-quick)")
     args = parser.parse_args(argv)
 
     from cloud.storage.store import open_storage
@@ -205,6 +268,8 @@ def main(argv=None) -> int:
         proxy = ThrottleProxy("127.0.0.1", int(server.endpoint.rsplit(":", 1)[1]),
                               latency_ms=args.latency_ms).start()
 
+        results["pipeline_alone"] = pipeline_rates(
+            url, server.settings(), server.pid, packed, workdir, args)
         direct = {"staged": [], "streamed": []}
         for round_ in range(args.repeat):  # alternate so load changes hit both sides
             for side in (("staged", "streamed") if round_ % 2 == 0 else ("streamed", "staged")):
@@ -214,13 +279,19 @@ def main(argv=None) -> int:
         staged_ips = median_of(direct["staged"], "images_per_s")
         consumption = staged_ips * bytes_per_image / MB
         high, low = round(2 * consumption, 1), round(0.5 * consumption, 1)
+        if args.links != "auto":
+            high, low = (float(v) for v in args.links.split(","))
         print(f"training consumes {consumption:.1f} MB/s ({staged_ips:.1f} img/s x "
               f"{bytes_per_image / 1024:.0f} KB): link at {high} and {low} MB/s", flush=True)
+        results["consumption_mb_s"] = round(consumption, 2)
 
         proxy.rate_mb_s = high
-        throttled = {"rate_mb_s": high,
-                     "streamed": train_run("streamed, link 2x", url, proxy.endpoint, server,
-                                           workdir, args, True, args.steps),
+        runs = [train_run(f"streamed, link 2x #{i + 1}", url, proxy.endpoint, server, workdir,
+                          args, True, args.steps) for i in range(args.repeat)]
+        throttled = {"rate_mb_s": high, "streamed_runs": runs,
+                     "streamed": {"first_step_s": median_of(runs, "first_step_s"),
+                                  "images_per_s": median_of(runs, "images_per_s"),
+                                  "peak_cache_bytes": max(r["peak_cache_bytes"] for r in runs)},
                      "staged": train_run("staged, link 2x", url, proxy.endpoint, server, workdir,
                                          args, False, args.warmup)}
         results["throttled_above"] = throttled
@@ -267,37 +338,44 @@ def main(argv=None) -> int:
             {"what": "first training step, loopback (process start to step 1)", "unit": "s (lower is better)",
              "project": first["direct"][0], "peer": "staging first", "peer_value": first["direct"][1],
              "ratio": common.ratio(first["direct"][0], first["direct"][1], higher_is_better=False)},
-            {"what": f"first training step, link {high} MB/s (2x consumption)", "unit": "s (lower is better)",
+            {"what": f"first training step, link {high} MB/s ({high / consumption:.1f}x consumption)", "unit": "s (lower is better)",
              "project": first["link 2x"][0], "peer": "staging first", "peer_value": first["link 2x"][1],
              "ratio": common.ratio(first["link 2x"][0], first["link 2x"][1], higher_is_better=False)},
             {"what": f"steady training, {SIZE} px batch {BATCH}, loopback", "unit": "images/s",
              "project": streamed_ips, "peer": "same pack staged", "peer_value": staged_ips,
              "ratio": common.ratio(streamed_ips, staged_ips)},
-            {"what": f"steady training, link {high} MB/s (2x consumption)", "unit": "images/s",
+            {"what": f"steady training, link {high} MB/s ({high / consumption:.1f}x consumption)", "unit": "images/s",
              "project": throttled["streamed"]["images_per_s"], "peer": "same pack staged, loopback",
              "peer_value": staged_ips, "ratio": common.ratio(throttled["streamed"]["images_per_s"], staged_ips)},
-            {"what": f"steady training, link {low} MB/s (0.5x consumption)", "unit": "images/s",
+            {"what": f"steady training, link {low} MB/s ({low / consumption:.1f}x consumption)", "unit": "images/s",
              "project": slow["streamed"]["images_per_s"], "peer": "same pack staged, loopback",
              "peer_value": staged_ips, "ratio": common.ratio(slow["streamed"]["images_per_s"], staged_ips)},
             {"what": f"peak streaming cache, limit {args.cache_limit_gb} GB", "unit": "MB (lower is better)",
              "project": round(max(peaks) / MB, 1), "peer": "limit + 3 shards in flight",
              "peer_value": round(bound / MB, 1), "ratio": common.ratio(max(peaks), bound, False)},
         ]
+        alone = results["pipeline_alone"]
+        for name in ("streamed, warm cache", "streamed, empty cache"):
+            rows.append({"what": f"input pipeline alone ({SIZE} px, batch {BATCH}), {name}",
+                         "unit": "images/s", "project": alone[name]["images_per_s"],
+                         "peer": "staged pack", "peer_value": alone["staged"]["images_per_s"],
+                         "ratio": common.ratio(alone[name]["images_per_s"],
+                                               alone["staged"]["images_per_s"])})
         if "link 0.5x" in first:
-            rows.insert(2, {"what": f"first training step, link {low} MB/s (0.5x consumption)",
+            rows.insert(2, {"what": f"first training step, link {low} MB/s ({low / consumption:.1f}x consumption)",
                             "unit": "s (lower is better)", "project": first["link 0.5x"][0],
                             "peer": "staging first", "peer_value": first["link 0.5x"][1],
                             "ratio": common.ratio(first["link 0.5x"][0], first["link 0.5x"][1], False)})
         command = "python bench/bench_streaming.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        common.write_result("streaming", {
+        common.write_result(args.result_name, {
             "title": "Training from S3 while streaming shards vs staging them first",
             "command": command.strip(), "rows": rows, "results": results, "ratios": ratios,
             "goals": goals, "settings": {k: v for k, v in vars(args).items() if k != "workdir"},
-            "notes": (f"SeaweedFS on 127.0.0.1; the link is a Python TCP proxy in the benchmark's "
-                      f"process (its CPU shares the 2 cores with training) adding "
+            "notes": (f"SeaweedFS on 127.0.0.1; the link is a TCP proxy in the benchmark's "
+                      f"process (os.splice; its CPU shares the cores with training) adding "
                       f"{args.latency_ms} ms per request; both sides data.shuffle_window="
                       f"{args.window}; streaming data.prefetch_shards={args.prefetch}.")})
-        print("wrote bench/results/streaming.json", flush=True)
+        print(f"wrote bench/results/{args.result_name}.json", flush=True)
     finally:
         if proxy is not None:
             proxy.stop()

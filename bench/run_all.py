@@ -34,6 +34,10 @@ BENCHMARKS = {
     "packed": ("bench_packed.py", [], ["--images", "1000", "--unique", "200", "--batches", "10",
                                        "--shard-size-mb", "32", "--out",
                                        str(common.RESULTS / "packed-quick.json")]),
+    "streaming": ("bench_streaming.py", [], ["--images", "3000", "--shard-size-mb", "8",
+                                             "--steps", "60", "--warmup", "20", "--repeat", "1",
+                                             "--no-slow-staging", "--cache-limit-gb", "0.1",
+                                             "--result-name", "streaming-quick"]),
 }
 
 

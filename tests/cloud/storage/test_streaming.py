@@ -31,6 +31,7 @@ from core.config import load_config
 from core.data.packed import PackedDataset
 from core.data.packing import pack_imagefolder
 from core.data.pipeline import CorruptImages, DatasetError, guarded
+from core.train.sample_log import read_sample_log
 from tests.fault_tools import LOCAL, TINY, base_env, private_s3, procs, run_spawned  # noqa: F401 (fixtures)
 from tests.paths import REPO
 
@@ -94,7 +95,7 @@ def test_streamed_run_killed_mid_epoch_resumes_and_equals_the_staged_pack(
     """Before streaming existed `data.stream` was an unknown key: the run was refused."""
     url, pack = stored_pack
     common = [*TINY, "train.epochs=2", "checkpoint.interval_steps=3", "system.cpu_threads=1",
-              "optim.lr=0.02"]
+              "optim.lr=0.02", "data.shuffle_window=2", "data.sample_log=true"]
     staged_out, streamed_out = tmp_path / "staged", tmp_path / "streamed"
     cache = tmp_path / "cache"
     env = base_env(**s3_server.env(), MNV3_CACHE_DIR=cache)
@@ -109,6 +110,7 @@ def test_streamed_run_killed_mid_epoch_resumes_and_equals_the_staged_pack(
     assert "streamed from" in first.stdout
     saved = sorted(p.name for p in (streamed_out / "checkpoints").glob("*.ckpt"))
     assert saved == ["mobilenetv3-e0000-s00000003.ckpt"], saved
+    logged = len((streamed_out / "samples.jsonl").read_text().splitlines())
 
     second = procs(streamed + ["--resume", "auto"], env)
     assert second.wait(300) == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -129,6 +131,14 @@ def test_streamed_run_killed_mid_epoch_resumes_and_equals_the_staged_pack(
     ref_summary = json.loads((staged_out / "summary.json").read_text())
     timeless = lambda record: {k: v for k, v in record.items() if k != "seconds"}  # noqa: E731
     assert timeless(summary["final_eval"]) == timeless(ref_summary["final_eval"])
+    # the sample ledger: the resumed run went on at the next position after its checkpoint
+    lines = [json.loads(line) for line in (streamed_out / "samples.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines[:logged]] == list(range(1, logged + 1)) and logged >= 4
+    assert [r["step"] for r in lines[logged:]] == list(range(4, 15))
+    ours_ledger, _ = read_sample_log(streamed_out / "samples.jsonl")
+    theirs_ledger, _ = read_sample_log(staged_out / "samples.jsonl")
+    assert ours_ledger == theirs_ledger and len(ours_ledger) == 14  # the same samples, step by step
+    assert lines[logged] == theirs_ledger[3]
 
 
 # --------------------------------------------------------------------------- damaged shards

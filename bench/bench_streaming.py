@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -137,6 +138,9 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
         result.update(images_per_s=round(images / seconds, 1), timed_steps=images // BATCH)
     text = proc.stdout + proc.stderr
     result["shard_downloads"] = text.count("streamed from")
+    waits = re.findall(r"streamed train: \d+ samples from \d+ shard openings; waited ([\d.]+) s", text)
+    if waits:  # the reader's own account: seconds training waited for shards (first window included)
+        result["waited_for_shards_s"] = sum(float(w) for w in waits)
     if stream:
         state = next((cache / "jobs" / "stream").glob("*/.cloud-stream/state.json"), None)
         accounted = json.loads(state.read_text())["peak_bytes"] if state else None
@@ -146,7 +150,8 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     shutil.rmtree(out, ignore_errors=True)
     print(f"{name:>24}: first step {result['first_step_s']:6.1f} s, "
           f"{result.get('images_per_s', float('nan')):6.1f} img/s"
-          + (f", peak cache {sampler.peak / MB:.0f} MB, {result['shard_downloads']} shard downloads"
+          + (f", peak cache {sampler.peak / MB:.0f} MB, {result['shard_downloads']} shard downloads, "
+             f"waited {result.get('waited_for_shards_s', float('nan')):.1f} s for shards"
              if stream else "") + f" (load {os.getloadavg()[0]:.2f})", flush=True)
     return result
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 import bisect
 import functools
 import json
+import logging
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, fields
@@ -37,6 +39,8 @@ import numpy as np
 
 from core.data.packed import PackedSplit, load_packed_split, read_index, readable_order
 from core.data.pipeline import CorruptImages, DatasetError
+
+log = logging.getLogger("core.data.streamed")
 
 # Open shard files a reader keeps at once (each a file descriptor); others are reopened.
 MAX_OPEN_SHARDS = 32
@@ -192,6 +196,7 @@ class _StreamedRows:
 
         ahead = 0  # plan.first_need[:ahead] have been held (or started)
         started = 0
+        waited, opened_count, read = 0.0, 0, 0
         try:
             for p, shard in enumerate(plan.shard_at.tolist()):
                 position[0] = p
@@ -209,7 +214,11 @@ class _StreamedRows:
                     if shard not in held:  # given back under pressure, needed again
                         held.add(shard)
                         source.hold(names[shard])
-                    opened = _ShardFile(self._path(names[shard], spare), split.entries[shard])
+                    began = time.monotonic()
+                    path = self._path(names[shard], spare)
+                    waited += time.monotonic() - began
+                    opened_count += 1
+                    opened = _ShardFile(path, split.entries[shard])
                     files[shard] = opened
                     while len(files) > MAX_OPEN_SHARDS:
                         files.popitem(last=False)[1].close()
@@ -219,8 +228,13 @@ class _StreamedRows:
                 data = opened.read(index - split.entries[shard]["first"])
                 if plan.last_pos[shard] == p:  # its last sample of this order: hand it back
                     give_back(shard)
+                read += 1
                 yield data, np.int32(split.labels[index])
         finally:
+            if read:
+                log.info("streamed %s: %d samples from %d shard openings; waited %.1f s for "
+                         "shards to arrive (growing waits: the link is slower than training)",
+                         split.split, read, opened_count, waited)
             for shard in list(held):
                 give_back(shard)
             for opened in files.values():

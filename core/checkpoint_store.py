@@ -25,7 +25,6 @@ old object is deleted only after the manifest stopped listing it, and a store wi
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Optional, Protocol
 
 from core.checkpoint import RUNNER_NAME, CheckpointError, step_of_name
+from core.digest import sha256_file
 
 log = logging.getLogger("core.checkpoint_store")
 
@@ -131,14 +131,6 @@ class Folder:
         os.replace(tmp, dst)
 
 
-def sha256_file(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
@@ -210,9 +202,9 @@ class CheckpointStore:
         `cache_dir` (a verified copy already there is reused). Size and sha256 are checked
         where the manifest recorded them; CheckpointError names a bad one."""
         key = self.key(str(entry["key"]))
-        local = self.objects.local_file(key)
-        if local is None:
-            local = os.path.join(cache_dir, os.path.basename(key))
+        in_place = self.objects.local_file(key)
+        local = in_place or os.path.join(cache_dir, os.path.basename(key))
+        if in_place is None:
             if os.path.exists(local) and _mismatch(local, entry) is None:
                 log.info("using cached checkpoint %s (verified)", local)
                 return local
@@ -220,7 +212,7 @@ class CheckpointStore:
             self.objects.download_file(key, local)
         problem = _mismatch(local, entry) if os.path.exists(local) else "it does not exist"
         if problem:
-            if self.objects.local_file(key) is None:
+            if in_place is None:  # a bad download: not kept in the cache
                 os.remove(local)
             raise CheckpointError(f"checkpoint {self.objects.describe(key)} is corrupt: {problem}")
         return local

@@ -8,7 +8,6 @@ from it.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from core.nn import weights_map as wm
 from core.checkpoint import CheckpointError
 from core.config import ConfigError, load_config
+from core.digest import sha256_file
 
 log = logging.getLogger("launcher.convert")
 SOURCES = ("torchvision", "mindcv")
@@ -121,7 +121,7 @@ def convert(source: str, src: str | Path, dst: str | Path, num_classes: Optional
                  "model.num_classes": source_classes if kept else num_classes,
                  "model.depthwise_padding": DEPTHWISE_PADDING[source]}
     meta = {"kind": "converted", "config": load_config(None, overrides).to_dict(),
-            "source": {"format": source, "file": Path(src).name, "sha256": _sha256(src)}}
+            "source": {"format": source, "file": Path(src).name, "sha256": sha256_file(src)}}
     if classes is not None:
         meta["classes"] = list(classes)
     params = [ms.Parameter(ms.Tensor(v), name=n) for n, v in mapped.items()]
@@ -142,11 +142,3 @@ def read_class_names(path: str | Path) -> list[str]:
     if text.lstrip().startswith("["):
         return [str(c) for c in json.loads(text)]
     return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def _sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

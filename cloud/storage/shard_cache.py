@@ -50,7 +50,8 @@ from typing import Callable, Optional
 
 from cloud.storage.store import Storage, open_storage
 from core.config import ConfigError
-from core.data.packed import INDEX_NAME, read_index, sha256_file
+from core.data.packed import INDEX_NAME, read_index
+from core.digest import sha256_file
 from core.data.pipeline import DatasetError
 from core.data.streamed import StreamedDataset
 

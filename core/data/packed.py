@@ -13,7 +13,6 @@ a `SubsetSampler` over that order.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import time
@@ -24,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from core.data.pipeline import CorruptImages, DatasetError, RowSplit, replacement, usable_workers
+from core.digest import sha256_file
 
 INDEX_NAME = "index.json"
 FORMAT = "mnv3-packed-mindrecord"
@@ -36,14 +36,6 @@ MB = 1024 * 1024
 def is_packed(root: str | os.PathLike) -> bool:
     """A packed dataset is a folder with a (complete pack's) index.json."""
     return (Path(root) / INDEX_NAME).is_file()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 * MB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_json(path: str) -> Optional[dict]:

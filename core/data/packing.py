@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 from core.data.imagefolder import ImageList, scan_split
-from core.data.packed import (FORMAT, INDEX_NAME, MB, SCHEMA, VERSION, read_json, sha256_file,
-                         write_json_atomic)
+from core.data.packed import FORMAT, INDEX_NAME, MB, SCHEMA, VERSION, read_json, write_json_atomic
+from core.digest import sha256_file
 from core.data.image_formats import image_problem
 from core.data.pipeline import DatasetError
 

@@ -98,6 +98,11 @@ class DataConfig:
                                      "paths ignore it")
     prefetch_shards: int = _spec(4, minimum=0, help="streaming: shards each process fetches "
                                                     "ahead of those it is reading")
+    ranged_reads_mb: float = _spec(64.0, minimum=0.0,
+                                   help="streaming: each pass reads up to this many MB of samples "
+                                        "straight from the store while their shards are still "
+                                        "arriving (the first step in seconds; those bytes come "
+                                        "twice); 0: wait for the shards")
     cache_limit_gb: float = _spec(20.0, minimum=0.0, exclusive_min=True,
                                   help="streaming: the node's shard cache holds at most this "
                                        "(plus shards being downloaded); shards read this epoch "

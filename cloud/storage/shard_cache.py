@@ -48,6 +48,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
+from cloud.storage.errors import StorageError
 from cloud.storage.store import Storage, open_storage
 from core.config import ConfigError
 from core.data.packed import INDEX_NAME, read_index
@@ -169,6 +170,32 @@ class ShardCache:
                 self._verified_here.add(name)
         return str(final)
 
+    def ready(self, name: str) -> bool:
+        """Held shard `name` is in the cache and verified: path() would not wait."""
+        with self._mutex:
+            if name in self._verified_here:
+                return (self.root / name).is_file()
+        return self._status(name) == "ok"
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """Bytes of shard `name`'s data file straight from the store (one ranged GET, of the
+        version listed at start): a sample needed before its shard has arrived."""
+        try:
+            data = self.storage.read_range(name, offset, length, version=self.versions.get(name))
+        except StorageError as exc:
+            self.stats["store_errors"] += 1
+            raise DatasetError(
+                f"streaming {self.where}: shard {name} could not be read ({exc}); the run stops "
+                f"here and keeps its checkpoints: run it again with --resume auto once the store "
+                f"answers") from None
+        if len(data) != length:
+            raise DatasetError(f"streaming {self.where}: shard {name} is shorter than "
+                               f"{INDEX_NAME} says ({offset + len(data)} bytes read of "
+                               f"{offset + length}): upload it again from the pack")
+        self.stats["ranged_reads"] += 1
+        self.stats["ranged_bytes"] += length
+        return data
+
     def index_file(self, name: str) -> str:
         """A verified copy of the shard's .db in .cloud-stream/names/ (a copy of the cached
         shard's, else fetched alone); small, and kept outside the limit's accounting."""
@@ -177,6 +204,13 @@ class ShardCache:
         if final.is_file() and self._file_problem(final, expected) is None:
             return str(final)
         final.parent.mkdir(parents=True, exist_ok=True)
+        with self._claimed(f"names-{expected['name']}"):  # one process of the node fetches it
+            if final.is_file() and self._file_problem(final, expected) is None:
+                return str(final)
+            self._fetch_index_file(name, expected, final)
+        return str(final)
+
+    def _fetch_index_file(self, name: str, expected: dict, final: Path) -> None:
         part = final.with_name(f"{final.name}.tmp-{self.me}")
         try:
             cached = self.root / expected["name"]
@@ -195,7 +229,17 @@ class ShardCache:
             os.replace(part, final)
         finally:
             _remove(part)
-        return str(final)
+
+    @contextmanager
+    def _claimed(self, what: str):
+        """flock claims/<what>.lock for the block, waiting for another process holding it."""
+        fd = os.open(self.state_dir / "claims" / f"{what}.lock",
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            _unlock(fd)
 
     # ----------------------------------------------------------------- fetching
 
@@ -594,4 +638,5 @@ def open_streamed_pack(url: str, root: str | os.PathLike, settings, data_cfg) ->
     log.info("streaming %s: %d shards (%.2f GB), node cache %s limited to %.2f GB, %d shard(s) "
              "prefetched per process", url, len(sizes), total / GB, root, limit / GB,
              data_cfg.prefetch_shards)
-    return StreamedDataset(root, cache, data_cfg.prefetch_shards, where=url)
+    return StreamedDataset(root, cache, data_cfg.prefetch_shards, where=url,
+                           ranged_bytes=int(data_cfg.ranged_reads_mb * MB))

@@ -125,6 +125,11 @@ class Storage(ABC):
     def write_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> bytes:
+        """Bytes [start, start + length) of ``key`` (one ranged GET on S3); with ``version``
+        (an ETag from a listing) only while the object is still that version."""
+
+    @abstractmethod
     def delete(self, key: str) -> None:
         """Delete ``key``; a missing key is not an error."""
 
@@ -237,6 +242,13 @@ class LocalStorage(Storage):
         try:
             with open(self.path(key), "rb") as f:
                 return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"object {self.describe(key)} does not exist") from None
+
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> bytes:
+        try:
+            with open(self.path(key), "rb") as f:
+                return os.pread(f.fileno(), length, start)
         except FileNotFoundError:
             raise StorageError(f"object {self.describe(key)} does not exist") from None
 
@@ -381,6 +393,13 @@ class S3Storage(Storage):
     def read_bytes(self, key: str) -> bytes:
         with self._explained(key):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def read_range(self, key: str, start: int, length: int, version: str | None = None) -> bytes:
+        extra = {"IfMatch": version} if version else {}
+        with self._explained(key):
+            got = self.client.get_object(Bucket=self.bucket, Key=self._key(key),
+                                         Range=f"bytes={start}-{start + length - 1}", **extra)
+            return got["Body"].read()
 
     def write_bytes(self, key: str, data: bytes) -> None:
         with self._explained(key):

@@ -15,7 +15,14 @@ given, whatever it is (rows(indices, start, corrupt, workers), core.data.pipelin
   cache may evict it;
 * when the cache has no room for the shard needed now, it gives back the held shard whose next
   use is furthest (fetched again when needed): the cache stays within its limit whatever the
-  order, at the price of downloading again what a too-small cache could not keep.
+  order, at the price of downloading again what a too-small cache could not keep;
+* a pass starts before its first shards have arrived (`ranged_bytes`, data.ranged_reads_mb): a
+  sample whose shard is still on its way is read straight from the store (one ranged GET of its
+  bytes) until the pass has read that many bytes so; those bytes come twice, and the first steps
+  take seconds instead of the time a window of whole shards takes to arrive. Each such sample is
+  checked against its shard once the shard has arrived and passed its sha256 (at the latest at
+  the shard's last sample of the pass, where the reader waits for it): a difference stops the
+  run with one line naming the shard.
 
 The samples come out as the staged pack's do (core.data.packed.PackedSplit.rows): the same bytes,
 labels and unreadable-image replacement, in the same order, so a streamed run equals a staged one.
@@ -30,6 +37,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -70,15 +78,25 @@ class ShardSource(Protocol):
         """A local, verified copy of shard `name`'s `.db` (its rows' file names), fetched alone
         when the shard is not in the cache (the sample ledger names samples of any shard)."""
 
+    def ready(self, name: str) -> bool:
+        """Held shard `name` is in the cache and verified: path() would return at once."""
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of shard `name`'s data file, read from where the shards
+        come from (not the cache): a sample needed before its shard has arrived. Raises
+        DatasetError (one line) when they cannot be had."""
+
 
 @dataclass(frozen=True)
 class StreamedSplit(PackedSplit):
     """A packed split (core.data.packed.PackedSplit) whose shards come from a ShardSource.
     `entries` are the split's shard entries of index.json; `prefetch` how many shards a reader
-    asks for beyond those it has started."""
+    asks for beyond those it has started; `ranged_bytes` how many bytes of samples a pass may
+    read from the source before their shards arrive."""
     source: Optional[ShardSource] = None
     entries: tuple = ()
     prefetch: int = 2
+    ranged_bytes: int = 0
 
     def sample_names(self, indices: Sequence[int]) -> list[str]:
         """Each sample's file path relative to the split (as core.data.packed names it), from
@@ -108,10 +126,11 @@ class StreamedDataset:
     `where` names the remote pack in messages."""
 
     def __init__(self, root: str | os.PathLike, source: ShardSource, prefetch: int = 2,
-                 where: Optional[str] = None):
+                 where: Optional[str] = None, ranged_bytes: int = 0):
         self.root = Path(root)
         self.source = source
         self.prefetch = max(0, int(prefetch))
+        self.ranged_bytes = max(0, int(ranged_bytes))
         self.where = where or str(root)
 
     def has_split(self, name: str) -> bool:
@@ -121,7 +140,8 @@ class StreamedDataset:
         base = load_packed_split(self.root, name, classes, require_files=False)
         entries = tuple(read_index(self.root)["splits"][name]["shards"])
         values = {f.name: getattr(base, f.name) for f in fields(PackedSplit)}
-        return StreamedSplit(**values, source=self.source, entries=entries, prefetch=self.prefetch)
+        return StreamedSplit(**values, source=self.source, entries=entries, prefetch=self.prefetch,
+                             ranged_bytes=self.ranged_bytes)
 
     def verify(self, workers: Optional[int] = None, reuse: bool = False) -> dict:
         """Each shard is verified against the index as it arrives (ShardSource.path)."""
@@ -176,8 +196,16 @@ class _StreamedRows:
         names = [entry["name"] for entry in split.entries]
         held: set[int] = set()
         files: "OrderedDict[int, _ShardFile]" = OrderedDict()
+        arrived: set[int] = set()         # opened from the cache at least once this pass
+        stored: dict[int, _ShardFile] = {}  # read from the source before they arrived
+        unchecked: dict[int, list] = {}   # shard -> [(row, crc32)] of samples read so
         position = [0]
         current = [-1]
+
+        def hold(shard: int) -> None:
+            if shard not in held:
+                held.add(shard)
+                source.hold(names[shard])
 
         def give_back(shard: int) -> None:
             held.discard(shard)
@@ -196,49 +224,74 @@ class _StreamedRows:
 
         ahead = 0  # plan.first_need[:ahead] have been held (or started)
         started = 0
-        waited, opened_count, read = 0.0, 0, 0
+        ranged_left = split.ranged_bytes
+        waited, opened_count, read, ranged, ranged_bytes = 0.0, 0, 0, 0, 0
         try:
             for p, shard in enumerate(plan.shard_at.tolist()):
                 position[0] = p
                 if plan.first_pos[shard] == p:
                     started += 1
                 while ahead < len(plan.first_need) and ahead < started + split.prefetch:
-                    wanted = plan.first_need[ahead]
+                    hold(plan.first_need[ahead])
                     ahead += 1
-                    if wanted not in held:
-                        held.add(wanted)
-                        source.hold(names[wanted])
-                opened = files.get(shard)
-                if opened is None:
-                    current[0] = shard
-                    if shard not in held:  # given back under pressure, needed again
-                        held.add(shard)
-                        source.hold(names[shard])
-                    began = time.monotonic()
-                    path = self._path(names[shard], spare)
-                    waited += time.monotonic() - began
-                    opened_count += 1
-                    opened = _ShardFile(path, split.entries[shard])
-                    files[shard] = opened
-                    while len(files) > MAX_OPEN_SHARDS:
-                        files.popitem(last=False)[1].close()
-                else:
-                    files.move_to_end(shard)
                 index = int(plan.order[p])
-                data = opened.read(index - split.entries[shard]["first"])
+                row = index - split.entries[shard]["first"]
+                opened = files.get(shard)
+                if (opened is None and ranged_left > 0 and shard not in arrived
+                        and plan.last_pos[shard] != p and not source.ready(names[shard])):
+                    hold(shard)
+                    if shard not in stored:
+                        stored[shard] = _ShardFile.stored(source, names[shard], split.entries[shard])
+                    data = stored[shard].read(row)
+                    unchecked.setdefault(shard, []).append((row, zlib.crc32(data)))
+                    ranged_left -= len(data)
+                    ranged += 1
+                    ranged_bytes += len(data)
+                else:
+                    if opened is None:
+                        current[0] = shard
+                        hold(shard)  # given back under pressure, needed again
+                        began = time.monotonic()
+                        path = self._path(names[shard], spare)
+                        waited += time.monotonic() - began
+                        opened_count += 1
+                        opened = _ShardFile.local(path, split.entries[shard])
+                        files[shard] = opened
+                        arrived.add(shard)
+                        stored.pop(shard, None)
+                        self._check(opened, names[shard], unchecked.pop(shard, ()))
+                        while len(files) > MAX_OPEN_SHARDS:
+                            files.popitem(last=False)[1].close()
+                    else:
+                        files.move_to_end(shard)
+                    data = opened.read(row)
                 if plan.last_pos[shard] == p:  # its last sample of this order: hand it back
                     give_back(shard)
                 read += 1
                 yield data, np.int32(split.labels[index])
+        except DatasetError as exc:  # one line for the run (core.data.pipeline.guarded)
+            self.corrupt.fatal = self.corrupt.fatal or str(exc)
+            raise
         finally:
             if read:
                 log.info("streamed %s: %d samples from %d shard openings; waited %.1f s for "
-                         "shards to arrive (growing waits: the link is slower than training)",
-                         split.split, read, opened_count, waited)
+                         "shards to arrive (growing waits: the link is slower than training); "
+                         "%d samples (%.1f MB) read from the store before their shards arrived",
+                         split.split, read, opened_count, waited, ranged, ranged_bytes / 2 ** 20)
             for shard in list(held):
                 give_back(shard)
             for opened in files.values():
                 opened.close()
+
+    def _check(self, opened: "_ShardFile", name: str, samples) -> None:
+        """Samples read from the source before the shard arrived are the verified shard's."""
+        for row, crc in samples:
+            if zlib.crc32(opened.read(row)) != crc:
+                raise DatasetError(
+                    f"shard {name}: sample {row} as read from the store before the shard arrived "
+                    f"differs from the shard verified against the pack's index (the stored object "
+                    f"changed or the store served other bytes); the run stops: check the store, "
+                    f"then resume with --resume auto (or set data.ranged_reads_mb=0)")
 
     def _path(self, name: str, spare: Callable[[], bool]) -> str:
         """The source's local path; its one-line error becomes the run's (the pipeline wraps
@@ -283,7 +336,9 @@ def _db_names(path: str) -> tuple[str, ...]:
 
 
 class _ShardFile:
-    """Random access to the image bytes of one MindRecord shard written by core.data.packing.
+    """Random access to the image bytes of one MindRecord shard written by core.data.packing:
+    the cached file (`local`), or the stored object through ranged reads before it has arrived
+    (`stored`).
 
     MindRecord keeps a file's header (8-byte length, then JSON with `header_size`, `page_size`)
     before fixed-size pages; its `.db` (SQLite) gives each row's blob page and offsets. With one
@@ -291,28 +346,41 @@ class _ShardFile:
     read checks that length against the offsets, so a layout this code does not know is one
     error line, never wrong pixels."""
 
-    def __init__(self, path: str, entry: dict):
-        self.path = path
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    def __init__(self, where: str, pread: Callable[[int, int], bytes], db_path: str, entry: dict,
+                 close: Callable[[], None] = lambda: None):
+        self.path = where
+        self.pread = pread  # (length, offset) -> bytes
+        self._close = close
         try:
             header = self._header()
             if header.get("compression_size", 0) or "header_size" not in header:
                 raise self._unknown("compressed or unknown header")
-            self.starts, self.lengths = self._rows(path + ".db", int(header["header_size"]),
+            self.starts, self.lengths = self._rows(db_path, int(header["header_size"]),
                                                    int(header["page_size"]))
             if len(self.starts) != entry["samples"]:
-                raise DatasetError(f"shard {path}: {len(self.starts)} rows in its .db, the index "
+                raise DatasetError(f"shard {where}: {len(self.starts)} rows in its .db, the index "
                                    f"says {entry['samples']}; re-pack the dataset")
         except BaseException:
-            os.close(self.fd)
+            self.close()
             raise
 
+    @classmethod
+    def local(cls, path: str, entry: dict) -> "_ShardFile":
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        return cls(path, lambda length, offset: os.pread(fd, length, offset), path + ".db", entry,
+                   close=lambda: os.close(fd))
+
+    @classmethod
+    def stored(cls, source: ShardSource, name: str, entry: dict) -> "_ShardFile":
+        return cls(name, lambda length, offset: source.read_range(name, offset, length),
+                   source.index_file(name), entry)
+
     def _header(self) -> dict:
-        size = int.from_bytes(os.pread(self.fd, 8, 0), "little")
+        size = int.from_bytes(self.pread(8, 0), "little")
         if not 0 < size < 1 << 30:
             raise self._unknown("header length")
         try:
-            return json.loads(os.pread(self.fd, size, 8))
+            return json.loads(self.pread(size, 8))
         except ValueError:
             raise self._unknown("header") from None
 
@@ -337,12 +405,11 @@ class _ShardFile:
 
     def read(self, row: int) -> np.ndarray:
         length = int(self.lengths[row])
-        blob = os.pread(self.fd, length, int(self.starts[row]))
+        blob = self.pread(length, int(self.starts[row]))
         if len(blob) != length or int.from_bytes(blob[:8], "little") != length - 8:
             raise self._unknown(f"row {row}")
         return np.frombuffer(blob, np.uint8, offset=8)
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        close, self._close = self._close, lambda: None
+        close()

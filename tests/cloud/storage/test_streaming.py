@@ -9,7 +9,9 @@ command's code, MindSpore's dataset pipeline, and the launcher as a user runs it
 * the node cache stays within a tiny data.cache_limit_gb whatever the sample order (peak bytes
   measured on disk while reading), and reads the same bytes as the staged pack;
 * two processes of a node streaming the same pack download each shard file once (GETs counted on
-  the wire, botocore's event hooks, in each process).
+  the wire, botocore's event hooks, in each process);
+* a pass starts while its shards are still downloading (samples read by ranged GETs), and a
+  sample the store served otherwise than the verified shard holds stops the run with one line.
 """
 from __future__ import annotations
 
@@ -169,7 +171,9 @@ def test_a_shard_damaged_in_the_cache_or_on_the_store_is_fetched_again(s3_server
     assert "train-00003.mindrecord in the cache" in caplog.text and "fetching it again" in caplog.text
 
     # a download that arrives damaged (the store or the link flipped a byte): fetched again
-    fresh = open_streamed_pack(url, tmp_path / "cache2", settings, data_cfg(prefetch_shards=0))
+    # (no ranged reads: every sample comes from a downloaded shard)
+    fresh = open_streamed_pack(url, tmp_path / "cache2", settings,
+                               data_cfg(prefetch_shards=0, ranged_reads_mb=0))
     real_get = fresh.source._get
     damaged = []
 
@@ -193,16 +197,21 @@ def test_a_shard_damaged_on_the_store_for_good_is_one_error_line(s3_server, pack
     body = bytearray((pack / "train-00002.mindrecord.db").read_bytes())
     body[-1] ^= 0xFF  # same size, other bytes
     s3_server.client().put_object(Bucket=bucket, Key="packed/train-00002.mindrecord.db", Body=bytes(body))
-    dataset = open_streamed_pack(url, tmp_path / "cache", s3_server.settings(), data_cfg(prefetch_shards=1))
-    split = dataset.split("train")
-    with pytest.raises(DatasetError) as caught:
-        streamed_rows(split, np.arange(len(split)))
-    message = str(caught.value)
-    assert "\n" not in message
-    assert message.startswith(f"streaming {url}: shard train-00002.mindrecord fails its check "
-                               f"against index.json after 3 downloads"), message
-    assert "train-00002.mindrecord.db has another sha256" in message and "upload that shard again" in message
-    assert not (tmp_path / "cache" / "train-00002.mindrecord").exists()  # never under its name
+    # downloaded with its shard (no ranged reads), or fetched alone to read samples by range
+    for ranged_mb, refusal in ((0, "shard train-00002.mindrecord fails its check against "
+                                   "index.json after 3 downloads"),
+                               (64, "train-00002.mindrecord.db fails its check against index.json")):
+        cache = tmp_path / f"cache-{ranged_mb}"
+        dataset = open_streamed_pack(url, cache, s3_server.settings(),
+                                     data_cfg(prefetch_shards=1, ranged_reads_mb=ranged_mb))
+        split = dataset.split("train")
+        with pytest.raises(DatasetError) as caught:
+            streamed_rows(split, np.arange(len(split)))
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith(f"streaming {url}: {refusal}"), message
+        assert "train-00002.mindrecord.db has another sha256" in message and "upload" in message
+        assert not (cache / "train-00002.mindrecord").exists()  # never under its name
 
 
 def test_a_store_that_stays_down_stops_the_run_with_one_line(private_s3, pack, tmp_path):
@@ -224,6 +233,70 @@ def test_a_store_that_stays_down_stops_the_run_with_one_line(private_s3, pack, t
     assert "keeps its checkpoints" in message and "--resume auto" in message
 
 
+# --------------------------------------------------------------------------- before shards arrive
+
+
+def _first_last_position(split, order) -> int:
+    """The first position of `order` that is its shard's last (where the reader waits for it)."""
+    firsts = np.array([entry["first"] for entry in split.entries])
+    shard_at = np.searchsorted(firsts, order, side="right") - 1
+    last = {int(s): p for p, s in enumerate(shard_at)}
+    return min(last.values())
+
+
+def test_a_pass_starts_while_its_shards_are_still_downloading(s3_server, stored_pack, tmp_path):
+    url, pack = stored_pack
+    dataset = open_streamed_pack(url, tmp_path / "cache", s3_server.settings(),
+                                 data_cfg(prefetch_shards=2))
+    cache = dataset.source
+    real_get, arrive = cache._get, threading.Event()
+
+    def held_back(files, parts, name):  # whole shards (data + .db) wait; a .db alone does not
+        if len(files) == 2:
+            assert arrive.wait(120), "the test never let the shards arrive"
+        real_get(files, parts, name)
+    cache._get = held_back
+    split = dataset.split("train")
+    order = np.random.default_rng(11).permutation(len(split))
+    early = _first_last_position(split, order)
+    assert early >= 4, "pick another seed: the reader would wait for a shard at once"
+    corrupt = CorruptImages()
+    rows = guarded(split.rows(order, 0, corrupt, 1).create_tuple_iterator(num_epochs=1,
+                                                                           output_numpy=True), corrupt)
+    try:
+        got = [next(rows) for _ in range(early)]  # every shard download is still held back
+        assert cache.stats["downloads"] == 0 and cache.stats["ranged_reads"] >= early
+    finally:
+        arrive.set()
+    got += list(rows)
+    assert [(image.tobytes(), int(label)) for image, label in got] == staged_rows(pack, "train", order)
+    assert cache.stats["downloads"] == 8  # and each shard still came whole, verified
+
+
+def test_a_sample_the_store_served_otherwise_stops_the_run_with_one_line(s3_server, stored_pack,
+                                                                         tmp_path):
+    url, _ = stored_pack
+    dataset = open_streamed_pack(url, tmp_path / "cache", s3_server.settings(),
+                                 data_cfg(prefetch_shards=0))
+    cache = dataset.source
+    real_read = cache.read_range
+
+    def flipped(name, offset, length):  # a sample's bytes (not the header) of one shard
+        data = real_read(name, offset, length)
+        if name == "train-00000.mindrecord" and offset > 4096:
+            data = data[:-1] + bytes([data[-1] ^ 0x01])
+        return data
+    cache.read_range = flipped
+    split = dataset.split("train")
+    with pytest.raises(DatasetError) as caught:
+        streamed_rows(split, np.arange(len(split)))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("shard train-00000.mindrecord: sample 0 as read from the store "
+                              "before the shard arrived differs from the shard verified"), message
+    assert "--resume auto" in message
+
+
 # --------------------------------------------------------------------------- the cache limit
 
 
@@ -237,10 +310,12 @@ def test_the_cache_stays_within_a_tiny_limit_whatever_the_order(s3_server, store
     split = dataset.split("train")
     peak, stop = [0], threading.Event()
 
-    def measure():  # what is on disk in the cache folder, incoming downloads included
-        while not stop.is_set():
+    def measure():  # what is on disk in the cache folder, incoming downloads included (not the
+        while not stop.is_set():  # shards' small .db copies in names/, kept outside the limit)
             total = 0
             for folder, _, files in os.walk(root):
+                if folder.endswith("names"):
+                    continue
                 for name in files:
                     if ".mindrecord" in name:
                         try:
@@ -282,8 +357,8 @@ def _stream_in_process(url, root, settings, order_seed, start_at, results):
 
     def count(request, **_):
         key = request.url.split("?")[0].rsplit("/", 1)[-1]
-        if ".mindrecord" in key:
-            gets[key] += 1
+        if ".mindrecord" in key:  # whole files; samples read by range before their shard came
+            gets[key if "Range" not in request.headers else "ranged"] += 1
     _botocore_session(None).register("before-send.s3.GetObject", count)
     dataset = open_streamed_pack(url, root, settings, data_cfg(prefetch_shards=2))
     read = {}
@@ -310,7 +385,13 @@ def test_two_processes_of_a_node_download_each_shard_once(s3_server, stored_pack
         for key, count in result["gets"].items():
             gets[key] = gets.get(key, 0) + count
     print("GETs per process:", [sorted(r["gets"].items()) for r in results])
-    assert gets == {name: 1 for name in files}, gets
+    ranged = gets.pop("ranged", 0)
+    assert ranged > 0  # the first samples of each pass, read before their shards arrived
+    # each file downloaded once by the node; a .db may come twice: alone (to read samples of its
+    # shard by range) and with its shard
+    assert {k: v for k, v in gets.items() if not k.endswith(".db")} == {
+        name: 1 for name in files if not name.endswith(".db")}, gets
+    assert all(gets.get(name) in (1, 2) for name in files if name.endswith(".db")), gets
     assert sum(r["downloads"] for r in results) == len(files) // 2
     assert results[0]["read"] == results[1]["read"]  # and read the same rows
 

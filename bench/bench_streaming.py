@@ -105,9 +105,11 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
            f"data.image_size={SIZE}", f"data.batch_size={BATCH}", "train.epochs=100",
            f"train.max_steps={steps}", "train.log_interval=1", "train.eval_at_end=false",
            "checkpoint.interval_epochs=0", "system.device_target=CPU", "optim.warmup_epochs=0",
-           f"data.shuffle_window={args.window}"]
+           f"data.shuffle_window={args.window}",
+           f"system.kernel_isa={os.environ.get(common.ISA_ENV, 'auto')}"]
     if stream:
         cmd += ["data.stream=true", f"data.prefetch_shards={args.prefetch}",
+                f"data.ranged_reads_mb={args.ranged_mb}",
                 f"data.cache_limit_gb={args.cache_limit_gb}"]
     env = common.child_env({**server.env(), "S3_ENDPOINT": endpoint, "AWS_ENDPOINT_URL": endpoint,
                             "MNV3_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"})
@@ -141,6 +143,10 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     waits = re.findall(r"streamed train: \d+ samples from \d+ shard openings; waited ([\d.]+) s", text)
     if waits:  # the reader's own account: seconds training waited for shards (first window included)
         result["waited_for_shards_s"] = sum(float(w) for w in waits)
+    ranged = re.findall(r"read from the store before their shards arrived", text)
+    ranged_mb = re.findall(r"\d+ samples \(([\d.]+) MB\) read from the store before", text)
+    if ranged:
+        result["ranged_read_mb"] = round(sum(float(m) for m in ranged_mb), 1)
     if stream:
         state = next((cache / "jobs" / "stream").glob("*/.cloud-stream/state.json"), None)
         accounted = json.loads(state.read_text())["peak_bytes"] if state else None
@@ -205,6 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--shard-size-mb", type=float, default=48)
     parser.add_argument("--window", type=int, default=4, help="data.shuffle_window (both sides)")
     parser.add_argument("--prefetch", type=int, default=4, help="data.prefetch_shards")
+    parser.add_argument("--ranged-mb", type=float, default=64,
+                        help="data.ranged_reads_mb: samples read by range before their shards arrive")
     parser.add_argument("--cache-limit-gb", type=float, default=0.75)
     parser.add_argument("--warmup", type=int, default=40, help="steps left out of images/s")
     parser.add_argument("--steps", type=int, default=280, help="steps per run in all")
@@ -221,7 +229,9 @@ def main(argv=None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--result-name", default="streaming",
                         help="bench/results/<name>.json (run_all --quick: streaming-quick)")
+    common.add_isa_argument(parser)
     args = parser.parse_args(argv)
+    common.set_isa(args.isa)
 
     from cloud.storage.store import open_storage
     from cloud.storage.sync import upload_tree
@@ -379,7 +389,8 @@ def main(argv=None) -> int:
             "notes": (f"SeaweedFS on 127.0.0.1; the link is a TCP proxy in the benchmark's "
                       f"process (os.splice; its CPU shares the cores with training) adding "
                       f"{args.latency_ms} ms per request; both sides data.shuffle_window="
-                      f"{args.window}; streaming data.prefetch_shards={args.prefetch}.")})
+                      f"{args.window}; streaming data.prefetch_shards={args.prefetch}, "
+                      f"data.ranged_reads_mb={args.ranged_mb:g}.")})
         print(f"wrote bench/results/{args.result_name}.json", flush=True)
     finally:
         if proxy is not None:

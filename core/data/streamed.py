@@ -39,6 +39,7 @@ import time
 import urllib.parse
 import zlib
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
@@ -197,8 +198,7 @@ class _StreamedRows:
         held: set[int] = set()
         files: "OrderedDict[int, _ShardFile]" = OrderedDict()
         arrived: set[int] = set()         # opened from the cache at least once this pass
-        stored: dict[int, _ShardFile] = {}  # read from the source before they arrived
-        unchecked: dict[int, list] = {}   # shard -> [(row, crc32)] of samples read so
+        unchecked: dict[int, list] = {}   # shard -> [(row, crc32)] of samples read by range
         position = [0]
         current = [-1]
 
@@ -224,8 +224,8 @@ class _StreamedRows:
 
         ahead = 0  # plan.first_need[:ahead] have been held (or started)
         started = 0
-        ranged_left = split.ranged_bytes
-        waited, opened_count, read, ranged, ranged_bytes = 0.0, 0, 0, 0, 0
+        early = _EarlyReads(split, plan, names, arrived, hold)
+        waited, opened_count, read = 0.0, 0, 0
         try:
             for p, shard in enumerate(plan.shard_at.tolist()):
                 position[0] = p
@@ -237,16 +237,10 @@ class _StreamedRows:
                 index = int(plan.order[p])
                 row = index - split.entries[shard]["first"]
                 opened = files.get(shard)
-                if (opened is None and ranged_left > 0 and shard not in arrived
-                        and plan.last_pos[shard] != p and not source.ready(names[shard])):
-                    hold(shard)
-                    if shard not in stored:
-                        stored[shard] = _ShardFile.stored(source, names[shard], split.entries[shard])
-                    data = stored[shard].read(row)
+                early.plan_until(p)
+                data = early.take(p)
+                if data is not None and shard not in arrived:
                     unchecked.setdefault(shard, []).append((row, zlib.crc32(data)))
-                    ranged_left -= len(data)
-                    ranged += 1
-                    ranged_bytes += len(data)
                 else:
                     if opened is None:
                         current[0] = shard
@@ -258,7 +252,6 @@ class _StreamedRows:
                         opened = _ShardFile.local(path, split.entries[shard])
                         files[shard] = opened
                         arrived.add(shard)
-                        stored.pop(shard, None)
                         self._check(opened, names[shard], unchecked.pop(shard, ()))
                         while len(files) > MAX_OPEN_SHARDS:
                             files.popitem(last=False)[1].close()
@@ -273,11 +266,13 @@ class _StreamedRows:
             self.corrupt.fatal = self.corrupt.fatal or str(exc)
             raise
         finally:
+            early.close()
             if read:
                 log.info("streamed %s: %d samples from %d shard openings; waited %.1f s for "
                          "shards to arrive (growing waits: the link is slower than training); "
                          "%d samples (%.1f MB) read from the store before their shards arrived",
-                         split.split, read, opened_count, waited, ranged, ranged_bytes / 2 ** 20)
+                         split.split, read, opened_count, waited, early.samples,
+                         early.bytes / 2 ** 20)
             for shard in list(held):
                 give_back(shard)
             for opened in files.values():
@@ -301,6 +296,76 @@ class _StreamedRows:
         except DatasetError as exc:
             self.corrupt.fatal = str(exc)
             raise
+
+
+class _EarlyReads:
+    """The pass's samples read from the source by range while their shards are on their way:
+    positions up to AHEAD beyond the reader's whose shard has not arrived (and that are not the
+    shard's last of the pass: there the reader waits for the shard, which checks them), until
+    `ranged_bytes` are spent, read by THREADS at once (one request's latency each, not one after
+    another)."""
+
+    AHEAD = 96
+    THREADS = 8
+    RECHECK_S = 0.05  # how often a shard not yet arrived is asked again
+
+    def __init__(self, split: StreamedSplit, plan: _Plan, names: list, arrived: set, hold):
+        self.split, self.plan, self.names, self.arrived, self.hold = split, plan, names, arrived, hold
+        self.left = split.ranged_bytes
+        self.next = 0
+        self.pool: Optional[ThreadPoolExecutor] = None
+        self.futures: dict = {}
+        self.stored: dict[int, _ShardFile] = {}
+        self.ready: set[int] = set()
+        self.asked: dict[int, float] = {}
+        self.samples = self.bytes = 0
+
+    def plan_until(self, position: int) -> None:
+        plan, end = self.plan, min(len(self.plan.order), position + self.AHEAD)
+        while self.left > 0 and self.next < end:
+            q = self.next
+            self.next += 1
+            shard = int(plan.shard_at[q])
+            if q == plan.last_pos[shard] or shard in self.arrived or self._ready(shard):
+                continue
+            self.hold(shard)
+            stored = self.stored.get(shard)
+            if stored is None:
+                stored = self.stored[shard] = _ShardFile.stored(
+                    self.split.source, self.names[shard], self.split.entries[shard])
+            row = int(plan.order[q]) - self.split.entries[shard]["first"]
+            self.left -= int(stored.lengths[row])
+            if self.pool is None:
+                self.pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="ranged-read")
+            self.futures[q] = self.pool.submit(stored.read, row)
+
+    def _ready(self, shard: int) -> bool:
+        if shard in self.ready:
+            return True
+        now = time.monotonic()
+        if now - self.asked.get(shard, -1.0) < self.RECHECK_S:
+            return False
+        self.asked[shard] = now
+        if self.split.source.ready(self.names[shard]):
+            self.ready.add(shard)
+            return True
+        return False
+
+    def take(self, position: int) -> Optional[np.ndarray]:
+        """The sample at `position` if it was read by range (waits for its request)."""
+        future = self.futures.pop(position, None)
+        if future is None:
+            return None
+        data = future.result()
+        self.samples += 1
+        self.bytes += len(data)
+        return data
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.futures.clear()
 
 
 # --------------------------------------------------------------------------- one shard file

@@ -104,7 +104,9 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
                                               corrupt=corrupt)
     started = interval_start = time.time()
     losses, read, pending, stopped = [], [], [], False  # read: this interval's, already checked
-    for image, label in guarded(dataset.create_tuple_iterator(num_epochs=1), corrupt):
+    batches = dataset.create_tuple_iterator(num_epochs=1)  # the input pipeline starts reading
+    _compile_train_step(run, step)
+    for image, label in guarded(batches, corrupt):
         for dropout in run.dropouts:  # masks of this rank's slice of the step's global batch
             dropout.draw(cfg.data.batch_size, cfg.train.seed, step, run.rank * cfg.data.batch_size)
         pending.append(run.train_step(image, label))
@@ -167,6 +169,24 @@ def _read_checked(run: Run, epoch: int, step: int, pending: list, saver: Checkpo
         log.error("%s", error)
         raise error
     return interval
+
+
+def _compile_train_step(run: Run, step: int) -> None:
+    """Compile the train step's graph (once per process) while the input pipeline reads its
+    first batches, instead of after the first batch arrived: the first step then waits for the
+    longer of the two, not their sum (a stream's first shards, an Ascend compile). The dropout
+    masks of `step` are drawn first: the graph takes their shape (batch x features)."""
+    if run.compiled:
+        return
+    import mindspore as ms
+    batch, size = run.cfg.data.batch_size, run.cfg.data.image_size
+    for dropout in run.dropouts:
+        dropout.draw(batch, run.cfg.train.seed, step, run.rank * batch)
+    began = time.time()
+    run.train_step.compile(ms.Tensor(np.zeros((batch, size, size, 3), np.uint8)),
+                           ms.Tensor(np.zeros((batch,), np.int32)))
+    run.compiled = True
+    log.debug("train step compiled in %.1f s while the first batches were read", time.time() - began)
 
 
 def validate(run: Run, step: int, metrics: MetricsWriter, events: Callback) -> Optional[dict]:

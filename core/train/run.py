@@ -85,6 +85,7 @@ class Run:
     interval_overflows: int = 0      # ... since the last progress line
     at_step: int = 0                 # the global step reached (for error messages)
     at_epoch: int = 0
+    compiled: bool = False           # the train step's graph (core.train.loop compiles it early)
 
     @property
     def global_batch(self) -> int:

@@ -34,6 +34,9 @@ __all__ = ["MANIFEST_NAME", "CheckpointUploader", "UploadReport", "fetch_checkpo
 # --------------------------------------------------------------------------- upload
 
 
+DIGEST = ("size", "sha256")  # a checkpoint's manifest fields its saver already computed
+
+
 @dataclass
 class UploadReport:
     """What :meth:`CheckpointUploader.wait` found: ``ok`` when nothing failed or is pending."""
@@ -86,8 +89,10 @@ class CheckpointUploader:
 
     def submit_checkpoint(self, local_path: str, meta: Mapping[str, Any]) -> None:
         """Queue a checkpoint with what its manifest entry records of the checkpoint's own
-        metadata (epoch, step, kind)."""
-        self.submit(local_path, {name: meta.get(name) for name in ("epoch", "step", "kind")})
+        metadata (epoch, step, kind), and its size and sha256 when the saver has them (the
+        run directory's store hashed the file already: core.train.checkpoint_saver)."""
+        self.submit(local_path, {name: meta[name] for name in ("epoch", "step", "kind", *DIGEST)
+                                 if name in meta})
 
     def submit(self, local_path: str, meta: Mapping[str, Any] | None = None) -> None:
         """Queue ``local_path`` for upload; ``meta`` should hold ``epoch`` and ``step``."""
@@ -197,7 +202,9 @@ class CheckpointUploader:
     def _upload(self, path: str, name: str, meta: dict) -> str:
         check_relative_key(name)
         started = time.monotonic()
-        entry = self.store.add(path, meta, name=name)
+        digest = {k: meta[k] for k in DIGEST if k in meta} if all(k in meta for k in DIGEST) else None
+        entry = self.store.add(path, {k: v for k, v in meta.items() if k not in DIGEST}, name=name,
+                               entry=digest)
         log.info("uploaded checkpoint %s (%.1f MB, step %s) in %.1f s; manifest updated",
                  self.store.describe(name), entry["size"] / 1e6, entry["step"],
                  time.monotonic() - started)

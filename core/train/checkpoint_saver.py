@@ -45,9 +45,9 @@ class CheckpointSaver:
             return None
         meta = dict(self.base_meta, epoch=epoch, step=step, kind=kind)
         path = ckpt.save(self.folder / ckpt.checkpoint_name(self.prefix, epoch, step), self.state(), meta)
-        self.store.add(path, {"epoch": epoch, "step": step, "kind": kind})
+        entry = self.store.add(path, {"epoch": epoch, "step": step, "kind": kind})
         self.metrics.write("checkpoint", path=path.name, epoch=epoch, step=step, kind=kind)
-        self.events.on_checkpoint(path, meta)
+        self.events.on_checkpoint(path, dict(meta, size=entry["size"], sha256=entry["sha256"]))
         return path
 
     def latest(self) -> Optional[Path]:

@@ -85,6 +85,26 @@ def test_uploader_publishes_manifest_last_and_keeps_k(store, tmp_path):
     assert sorted(os.listdir(tmp_path / "local")) == sorted(p.name for p in paths)  # no pins left
 
 
+def test_a_checkpoint_the_saver_hashed_is_not_read_again_for_its_digest(store, tmp_path, monkeypatch):
+    """core.train.checkpoint_saver hands on the size and sha256 its run directory's store
+    computed; the uploader records them instead of hashing the (pinned, same) file again."""
+    import core.checkpoint_store as local_store
+    hashed = []
+    real = local_store.sha256_file
+    monkeypatch.setattr(local_store, "sha256_file", lambda path: hashed.append(path) or real(path))
+    (path,) = write_checkpoints(tmp_path / "local", 1)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with CheckpointUploader(store, "ckpt", keep=2) as uploader:
+        uploader.submit_checkpoint(str(path), {"epoch": 1, "step": 100, "kind": "periodic",
+                                               "size": path.stat().st_size, "sha256": digest,
+                                               "config": {"not": "recorded"}})
+        uploader.submit_checkpoint(str(path), {"epoch": 1, "step": 100})  # no digest: hashed
+        assert uploader.wait(timeout=60).ok
+    assert len(hashed) == 1
+    manifest = CheckpointStore(store, "ckpt").manifest()
+    assert manifest["sha256"] == digest and manifest["size"] == path.stat().st_size
+
+
 def test_submit_does_not_wait_for_the_upload(store, tmp_path):
     release = threading.Event()
     upload = store.upload_file

@@ -116,7 +116,7 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     wall0 = time.time()
     store_cpu0, children0 = cpu_seconds(server.pid), resource.getrusage(resource.RUSAGE_CHILDREN)
     bench_cpu0 = time.process_time()
-    with PeakSampler(cache / "jobs" / "stream") as sampler:
+    with PeakSampler(cache / "stream") as sampler:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=7200, cwd=common.ROOT,
                               env=env)
     wall = time.time() - wall0
@@ -148,7 +148,7 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     if ranged:
         result["ranged_read_mb"] = round(sum(float(m) for m in ranged_mb), 1)
     if stream:
-        state = next((cache / "jobs" / "stream").glob("*/.cloud-stream/state.json"), None)
+        state = next((cache / "stream").glob("*/.cloud-stream/state.json"), None)
         accounted = json.loads(state.read_text())["peak_bytes"] if state else None
         result.update(peak_cache_bytes=sampler.peak, peak_cache_accounted_bytes=accounted,
                       peak_samples=sampler.samples)

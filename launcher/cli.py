@@ -122,7 +122,7 @@ def fetch_remote_checkpoint(url: str, args=None) -> str:
         _, settings = load_job_config(getattr(args, "config", None),
                                       {k: v for k, v in overrides_from(args).items()
                                        if k.startswith("storage.")})
-    cache = str(cache_path(DEFAULT_CACHE / "jobs", "checkpoints", url))
+    cache = str(cache_path(DEFAULT_CACHE, "checkpoints", url))
     if parsed.prefix.rstrip("/").endswith(".ckpt"):
         return fetch_checkpoint(url, cache, settings)
     prefix = parsed.prefix.rstrip("/")

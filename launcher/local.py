@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
         return launch_local(args.nproc, cfg, settings, resume=resume, pretrained=args.pre_trained,
                             grace_s=args.grace_s)
     job = prepare_job(cfg, resume=resume, pretrained=args.pre_trained,
-                      cache_dir=DEFAULT_CACHE / "jobs", job_id=f"local-{os.getpid()}-{int(time.time())}",
+                      cache_dir=DEFAULT_CACHE, job_id=f"local-{os.getpid()}-{int(time.time())}",
                       settings=settings)
     from launcher.progress import EpochProgress
     from launcher.signals import StopOnSignal

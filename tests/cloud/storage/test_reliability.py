@@ -44,7 +44,7 @@ EXACT = TINY + ["optim.lr=0.02", f"train.epochs={EPOCHS}", "checkpoint.interval_
 
 def run_dir_of(cache: Path, url: str) -> Path:
     """Where the launcher keeps the local run directory of an output URL."""
-    return cache_path(cache / "jobs", "output", url)
+    return cache_path(cache, "output", url)
 
 
 def weights(path) -> dict:

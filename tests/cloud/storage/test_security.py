@@ -167,7 +167,7 @@ def test_traversal_keys_planted_in_a_bucket_write_nothing_outside_the_cache(s3_s
     after = snapshot(tmp_path)
     assert changed(before, after) == []
     new = sorted(set(after) - set(before))
-    staged = cache_path(cache / "jobs", "data", f"s3://{bucket}/data")
+    staged = cache_path(cache, "data", f"s3://{bucket}/data")
     # The only new files are the stage's own lock and failure marker, inside the cache.
     assert all(Path(p).parent == staged and Path(p).name.startswith(".cloud-stage") for p in new), new
     assert not escape.exists()
@@ -179,7 +179,7 @@ def test_symlink_in_the_cache_pointing_outside_is_not_written_through(s3_server,
     data = generate(tmp_path / "dataset", train_per_class=2, val_per_class=1, size=24, seed=2)
     upload_tree(str(data), open_storage(f"s3://{bucket}/data", s3_server.settings()), "")
     cache = tmp_path / "cache"
-    staged = cache_path(cache / "jobs", "data", f"s3://{bucket}/data")
+    staged = cache_path(cache, "data", f"s3://{bucket}/data")
     staged.mkdir(parents=True)
     outside = tmp_path / "outside"
     outside.mkdir()

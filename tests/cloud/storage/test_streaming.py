@@ -120,6 +120,9 @@ def test_streamed_run_killed_mid_epoch_resumes_and_equals_the_staged_pack(
     # the killed run's verified shards were used again: only the val shards (read at the end) came
     downloaded = [line for line in second.stdout.splitlines() if "streamed from" in line]
     assert downloaded and all("shard val-" in line for line in downloaded), downloaded
+    # the node cache where msrun's ranks keep theirs too (test_elastic_resume), so a resume on
+    # another process count finds the shards: <cache>/stream/<bucket>_<prefix>_<hash>/
+    assert len(list((cache / "stream").iterdir())) == 1 and not (cache / "jobs").exists()
     summary = json.loads((streamed_out / "summary.json").read_text())
     assert (summary["start_step"], summary["step"], summary["status"]) == (3, 14, "completed")
 

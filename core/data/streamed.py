@@ -192,7 +192,7 @@ class _StreamedRows:
         return self._rows()
 
     def _rows(self):
-        split, source, corrupt = self.split, self.split.source, self.corrupt
+        split, source = self.split, self.split.source
         plan = _Plan(split, self.order)
         names = [entry["name"] for entry in split.entries]
         held: set[int] = set()

@@ -381,8 +381,14 @@ def main(argv=None) -> int:
                             "unit": "s (lower is better)", "project": first["link 0.5x"][0],
                             "peer": "staging first", "peer_value": first["link 0.5x"][1],
                             "ratio": common.ratio(first["link 0.5x"][0], first["link 0.5x"][1], False)})
-        command = "python bench/bench_streaming.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        common.write_result(args.result_name, {
+        given = list(argv if argv is not None else sys.argv[1:])
+        for i, arg in reversed(list(enumerate(given))):  # write_result names a forced --isa itself
+            if arg == "--isa":
+                del given[i:i + 2]
+            elif arg.startswith("--isa="):
+                del given[i]
+        command = "python bench/bench_streaming.py " + " ".join(given)
+        written = common.write_result(args.result_name, {
             "title": "Training from S3 while streaming shards vs staging them first",
             "command": command.strip(), "rows": rows, "results": results, "ratios": ratios,
             "goals": goals, "settings": {k: v for k, v in vars(args).items() if k != "workdir"},
@@ -391,7 +397,7 @@ def main(argv=None) -> int:
                       f"{args.latency_ms} ms per request; both sides data.shuffle_window="
                       f"{args.window}; streaming data.prefetch_shards={args.prefetch}, "
                       f"data.ranged_reads_mb={args.ranged_mb:g}.")})
-        print(f"wrote bench/results/{args.result_name}.json", flush=True)
+        print(f"wrote {written}", flush=True)
     finally:
         if proxy is not None:
             proxy.stop()

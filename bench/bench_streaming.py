@@ -143,9 +143,8 @@ def train_run(name: str, url: str, endpoint: str, server, workdir: Path, args, s
     waits = re.findall(r"streamed train: \d+ samples from \d+ shard openings; waited ([\d.]+) s", text)
     if waits:  # the reader's own account: seconds training waited for shards (first window included)
         result["waited_for_shards_s"] = sum(float(w) for w in waits)
-    ranged = re.findall(r"read from the store before their shards arrived", text)
     ranged_mb = re.findall(r"\d+ samples \(([\d.]+) MB\) read from the store before", text)
-    if ranged:
+    if ranged_mb:
         result["ranged_read_mb"] = round(sum(float(m) for m in ranged_mb), 1)
     if stream:
         state = next((cache / "stream").glob("*/.cloud-stream/state.json"), None)

@@ -202,7 +202,7 @@ class CheckpointUploader:
     def _upload(self, path: str, name: str, meta: dict) -> str:
         check_relative_key(name)
         started = time.monotonic()
-        digest = {k: meta[k] for k in DIGEST if k in meta} if all(k in meta for k in DIGEST) else None
+        digest = {k: meta[k] for k in DIGEST} if all(k in meta for k in DIGEST) else None
         entry = self.store.add(path, {k: v for k, v in meta.items() if k not in DIGEST}, name=name,
                                entry=digest)
         log.info("uploaded checkpoint %s (%.1f MB, step %s) in %.1f s; manifest updated",

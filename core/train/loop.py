@@ -107,8 +107,7 @@ def train_one_epoch(run: Run, epoch: int, step: int, saver: CheckpointSaver,
     batches = dataset.create_tuple_iterator(num_epochs=1)  # the input pipeline starts reading
     _compile_train_step(run, step)
     for image, label in guarded(batches, corrupt):
-        for dropout in run.dropouts:  # masks of this rank's slice of the step's global batch
-            dropout.draw(cfg.data.batch_size, cfg.train.seed, step, run.rank * cfg.data.batch_size)
+        _draw_dropout_masks(run, step)
         pending.append(run.train_step(image, label))
         if run.ema:
             run.ema()
@@ -171,6 +170,13 @@ def _read_checked(run: Run, epoch: int, step: int, pending: list, saver: Checkpo
     return interval
 
 
+def _draw_dropout_masks(run: Run, step: int) -> None:
+    """The masks of this rank's slice of global step `step`'s batch (core.nn.dropout)."""
+    batch = run.cfg.data.batch_size
+    for dropout in run.dropouts:
+        dropout.draw(batch, run.cfg.train.seed, step, run.rank * batch)
+
+
 def _compile_train_step(run: Run, step: int) -> None:
     """Compile the train step's graph (once per process) while the input pipeline reads its
     first batches, instead of after the first batch arrived: the first step then waits for the
@@ -180,8 +186,7 @@ def _compile_train_step(run: Run, step: int) -> None:
         return
     import mindspore as ms
     batch, size = run.cfg.data.batch_size, run.cfg.data.image_size
-    for dropout in run.dropouts:
-        dropout.draw(batch, run.cfg.train.seed, step, run.rank * batch)
+    _draw_dropout_masks(run, step)
     began = time.time()
     run.train_step.compile(ms.Tensor(np.zeros((batch, size, size, 3), np.uint8)),
                            ms.Tensor(np.zeros((batch,), np.int32)))

@@ -116,6 +116,7 @@ class ShardCache:
         self._mutex = threading.Condition()     # this process's holds and queue
         self._holds: Counter = Counter()
         self._verified_here: set[str] = set()   # held and verified: no node lock needed
+        self._names_checked: dict[str, list] = {}  # names/ copies verified: their signatures
         self._queue: deque[str] = deque()
         self._failed: dict[str, DatasetError] = {}
         self._workers: list[threading.Thread] = []
@@ -201,14 +202,28 @@ class ShardCache:
         shard's, else fetched alone); small, and kept outside the limit's accounting."""
         expected = next(f for f in self.entries[name]["files"] if f["name"].endswith(".db"))
         final = self.state_dir / "names" / expected["name"]
-        if final.is_file() and self._file_problem(final, expected) is None:
+        if self._index_file_ok(final, expected):
             return str(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         with self._claimed(f"names-{expected['name']}"):  # one process of the node fetches it
-            if final.is_file() and self._file_problem(final, expected) is None:
-                return str(final)
-            self._fetch_index_file(name, expected, final)
+            if not self._index_file_ok(final, expected):
+                self._fetch_index_file(name, expected, final)  # verified it
+                self._names_checked[str(final)] = self._signature(final, expected["sha256"])
         return str(final)
+
+    def _index_file_ok(self, final: Path, expected: dict) -> bool:
+        """The copy is there and matches the index: hashed once, then known by its signature
+        (size, mtime, ctime, inode: the sample ledger asks for every sample of every step)."""
+        try:
+            signature = self._signature(final, expected["sha256"])
+        except FileNotFoundError:
+            return False
+        if self._names_checked.get(str(final)) == signature:
+            return True
+        if self._file_problem(final, expected) is not None:
+            return False
+        self._names_checked[str(final)] = signature
+        return True
 
     def _fetch_index_file(self, name: str, expected: dict, final: Path) -> None:
         part = final.with_name(f"{final.name}.tmp-{self.me}")

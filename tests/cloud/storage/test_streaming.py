@@ -400,9 +400,14 @@ def test_two_processes_of_a_node_download_each_shard_once(s3_server, stored_pack
 
 
 def test_sample_names_come_from_the_shards_index_files_alone(s3_server, stored_pack, tiny_dataset,
-                                                            tmp_path):
+                                                            tmp_path, monkeypatch):
     """The sample ledger (data.sample_log) names a streamed sample as the folder it was packed
-    from does, reading only the shards' small .db files."""
+    from does, reading only the shards' small .db files, each checked against the index once
+    (the ledger asks every step), and again only when the file changed."""
+    import cloud.storage.shard_cache as shard_cache
+    hashed = []
+    real_hash = shard_cache.sha256_file
+    monkeypatch.setattr(shard_cache, "sha256_file", lambda path: hashed.append(path) or real_hash(path))
     from core.data.imagefolder import scan_split
     url, _ = stored_pack
     dataset = open_streamed_pack(url, tmp_path / "cache", s3_server.settings(), data_cfg())
@@ -412,3 +417,11 @@ def test_sample_names_come_from_the_shards_index_files_alone(s3_server, stored_p
     picks = np.random.default_rng(3).permutation(len(split))[:25]
     assert split.sample_names(picks) == [expected[i] for i in picks]
     assert not list((tmp_path / "cache").glob("*.mindrecord"))  # no shard was fetched for it
+    shards = {split.entries[int(np.searchsorted([e["first"] for e in split.entries], i, "right")) - 1]
+              ["name"] for i in picks}
+    assert len(hashed) == len(shards)  # each .db fetched and checked once
+    assert split.sample_names(picks) == [expected[i] for i in picks] and len(hashed) == len(shards)
+    (touched,) = (tmp_path / "cache" / ".cloud-stream" / "names").glob(f"{sorted(shards)[0]}.db")
+    os.utime(touched)  # changed since it was checked: checked again
+    split.sample_names(picks)
+    assert len(hashed) == len(shards) + 1 and Path(hashed[-1]) == touched

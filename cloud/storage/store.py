@@ -127,7 +127,10 @@ class Storage(ABC):
     @abstractmethod
     def read_range(self, key: str, start: int, length: int, version: str | None = None) -> bytes:
         """Bytes [start, start + length) of ``key`` (one ranged GET on S3); with ``version``
-        (an ETag from a listing) only while the object is still that version."""
+        (an ETag from a listing) only while the object is still that version. Callers check
+        the length they got: a range past the end is cut short by OBS ("the length of the
+        object minus 1 is used", support.huaweicloud.com/en-us/sdk-python-devg-obs/
+        obs_22_1479.html), and other stores answer such a range with the whole object."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
